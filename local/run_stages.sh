@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# The recipe stages, written once for every corpus. A recipe's run.sh calls this with its corpus
+# defaults; the user's options come after and win. Runs inside the recipe directory: data/ and
+# exp/ are written there.
+#
+#   stage -1  corpus     recipe's local/get_corpus.sh (demo: synthesise; real corpora: check/download)
+#   stage  0  data       manifests, units, CMVN                      -> data/
+#   stage  1  train      Conformer-CTC from the config               -> exp/<name>/
+#   stage  2  average    the N checkpoints with the lowest dev loss  -> exp/<name>/checkpoints/avg_N.pdparams
+#   stage  3  test       dynamic graph, CTC greedy, CER + RTF        -> exp/<name>/test_ctc_greedy_search/
+#   stage  4  export     static graph for Paddle Inference           -> exp/<name>/export/fp32/
+#   stage  5  test export same hypotheses as stage 3, CER + RTF      -> exp/<name>/test_export_fp32/
+#   stage  6  int8       PaddleSlim PTQ on training data, CER + RTF  -> exp/<name>/export/int8/, test_export_int8/
+#   stage  7  transcribe paddle-asr transcribe on a few test files with the INT8 and FP32 models
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+. "$root/utils/log.sh"
+
+# Options (each can be given as --name value).
+corpus=aishell          # corpus reader for stage 0
+data_dir=""             # where the corpus is (or will be put by stage -1)
+config=conf/train.yaml  # training config, relative to the recipe directory
+exp_name=""             # default: the config file name without .yaml
+stage=0
+stop_stage=7
+nj=2                    # processes for CMVN statistics
+num_calib=64            # training utterances used to calibrate INT8
+batch_size=16           # decoding batch size (stages 3, 5, 6)
+threads=2               # CPU threads of Paddle Inference
+num_transcribe=3        # test files transcribed by stage 7
+force=false             # rebuild a stage's outputs even when they are complete
+__option_names="corpus data_dir config exp_name stage stop_stage nj num_calib batch_size threads num_transcribe force"
+. "$root/utils/parse_options.sh"
+if [ "$#" -gt 0 ]; then echo "$0: unexpected argument '$1' (options are --name value)" >&2; exit 1; fi
+
+. "$root/utils/setup_env.sh"
+[ -n "$exp_name" ] || exp_name="$(basename "$config" .yaml)"
+exp="exp/$exp_name"
+force_flag=()
+[ "$force" = true ] && force_flag=(--force)
+if [ -z "$data_dir" ]; then echo "$0: --data_dir is required (where the corpus is)" >&2; exit 1; fi
+
+run_stage() { [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ]; }
+
+log "recipe $(pwd), corpus $corpus at $data_dir, config $config, experiment $exp, stages $stage..$stop_stage"
+
+if run_stage -1; then
+  stage_banner -1 "get the corpus"
+  if [ -x local/get_corpus.sh ] || [ -f local/get_corpus.sh ]; then
+    bash local/get_corpus.sh --data_dir "$data_dir" --force "$force"
+  else
+    log "this recipe has no local/get_corpus.sh: the corpus must already be at $data_dir"
+  fi
+fi
+
+if run_stage 0; then
+  stage_banner 0 "data preparation"
+  paddle-asr prepare --corpus "$corpus" --corpus_dir "$data_dir" --data_dir data --config "$config" --nj "$nj" "${force_flag[@]}"
+fi
+
+if run_stage 1; then
+  stage_banner 1 "training"
+  paddle-asr train --config "$config" --exp_dir "$exp" "${force_flag[@]}"
+fi
+
+if run_stage 2; then
+  stage_banner 2 "checkpoint averaging"
+  paddle-asr average --exp_dir "$exp" "${force_flag[@]}"
+fi
+
+if run_stage 3; then
+  stage_banner 3 "test with the dynamic-graph model"
+  paddle-asr test --exp_dir "$exp" --data data/test/data.list --out "$exp/test_ctc_greedy_search" \
+    --batch_size "$batch_size" "${force_flag[@]}"
+fi
+
+if run_stage 4; then
+  stage_banner 4 "export for Paddle Inference"
+  paddle-asr export --exp_dir "$exp" --out "$exp/export/fp32" "${force_flag[@]}"
+fi
+
+if run_stage 5; then
+  stage_banner 5 "test the exported model"
+  paddle-asr test-export --model "$exp/export/fp32" --data data/test/data.list --out "$exp/test_export_fp32" \
+    --compare "$exp/test_ctc_greedy_search" --batch_size "$batch_size" --threads "$threads" "${force_flag[@]}"
+fi
+
+if run_stage 6; then
+  stage_banner 6 "INT8 post-training quantization"
+  paddle-asr quantize --model "$exp/export/fp32" --out "$exp/export/int8" --calib data/train/data.list \
+    --num_calib "$num_calib" "${force_flag[@]}"
+  paddle-asr test-export --model "$exp/export/int8" --data data/test/data.list --out "$exp/test_export_int8" \
+    --batch_size "$batch_size" --threads "$threads" "${force_flag[@]}"
+fi
+
+if run_stage 7; then
+  stage_banner 7 "transcribe"
+  mapfile -t wavs < <(head -n "$num_transcribe" data/test/wav.scp | cut -d' ' -f2-)
+  for precision in int8 fp32; do
+    if [ -d "$exp/export/$precision" ]; then
+      log "paddle-asr transcribe --model $exp/export/$precision (${#wavs[@]} test files; reference: data/test/text)"
+      paddle-asr transcribe --model "$exp/export/$precision" --threads "$threads" "${wavs[@]}"
+    fi
+  done
+fi
+
+if [ "$stop_stage" -ge 3 ] && [ -d "$exp" ]; then
+  stage_banner summary "results"
+  paddle-asr results --exp_dir "$exp" --results_md RESULTS.md
+fi
+log "done: stages $stage..$stop_stage of $(basename "$(pwd)")"

@@ -1,0 +1,23 @@
+"""paddle_asr: Mandarin and English speech recognition recipes on PaddlePaddle 3.
+
+The engine: data, features, models, decoding, training, export, quantization and scoring.
+Shell stages under `local/` and `recipes/` only call the `paddle-asr` command in order.
+"""
+
+import os
+import warnings
+
+# Paddle's C++ core logs through glog ("New Executor is Running", pass statistics); only errors
+# matter to a user. Must be set before paddle is imported.
+os.environ.setdefault("GLOG_minloglevel", "2")
+
+# Paddle warns at import time that the C++-extension cache tool is missing; this project builds no
+# extensions, so the message is noise for every user. Installed before any module imports paddle.
+warnings.filterwarnings("ignore", message="No ccache found")
+warnings.filterwarnings("ignore", message="Setuptools is replacing distutils")
+# BatchNorm's notice that training always tracks running statistics, and a static-graph notice about
+# an op attribute, describe Paddle internals the user cannot act on.
+warnings.filterwarnings("ignore", message="When training, we now always track global mean and variance")
+warnings.filterwarnings("ignore", message=r"The Attr\(force_cpu\)")
+
+__version__ = "0.1.0"

@@ -1,0 +1,339 @@
+"""The `paddle-asr` command: one subcommand per recipe stage, plus transcribe and score.
+
+Stages run with the recipe directory as the working directory; relative paths in configs are
+relative to it. A user-fixable problem ends with `error: <message>` and exit status 1, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from paddle_asr.errors import AsrError
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _exp_config(exp_dir: Path):
+    from paddle_asr.config import load_config
+
+    path = Path(exp_dir) / "train.yaml"
+    if not path.is_file():
+        raise AsrError(f"{path} does not exist; run stage 1 (training) first - later stages read the config it saved")
+    return load_config(path)
+
+
+def _checkpoint(args, config) -> Path:
+    if args.checkpoint:
+        return Path(args.checkpoint)
+    return Path(args.exp_dir) / "checkpoints" / f"avg_{config.training.average_num}.pdparams"
+
+
+def _load_dygraph(exp_dir: Path, checkpoint: Path):
+    from paddle_asr.models.registry import build_model, load_weights
+    from paddle_asr.train.trainer import set_threads
+
+    config = _exp_config(exp_dir)
+    set_threads(config.training.num_threads)
+    model = build_model(config)
+    load_weights(model, checkpoint)
+    model.eval()
+    return config, model
+
+
+def cmd_prepare(args) -> int:
+    from paddle_asr.config import load_config
+    from paddle_asr.data.prepare import prepare_data
+
+    config = load_config(Path(args.config))
+    prepare_data(args.corpus, Path(args.corpus_dir), Path(args.data_dir), config.features, nj=args.nj, force=args.force, log=log)
+    return 0
+
+
+def cmd_train(args) -> int:
+    from paddle_asr.config import load_config
+    from paddle_asr.train.trainer import train
+
+    train(load_config(Path(args.config)), Path.cwd(), Path(args.exp_dir), force=args.force, log=log)
+    return 0
+
+
+def cmd_average(args) -> int:
+    from paddle_asr.artifacts import fingerprint
+    from paddle_asr.train.checkpoint import average_best, list_checkpoints
+
+    config = _exp_config(Path(args.exp_dir))
+    num = args.num or config.training.average_num
+    ckpt_dir = Path(args.exp_dir) / "checkpoints"
+    out = ckpt_dir / f"avg_{num}.pdparams"
+    fp = fingerprint("average-v1", num, [Path(r["path"]) for r in list_checkpoints(ckpt_dir)])
+    record = out.with_suffix(".json")
+    if not args.force and out.is_file() and record.is_file() and json.loads(record.read_text()).get("fingerprint") == fp:
+        log(f"stage 2 (average): reusing {out} (same checkpoints; --force rebuilds)")
+        return 0
+    provenance = average_best(ckpt_dir, num, out, log=log)
+    record.write_text(json.dumps({**provenance, "fingerprint": fp}, indent=1), encoding="utf-8")
+    return 0
+
+
+def _evaluate_stage(args, label: str, runner, config_features, tokenizer, inputs: list[Path], extra: dict) -> dict:
+    from paddle_asr.artifacts import fingerprint, mark_complete, reuse_or_clear
+    from paddle_asr.evaluate import evaluate
+
+    out = Path(args.out)
+    fp = fingerprint(label, args.batch_size, *inputs)
+    if reuse_or_clear(out, fp, label, args.force, log):
+        result = json.loads((out / "result.json").read_text(encoding="utf-8"))
+        log(f"{label}: CER {result['cer']:.2f} % RTF {result['rtf']:.4f} (reused)")
+        return result
+    result = evaluate(runner(), Path(args.data), tokenizer, config_features, out, label=label,
+                      batch_size=args.batch_size, extra=extra, log=log)
+    mark_complete(out, fp)
+    return result
+
+
+def cmd_test(args) -> int:
+    import paddle
+
+    from paddle_asr.data.tokenizer import CharTokenizer
+
+    exp_dir = Path(args.exp_dir)
+    config = _exp_config(exp_dir)
+    checkpoint = _checkpoint(args, config)
+
+    def runner():
+        _, model = _load_dygraph(exp_dir, checkpoint)
+
+        def run(feats, lengths):
+            with paddle.no_grad():
+                lp, ol = model.forward_infer(paddle.to_tensor(feats), paddle.to_tensor(lengths))
+            return lp.numpy(), ol.numpy()
+
+        return run
+
+    tokenizer = CharTokenizer.from_file(Path(config.data.vocab))
+    extra = {"model": "dygraph", "checkpoint": str(checkpoint), "search": "ctc_greedy_search"}
+    _evaluate_stage(args, "stage 3 (test, dynamic graph)", runner, config.features, tokenizer,
+                    [exp_dir / "train.yaml", checkpoint, Path(args.data)], extra)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from paddle_asr.artifacts import fingerprint, is_complete, mark_complete
+    from paddle_asr.export.bundle import write_bundle_files
+    from paddle_asr.export.export import export_inference_model
+
+    exp_dir = Path(args.exp_dir)
+    config = _exp_config(exp_dir)
+    checkpoint = _checkpoint(args, config)
+    out = Path(args.out)
+    fp = fingerprint("export-v1", exp_dir / "train.yaml", checkpoint)
+    if not args.force and is_complete(out, fp):
+        log(f"stage 4 (export): reusing the complete export in {out} (same checkpoint; --force rebuilds)")
+        return 0
+    config, model = _load_dygraph(exp_dir, checkpoint)
+    # export_inference_model writes atomically and checks parity with the dynamic graph itself.
+    export_inference_model(model, config.input_dim, out)
+    meta = {
+        "model": config.model.name,
+        "precision": "fp32",
+        "vocab_size": config.vocab_size,
+        "input_dim": config.input_dim,
+        "subsampling_rate": model.encoder.embed.rate,
+        "min_input_frames": model.encoder.embed.right_context + 1,
+        "checkpoint": str(checkpoint),
+    }
+    write_bundle_files(out, config, Path(config.data.vocab), meta)
+    mark_complete(out, fp)
+    log(f"stage 4 (export): static-graph model with CMVN inside -> {out}")
+    return 0
+
+
+def _bundle_runner(model_dir: Path, int8: bool, threads: int):
+    def make():
+        from paddle_asr.export.inference import InferenceModel
+
+        return InferenceModel(model_dir, num_threads=threads, int8=int8).run
+
+    return make
+
+
+def _compare_with(args, result_dir: Path) -> int:
+    """Stage 5's promise: the exported model gives stage 3's hypothesis on every utterance."""
+    from paddle_asr.evaluate import read_hypotheses
+
+    ours = read_hypotheses(Path(args.out))
+    theirs = read_hypotheses(result_dir)
+    differ = sorted(k for k in theirs if ours.get(k) != theirs[k])
+    if differ:
+        for k in differ[:20]:
+            log(f"  {k}: dynamic graph '{theirs[k]}' vs exported '{ours.get(k)}'")
+        log(f"error: the exported model's hypothesis differs from {result_dir} on {len(differ)} of {len(theirs)} utterances")
+        return 1
+    log(f"stage 5: the exported model gives the same hypothesis as {result_dir} on all {len(theirs)} utterances")
+    return 0
+
+
+def cmd_test_export(args) -> int:
+    from paddle_asr.export.bundle import bundle_bytes, read_bundle
+
+    model_dir = Path(args.model)
+    meta, features, tokenizer = read_bundle(model_dir)
+    int8 = meta.get("precision") == "int8"
+    label = f"stage {'6' if int8 else '5'} (test, exported {'INT8' if int8 else 'FP32'})"
+    extra = {"model": f"inference-{meta.get('precision')}", "model_bytes": bundle_bytes(model_dir), "threads": args.threads}
+    _evaluate_stage(args, label, _bundle_runner(model_dir, int8, args.threads), features, tokenizer,
+                    [model_dir / ".done", Path(args.data)], extra)
+    return _compare_with(args, Path(args.compare)) if args.compare else 0
+
+
+def cmd_quantize(args) -> int:
+    from paddle_asr.artifacts import atomic_write_text, fingerprint, is_complete, mark_complete
+    from paddle_asr.data.dataset import iterate_batches, make_batches
+    from paddle_asr.data.manifest import read_manifest
+    from paddle_asr.export.bundle import copy_bundle_files, read_bundle
+    from paddle_asr.export.quantize import quantize_ptq
+
+    fp32_dir, out = Path(args.model), Path(args.out)
+    meta, features, tokenizer = read_bundle(fp32_dir)
+    fp = fingerprint("quantize-v1", fp32_dir / ".done", Path(args.calib), args.num_calib, args.batch_size)
+    if not args.force and is_complete(out, fp):
+        log(f"stage 6 (INT8): reusing the complete INT8 model in {out} (--force rebuilds)")
+        return 0
+    utts = read_manifest(Path(args.calib))
+    # Calibrate on training utterances only (never test), spread over the length range.
+    step = max(1, len(utts) // args.num_calib)
+    chosen = sorted(utts, key=lambda u: u.key)[::step][: args.num_calib]
+
+    def batches():
+        for b in iterate_batches(make_batches(chosen, args.batch_size), tokenizer, features, train=False):
+            yield b.feats, b.feat_lengths
+
+    report = quantize_ptq(fp32_dir, out, batches)
+    copy_bundle_files(fp32_dir, out, precision="int8", calibration={"manifest": args.calib, "utterances": len(chosen)})
+    atomic_write_text(out / "quantize_report.json", json.dumps(report, indent=1))
+    mark_complete(out, fp)
+    log(f"stage 6 (INT8): calibrated on {len(chosen)} training utterances; "
+        f"quantized ops {report.get('quantized_ops')}; left in FP32 {report.get('fp32_ops')}")
+    log(f"stage 6 (INT8): {report['fp32_bytes'] / 1e6:.2f} MB FP32 -> {report['int8_bytes'] / 1e6:.2f} MB INT8 -> {out}")
+    return 0
+
+
+def cmd_transcribe(args) -> int:
+    from paddle_asr.transcribe import transcribe_files
+
+    failures = transcribe_files(Path(args.model), [Path(p) for p in args.audio], num_threads=args.threads)
+    return 1 if failures else 0
+
+
+def cmd_results(args) -> int:
+    from paddle_asr.results import write_results
+
+    write_results(Path(args.exp_dir), Path(args.results_md), log=log)
+    return 0
+
+
+def cmd_make_demo_corpus(args) -> int:
+    from paddle_asr.data.corpora import demo
+
+    argv = ["--out_dir", args.out_dir] + (["--force"] if args.force else [])
+    return demo.main(argv)
+
+
+def cmd_score(args) -> int:
+    from paddle_asr.metrics import score
+
+    return score.main(args.rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="paddle-asr", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(name: str, func, help_: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_)
+        sp.set_defaults(func=func)
+        return sp
+
+    sp = add("make-demo-corpus", cmd_make_demo_corpus, "synthesise the embedded Mandarin corpus (AISHELL layout)")
+    sp.add_argument("--out_dir", required=True)
+    sp.add_argument("--force", action="store_true")
+
+    sp = add("prepare", cmd_prepare, "stage 0: manifests, units, CMVN")
+    sp.add_argument("--corpus", default="aishell")
+    sp.add_argument("--corpus_dir", required=True)
+    sp.add_argument("--data_dir", default="data")
+    sp.add_argument("--config", required=True, help="the training config (its features section is used)")
+    sp.add_argument("--nj", type=int, default=2)
+    sp.add_argument("--force", action="store_true")
+
+    sp = add("train", cmd_train, "stage 1: train; writes exp_dir/train.yaml and checkpoints")
+    sp.add_argument("--config", required=True)
+    sp.add_argument("--exp_dir", required=True)
+    sp.add_argument("--force", action="store_true")
+
+    sp = add("average", cmd_average, "stage 2: average the N checkpoints with the lowest dev loss")
+    sp.add_argument("--exp_dir", required=True)
+    sp.add_argument("--num", type=int, default=0, help="default: training.average_num of the config")
+    sp.add_argument("--force", action="store_true")
+
+    for name, func, help_ in (("test", cmd_test, "stage 3: decode a test set with the dynamic-graph model"),
+                              ("export", cmd_export, "stage 4: export a static-graph inference model")):
+        sp = add(name, func, help_)
+        sp.add_argument("--exp_dir", required=True)
+        sp.add_argument("--checkpoint", default="", help="default: exp_dir/checkpoints/avg_<average_num>.pdparams")
+        sp.add_argument("--out", required=True)
+        sp.add_argument("--force", action="store_true")
+        if name == "test":
+            sp.add_argument("--data", required=True, help="manifest (data.list) of the test set")
+            sp.add_argument("--batch_size", type=int, default=16)
+
+    sp = add("test-export", cmd_test_export, "stages 5/6: decode a test set with an exported model (Paddle Inference)")
+    sp.add_argument("--model", required=True)
+    sp.add_argument("--data", required=True)
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--compare", default="", help="result dir whose hypotheses must be reproduced exactly")
+    sp.add_argument("--batch_size", type=int, default=16)
+    sp.add_argument("--threads", type=int, default=2)
+    sp.add_argument("--force", action="store_true")
+
+    sp = add("quantize", cmd_quantize, "stage 6: PaddleSlim post-training INT8 quantization")
+    sp.add_argument("--model", required=True, help="FP32 export directory")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--calib", required=True, help="manifest of TRAINING utterances for calibration")
+    sp.add_argument("--num_calib", type=int, default=64)
+    sp.add_argument("--batch_size", type=int, default=8)
+    sp.add_argument("--force", action="store_true")
+
+    sp = add("transcribe", cmd_transcribe, "transcribe audio files with an exported model")
+    sp.add_argument("--model", required=True, help="exported model directory (FP32 or INT8)")
+    sp.add_argument("--threads", type=int, default=2)
+    sp.add_argument("audio", nargs="+")
+
+    sp = add("results", cmd_results, "write the recipe's RESULTS.md from an experiment's results")
+    sp.add_argument("--exp_dir", required=True)
+    sp.add_argument("--results_md", default="RESULTS.md")
+
+    sp = add("score", cmd_score, "compute-wer compatible scoring: paddle-asr score --ref REF --hyp HYP [--char 1] [--v 1]")
+    sp.add_argument("rest", nargs=argparse.REMAINDER)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except AsrError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

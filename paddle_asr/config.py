@@ -1,0 +1,214 @@
+"""Strict YAML configuration: typed sections, unknown keys are errors, `base:` files are merged.
+
+A recipe's config names a base file (`base: ../../../conf/conformer_ctc.yaml`) and overrides only
+what differs. After merging, every key is checked against the dataclasses below, so a typo such as
+`lerning_rate` stops the run with the file and key path instead of being silently ignored.
+The training stage writes the fully resolved config to `exp/<name>/train.yaml`; every later stage
+reads only that file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from paddle_asr.errors import AsrError
+
+
+@dataclass
+class FeatureConfig:
+    """Kaldi-compatible log-mel filterbank (REFERENCE §3.1)."""
+
+    sample_rate: int = 16000
+    num_mel_bins: int = 80
+    frame_length_ms: float = 25.0
+    frame_shift_ms: float = 10.0
+    dither: float = 0.1  # training only; decoding and CMVN statistics always use 0
+
+
+@dataclass
+class SpecAugmentConfig:
+    """WeNet-style masks on the un-normalised fbank (CMVN is inside the model)."""
+
+    enabled: bool = True
+    num_t_mask: int = 2
+    max_t: int = 50
+    num_f_mask: int = 2
+    max_f: int = 10
+
+
+@dataclass
+class EncoderConfig:
+    output_size: int = 256
+    attention_heads: int = 4
+    linear_units: int = 2048
+    num_blocks: int = 12
+    dropout_rate: float = 0.1
+    positional_dropout_rate: float = 0.1
+    attention_dropout_rate: float = 0.0
+    input_layer: str = "conv2d"  # conv2d (x4), conv2d6 (x6), conv2d8 (x8)
+    # Channels of the subsampling convolutions; None means output_size, PaddleSpeech's layout.
+    subsampling_channels: int | None = None
+    normalize_before: bool = True
+    cnn_module_kernel: int = 15
+    use_cnn_module: bool = True
+    activation_type: str = "swish"
+    cnn_module_norm: str = "batch_norm"  # batch_norm | layer_norm
+    layer_norm_epsilon: float = 1e-12  # PaddleSpeech's value (WeNet uses 1e-5)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "conformer_ctc"
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    ctc_dropout_rate: float = 0.0
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adam"
+    lr: float = 0.002
+    weight_decay: float = 1e-6  # Paddle's float weight_decay is a coupled L2 coefficient
+    grad_clip: float = 5.0
+
+
+@dataclass
+class SchedulerConfig:
+    name: str = "warmuplr"
+    warmup_steps: int = 25000
+
+
+@dataclass
+class TrainingConfig:
+    max_epoch: int = 150
+    batch_size: int = 32
+    accum_grad: int = 1
+    # Utterances outside these bounds are filtered before training, counted and reported by id.
+    min_duration_s: float = 0.5
+    max_duration_s: float = 20.0
+    log_interval: int = 50
+    seed: int = 1
+    num_threads: int = 0  # 0: all cores
+    average_num: int = 30
+
+
+@dataclass
+class DataConfig:
+    """Filled by the training stage; paths are relative to the recipe directory."""
+
+    train: str = "data/train/data.list"
+    dev: str = "data/dev/data.list"
+    vocab: str = "data/lang_char/vocab.txt"
+    cmvn: str = "data/train/global_cmvn"
+
+
+@dataclass
+class AsrConfig:
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    spec_augment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    # Derived when training starts, never set by hand: checked against the data on every load.
+    vocab_size: int | None = None
+    input_dim: int | None = None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise AsrError(f"config file {path} does not exist; pass an existing YAML file with --config")
+    try:
+        with path.open(encoding="utf-8") as f:
+            loaded = yaml.safe_load(f)  # safe_load: a config file must never run code
+    except yaml.YAMLError as e:
+        raise AsrError(f"config file {path} is not valid YAML: {e}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise AsrError(f"config file {path} must hold a mapping of sections, not {type(loaded).__name__}")
+    return loaded
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_raw(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a YAML config and the chain of `base:` files it names, merged (later wins)."""
+    path = path.resolve()
+    if path in _seen:
+        raise AsrError(f"config {path} includes itself through 'base:'")
+    raw = _read_yaml(path)
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    base_path = (path.parent / str(base)).resolve()
+    return _merge(load_raw(base_path, _seen + (path,)), raw)
+
+
+def _coerce(value: Any, hint: Any, where: str, source: Path) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        hint = next(a for a in options if a is not type(None))
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise AsrError(f"{source}: '{where}' must be a mapping, got {value!r}")
+        return _build(hint, value, where, source)
+    ok = (
+        (hint is bool and isinstance(value, bool))
+        or (hint is int and isinstance(value, int) and not isinstance(value, bool))
+        or (hint is float and isinstance(value, (int, float)) and not isinstance(value, bool))
+        or (hint is str and isinstance(value, str))
+    )
+    if not ok:
+        raise AsrError(
+            f"{source}: '{where}' must be {hint.__name__}, got {value!r} ({type(value).__name__}); fix the value"
+        )
+    return float(value) if hint is float else value
+
+
+def _build(cls: type, raw: dict[str, Any], prefix: str, source: Path) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        keys = ", ".join(f"'{prefix + '.' if prefix else ''}{k}'" for k in unknown)
+        raise AsrError(
+            f"{source}: unknown config key(s) {keys}; allowed here: {', '.join(sorted(names))}"
+        )
+    kwargs = {k: _coerce(v, hints[k], f"{prefix + '.' if prefix else ''}{k}", source) for k, v in raw.items()}
+    return cls(**kwargs)
+
+
+def load_config(path: Path) -> AsrConfig:
+    """Load and validate a config file (with its `base:` chain)."""
+    return _build(AsrConfig, load_raw(Path(path)), "", Path(path))
+
+
+def config_to_dict(config: AsrConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def save_config(config: AsrConfig, path: Path) -> None:
+    """Write the resolved config atomically, so a killed stage never leaves half a file."""
+    from paddle_asr.artifacts import atomic_write_text
+
+    text = yaml.safe_dump(config_to_dict(config), sort_keys=False, allow_unicode=True)
+    atomic_write_text(Path(path), text)

@@ -1,0 +1,74 @@
+"""Reading audio files into int16-range float32 waveforms, with errors that name the file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import gcd
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from paddle_asr.errors import AsrError
+
+
+@dataclass
+class AudioInfo:
+    sample_rate: int
+    channels: int
+    frames: int
+
+    @property
+    def duration(self) -> float:
+        return self.frames / self.sample_rate if self.sample_rate else 0.0
+
+
+def audio_info(path: Path) -> AudioInfo:
+    """Header facts of an audio file; raises AsrError naming the file when it cannot be read."""
+    path = Path(path)
+    if path.is_dir():
+        raise AsrError(f"{path} is a directory, not an audio file")
+    if not path.exists():
+        raise AsrError(f"{path} does not exist")
+    try:
+        info = sf.info(str(path))
+    except (RuntimeError, sf.LibsndfileError) as e:
+        raise AsrError(f"{path} is not a readable audio file ({e})") from None
+    return AudioInfo(int(info.samplerate), int(info.channels), int(info.frames))
+
+
+def read_audio(path: Path, *, expected_rate: int | None = None) -> tuple[np.ndarray, int]:
+    """Return (waveform, sample_rate): mono float32 in the int16 range (x 32768, as Kaldi expects).
+
+    Multi-channel audio is averaged to mono. With `expected_rate`, another rate is an error:
+    training data must already be at the model's rate (stage 0 filters it).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise AsrError(f"{path} is a directory, not an audio file")
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (RuntimeError, sf.LibsndfileError) as e:
+        raise AsrError(f"cannot read audio {path} ({e}); check that the file is a complete WAV or FLAC") from None
+    if data.shape[0] == 0:
+        raise AsrError(f"{path} holds no audio samples")
+    if expected_rate is not None and rate != expected_rate:
+        raise AsrError(f"{path} has sample rate {rate} Hz, expected {expected_rate} Hz")
+    mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    return (mono * 32768.0).astype(np.float32), int(rate)
+
+
+def resample(waveform: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+    """Polyphase resampling (scipy), exact for rational rate ratios such as 44100 -> 16000."""
+    if from_rate == to_rate:
+        return waveform
+    from scipy.signal import resample_poly
+
+    g = gcd(from_rate, to_rate)
+    return resample_poly(waveform, to_rate // g, from_rate // g).astype(np.float32)
+
+
+def read_audio_resampled(path: Path, target_rate: int) -> np.ndarray:
+    """Any readable file, any rate and channel count -> mono waveform at `target_rate`."""
+    waveform, rate = read_audio(path)
+    return resample(waveform, rate, target_rate)

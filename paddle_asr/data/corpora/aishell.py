@@ -1,0 +1,120 @@
+"""AISHELL-1 reader: unpack the per-speaker archives and list utterances per split.
+
+Layout (REFERENCE §1.2-1.3): `data_aishell/wav/SPEAKER.tar.gz` unpack inside `wav/` to
+`{train,dev,test}/SPEAKER/BAC009SxxxxWyyyy.wav`; `data_aishell/transcript/aishell_transcript_v0.8.txt`
+holds `UTTID word word ...`. The split comes only from the path; spaces are removed from the text.
+Wavs without a transcript, unreadable files and wrong formats are counted and reported by id.
+"""
+
+from __future__ import annotations
+
+import tarfile
+from pathlib import Path
+
+from paddle_asr.data.audio import audio_info
+from paddle_asr.data.manifest import Utterance
+from paddle_asr.errors import AsrError
+
+SPLITS = ("train", "dev", "test")
+TRANSCRIPT = Path("transcript") / "aishell_transcript_v0.8.txt"
+
+
+def find_root(corpus_dir: Path) -> Path:
+    """Accept the folder holding `data_aishell` (or its .tgz) or `data_aishell` itself."""
+    corpus_dir = Path(corpus_dir)
+    for candidate in (corpus_dir, corpus_dir / "data_aishell"):
+        if (candidate / "wav").is_dir() and (candidate / TRANSCRIPT).exists():
+            return candidate
+    tgz = corpus_dir / "data_aishell.tgz"
+    if tgz.is_file():
+        safe_extract(tgz, corpus_dir)
+        return corpus_dir / "data_aishell"
+    raise AsrError(
+        f"no AISHELL-1 corpus under {corpus_dir}: expected data_aishell/wav/ and "
+        f"data_aishell/{TRANSCRIPT} (or data_aishell.tgz); pass the folder with --data_dir"
+    )
+
+
+def safe_extract(archive: Path, dest: Path) -> None:
+    """Extract with Python's 'data' filter, which refuses absolute paths, `..` and outside links."""
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            tar.extractall(dest, filter="data")
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise AsrError(
+            f"cannot extract {archive} ({type(e).__name__}: {e}); the archive is corrupt, truncated "
+            "or unsafe - download it again"
+        ) from None
+
+
+def extract_speaker_archives(root: Path, log=print) -> None:
+    """Unpack every `wav/*.tar.gz` in place; a marker per archive makes re-runs skip finished ones."""
+    archives = sorted((root / "wav").glob("*.tar.gz"))
+    done = 0
+    for archive in archives:
+        marker = archive.with_name(archive.name + ".extracted")
+        if marker.exists():
+            continue
+        # Unpacked again whole if a previous run was killed before writing the marker.
+        safe_extract(archive, archive.parent)
+        marker.write_text("ok\n", encoding="utf-8")
+        done += 1
+    log(f"aishell: {len(archives)} speaker archives, {done} unpacked now, {len(archives) - done} already unpacked")
+
+
+def read_transcripts(path: Path) -> dict[str, str]:
+    texts: dict[str, str] = {}
+    for lineno, raw in enumerate(path.read_bytes().split(b"\n"), 1):
+        try:
+            line = raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise AsrError(f"{path}:{lineno}: transcript line is not UTF-8; fix or remove that line") from None
+        if not line:
+            continue
+        key, _, words = line.partition(" ")
+        if key in texts:
+            raise AsrError(f"{path}:{lineno}: utterance id '{key}' appears twice in the transcript")
+        texts[key] = "".join(words.split())  # AISHELL text is word-segmented: drop every space
+    return texts
+
+
+def list_split(root: Path, split: str, texts: dict[str, str], sample_rate: int) -> tuple[list[Utterance], list[tuple[str, str]]]:
+    """Utterances of one split that can be used, and (id, reason) for every one left out."""
+    kept: list[Utterance] = []
+    dropped: list[tuple[str, str]] = []
+    for wav in sorted((root / "wav" / split).glob("*/*.wav")):
+        key = wav.stem
+        if key not in texts:
+            dropped.append((key, "no transcript line"))
+            continue
+        if not texts[key]:
+            dropped.append((key, "empty transcript"))
+            continue
+        try:
+            info = audio_info(wav)
+        except AsrError as e:
+            dropped.append((key, f"unreadable audio: {e}"))
+            continue
+        if info.frames == 0:
+            dropped.append((key, "audio has no samples"))
+        elif info.sample_rate != sample_rate:
+            dropped.append((key, f"sample rate {info.sample_rate} Hz, expected {sample_rate} Hz"))
+        elif info.channels != 1:
+            dropped.append((key, f"{info.channels} channels, expected mono"))
+        else:
+            kept.append(Utterance(key, str(wav.resolve()), round(info.duration, 4), texts[key]))
+    return kept, dropped
+
+
+def read_splits(root: Path, sample_rate: int) -> dict[str, tuple[list[Utterance], list[tuple[str, str]]]]:
+    """Kept utterances and (id, reason) of dropped ones, per split, of an unpacked corpus."""
+    texts = read_transcripts(root / TRANSCRIPT)
+    return {split: list_split(root, split, texts, sample_rate) for split in SPLITS}
+
+
+def fingerprint_inputs(root: Path) -> list:
+    """What identifies the unpacked corpus cheaply: archives, wav count and the transcript file."""
+    archives = [(p.name, p.stat().st_size) for p in sorted((root / "wav").glob("*.tar.gz"))]
+    wav_count = sum(1 for _ in (root / "wav").glob("*/*/*.wav"))
+    transcript = root / TRANSCRIPT
+    return [str(root.resolve()), archives, wav_count, transcript.stat().st_size, transcript.stat().st_mtime_ns]

@@ -1,0 +1,58 @@
+"""A model bundle: the exported program plus everything needed to use it without the recipe.
+
+`<dir>/model.pdmodel`, `model.pdiparams` (CMVN inside), `vocab.txt` (units), `features.yaml`
+(fbank settings, dither 0) and `meta.json` (model name, sizes, precision, provenance). Transcription
+needs only this directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import yaml
+
+from paddle_asr.artifacts import atomic_write_text
+from paddle_asr.config import AsrConfig, FeatureConfig
+from paddle_asr.data.tokenizer import CharTokenizer
+from paddle_asr.errors import AsrError
+
+META = "meta.json"
+VOCAB = "vocab.txt"
+FEATURES = "features.yaml"
+
+
+def write_bundle_files(out_dir: Path, config: AsrConfig, vocab: Path, meta: dict) -> None:
+    shutil.copyfile(vocab, out_dir / VOCAB)
+    features = dataclasses.replace(config.features, dither=0.0)  # decoding never dithers
+    atomic_write_text(out_dir / FEATURES, yaml.safe_dump(dataclasses.asdict(features), sort_keys=False))
+    atomic_write_text(out_dir / META, json.dumps(meta, ensure_ascii=False, indent=1))
+
+
+def copy_bundle_files(src: Path, dst: Path, **meta_updates) -> None:
+    """Carry vocab/features/meta from the FP32 bundle to a derived one (the INT8 model)."""
+    shutil.copyfile(src / VOCAB, dst / VOCAB)
+    shutil.copyfile(src / FEATURES, dst / FEATURES)
+    meta = json.loads((src / META).read_text(encoding="utf-8"))
+    meta.update(meta_updates)
+    atomic_write_text(dst / META, json.dumps(meta, ensure_ascii=False, indent=1))
+
+
+def read_bundle(model_dir: Path) -> tuple[dict, FeatureConfig, CharTokenizer]:
+    model_dir = Path(model_dir)
+    for name in (META, VOCAB, FEATURES):
+        if not (model_dir / name).is_file():
+            raise AsrError(
+                f"{model_dir} is not an exported model: {name} is missing; pass a directory written by "
+                "stage 4 (export) or stage 6 (INT8), e.g. exp/<name>/export/fp32"
+            )
+    meta = json.loads((model_dir / META).read_text(encoding="utf-8"))
+    features = FeatureConfig(**yaml.safe_load((model_dir / FEATURES).read_text(encoding="utf-8")))
+    return meta, features, CharTokenizer.from_file(model_dir / VOCAB)
+
+
+def bundle_bytes(model_dir: Path) -> int:
+    """Size on disk of the program and weights (what a deployment ships)."""
+    return sum(p.stat().st_size for p in Path(model_dir).iterdir() if p.suffix in (".pdmodel", ".pdiparams", ".json") and p.name != META)

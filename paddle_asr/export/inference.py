@@ -1,0 +1,171 @@
+"""Paddle Inference runner for exported (FP32) and PaddleSlim-quantized (INT8) models."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import tempfile
+import warnings
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import paddle.inference as paddle_infer
+
+# oneDNN caches one primitive set per input shape; with dynamic (B, T) that
+# cache would grow without bound in a long-running server. 10 shapes is
+# plenty for bucketed batches and keeps memory flat.
+MKLDNN_CACHE_CAPACITY = 10
+
+# Ops that oneDNN may run in INT8 (names after the fuse passes: nn.Linear ->
+# fc, Conv1D/Conv2D -> fused_conv2d). Deliberately NOT the activation x
+# activation attention matmuls (fused_matmul/matmul): with them INT8 greedy
+# agreement with FP32 collapsed to ~12% on a conformer, versus ~97-99% with
+# this list; nor elementwise/transpose/reshape ops, which only add
+# quantize/dequantize reorders. An empty set would mean "every op that has a
+# scale", which is exactly the broken case.
+INT8_OP_TYPES: frozenset[str] = frozenset({"fc", "conv2d", "fused_conv2d", "depthwise_conv2d"})
+
+
+@contextlib.contextmanager
+def quiet_output() -> Iterator[None]:
+    """Hide Python warnings, logging and C++ writes to fds 1/2 for the block.
+
+    oneDNN INT8 passes print their statistics straight to std::cerr
+    (``PrettyLogDetail``, not glog, so ``disable_glog_info`` does not help)
+    and PaddleSlim prints import noise and progress bars. Output goes to a
+    temp file; on failure its tail is attached to the exception so the cause
+    is not lost. Process-wide (fds are shared): not for concurrent threads.
+    """
+    old_disable = logging.root.manager.disable
+    with tempfile.TemporaryFile(mode="w+b") as sink, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.disable(logging.CRITICAL)
+        sys.stdout.flush(), sys.stderr.flush()
+        saved = [os.dup(1), os.dup(2)]
+
+        def restore() -> None:
+            # Flush Python-level buffers (tqdm '\r' lines) into the sink first.
+            sys.stdout.flush(), sys.stderr.flush()
+            os.dup2(saved[0], 1), os.dup2(saved[1], 2)
+
+        try:
+            for fd in (1, 2):
+                os.dup2(sink.fileno(), fd)
+            yield
+        except BaseException as exc:
+            restore()
+            sink.seek(0)
+            tail = sink.read()[-4000:].decode(errors="replace").strip()
+            if tail:
+                exc.add_note(f"suppressed output (tail):\n{tail}")
+            raise
+        finally:
+            restore()
+            for fd in saved:
+                os.close(fd)
+            logging.disable(old_disable)
+
+
+def find_model_files(model_dir: Path) -> tuple[Path, Path]:
+    """Return ``(program, params)`` for a legacy (``.pdmodel``) or PIR (``.json``) export."""
+    model_dir = Path(model_dir)
+    params = model_dir / "model.pdiparams"
+    for name in ("model.pdmodel", "model.json"):
+        prog = model_dir / name
+        if prog.is_file() and params.is_file():
+            return prog, params
+    present = sorted(p.name for p in model_dir.iterdir()) if model_dir.is_dir() else None
+    raise FileNotFoundError(
+        f"no exported model in {model_dir}: expected model.pdmodel (legacy) or model.json "
+        f"(PIR) next to model.pdiparams; directory contents: {present}"
+    )
+
+
+def make_config(
+    model_dir: Path,
+    *,
+    num_threads: int = 2,
+    use_mkldnn: bool = True,
+    int8: bool = False,
+    int8_op_types: Iterable[str] = INT8_OP_TYPES,
+) -> paddle_infer.Config:
+    """Build the CPU ``Config``.
+
+    INT8: the PaddleSlim model carries ``quantize_linear``/``dequantize_linear``
+    ops. Only the *legacy* IR pass list installed by ``enable_mkldnn_int8()``
+    (``quant_dequant_onednn_pass`` -> ``cpu_quantize_placement_pass`` ->
+    ``cpu_quantize_pass`` -> ``cpu_quantize_squash_pass``) turns them into
+    int8 oneDNN kernels; the PIR oneDNN pipeline just deletes them and runs
+    FP32. So INT8 needs oneDNN on, ``enable_mkldnn_int8()``, and the new IR
+    off -- which is what Paddle 3.0.0 picks for a ``.pdmodel`` anyway; we set
+    it explicitly so a future default change cannot silently drop INT8.
+    """
+    prog, params = find_model_files(model_dir)
+    config = paddle_infer.Config(str(prog), str(params))
+    config.disable_gpu()
+    config.disable_glog_info()
+    config.set_cpu_math_library_num_threads(num_threads)
+    config.switch_ir_optim(True)
+    config.enable_memory_optim()
+    if prog.suffix == ".pdmodel":
+        config.enable_new_ir(False)
+    if use_mkldnn or int8:
+        config.enable_mkldnn()
+        config.set_mkldnn_cache_capacity(MKLDNN_CACHE_CAPACITY)
+    if int8:
+        if prog.suffix != ".pdmodel":
+            raise ValueError(f"INT8 needs a legacy model.pdmodel in {model_dir}")
+        config.enable_mkldnn_int8(set(int8_op_types))
+    return config
+
+
+class InferenceModel:
+    """``run(feats [B,T,D] f32, feats_lengths [B] i64) -> (log_probs [B,T',V], out_lengths [B])``."""
+
+    def __init__(
+        self,
+        model_dir: Path,
+        *,
+        num_threads: int = 2,
+        use_mkldnn: bool = True,
+        int8: bool = False,
+        int8_op_types: Iterable[str] = INT8_OP_TYPES,
+    ) -> None:
+        self.model_dir = Path(model_dir)
+        self.config = make_config(
+            self.model_dir,
+            num_threads=num_threads,
+            use_mkldnn=use_mkldnn,
+            int8=int8,
+            int8_op_types=int8_op_types,
+        )
+        with quiet_output():  # INT8 passes print op statistics to std::cerr
+            self.predictor = paddle_infer.create_predictor(self.config)
+        names = self.predictor.get_input_names()
+        if set(names) != {"feats", "feats_lengths"}:
+            raise ValueError(f"unexpected inputs {names} in {self.model_dir}")
+        self._feats = self.predictor.get_input_handle("feats")
+        self._lengths = self.predictor.get_input_handle("feats_lengths")
+        self._outputs = [self.predictor.get_output_handle(n) for n in self.predictor.get_output_names()]
+        if len(self._outputs) != 2:
+            raise ValueError(f"expected 2 outputs (log_probs, lengths) in {self.model_dir}")
+
+    def run(self, feats: np.ndarray, feats_lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        feats = np.ascontiguousarray(feats, dtype=np.float32)
+        feats_lengths = np.ascontiguousarray(feats_lengths, dtype=np.int64)
+        if feats.ndim != 3 or feats_lengths.shape != (feats.shape[0],):
+            raise ValueError(f"bad input shapes {feats.shape}, {feats_lengths.shape}")
+        self._feats.reshape(list(feats.shape))
+        self._feats.copy_from_cpu(feats)
+        self._lengths.reshape(list(feats_lengths.shape))
+        self._lengths.copy_from_cpu(feats_lengths)
+        self.predictor.run()
+        out = [h.copy_to_cpu() for h in self._outputs]
+        # Output order follows the traced return tuple, but identify them by
+        # rank so a reordering in a future Paddle cannot swap them silently.
+        log_probs = next(o for o in out if o.ndim == 3)
+        lengths = next(o for o in out if o.ndim == 1)
+        return log_probs, lengths.astype(np.int64, copy=False)

@@ -1,0 +1,104 @@
+"""Kaldi-compatible log-mel filterbank (kaldi-native-fbank) and global CMVN statistics.
+
+Settings follow REFERENCE §3.1: povey window, 25/10 ms, pre-emphasis 0.97, DC removal, power
+spectrum, 20 Hz to Nyquist, snip_edges, natural log. Waveforms are scaled to the int16 range
+(x 32768), as WeNet and PaddleSpeech do, so statistics and checkpoints are interchangeable.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import kaldi_native_fbank as knf
+import numpy as np
+
+from paddle_asr.config import FeatureConfig
+from paddle_asr.errors import AsrError
+
+
+def num_frames(num_samples: int, config: FeatureConfig) -> int:
+    """Frames produced with snip_edges (REFERENCE §3.2)."""
+    win = int(config.sample_rate * config.frame_length_ms / 1000)
+    hop = int(config.sample_rate * config.frame_shift_ms / 1000)
+    return 0 if num_samples < win else 1 + (num_samples - win) // hop
+
+
+def _fbank_options(config: FeatureConfig) -> knf.FbankOptions:
+    opts = knf.FbankOptions()
+    opts.frame_opts.samp_freq = float(config.sample_rate)
+    opts.frame_opts.frame_length_ms = float(config.frame_length_ms)
+    opts.frame_opts.frame_shift_ms = float(config.frame_shift_ms)
+    # Dither is added below with our own seeded generator so that training is reproducible.
+    opts.frame_opts.dither = 0.0
+    opts.frame_opts.window_type = "povey"
+    opts.frame_opts.snip_edges = True
+    opts.mel_opts.num_bins = int(config.num_mel_bins)
+    opts.mel_opts.low_freq = 20.0
+    opts.mel_opts.high_freq = 0.0
+    opts.energy_floor = 0.0
+    opts.use_energy = False
+    return opts
+
+
+def compute_fbank(
+    waveform: np.ndarray,
+    config: FeatureConfig,
+    *,
+    dither: float = 0.0,
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """Log-mel fbank `[frames, num_mel_bins]` float32 of a mono waveform in the int16 range."""
+    samples = np.asarray(waveform, dtype=np.float32)
+    if samples.ndim != 1:
+        raise ValueError(f"compute_fbank expects a mono 1-D waveform, got shape {samples.shape}")
+    if dither > 0.0:
+        rng = rng or np.random.default_rng()
+        samples = samples + dither * rng.standard_normal(samples.shape[0]).astype(np.float32)
+    fbank = knf.OnlineFbank(_fbank_options(config))
+    fbank.accept_waveform(float(config.sample_rate), samples)
+    fbank.input_finished()
+    n = fbank.num_frames_ready
+    if n == 0:
+        return np.zeros((0, config.num_mel_bins), dtype=np.float32)
+    return np.stack([fbank.get_frame(i) for i in range(n)]).astype(np.float32)
+
+
+class CmvnAccumulator:
+    """Per-dimension sums and sums of squares in float64 over every frame of a data set."""
+
+    def __init__(self, dim: int) -> None:
+        self.sum = np.zeros(dim, dtype=np.float64)
+        self.sumsq = np.zeros(dim, dtype=np.float64)
+        self.frames = 0
+
+    def add(self, feats: np.ndarray) -> None:
+        f = feats.astype(np.float64)
+        self.sum += f.sum(axis=0)
+        self.sumsq += (f * f).sum(axis=0)
+        self.frames += f.shape[0]
+
+    def to_json(self) -> str:
+        """The JSON layout WeNet and PaddleSpeech both read (REFERENCE §3.4)."""
+        return json.dumps(
+            {"mean_stat": self.sum.tolist(), "var_stat": self.sumsq.tolist(), "frame_num": self.frames}
+        )
+
+
+def load_cmvn(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Return (mean, istd) float32 from a WeNet/PaddleSpeech JSON CMVN file."""
+    try:
+        stats = json.loads(Path(path).read_text(encoding="utf-8"))
+        sums = np.asarray(stats["mean_stat"], dtype=np.float64)
+        sumsq = np.asarray(stats["var_stat"], dtype=np.float64)
+        count = float(stats["frame_num"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise AsrError(
+            f"cannot read CMVN statistics from {path} ({e}); expected JSON with mean_stat, var_stat, "
+            "frame_num - re-run stage 0 to recompute it"
+        ) from None
+    if count <= 0 or sums.shape != sumsq.shape:
+        raise AsrError(f"CMVN statistics in {path} are empty or inconsistent; re-run stage 0")
+    mean = sums / count
+    var = np.maximum(sumsq / count - mean * mean, 1e-20)  # WeNet's floor
+    return mean.astype(np.float32), (1.0 / np.sqrt(var)).astype(np.float32)

@@ -1,0 +1,67 @@
+"""Models built by name from config (`model.name`), and loading weights with clear mismatch errors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import paddle
+from paddle import nn
+
+from paddle_asr.config import AsrConfig
+from paddle_asr.errors import AsrError
+from paddle_asr.features import load_cmvn
+from paddle_asr.models.asr_model import CTCModel
+from paddle_asr.models.conformer import ConformerEncoder
+
+
+def _conformer_ctc(config: AsrConfig, input_dim: int, vocab_size: int, cmvn) -> nn.Layer:
+    encoder = ConformerEncoder(input_dim, config.model.encoder, cmvn)
+    return CTCModel(encoder, vocab_size, config.model.ctc_dropout_rate)
+
+
+MODELS: dict[str, Callable[..., nn.Layer]] = {"conformer_ctc": _conformer_ctc}
+
+
+def build_model(config: AsrConfig, cmvn: tuple[np.ndarray, np.ndarray] | None = None) -> nn.Layer:
+    """Build the network of a resolved config (vocab_size and input_dim filled by training)."""
+    if config.model.name not in MODELS:
+        raise AsrError(f"model.name '{config.model.name}' unknown; known models: {', '.join(sorted(MODELS))}")
+    if config.vocab_size is None or config.input_dim is None:
+        raise AsrError("the config has no vocab_size/input_dim: use the train.yaml written by stage 1")
+    if cmvn is None:
+        dim = config.input_dim
+        cmvn = (np.zeros(dim, np.float32), np.ones(dim, np.float32))  # overwritten by the checkpoint
+    return MODELS[config.model.name](config, config.input_dim, config.vocab_size, cmvn)
+
+
+def build_model_for_training(config: AsrConfig, recipe_dir: Path) -> nn.Layer:
+    return build_model(config, load_cmvn(recipe_dir / config.data.cmvn))
+
+
+def load_weights(model: nn.Layer, path: Path) -> None:
+    """Load a `.pdparams` file; any missing, unexpected or mis-shaped tensor is a listed error."""
+    path = Path(path)
+    if not path.is_file():
+        raise AsrError(f"checkpoint {path} does not exist; run the training (stage 1) or averaging (stage 2)")
+    try:
+        state = paddle.load(str(path))
+    except Exception as e:  # paddle raises several types for corrupt files
+        raise AsrError(f"cannot read checkpoint {path} ({type(e).__name__}: {e})") from None
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = [
+        f"{k}: checkpoint {list(state[k].shape)} vs model {list(expected[k].shape)}"
+        for k in sorted(set(state) & set(expected))
+        if list(state[k].shape) != list(expected[k].shape)
+    ]
+    if missing or unexpected or mismatched:
+        lines = [f"checkpoint {path} does not fit the model built from the config:"]
+        lines += [f"  missing in checkpoint: {k}" for k in missing[:20]]
+        lines += [f"  not in model: {k}" for k in unexpected[:20]]
+        lines += [f"  shape mismatch {m}" for m in mismatched[:20]]
+        lines.append("  use the train.yaml saved next to the checkpoint, or a checkpoint trained with this config")
+        raise AsrError("\n".join(lines))
+    model.set_state_dict(state)

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Run a recipe from the top of the repository:
+#   bash run.sh                                  # the embedded demo, every stage (-1..7), on CPU
+#   bash run.sh --recipe aishell --stage 0 --stop_stage 3 --data_dir /data/aishell
+# Creates the Python environment (.venv) on first use. Options after --recipe go to the recipe.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+recipe=demo
+if [ "${1:-}" = "--recipe" ]; then
+  [ "$#" -ge 2 ] || { echo "run.sh: --recipe needs a name (one of: $(ls "$root/recipes" | tr '\n' ' '))" >&2; exit 1; }
+  recipe="$2"; shift 2
+elif [[ "${1:-}" == --recipe=* ]]; then
+  recipe="${1#--recipe=}"; shift
+fi
+if [ ! -f "$root/recipes/$recipe/run.sh" ]; then
+  echo "run.sh: no recipe '$recipe'; available: $(ls "$root/recipes" | tr '\n' ' ')" >&2
+  exit 1
+fi
+. "$root/utils/setup_env.sh"
+exec bash "$root/recipes/$recipe/run.sh" "$@"

@@ -1,0 +1,110 @@
+"""The synthetic demo corpus must look exactly like AISHELL-1 and be reproducible."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+pytest.importorskip("espeakng_loader")
+
+from paddle_asr.data.corpora.demo import generate_demo_corpus  # noqa: E402
+from paddle_asr.data.corpora.espeak_synth import ESpeak, toneless  # noqa: E402
+
+COUNTS = dict(num_train_speakers=2, num_dev_speakers=1, num_test_speakers=1, utts_per_speaker=4)
+WAV_PATH = re.compile(r"(train|dev|test)/(S\d{4})/BAC009(S\d{4})W\d{4}\.wav")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    logs: list[str] = []
+    summary = generate_demo_corpus(out / "a", seed=123, log=logs.append, **COUNTS)
+    return out, summary, logs
+
+
+def _extract(root: Path) -> None:
+    for archive in sorted((root / "wav").glob("*.tar.gz")):
+        subprocess.run(["tar", "-xzf", archive.name], cwd=root / "wav", check=True)
+
+
+def _read_transcript(root: Path) -> dict[str, str]:
+    lines = (root / "transcript" / "aishell_transcript_v0.8.txt").read_text(encoding="utf-8").splitlines()
+    return dict(line.split(" ", 1) for line in lines)
+
+
+def test_layout_audio_and_transcripts(corpus):
+    out, summary, _ = corpus
+    root = out / "a" / "data_aishell"
+    assert not summary["reused"]
+    # Nothing but the AISHELL files (and the hidden marker) in data_aishell.
+    assert sorted(p.name for p in root.iterdir()) == [".complete", "transcript", "wav"]
+    assert [p.name for p in (root / "transcript").iterdir()] == ["aishell_transcript_v0.8.txt"]
+    archives = sorted(p.name for p in (root / "wav").iterdir())
+    assert len(archives) == 4 and all(re.fullmatch(r"S\d{4}\.tar\.gz", a) for a in archives)
+    assert not list(out.glob(".data_aishell*")), "temporary build dir left behind"
+
+    _extract(root)
+    texts = _read_transcript(root)
+    wavs = sorted((root / "wav").glob("*/*/*.wav"))
+    assert len(wavs) == 16
+    speakers: dict[str, set[str]] = {"train": set(), "dev": set(), "test": set()}
+    for wav in wavs:
+        m = WAV_PATH.fullmatch(wav.relative_to(root / "wav").as_posix())
+        assert m and m.group(2) == m.group(3), wav
+        speakers[m.group(1)].add(m.group(2))
+        info = sf.info(wav)
+        assert (info.samplerate, info.channels, info.subtype, info.format) == (16000, 1, "PCM_16", "WAV")
+        x, _ = sf.read(wav, dtype="int16")
+        rms = float(np.sqrt(np.mean(x.astype(np.float64) ** 2)))
+        assert rms > 300, f"{wav.name} is (nearly) silent"
+        if wav.stem in texts:
+            n = len(texts[wav.stem].replace(" ", ""))
+            # 0.15-0.6 s per character plus 0.3-0.8 s of padding
+            assert 0.15 * n + 0.3 < info.duration < 0.6 * n + 0.8, (wav.name, n, info.duration)
+    assert [len(speakers[s]) for s in ("train", "dev", "test")] == [2, 1, 1]
+    assert not (speakers["train"] & speakers["dev"] or speakers["train"] & speakers["test"]
+                or speakers["dev"] & speakers["test"])
+    voices = summary["speaker_voices"]
+    split_voices = {s: {voices[spk] for spk in speakers[s]} for s in speakers}
+    assert not split_voices["test"] & (split_voices["train"] | split_voices["dev"])
+
+    # Every transcript line has a wav; exactly one wav per split has no line.
+    ids = {w.stem for w in wavs}
+    assert set(texts) <= ids
+    missing = sorted(ids - set(texts))
+    assert missing == summary["untranscribed_ids"] and len(missing) == 3
+    assert {next(w.parts[-3] for w in wavs if w.stem == i) for i in missing} == {"train", "dev", "test"}
+    for text in texts.values():
+        assert re.fullmatch(r"[\u4e00-\u9fff]+( [\u4e00-\u9fff]+)*", text), text
+        assert 6 <= len(text.replace(" ", "")) <= 14
+
+    # Core text-design property: no two characters share a toneless syllable.
+    chars = sorted(set("".join(texts.values()).replace(" ", "")))
+    readings = [toneless(ESpeak.get().phonemes(c)) for c in chars]
+    assert None not in readings and len(set(readings)) == len(chars)
+    assert summary["num_chars"] >= 250
+
+
+def test_deterministic_and_reused(corpus):
+    out, summary, _ = corpus
+    first = out / "a" / "data_aishell"
+    again = generate_demo_corpus(out / "b", seed=123, log=lambda _: None, **COUNTS)
+    second = out / "b" / "data_aishell"
+    assert not again["reused"]
+    for archive in sorted((first / "wav").glob("*.tar.gz")):
+        assert archive.read_bytes() == (second / "wav" / archive.name).read_bytes(), archive.name
+    t = "transcript/aishell_transcript_v0.8.txt"
+    assert (first / t).read_bytes() == (second / t).read_bytes()
+
+    # Same parameters: the .complete marker makes the call a no-op.
+    before = {p: p.stat().st_mtime_ns for p in (first / "wav").glob("*.tar.gz")}
+    logs: list[str] = []
+    reused = generate_demo_corpus(out / "a", seed=123, log=logs.append, **COUNTS)
+    assert reused["reused"] and "skipping" in " ".join(logs)
+    assert reused["untranscribed_ids"] == summary["untranscribed_ids"]
+    assert before == {p: p.stat().st_mtime_ns for p in (first / "wav").glob("*.tar.gz")}

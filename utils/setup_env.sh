@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Create the project's virtual environment (.venv) when it is missing or out of date, then print
+# nothing but one line. Sourced by run.sh and tests/run.sh; exports PATH with the venv first.
+# Uses an existing environment instead when PADDLE_ASR_PYTHON names its python.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${PADDLE_ASR_VENV:-$root/.venv}"
+stamp="$venv/.paddle_asr_installed"
+want="$(cat "$root/requirements.txt" "$root/pyproject.toml" | sha256sum | cut -d' ' -f1)"
+
+if [ -n "${PADDLE_ASR_PYTHON:-}" ]; then
+  export PATH="$(dirname "$PADDLE_ASR_PYTHON"):$PATH"
+elif [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  export PATH="$venv/bin:$PATH"
+else
+  echo "[setup] creating the Python environment in $venv (one time, a few minutes)"
+  python3 -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "Python >= 3.10 is required")'
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  log_file="$venv/setup.log"
+  # numpy is pinned below 2: paddleslim pins an OpenCV built for numpy 1, which prints an ABI
+  # warning under numpy 2. The full pinned list keeps every machine on the same versions.
+  if ! { "$venv/bin/python" -m pip install --disable-pip-version-check -q --upgrade pip &&
+         "$venv/bin/python" -m pip install --disable-pip-version-check -q -r "$root/requirements.txt" &&
+         "$venv/bin/python" -m pip install --disable-pip-version-check -q --no-deps -e "$root"; } >"$log_file" 2>&1; then
+    echo "[setup] installing the environment failed; the pip output is in $log_file:" >&2
+    tail -n 20 "$log_file" >&2
+    exit 1
+  fi
+  echo "$want" > "$stamp"
+  export PATH="$venv/bin:$PATH"
+  echo "[setup] environment ready: $("$venv/bin/python" -c 'import paddle; print("paddlepaddle", paddle.__version__)')"
+fi
