@@ -149,7 +149,11 @@ def export_inference_model(model: paddle.nn.Layer, feat_dim: int, out_dir: Path)
     try:
         wrapper = _InferWrapper(model)
         wrapper.eval()
-        with paddle.pir_utils.DygraphOldIrGuard():
+        from paddle_asr.export.inference import quiet_output
+
+        # quiet_output: jit.save logs "New Executor is Running" via glog and
+        # warns about deprecated attrs; shown only if the save fails.
+        with paddle.pir_utils.DygraphOldIrGuard(), quiet_output():
             static_layer = paddle.jit.to_static(
                 wrapper, input_spec=input_specs(feat_dim), full_graph=True
             )
@@ -158,7 +162,10 @@ def export_inference_model(model: paddle.nn.Layer, feat_dim: int, out_dir: Path)
         if missing:
             raise ExportError(f"paddle.jit.save did not write {missing} in {tmp_dir}")
         feats, lengths = _parity_batch(feat_dim)
-        check_parity(model, tmp_dir, feats, lengths)
+        try:
+            check_parity(model, tmp_dir, feats, lengths)
+        except ExportError as e:
+            raise ExportError(f"export to {out_dir} rejected, nothing written: {e}") from None
         _replace_dir(tmp_dir, out_dir)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
