@@ -93,7 +93,8 @@ def check_parity(
     ref_lp, ref_len = ref_lp.numpy(), ref_len.numpy()
     # Parity is checked against the plain FP32 configuration we ship.
     got_lp, got_len = InferenceModel(model_dir).run(feats, feats_lengths)
-    if ref_lp.shape != got_lp.shape or not np.array_equal(ref_len, got_len):
+    # The runner pads time to its length bucket, so it may return more (padding) frames.
+    if ref_lp.shape[0::2] != got_lp.shape[0::2] or got_lp.shape[1] < ref_lp.shape[1] or not np.array_equal(ref_len, got_len):
         raise ExportError(
             f"exported model in {model_dir} disagrees with dygraph on shapes/lengths: "
             f"log_probs {got_lp.shape} vs {ref_lp.shape}, lengths {got_len} vs {ref_len}"

@@ -130,7 +130,7 @@ class PositionwiseFeedForward(nn.Layer):
         self.dropout = nn.Dropout(dropout_rate)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        return self.w_2(self.dropout(F.silu(self.w_1(x))))
+        return self.w_2(self.dropout(F.swish(self.w_1(x))))
 
 
 class ConvolutionModule(nn.Layer):
@@ -159,5 +159,5 @@ class ConvolutionModule(nn.Layer):
             x = self.norm(x.transpose([0, 2, 1])).transpose([0, 2, 1])
         else:
             x = self.norm(x)
-        x = self.pointwise_conv2(F.silu(x)) * pad_mask
+        x = self.pointwise_conv2(F.swish(x)) * pad_mask
         return x.transpose([0, 2, 1])

@@ -12,7 +12,7 @@ import tarfile
 from pathlib import Path
 
 from paddle_asr.data.audio import audio_info
-from paddle_asr.data.manifest import Utterance
+from paddle_asr.data.manifest import Utterance, read_kaldi_table
 from paddle_asr.errors import AsrError
 
 SPLITS = ("train", "dev", "test")
@@ -63,19 +63,8 @@ def extract_speaker_archives(root: Path, log=print) -> None:
 
 
 def read_transcripts(path: Path) -> dict[str, str]:
-    texts: dict[str, str] = {}
-    for lineno, raw in enumerate(path.read_bytes().split(b"\n"), 1):
-        try:
-            line = raw.decode("utf-8").strip()
-        except UnicodeDecodeError:
-            raise AsrError(f"{path}:{lineno}: transcript line is not UTF-8; fix or remove that line") from None
-        if not line:
-            continue
-        key, _, words = line.partition(" ")
-        if key in texts:
-            raise AsrError(f"{path}:{lineno}: utterance id '{key}' appears twice in the transcript")
-        texts[key] = "".join(words.split())  # AISHELL text is word-segmented: drop every space
-    return texts
+    # AISHELL text is word-segmented, sometimes with runs of spaces: drop every space.
+    return {key: "".join(words.split()) for key, words in read_kaldi_table(path).items()}
 
 
 def list_split(root: Path, split: str, texts: dict[str, str], sample_rate: int) -> tuple[list[Utterance], list[tuple[str, str]]]:
