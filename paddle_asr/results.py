@@ -15,6 +15,13 @@ def collect(exp_dir: Path) -> list[dict]:
     rows = []
     for path in sorted(Path(exp_dir).glob("test_*/result.json")):
         rows.append(json.loads(path.read_text(encoding="utf-8")))
+    by_model = {r.get("model"): r for r in rows}
+    fp32, int8 = by_model.get("inference-fp32"), by_model.get("inference-int8")
+    if fp32 and int8 and int8["network_seconds"]:
+        log(f"  INT8 vs FP32 (Paddle Inference, {fp32.get('threads')} threads): CER {int8['cer']:.2f} vs {fp32['cer']:.2f} % "
+            f"({int8['cer'] - fp32['cer']:+.2f} points), network time {int8['network_seconds']:.2f} vs "
+            f"{fp32['network_seconds']:.2f} s ({fp32['network_seconds'] / int8['network_seconds']:.2f}x faster), "
+            f"size {int8['model_bytes'] / 1e6:.2f} vs {fp32['model_bytes'] / 1e6:.2f} MB")
     return rows
 
 
@@ -46,4 +53,11 @@ def write_results(exp_dir: Path, results_md: Path, log=print) -> list[dict]:
     for r in rows:
         log(f"  {r.get('model'):>16}: CER {r['cer']:6.2f} %  RTF {r['rtf']:.4f}  network RTF {r['network_rtf']:.4f}"
             + (f"  size {r['model_bytes'] / 1e6:.2f} MB" if r.get("model_bytes") else ""))
+    by_model = {r.get("model"): r for r in rows}
+    fp32, int8 = by_model.get("inference-fp32"), by_model.get("inference-int8")
+    if fp32 and int8 and int8["network_seconds"]:
+        log(f"  INT8 vs FP32 (Paddle Inference, {fp32.get('threads')} threads): CER {int8['cer']:.2f} vs {fp32['cer']:.2f} % "
+            f"({int8['cer'] - fp32['cer']:+.2f} points), network time {int8['network_seconds']:.2f} vs "
+            f"{fp32['network_seconds']:.2f} s ({fp32['network_seconds'] / int8['network_seconds']:.2f}x faster), "
+            f"size {int8['model_bytes'] / 1e6:.2f} vs {fp32['model_bytes'] / 1e6:.2f} MB")
     return rows
