@@ -153,7 +153,11 @@ class ConvolutionModule(nn.Layer):
 
     def forward(self, x: paddle.Tensor, pad_mask: paddle.Tensor) -> paddle.Tensor:
         x = x.transpose([0, 2, 1]) * pad_mask  # [B, C, T]; padded frames must not leak into the conv
-        x = F.glu(self.pointwise_conv1(x), axis=1)
+        # Masked again after the pointwise conv: its bias makes padded frames non-zero, and the
+        # depthwise conv would carry them into the last valid frames, so a hypothesis would depend
+        # on how much padding its batch had. (WeNet and PaddleSpeech mask only before; identical
+        # for unpadded input.)
+        x = F.glu(self.pointwise_conv1(x), axis=1) * pad_mask
         x = self.depthwise_conv(x)
         if self.use_layer_norm:
             x = self.norm(x.transpose([0, 2, 1])).transpose([0, 2, 1])
