@@ -47,7 +47,7 @@ log "recipe $(pwd), corpus $corpus at $data_dir, config $config, experiment $exp
 
 if run_stage -1; then
   stage_banner -1 "get the corpus"
-  if [ -x local/get_corpus.sh ] || [ -f local/get_corpus.sh ]; then
+  if [ -f local/get_corpus.sh ]; then
     bash local/get_corpus.sh --data_dir "$data_dir" --force "$force"
   else
     log "this recipe has no local/get_corpus.sh: the corpus must already be at $data_dir"

@@ -15,13 +15,6 @@ def collect(exp_dir: Path) -> list[dict]:
     rows = []
     for path in sorted(Path(exp_dir).glob("test_*/result.json")):
         rows.append(json.loads(path.read_text(encoding="utf-8")))
-    by_model = {r.get("model"): r for r in rows}
-    fp32, int8 = by_model.get("inference-fp32"), by_model.get("inference-int8")
-    if fp32 and int8 and int8["network_seconds"]:
-        log(f"  INT8 vs FP32 (Paddle Inference, {fp32.get('threads')} threads): CER {int8['cer']:.2f} vs {fp32['cer']:.2f} % "
-            f"({int8['cer'] - fp32['cer']:+.2f} points), network time {int8['network_seconds']:.2f} vs "
-            f"{fp32['network_seconds']:.2f} s ({fp32['network_seconds'] / int8['network_seconds']:.2f}x faster), "
-            f"size {int8['model_bytes'] / 1e6:.2f} vs {fp32['model_bytes'] / 1e6:.2f} MB")
     return rows
 
 

@@ -29,5 +29,5 @@ else
   fi
   echo "$want" > "$stamp"
   export PATH="$venv/bin:$PATH"
-  echo "[setup] environment ready: $("$venv/bin/python" -c 'import paddle; print("paddlepaddle", paddle.__version__)')"
+  echo "[setup] environment ready: $("$venv/bin/python" -W ignore -c 'import paddle; print("paddlepaddle", paddle.__version__)')"
 fi

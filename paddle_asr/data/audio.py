@@ -46,6 +46,8 @@ def read_audio(path: Path, *, expected_rate: int | None = None) -> tuple[np.ndar
     path = Path(path)
     if path.is_dir():
         raise AsrError(f"{path} is a directory, not an audio file")
+    if not path.exists():
+        raise AsrError(f"{path} does not exist")
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (RuntimeError, sf.LibsndfileError) as e:

@@ -360,6 +360,7 @@ def generate_demo_corpus(out_dir: Path, *, seed: int = 20261122, num_train_speak
             "path": str(root),
             "speakers": {s: counts[s] for s in SPLITS},
             "speaker_voices": {j["speaker"]: j["voice"] for j in jobs},
+            "speakers_by_split": {s: sorted(j["speaker"] for j in jobs if j["split"] == s) for s in SPLITS},
             "utterances": {s: counts[s] * utts_per_speaker for s in SPLITS},
             "total_seconds": round(sum(durations.values()), 2),
             "num_chars": len(design.chars),
@@ -399,7 +400,13 @@ def main(argv: list[str] | None = None) -> int:
         args.out_dir, seed=args.seed, num_train_speakers=args.num_train_speakers,
         num_dev_speakers=args.num_dev_speakers, num_test_speakers=args.num_test_speakers,
         utts_per_speaker=args.utts_per_speaker, force=args.force, num_workers=args.num_workers)
-    print(json.dumps(summary, ensure_ascii=False, indent=1))
+    voices = summary.get("speaker_voices", {})
+    for split in ("train", "dev", "test"):
+        ids = [s for s in sorted(voices) if s in summary.get("speakers_by_split", {}).get(split, [])]
+        if ids:
+            print(f"[demo] {split} voices: {', '.join(f'{s}={voices[s]}' for s in ids)}")
+    print(f"[demo] {summary['num_chars']} characters, each heard {summary['train_char_count_min']}+ times in training; "
+          f"no transcript on purpose for {', '.join(summary['untranscribed_ids'])}")
     return 0
 
 
