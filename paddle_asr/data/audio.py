@@ -23,13 +23,18 @@ class AudioInfo:
         return self.frames / self.sample_rate if self.sample_rate else 0.0
 
 
-def audio_info(path: Path) -> AudioInfo:
-    """Header facts of an audio file; raises AsrError naming the file when it cannot be read."""
+def _check_file(path: Path) -> Path:
     path = Path(path)
     if path.is_dir():
         raise AsrError(f"{path} is a directory, not an audio file")
     if not path.exists():
         raise AsrError(f"{path} does not exist")
+    return path
+
+
+def audio_info(path: Path) -> AudioInfo:
+    """Header facts of an audio file; raises AsrError naming the file when it cannot be read."""
+    path = _check_file(path)
     try:
         info = sf.info(str(path))
     except (RuntimeError, sf.LibsndfileError) as e:
@@ -43,11 +48,7 @@ def read_audio(path: Path, *, expected_rate: int | None = None) -> tuple[np.ndar
     Multi-channel audio is averaged to mono. With `expected_rate`, another rate is an error:
     training data must already be at the model's rate (stage 0 filters it).
     """
-    path = Path(path)
-    if path.is_dir():
-        raise AsrError(f"{path} is a directory, not an audio file")
-    if not path.exists():
-        raise AsrError(f"{path} does not exist")
+    path = _check_file(path)
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (RuntimeError, sf.LibsndfileError) as e:
