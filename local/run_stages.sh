@@ -20,7 +20,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # Options (each can be given as --name value).
 corpus=aishell          # corpus reader for stage 0
 data_dir=""             # where the corpus is (or will be put by stage -1)
-config=conf/train.yaml  # training config, relative to the recipe directory
+config=conf/conformer_ctc.yaml  # training config, relative to the recipe directory
 exp_name=""             # default: the config file name without .yaml
 stage=0
 stop_stage=7

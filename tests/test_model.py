@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _model(**encoder):
-    config = dataclasses.replace(load_config(REPO / "recipes/demo/conf/train.yaml"), vocab_size=40, input_dim=80)
+    config = dataclasses.replace(load_config(REPO / "recipes/demo/conf/conformer_ctc.yaml"), vocab_size=40, input_dim=80)
     config.model.encoder = dataclasses.replace(config.model.encoder, **encoder)
     paddle.seed(0)
     model = build_model(config)

@@ -20,7 +20,7 @@ import soundfile as sf
 from tests.conftest import REPO, real_fixture
 
 SMALL_CONFIG = f"""\
-base: {REPO}/recipes/demo/conf/train.yaml
+base: {REPO}/recipes/demo/conf/conformer_ctc.yaml
 model:
   encoder:
     output_size: 64
