@@ -63,7 +63,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_average(args) -> int:
-    from paddle_asr.artifacts import fingerprint
+    from paddle_asr.artifacts import atomic_write_text, fingerprint
     from paddle_asr.train.checkpoint import average_best, list_checkpoints
 
     config = _exp_config(Path(args.exp_dir))
@@ -76,7 +76,7 @@ def cmd_average(args) -> int:
         log(f"stage 2 (average): reusing {out} (same checkpoints; --force rebuilds)")
         return 0
     provenance = average_best(ckpt_dir, num, out, log=log)
-    record.write_text(json.dumps({**provenance, "fingerprint": fp}, indent=1), encoding="utf-8")
+    atomic_write_text(record, json.dumps({**provenance, "fingerprint": fp}, indent=1))
     return 0
 
 
