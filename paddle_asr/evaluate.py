@@ -17,7 +17,7 @@ import numpy as np
 from paddle_asr.artifacts import atomic_directory, atomic_write_text
 from paddle_asr.config import FeatureConfig
 from paddle_asr.data.dataset import iterate_batches, make_batches
-from paddle_asr.data.manifest import read_manifest
+from paddle_asr.data.manifest import read_kaldi_table, read_manifest
 from paddle_asr.data.tokenizer import CharTokenizer
 from paddle_asr.decode.search import ctc_greedy_search
 from paddle_asr.export.inference import LENGTH_BUCKET
@@ -101,6 +101,4 @@ def evaluate(
 
 
 def read_hypotheses(out_dir: Path) -> dict[str, str]:
-    from paddle_asr.data.manifest import read_kaldi_table
-
     return read_kaldi_table(Path(out_dir) / "text")

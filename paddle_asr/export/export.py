@@ -19,13 +19,13 @@ process was started with ``FLAGS_enable_pir_api=0`` the guard is a no-op.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import paddle
 from paddle.static import InputSpec
+
+from paddle_asr.artifacts import atomic_directory
 
 MODEL_FILENAME = "model.pdmodel"
 PARAMS_FILENAME = "model.pdiparams"
@@ -111,32 +111,6 @@ def check_parity(
     return max_diff
 
 
-def _replace_dir(tmp_dir: Path, out_dir: Path) -> None:
-    """Move a finished ``tmp_dir`` to ``out_dir``; never leave a half model.
-
-    ``rename`` is atomic on one filesystem; an existing ``out_dir`` is moved
-    aside first and deleted only after the new one is in place.
-    """
-    backup = None
-    if out_dir.exists():
-        backup = out_dir.with_name(f".{out_dir.name}.old-{tmp_dir.name}")
-        out_dir.rename(backup)
-    try:
-        tmp_dir.rename(out_dir)
-    except BaseException:
-        if backup is not None:
-            backup.rename(out_dir)
-        raise
-    if backup is not None:
-        shutil.rmtree(backup, ignore_errors=True)
-
-
-def make_tmp_dir(out_dir: Path) -> Path:
-    # Same parent as the destination so the final rename stays on one device.
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-
-
 def export_inference_model(model: paddle.nn.Layer, feat_dim: int, out_dir: Path) -> Path:
     """Save ``model.forward_infer`` as ``out_dir/model.pdmodel`` + ``model.pdiparams``.
 
@@ -146,31 +120,27 @@ def export_inference_model(model: paddle.nn.Layer, feat_dim: int, out_dir: Path)
     out_dir = Path(out_dir)
     was_training = model.training
     model.eval()  # BatchNorm running stats, no dropout
-    tmp_dir = make_tmp_dir(out_dir)
     try:
-        wrapper = _InferWrapper(model)
-        wrapper.eval()
-        from paddle_asr.export.inference import quiet_output
+        with atomic_directory(out_dir) as tmp_dir:
+            wrapper = _InferWrapper(model)
+            wrapper.eval()
+            from paddle_asr.export.inference import quiet_output
 
-        # quiet_output: jit.save logs "New Executor is Running" via glog and
-        # warns about deprecated attrs; shown only if the save fails.
-        with paddle.pir_utils.DygraphOldIrGuard(), quiet_output():
-            static_layer = paddle.jit.to_static(
-                wrapper, input_spec=input_specs(feat_dim), full_graph=True
-            )
-            paddle.jit.save(static_layer, str(tmp_dir / "model"))
-        missing = [f for f in (MODEL_FILENAME, PARAMS_FILENAME) if not (tmp_dir / f).is_file()]
-        if missing:
-            raise ExportError(f"paddle.jit.save did not write {missing} in {tmp_dir}")
-        feats, lengths = _parity_batch(feat_dim)
-        try:
-            check_parity(model, tmp_dir, feats, lengths)
-        except ExportError as e:
-            raise ExportError(f"export to {out_dir} rejected, nothing written: {e}") from None
-        _replace_dir(tmp_dir, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
+            # quiet_output: jit.save logs "New Executor is Running" via glog and
+            # warns about deprecated attrs; shown only if the save fails.
+            with paddle.pir_utils.DygraphOldIrGuard(), quiet_output():
+                static_layer = paddle.jit.to_static(
+                    wrapper, input_spec=input_specs(feat_dim), full_graph=True
+                )
+                paddle.jit.save(static_layer, str(tmp_dir / "model"))
+            missing = [f for f in (MODEL_FILENAME, PARAMS_FILENAME) if not (tmp_dir / f).is_file()]
+            if missing:
+                raise ExportError(f"paddle.jit.save did not write {missing} in {tmp_dir}")
+            feats, lengths = _parity_batch(feat_dim)
+            try:
+                check_parity(model, tmp_dir, feats, lengths)
+            except ExportError as e:
+                raise ExportError(f"export to {out_dir} rejected, nothing written: {e}") from None
     finally:
         if was_training:
             model.train()

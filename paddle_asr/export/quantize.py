@@ -15,7 +15,6 @@ channel-wise scales (1x1 Conv1D weights), so never load it as FP32.
 
 from __future__ import annotations
 
-import shutil
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -23,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import paddle
 
-from paddle_asr.export.export import MODEL_FILENAME, PARAMS_FILENAME, _replace_dir, make_tmp_dir
+from paddle_asr.artifacts import atomic_directory
+from paddle_asr.export.export import MODEL_FILENAME, PARAMS_FILENAME
 from paddle_asr.export.inference import quiet_output
 
 # Ops whose *weights and inputs* get INT8 scales. matmul_v2 covers every
@@ -63,6 +63,15 @@ def _dir_bytes(d: Path) -> int:
     return sum(p.stat().st_size for p in Path(d).iterdir() if p.is_file())
 
 
+def _load_desc(model_file: Path):
+    """The legacy ProgramDesc of a `.pdmodel`, read as protobuf (no executor, no scope)."""
+    from paddle.base.proto import framework_pb2
+
+    desc = framework_pb2.ProgramDesc()
+    desc.ParseFromString(Path(model_file).read_bytes())
+    return desc
+
+
 def program_op_report(model_file: Path, op_types: Iterable[str]) -> dict:
     """Count what will run in INT8 once loaded with ``InferenceModel(int8=True)``.
 
@@ -72,10 +81,7 @@ def program_op_report(model_file: Path, op_types: Iterable[str]) -> dict:
     activation attention matmuls -- are listed under ``fp32_ops``: PaddleSlim
     gives them scales, but ``INT8_OP_TYPES`` keeps them in FP32 on purpose.
     """
-    from paddle.base.proto import framework_pb2
-
-    desc = framework_pb2.ProgramDesc()
-    desc.ParseFromString(Path(model_file).read_bytes())
+    desc = _load_desc(model_file)
     ops = [op for block in desc.blocks for op in block.ops]
     persistable = {v.name for block in desc.blocks for v in block.vars if v.persistable}
     producer = {a: op for op in ops for v in op.outputs for a in v.arguments}
@@ -115,10 +121,7 @@ def edge_layer_weights(model_file: Path) -> list[str]:
     input channel (little int8 speed-up, large rounding error) and the output layer's rounding
     lands directly on the posteriors that decoding ranks.
     """
-    from paddle.base.proto import framework_pb2
-
-    desc = framework_pb2.ProgramDesc()
-    desc.ParseFromString(Path(model_file).read_bytes())
+    desc = _load_desc(model_file)
     ops = [op for block in desc.blocks for op in block.ops]
     persistable = {v.name for block in desc.blocks for v in block.vars if v.persistable}
 
@@ -129,14 +132,6 @@ def edge_layer_weights(model_file: Path) -> list[str]:
     convs = [w for op in ops if op.type in ("conv2d", "depthwise_conv2d") and (w := weight(op))]
     gemms = [w for op in ops if op.type in ("matmul_v2", "mul", "matmul") and (w := weight(op))]
     return [w for w in (convs[:1] + gemms[-1:]) if w]
-
-
-def _load_desc(model_file: Path):
-    from paddle.base.proto import framework_pb2
-
-    desc = framework_pb2.ProgramDesc()
-    desc.ParseFromString(Path(model_file).read_bytes())
-    return desc
 
 
 def strip_activation_observers(model_file: Path, quantized_op_types: Iterable[str]) -> int:
@@ -272,8 +267,7 @@ def quantize_ptq(
     skip = edge_layer_weights(fp32_dir / MODEL_FILENAME) if skip_edge_layers else []
     loader = _CalibLoader(calib_batches(), batch_nums)
     quant_post_static = _quant_post_static()
-    tmp_dir = make_tmp_dir(int8_dir)
-    try:
+    with atomic_directory(int8_dir) as tmp_dir:
         # PaddleSlim builds legacy static programs: switch this process to the
         # old IR (and static mode) just for the call, then restore.
         scope = paddle.static.Scope()  # keep calibration tensors out of the global scope
@@ -301,8 +295,4 @@ def quantize_ptq(
         report.update(program_op_report(tmp_dir / MODEL_FILENAME, op_types))
         report["fp32_bytes"] = _dir_bytes(fp32_dir)
         report["int8_bytes"] = _dir_bytes(tmp_dir)
-        _replace_dir(tmp_dir, int8_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
     return report
