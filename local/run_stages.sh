@@ -5,12 +5,14 @@
 #
 #   stage -1  corpus     recipe's local/get_corpus.sh (demo: synthesise; real corpora: check/download)
 #   stage  0  data       manifests, units, CMVN                      -> data/
-#   stage  1  train      Conformer-CTC from the config               -> exp/<name>/
+#   stage  1  train      U2 model (CTC + attention) from the config  -> exp/<name>/
 #   stage  2  average    the N checkpoints with the lowest dev loss  -> exp/<name>/checkpoints/avg_N.pdparams
-#   stage  3  test       dynamic graph, CTC greedy, CER + RTF        -> exp/<name>/test_ctc_greedy_search/
-#   stage  4  export     static graph for Paddle Inference           -> exp/<name>/export/fp32/
-#   stage  5  test export same hypotheses as stage 3, CER + RTF      -> exp/<name>/test_export_fp32/
-#   stage  6  int8       PaddleSlim PTQ on training data, CER + RTF  -> exp/<name>/export/int8/, test_export_int8/
+#   stage  3  test       dynamic graph, every method of each decode  -> exp/<name>/test[_chunkN]_<method>/
+#                        config (full, and streaming for chunk models)
+#   stage  4  export     the runtime programs for Paddle Inference   -> exp/<name>/export/fp32/
+#   stage  5  test export same hypotheses as stage 3, every method   -> exp/<name>/test_export_fp32[_chunkN]_<method>/
+#   stage  6  int8       PaddleSlim PTQ of the encoder on training   -> exp/<name>/export/int8/,
+#                        data, then every method                        test_export_int8[_chunkN]_<method>/
 #   stage  7  transcribe paddle-asr transcribe on a few test files with the INT8 and FP32 models
 set -euo pipefail
 
@@ -20,17 +22,18 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # Options (each can be given as --name value).
 corpus=aishell          # corpus reader for stage 0
 data_dir=""             # where the corpus is (or will be put by stage -1)
-config=conf/conformer_ctc.yaml  # training config, relative to the recipe directory
+config=conf/conformer.yaml  # training config, relative to the recipe directory
+decode_configs="conf/decode.yaml"  # space-separated decoding configs for stages 3, 5, 6
 exp_name=""             # default: the config file name without .yaml
 stage=0
 stop_stage=7
 nj=2                    # processes for CMVN statistics
 num_calib=64            # training utterances used to calibrate INT8
-batch_size=16           # decoding batch size (stages 3, 5, 6)
+batch_size=0            # decoding batch size (stages 3, 5, 6); 0: the decode config's
 threads=2               # CPU threads of Paddle Inference
 num_transcribe=3        # test files transcribed by stage 7
 force=false             # rebuild a stage's outputs even when they are complete
-__option_names="corpus data_dir config exp_name stage stop_stage nj num_calib batch_size threads num_transcribe force"
+__option_names="corpus data_dir config decode_configs exp_name stage stop_stage nj num_calib batch_size threads num_transcribe force"
 . "$root/utils/parse_options.sh"
 if [ "$#" -gt 0 ]; then echo "$0: unexpected argument '$1' (options are --name value)" >&2; exit 1; fi
 
@@ -69,10 +72,14 @@ if run_stage 2; then
   paddle-asr average --exp_dir "$exp" "${force_flag[@]}"
 fi
 
+read -r -a decode_list <<< "$decode_configs"
+
 if run_stage 3; then
   stage_banner 3 "test with the dynamic-graph model"
-  paddle-asr test --exp_dir "$exp" --data data/test/data.list --out "$exp/test_ctc_greedy_search" \
-    --batch_size "$batch_size" "${force_flag[@]}"
+  for decode_config in "${decode_list[@]}"; do
+    paddle-asr test --exp_dir "$exp" --data data/test/data.list --decode_config "$decode_config" \
+      --out_prefix "$exp/test" --batch_size "$batch_size" "${force_flag[@]}"
+  done
 fi
 
 if run_stage 4; then
@@ -82,16 +89,21 @@ fi
 
 if run_stage 5; then
   stage_banner 5 "test the exported model"
-  paddle-asr test-export --model "$exp/export/fp32" --data data/test/data.list --out "$exp/test_export_fp32" \
-    --compare "$exp/test_ctc_greedy_search" --batch_size "$batch_size" --threads "$threads" "${force_flag[@]}"
+  for decode_config in "${decode_list[@]}"; do
+    paddle-asr test-export --model "$exp/export/fp32" --data data/test/data.list --decode_config "$decode_config" \
+      --out_prefix "$exp/test_export_fp32" --compare_prefix "$exp/test" --batch_size "$batch_size" \
+      --threads "$threads" "${force_flag[@]}"
+  done
 fi
 
 if run_stage 6; then
   stage_banner 6 "INT8 post-training quantization"
   paddle-asr quantize --model "$exp/export/fp32" --out "$exp/export/int8" --calib data/train/data.list \
     --num_calib "$num_calib" "${force_flag[@]}"
-  paddle-asr test-export --model "$exp/export/int8" --data data/test/data.list --out "$exp/test_export_int8" \
-    --batch_size "$batch_size" --threads "$threads" "${force_flag[@]}"
+  for decode_config in "${decode_list[@]}"; do
+    paddle-asr test-export --model "$exp/export/int8" --data data/test/data.list --decode_config "$decode_config" \
+      --out_prefix "$exp/test_export_int8" --batch_size "$batch_size" --threads "$threads" "${force_flag[@]}"
+  done
 fi
 
 if run_stage 7; then
@@ -100,7 +112,7 @@ if run_stage 7; then
   for precision in int8 fp32; do
     if [ -d "$exp/export/$precision" ]; then
       log "paddle-asr transcribe --model $exp/export/$precision (${#wavs[@]} test files; reference: data/test/text)"
-      paddle-asr transcribe --model "$exp/export/$precision" --threads "$threads" "${wavs[@]}"
+      paddle-asr transcribe --model "$exp/export/$precision" --method attention_rescoring --threads "$threads" "${wavs[@]}"
     fi
   done
 fi

@@ -80,119 +80,131 @@ def cmd_average(args) -> int:
     return 0
 
 
-def _evaluate_stage(args, label: str, runner, config_features, tokenizer, inputs: list[Path], extra: dict) -> dict:
-    from paddle_asr.artifacts import fingerprint, mark_complete, reuse_or_clear
-    from paddle_asr.evaluate import evaluate
+def _decode_config(args):
+    from paddle_asr.config import load_decode_config
 
-    out = Path(args.out)
-    fp = fingerprint(label, args.batch_size, *inputs)
-    if reuse_or_clear(out, fp, label, args.force, log):
-        result = json.loads((out / "result.json").read_text(encoding="utf-8"))
-        log(f"{label}: CER {result['cer']:.2f} % RTF {result['rtf']:.4f} (reused)")
-        return result
-    result = evaluate(runner(), Path(args.data), tokenizer, config_features, out, label=label,
-                      batch_size=args.batch_size, extra=extra, log=log)
-    mark_complete(out, fp)
-    return result
+    conf = load_decode_config(Path(args.decode_config))
+    if args.batch_size:
+        conf.batch_size = args.batch_size
+    return conf
+
+
+def _evaluate_stage(args, label: str, make_backend, decode_conf, features, tokenizer, inputs: list[Path],
+                    extra: dict, base_prefix: Path) -> Path:
+    """Decode with every method unless all of their result directories are complete for these inputs."""
+    import dataclasses
+
+    from paddle_asr.artifacts import fingerprint, is_complete, mark_complete
+    from paddle_asr.evaluate import evaluate, mode_prefix, result_dir
+
+    prefix = base_prefix.parent / mode_prefix(base_prefix.name, decode_conf)
+    dirs = [result_dir(prefix, m) for m in decode_conf.methods]
+    fp = fingerprint(label, dataclasses.asdict(decode_conf), *inputs)
+    if not args.force and all(is_complete(d, fp) for d in dirs):
+        for d in dirs:
+            r = json.loads((d / "result.json").read_text(encoding="utf-8"))
+            log(f"{label} {r['search']}: CER {r['cer']:.2f} % RTF {r['rtf']:.4f} (reused {d}; --force redoes)")
+        return prefix
+    evaluate(make_backend(), decode_conf, Path(args.data), tokenizer, features, prefix, label=label, extra=extra, log=log)
+    for d in dirs:
+        mark_complete(d, fp)
+    return prefix
 
 
 def cmd_test(args) -> int:
-    import paddle
-
     from paddle_asr.data.tokenizer import CharTokenizer
 
     exp_dir = Path(args.exp_dir)
     config = _exp_config(exp_dir)
     checkpoint = _checkpoint(args, config)
+    decode_conf = _decode_config(args)
 
-    def runner():
-        _, model = _load_dygraph(exp_dir, checkpoint)
+    def backend():
+        from paddle_asr.decode.dygraph_backend import DygraphBackend
 
-        def run(feats, lengths):
-            with paddle.no_grad():
-                lp, ol = model.forward_infer(paddle.to_tensor(feats), paddle.to_tensor(lengths))
-            return lp.numpy(), ol.numpy()
-
-        return run
+        return DygraphBackend(_load_dygraph(exp_dir, checkpoint)[1])
 
     tokenizer = CharTokenizer.from_file(Path(config.data.vocab))
-    extra = {"model": "dygraph", "checkpoint": str(checkpoint), "search": "ctc_greedy_search"}
-    _evaluate_stage(args, "stage 3 (test, dynamic graph)", runner, config.features, tokenizer,
-                    [exp_dir / "train.yaml", checkpoint, Path(args.data)], extra)
+    extra = {"model": "dygraph", "checkpoint": str(checkpoint)}
+    _evaluate_stage(args, "stage 3 (dynamic graph)", backend, decode_conf, config.features, tokenizer,
+                    [exp_dir / "train.yaml", checkpoint, Path(args.data)], extra, Path(args.out_prefix or exp_dir / "test"))
     return 0
 
 
 def cmd_export(args) -> int:
     from paddle_asr.artifacts import fingerprint, is_complete, mark_complete
     from paddle_asr.export.bundle import write_bundle_files
-    from paddle_asr.export.export import export_inference_model
+    from paddle_asr.export.export import export_model
 
     exp_dir = Path(args.exp_dir)
     config = _exp_config(exp_dir)
     checkpoint = _checkpoint(args, config)
     out = Path(args.out)
-    fp = fingerprint("export-v1", exp_dir / "train.yaml", checkpoint)
+    fp = fingerprint("export-v2", exp_dir / "train.yaml", checkpoint)
     if not args.force and is_complete(out, fp):
         log(f"stage 4 (export): reusing the complete export in {out} (same checkpoint; --force rebuilds)")
         return 0
     config, model = _load_dygraph(exp_dir, checkpoint)
-    # export_inference_model writes atomically and checks parity with the dynamic graph itself.
-    export_inference_model(model, config.input_dim, out)
-    meta = {
-        "model": config.model.name,
-        "precision": "fp32",
-        "vocab_size": config.vocab_size,
-        "input_dim": config.input_dim,
-        "subsampling_rate": model.encoder.embed.rate,
-        "min_input_frames": model.encoder.embed.right_context + 1,
-        "checkpoint": str(checkpoint),
-    }
-    write_bundle_files(out, config, Path(config.data.vocab), meta)
+    # export_model writes atomically and checks every program against the dynamic graph itself.
+    diffs = export_model(model, config.input_dim, out)
+    write_bundle_files(out, config, Path(config.data.vocab), model, checkpoint=str(checkpoint), functions=sorted(diffs))
     mark_complete(out, fp)
-    log(f"stage 4 (export): static-graph model with CMVN inside -> {out}")
+    log(f"stage 4 (export): {', '.join(sorted(diffs))} (CMVN inside; max |diff| vs dynamic graph "
+        f"{max(diffs.values()):.1e}) -> {out}")
     return 0
 
 
-def _bundle_runner(model_dir: Path, int8: bool, threads: int):
-    def make():
-        from paddle_asr.export.inference import InferenceModel
+def _compare_with(ours_prefix: Path, theirs_prefix: Path, methods: list[str]) -> int:
+    """Stage 5's promise: the exported model gives stage 3's hypothesis on every utterance, for every method."""
+    from paddle_asr.evaluate import read_hypotheses, result_dir
 
-        return InferenceModel(model_dir, num_threads=threads, int8=int8).run
-
-    return make
-
-
-def _compare_with(args, result_dir: Path) -> int:
-    """Stage 5's promise: the exported model gives stage 3's hypothesis on every utterance."""
-    from paddle_asr.evaluate import read_hypotheses
-
-    ours = read_hypotheses(Path(args.out))
-    theirs = read_hypotheses(result_dir)
-    differ = sorted(k for k in theirs if ours.get(k) != theirs[k])
-    if differ:
-        for k in differ[:20]:
-            log(f"  {k}: dynamic graph '{theirs[k]}' vs exported '{ours.get(k)}'")
-        log(f"error: the exported model's hypothesis differs from {result_dir} on {len(differ)} of {len(theirs)} utterances")
-        return 1
-    log(f"stage 5: the exported model gives the same hypothesis as {result_dir} on all {len(theirs)} utterances")
-    return 0
+    failed = 0
+    for method in methods:
+        theirs_dir = result_dir(theirs_prefix, method)
+        if not (theirs_dir / "text").is_file():
+            log(f"stage 5: no dynamic-graph result in {theirs_dir} to compare {method} with (run stage 3)")
+            failed += 1
+            continue
+        ours, theirs = read_hypotheses(result_dir(ours_prefix, method)), read_hypotheses(theirs_dir)
+        differ = sorted(k for k in theirs if ours.get(k) != theirs[k])
+        if differ:
+            for k in differ[:10]:
+                log(f"  {method} {k}: dynamic graph '{theirs[k]}' vs exported '{ours.get(k)}'")
+            log(f"error: {method}: the exported model differs from {theirs_dir} on {len(differ)} of {len(theirs)} utterances")
+            failed += 1
+        else:
+            log(f"stage 5: {method}: same hypothesis as the dynamic graph on all {len(theirs)} utterances")
+    return 1 if failed else 0
 
 
 def cmd_test_export(args) -> int:
+    from paddle_asr.evaluate import mode_prefix
     from paddle_asr.export.bundle import bundle_bytes, read_bundle
 
     model_dir = Path(args.model)
     meta, features, tokenizer = read_bundle(model_dir)
     int8 = meta.get("precision") == "int8"
-    label = f"stage {'6' if int8 else '5'} (test, exported {'INT8' if int8 else 'FP32'})"
+    decode_conf = _decode_config(args)
+    label = f"stage {'6' if int8 else '5'} (exported {'INT8' if int8 else 'FP32'})"
     extra = {"model": f"inference-{meta.get('precision')}", "model_bytes": bundle_bytes(model_dir), "threads": args.threads}
-    _evaluate_stage(args, label, _bundle_runner(model_dir, int8, args.threads), features, tokenizer,
-                    [model_dir / ".done", Path(args.data)], extra)
-    return _compare_with(args, Path(args.compare)) if args.compare else 0
+
+    def backend():
+        from paddle_asr.export.runtime import ExportedBackend
+
+        return ExportedBackend(model_dir, meta, num_threads=args.threads)
+
+    prefix = _evaluate_stage(args, label, backend, decode_conf, features, tokenizer,
+                             [model_dir / ".done", Path(args.data)], extra, Path(args.out_prefix))
+    if args.compare_prefix:
+        theirs = Path(args.compare_prefix)
+        return _compare_with(prefix, theirs.parent / mode_prefix(theirs.name, decode_conf), decode_conf.methods)
+    return 0
 
 
 def cmd_quantize(args) -> int:
-    from paddle_asr.artifacts import atomic_write_text, fingerprint, is_complete, mark_complete
+    import shutil
+
+    from paddle_asr.artifacts import atomic_directory, atomic_write_text, fingerprint, is_complete, mark_complete
     from paddle_asr.data.dataset import iterate_batches, make_batches
     from paddle_asr.data.manifest import read_manifest
     from paddle_asr.export.bundle import copy_bundle_files, read_bundle
@@ -200,7 +212,7 @@ def cmd_quantize(args) -> int:
 
     fp32_dir, out = Path(args.model), Path(args.out)
     meta, features, tokenizer = read_bundle(fp32_dir)
-    fp = fingerprint("quantize-v1", fp32_dir / ".done", Path(args.calib), args.num_calib, args.batch_size)
+    fp = fingerprint("quantize-v2", fp32_dir / ".done", Path(args.calib), args.num_calib, args.batch_size)
     if not args.force and is_complete(out, fp):
         log(f"stage 6 (INT8): reusing the complete INT8 model in {out} (--force rebuilds)")
         return 0
@@ -213,20 +225,27 @@ def cmd_quantize(args) -> int:
         for b in iterate_batches(make_batches(chosen, args.batch_size), tokenizer, features, train=False):
             yield b.feats, b.feat_lengths
 
-    report = quantize_ptq(fp32_dir, out, batches)
-    copy_bundle_files(fp32_dir, out, precision="int8", calibration={"manifest": args.calib, "utterances": len(chosen)})
-    atomic_write_text(out / "quantize_report.json", json.dumps(report, indent=1))
+    with atomic_directory(out) as tmp:
+        # The encoder is where the time goes; the decoder, CTC head and chunk encoder stay FP32.
+        report = quantize_ptq(fp32_dir / "encoder", tmp / "encoder", batches)
+        for name in meta.get("functions", []):
+            if name != "encoder":
+                shutil.copytree(fp32_dir / name, tmp / name)
+        copy_bundle_files(fp32_dir, tmp, precision="int8", int8_functions=["encoder"],
+                          calibration={"manifest": args.calib, "utterances": len(chosen)})
+        atomic_write_text(tmp / "quantize_report.json", json.dumps(report, indent=1))
     mark_complete(out, fp)
-    log(f"stage 6 (INT8): calibrated on {len(chosen)} training utterances; "
+    log(f"stage 6 (INT8): encoder calibrated on {len(chosen)} training utterances; "
         f"quantized ops {report.get('quantized_ops')}; left in FP32 {report.get('fp32_ops')}")
-    log(f"stage 6 (INT8): {report['fp32_bytes'] / 1e6:.2f} MB FP32 -> {report['int8_bytes'] / 1e6:.2f} MB INT8 -> {out}")
+    log(f"stage 6 (INT8): encoder {report['fp32_bytes'] / 1e6:.2f} MB FP32 -> {report['int8_bytes'] / 1e6:.2f} MB INT8 -> {out}")
     return 0
 
 
 def cmd_transcribe(args) -> int:
     from paddle_asr.transcribe import transcribe_files
 
-    failures = transcribe_files(Path(args.model), [Path(p) for p in args.audio], num_threads=args.threads)
+    failures = transcribe_files(Path(args.model), [Path(p) for p in args.audio], method=args.method,
+                                chunk_size=args.chunk_size, beam_size=args.beam_size, num_threads=args.threads)
     return 1 if failures else 0
 
 
@@ -281,27 +300,32 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--num", type=int, default=0, help="default: training.average_num of the config")
     sp.add_argument("--force", action="store_true")
 
-    for name, func, help_ in (("test", cmd_test, "stage 3: decode a test set with the dynamic-graph model"),
-                              ("export", cmd_export, "stage 4: export a static-graph inference model")):
-        sp = add(name, func, help_)
-        sp.add_argument("--exp_dir", required=True)
-        sp.add_argument("--checkpoint", default="", help="default: exp_dir/checkpoints/avg_<average_num>.pdparams")
-        sp.add_argument("--out", required=True)
-        sp.add_argument("--force", action="store_true")
-        if name == "test":
-            sp.add_argument("--data", required=True, help="manifest (data.list) of the test set")
-            sp.add_argument("--batch_size", type=int, default=16)
+    sp = add("test", cmd_test, "stage 3: decode a test set with the dynamic-graph model, every method of the decode config")
+    sp.add_argument("--exp_dir", required=True)
+    sp.add_argument("--checkpoint", default="", help="default: exp_dir/checkpoints/avg_<average_num>.pdparams")
+    sp.add_argument("--data", required=True, help="manifest (data.list) of the test set")
+    sp.add_argument("--decode_config", required=True, help="conf/decode.yaml (full) or conf/chunk_decode.yaml (streaming)")
+    sp.add_argument("--out_prefix", default="", help="results go to <prefix>[_chunkN]_<method>/ (default exp_dir/test)")
+    sp.add_argument("--batch_size", type=int, default=0, help="override the decode config's batch_size")
+    sp.add_argument("--force", action="store_true")
+
+    sp = add("export", cmd_export, "stage 4: export the runtime programs (encoder, encoder_chunk, ctc_activation, decoder)")
+    sp.add_argument("--exp_dir", required=True)
+    sp.add_argument("--checkpoint", default="", help="default: exp_dir/checkpoints/avg_<average_num>.pdparams")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--force", action="store_true")
 
     sp = add("test-export", cmd_test_export, "stages 5/6: decode a test set with an exported model (Paddle Inference)")
     sp.add_argument("--model", required=True)
     sp.add_argument("--data", required=True)
-    sp.add_argument("--out", required=True)
-    sp.add_argument("--compare", default="", help="result dir whose hypotheses must be reproduced exactly")
-    sp.add_argument("--batch_size", type=int, default=16)
+    sp.add_argument("--decode_config", required=True)
+    sp.add_argument("--out_prefix", required=True, help="results go to <prefix>[_chunkN]_<method>/")
+    sp.add_argument("--compare_prefix", default="", help="stage-3 prefix whose hypotheses must be reproduced exactly")
+    sp.add_argument("--batch_size", type=int, default=0)
     sp.add_argument("--threads", type=int, default=2)
     sp.add_argument("--force", action="store_true")
 
-    sp = add("quantize", cmd_quantize, "stage 6: PaddleSlim post-training INT8 quantization")
+    sp = add("quantize", cmd_quantize, "stage 6: PaddleSlim post-training INT8 quantization of the encoder")
     sp.add_argument("--model", required=True, help="FP32 export directory")
     sp.add_argument("--out", required=True)
     sp.add_argument("--calib", required=True, help="manifest of TRAINING utterances for calibration")
@@ -311,6 +335,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("transcribe", cmd_transcribe, "transcribe audio files with an exported model")
     sp.add_argument("--model", required=True, help="exported model directory (FP32 or INT8)")
+    sp.add_argument("--method", default="attention_rescoring",
+                    choices=["ctc_greedy_search", "ctc_prefix_beam_search", "attention", "attention_rescoring"])
+    sp.add_argument("--chunk_size", type=int, default=-1, help=">0: streaming, encoder frames per chunk (streaming models)")
+    sp.add_argument("--beam_size", type=int, default=10)
     sp.add_argument("--threads", type=int, default=2)
     sp.add_argument("audio", nargs="+")
 

@@ -1,6 +1,6 @@
 """Strict YAML configuration: typed sections, unknown keys are errors, `base:` files are merged.
 
-A recipe's config names a base file (`base: ../../../conf/conformer_ctc.yaml`) and overrides only
+A recipe's config names a base file (`base: conformer.yaml`) and overrides only
 what differs. After merging, every key is checked against the dataclasses below, so a typo such as
 `lerning_rate` stops the run with the file and key path instead of being silently ignored.
 The training stage writes the fully resolved config to `exp/<name>/train.yaml`; every later stage
@@ -45,6 +45,8 @@ class SpecAugmentConfig:
 
 @dataclass
 class EncoderConfig:
+    """PaddleSpeech/WeNet `encoder_conf`; names kept so their YAML maps key for key."""
+
     output_size: int = 256
     attention_heads: int = 4
     linear_units: int = 2048
@@ -56,17 +58,45 @@ class EncoderConfig:
     # Channels of the subsampling convolutions; None means output_size, PaddleSpeech's layout.
     subsampling_channels: int | None = None
     normalize_before: bool = True
+    pos_enc_layer_type: str = "rel_pos"  # rel_pos (Conformer) | abs_pos (Transformer)
+    selfattention_layer_type: str = "rel_selfattn"  # rel_selfattn | selfattn; must agree with pos_enc_layer_type
     cnn_module_kernel: int = 15
     use_cnn_module: bool = True
     activation_type: str = "swish"
     cnn_module_norm: str = "batch_norm"  # batch_norm | layer_norm
+    # Streaming (U2): causal convolution and chunk-masked self-attention.
+    causal: bool = False
+    use_dynamic_chunk: bool = False  # train with a random chunk size per batch (1-25 frames or full)
+    use_dynamic_left_chunk: bool = False  # ... and a random number of visible left chunks
+    static_chunk_size: int = 0  # >0: always train and decode with this chunk size
     layer_norm_epsilon: float = 1e-12  # PaddleSpeech's value (WeNet uses 1e-5)
 
 
 @dataclass
+class DecoderConfig:
+    """Transformer attention decoder (PaddleSpeech `decoder_conf`)."""
+
+    attention_heads: int = 4
+    linear_units: int = 2048
+    num_blocks: int = 6
+    dropout_rate: float = 0.1
+    positional_dropout_rate: float = 0.1
+    self_attention_dropout_rate: float = 0.0
+    src_attention_dropout_rate: float = 0.0
+    normalize_before: bool = True
+
+
+@dataclass
 class ModelConfig:
-    name: str = "conformer_ctc"
+    """U2: encoder + CTC + attention decoder, trained with ctc_weight*CTC + (1-ctc_weight)*attention."""
+
+    name: str = "u2"
+    encoder_type: str = "conformer"  # conformer | transformer
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    ctc_weight: float = 0.3
+    lsm_weight: float = 0.1  # label smoothing of the attention loss
+    length_normalized_loss: bool = False  # False: the attention loss is divided by the batch size
     ctc_dropout_rate: float = 0.0
 
 
@@ -167,6 +197,11 @@ def _coerce(value: Any, hint: Any, where: str, source: Path) -> Any:
         if value is None and type(None) in options:
             return None
         hint = next(a for a in options if a is not type(None))
+    if typing.get_origin(hint) is list:
+        if not isinstance(value, list):
+            raise AsrError(f"{source}: '{where}' must be a list, got {value!r}; fix the value")
+        (item,) = typing.get_args(hint)
+        return [_coerce(v, item, f"{where}[{i}]", source) for i, v in enumerate(value)]
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise AsrError(f"{source}: '{where}' must be a mapping, got {value!r}")
@@ -200,6 +235,33 @@ def _build(cls: type, raw: dict[str, Any], prefix: str, source: Path) -> Any:
 def load_config(path: Path) -> AsrConfig:
     """Load and validate a config file (with its `base:` chain)."""
     return _build(AsrConfig, load_raw(Path(path)), "", Path(path))
+
+
+@dataclass
+class DecodeConfig:
+    """`conf/decode.yaml`: how stages 3, 5 and 6 decode (PaddleSpeech `decode.yaml`, REFERENCE §5.5)."""
+
+    methods: list[str] = field(default_factory=lambda: [
+        "ctc_greedy_search", "ctc_prefix_beam_search", "attention", "attention_rescoring"])
+    beam_size: int = 10
+    ctc_weight: float = 0.5  # weight of the CTC prefix score in attention rescoring
+    # -1: full attention over the whole utterance. >0: streaming, the encoder runs chunk by chunk
+    # with this many encoder frames per chunk and caches (the model must be trained for it).
+    decoding_chunk_size: int = -1
+    num_decoding_left_chunks: int = -1  # chunks of history kept in the attention cache; -1: all
+    batch_size: int = 16  # utterances per encoder pass (streaming decodes one at a time)
+
+
+def load_decode_config(path: Path) -> DecodeConfig:
+    """Load and validate a decoding config (`base:` chains allowed)."""
+    return _build(DecodeConfig, load_raw(Path(path)), "", Path(path))
+
+
+def save_decode_config(config: DecodeConfig, path: Path) -> None:
+    from paddle_asr.artifacts import atomic_write_text
+
+    text = yaml.safe_dump(dataclasses.asdict(config), sort_keys=False, allow_unicode=True)
+    atomic_write_text(Path(path), text)
 
 
 def config_to_dict(config: AsrConfig) -> dict[str, Any]:

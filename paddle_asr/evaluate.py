@@ -1,34 +1,44 @@
-"""Decode a prepared test set with any model runner, score it and measure the real-time factor.
+"""Decode a prepared test set with every configured method, score each and measure real-time factors.
 
-One function serves stage 3 (dynamic graph), 5 (exported FP32) and 6 (INT8): a runner maps
-(features [B, T, D], lengths [B]) to (CTC log-probs [B, T', V], lengths [B]). The real-time factor
-counts everything from reading the audio to the text: fbank, network and search.
+One function serves stage 3 (dynamic graph), 5 (exported FP32) and 6 (INT8): all methods share one
+encoder pass per batch (`decode.recognizer.Recognizer`), and each method gets its own directory
+`<out_prefix>_<method>/` with `text` (hypotheses), `wer` (compute-wer report) and `result.json`.
+A method's real-time factor counts reading the audio, fbank, the shared encoder pass and its own
+search: what a server decoding with that method alone would spend.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from paddle_asr.artifacts import atomic_directory, atomic_write_text
-from paddle_asr.config import FeatureConfig
+from paddle_asr.config import DecodeConfig, FeatureConfig
 from paddle_asr.data.dataset import iterate_batches, make_batches
 from paddle_asr.data.manifest import read_kaldi_table, read_manifest
 from paddle_asr.data.tokenizer import CharTokenizer
-from paddle_asr.decode.search import ctc_greedy_search
+from paddle_asr.decode.recognizer import Backend, Recognizer
 from paddle_asr.export.inference import LENGTH_BUCKET
 from paddle_asr.features import num_frames
 from paddle_asr.metrics.score import score
 
-Runner = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+def result_dir(out_prefix: Path, method: str) -> Path:
+    out_prefix = Path(out_prefix)
+    return out_prefix.parent / f"{out_prefix.name}_{method}"
 
 
-def warm_up(runner: Runner, batches: list, feat_conf: FeatureConfig) -> None:
-    """Run each batch shape once on silence before timing.
+def mode_prefix(base: str, conf: DecodeConfig) -> str:
+    """`test` for full-utterance decoding, `test_chunk16` for streaming with 16-frame chunks."""
+    return base if conf.decoding_chunk_size < 0 else f"{base}_chunk{conf.decoding_chunk_size}"
+
+
+def warm_up(backend: Backend, batches: list, feat_conf: FeatureConfig) -> None:
+    """Run each batch shape through the encoder once on silence before timing.
 
     oneDNN builds its kernels the first time it meets a shape; that one-off cost (larger for INT8)
     is not what a real-time factor should measure. The timed pass then runs as a server would.
@@ -37,67 +47,67 @@ def warm_up(runner: Runner, batches: list, feat_conf: FeatureConfig) -> None:
     for group in batches:
         frames = max(num_frames(int(round(u.duration * feat_conf.sample_rate)), feat_conf) for u in group)
         shape = (len(group), -(-frames // LENGTH_BUCKET))
-        if shape in seen:
-            continue
-        seen.add(shape)
-        runner(np.zeros((len(group), frames, feat_conf.num_mel_bins), np.float32), np.full(len(group), frames, np.int64))
+        if shape not in seen:
+            seen.add(shape)
+            backend.encode(np.zeros((len(group), frames, feat_conf.num_mel_bins), np.float32),
+                           np.full(len(group), frames, np.int64))
 
 
-def decode_manifest(
-    runner: Runner, manifest: Path, tokenizer: CharTokenizer, feat_conf: FeatureConfig, batch_size: int
-) -> tuple[dict[str, str], dict[str, str], float, float, float]:
-    """Returns (hypotheses, references, seconds spent in all, seconds in the network, seconds of audio)."""
+def decode_manifest(backend: Backend, conf: DecodeConfig, manifest: Path, tokenizer: CharTokenizer,
+                    feat_conf: FeatureConfig) -> tuple[dict[str, dict[str, str]], dict[str, str], dict[str, float], float]:
+    """Returns ({method: {key: text}}, references, seconds spent per part, seconds of audio)."""
     utts = read_manifest(manifest)
-    batches = make_batches(utts, batch_size)
-    warm_up(runner, batches, feat_conf)
-    hyps: dict[str, str] = {}
-    start = time.perf_counter()
-    network = 0.0
+    batches = make_batches(utts, conf.batch_size)
+    recognizer = Recognizer(backend, conf)
+    if conf.decoding_chunk_size < 0:
+        warm_up(backend, batches, feat_conf)
+    hyps: dict[str, dict[str, str]] = {m: {} for m in conf.methods}
+    features = 0.0
+    t = time.perf_counter()
     for batch in iterate_batches(batches, tokenizer, feat_conf, train=False):
+        features += time.perf_counter() - t
+        for method, ids in recognizer.recognize(batch.feats, batch.feat_lengths).items():
+            for key, seq in zip(batch.keys, ids):
+                hyps[method][key] = tokenizer.decode(seq)
         t = time.perf_counter()
-        log_probs, lengths = runner(batch.feats, batch.feat_lengths)
-        network += time.perf_counter() - t
-        for key, ids in zip(batch.keys, ctc_greedy_search(np.asarray(log_probs), np.asarray(lengths))):
-            hyps[key] = tokenizer.decode(ids)
-    elapsed = time.perf_counter() - start
-    return hyps, {u.key: u.text for u in utts}, elapsed, network, sum(u.duration for u in utts)
+    seconds = {"features": features, **recognizer.seconds}
+    return hyps, {u.key: u.text for u in utts}, seconds, sum(u.duration for u in utts)
 
 
-def evaluate(
-    runner: Runner,
-    manifest: Path,
-    tokenizer: CharTokenizer,
-    feat_conf: FeatureConfig,
-    out_dir: Path,
-    *,
-    label: str,
-    batch_size: int = 16,
-    extra: dict | None = None,
-    log=print,
-) -> dict:
-    """Write `text` (hypotheses), `wer` (compute-wer report) and `result.json` into `out_dir`."""
-    hyps, refs, elapsed, network_s, audio_s = decode_manifest(runner, manifest, tokenizer, feat_conf, batch_size)
-    report = score(refs, hyps, char=True, verbose=1)
-    o = report.overall
-    result = {
-        "label": label,
-        "cer": round(o.rate, 2),
-        "n": o.n, "c": o.c, "s": o.s, "d": o.d, "i": o.i,
-        "utterances": len(refs),
-        "audio_seconds": round(audio_s, 2),
-        "decode_seconds": round(elapsed, 3),
-        "network_seconds": round(network_s, 3),
-        "rtf": round(elapsed / audio_s, 5) if audio_s else None,
-        "network_rtf": round(network_s / audio_s, 5) if audio_s else None,
-        **(extra or {}),
-    }
-    with atomic_directory(Path(out_dir)) as tmp:
-        atomic_write_text(tmp / "text", "".join(f"{k} {v}\n" if v else f"{k}\n" for k, v in sorted(hyps.items())))
-        atomic_write_text(tmp / "wer", report.text)
-        atomic_write_text(tmp / "result.json", json.dumps(result, ensure_ascii=False, indent=1))
-    log(f"{label}: CER {o.rate:.2f} % (N={o.n} C={o.c} S={o.s} D={o.d} I={o.i}) on {len(refs)} utterances, "
-        f"RTF {result['rtf']:.4f} ({elapsed:.1f} s for {audio_s:.1f} s of audio, network {network_s:.1f} s) -> {out_dir}")
-    return result
+def evaluate(backend: Backend, conf: DecodeConfig, manifest: Path, tokenizer: CharTokenizer,
+             feat_conf: FeatureConfig, out_prefix: Path, *, label: str, extra: dict | None = None, log=print) -> list[dict]:
+    """Decode, then write one result directory per method; returns their result.json contents."""
+    hyps, refs, seconds, audio_s = decode_manifest(backend, conf, Path(manifest), tokenizer, feat_conf)
+    results = []
+    for method in conf.methods:
+        report = score(refs, hyps[method], char=True, verbose=1)
+        o = report.overall
+        decode_s = seconds["features"] + seconds["encoder"] + seconds[method]
+        result = {
+            "label": label,
+            "search": method,
+            "cer": round(o.rate, 2),
+            "n": o.n, "c": o.c, "s": o.s, "d": o.d, "i": o.i,
+            "utterances": len(refs),
+            "audio_seconds": round(audio_s, 2),
+            "decode_seconds": round(decode_s, 3),
+            "encoder_seconds": round(seconds["encoder"], 3),
+            "search_seconds": round(seconds[method], 3),
+            "rtf": round(decode_s / audio_s, 5) if audio_s else None,
+            "encoder_rtf": round(seconds["encoder"] / audio_s, 5) if audio_s else None,
+            "decoding": dataclasses.asdict(conf),
+            **(extra or {}),
+        }
+        out_dir = result_dir(out_prefix, method)
+        with atomic_directory(out_dir) as tmp:
+            text = "".join(f"{k} {v}\n" if v else f"{k}\n" for k, v in sorted(hyps[method].items()))
+            atomic_write_text(tmp / "text", text)
+            atomic_write_text(tmp / "wer", report.text)
+            atomic_write_text(tmp / "result.json", json.dumps(result, ensure_ascii=False, indent=1))
+        log(f"{label} {method}: CER {o.rate:.2f} % (N={o.n} S={o.s} D={o.d} I={o.i}), RTF {result['rtf']:.4f} "
+            f"(encoder {seconds['encoder']:.1f} s + search {seconds[method]:.1f} s for {audio_s:.0f} s of audio) -> {out_dir}")
+        results.append(result)
+    return results
 
 
 def read_hypotheses(out_dir: Path) -> dict[str, str]:

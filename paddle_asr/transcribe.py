@@ -13,19 +13,27 @@ from pathlib import Path
 
 import numpy as np
 
+from paddle_asr.config import DecodeConfig
 from paddle_asr.data.audio import read_audio_resampled
-from paddle_asr.decode.search import ctc_greedy_search
+from paddle_asr.decode.recognizer import Recognizer
 from paddle_asr.errors import AsrError
 from paddle_asr.export.bundle import read_bundle
 from paddle_asr.features import compute_fbank
 
+DEFAULT_METHOD = "attention_rescoring"
 
-def transcribe_files(model_dir: Path, paths: Iterable[Path], *, num_threads: int = 2, out=sys.stdout, err=sys.stderr) -> list[tuple[Path, str]]:
-    """Print `<file stem> <text>` per file; return [(path, reason)] for files that failed."""
-    from paddle_asr.export.inference import InferenceModel
+
+def transcribe_files(model_dir: Path, paths: Iterable[Path], *, method: str = DEFAULT_METHOD, chunk_size: int = -1,
+                     beam_size: int = 10, num_threads: int = 2, out=sys.stdout, err=sys.stderr) -> list[tuple[Path, str]]:
+    """Print `<file stem> <text>` per file; return [(path, reason)] for files that failed.
+
+    chunk_size > 0 decodes as a streaming server would: the encoder runs chunk by chunk.
+    """
+    from paddle_asr.export.runtime import ExportedBackend
 
     meta, feat_conf, tokenizer = read_bundle(Path(model_dir))
-    model = InferenceModel(Path(model_dir), num_threads=num_threads, int8=meta.get("precision") == "int8")
+    backend = ExportedBackend(Path(model_dir), meta, num_threads=num_threads)
+    recognizer = Recognizer(backend, DecodeConfig(methods=[method], beam_size=beam_size, decoding_chunk_size=chunk_size))
     failures: list[tuple[Path, str]] = []
     min_frames = int(meta.get("min_input_frames", 1))
     for path in map(Path, paths):
@@ -34,8 +42,8 @@ def transcribe_files(model_dir: Path, paths: Iterable[Path], *, num_threads: int
             feats = compute_fbank(waveform, feat_conf)
             if feats.shape[0] < min_frames:
                 raise AsrError(f"{path} is too short to transcribe ({feats.shape[0]} frames, need {min_frames})")
-            log_probs, lengths = model.run(feats[None], np.array([feats.shape[0]], dtype=np.int64))
-            text = tokenizer.decode(ctc_greedy_search(log_probs, lengths)[0])
+            ids = recognizer.recognize(feats[None], np.array([feats.shape[0]], dtype=np.int64))[method][0]
+            text = tokenizer.decode(ids)
         except AsrError as e:
             print(f"error: {e}", file=err)
             failures.append((path, str(e)))

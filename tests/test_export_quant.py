@@ -1,172 +1,120 @@
-"""Export -> Paddle Inference parity -> PaddleSlim PTQ -> oneDNN INT8, end to end.
-
-Uses a stand-in Conformer-CTC of the real model's shape (conv2d subsampling,
-rel-pos self-attention with paddle.matmul, masks from lengths, swish FFNs,
-depthwise conv + BatchNorm, LayerNorm, Linear + log_softmax), small enough to
-keep the whole file well under a minute on 2 CPU cores.
-"""
+"""Export -> Paddle Inference parity -> PaddleSlim PTQ -> oneDNN INT8, end to end, on a small U2
+model of the shipped streaming config (conformer encoder, causal conv, transformer decoder)."""
 
 from __future__ import annotations
 
-import math
+import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
 import paddle
-import paddle.nn as nn
-import paddle.nn.functional as F
 import pytest
 
-from paddle_asr.export.export import export_inference_model
-from paddle_asr.export.inference import InferenceModel, find_model_files
+from paddle_asr.config import DecodeConfig, load_config
+from paddle_asr.decode.dygraph_backend import DygraphBackend
+from paddle_asr.decode.recognizer import METHODS, Recognizer
+from paddle_asr.export.bundle import write_bundle_files
+from paddle_asr.export.export import export_model, runtime_functions, save_function
+from paddle_asr.export.inference import Predictor, find_model_files
 from paddle_asr.export.quantize import quantize_ptq
+from paddle_asr.export.runtime import ExportedBackend
+from paddle_asr.models.registry import build_model
 
+REPO = Path(__file__).resolve().parents[1]
 FEAT_DIM = 80
 
 
-class _RelPosAttention(nn.Layer):
-    def __init__(self, d: int, heads: int) -> None:
-        super().__init__()
-        self.h, self.dk = heads, d // heads
-        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
-        self.pos = nn.Linear(d, d, bias_attr=False)
-        self.bias_u = self.create_parameter([heads, self.dk], default_initializer=nn.initializer.XavierUniform())
-        self.bias_v = self.create_parameter([heads, self.dk], default_initializer=nn.initializer.XavierUniform())
-
-    def _split(self, x):  # [B,T,D] -> [B,T,H,dk]
-        return x.reshape([0, 0, self.h, self.dk])
-
-    def forward(self, x, pos_emb, mask):  # mask [B,1,T] bool
-        q = self._split(self.q(x))
-        k = self._split(self.k(x)).transpose([0, 2, 1, 3])
-        v = self._split(self.v(x)).transpose([0, 2, 1, 3])
-        p = self._split(self.pos(pos_emb)).transpose([0, 2, 1, 3])
-        qu = (q + self.bias_u).transpose([0, 2, 1, 3])
-        qv = (q + self.bias_v).transpose([0, 2, 1, 3])
-        scores = (paddle.matmul(qu, k, transpose_y=True) + paddle.matmul(qv, p, transpose_y=True)) / math.sqrt(self.dk)
-        m = mask.unsqueeze(1)  # [B,1,1,T]
-        scores = paddle.where(m, scores, paddle.full_like(scores, -1e4))
-        attn = F.softmax(scores, axis=-1) * m.astype(scores.dtype)
-        ctx = paddle.matmul(attn, v).transpose([0, 2, 1, 3]).reshape([0, 0, self.h * self.dk])
-        return self.o(ctx)
-
-
-class _ConvModule(nn.Layer):
-    def __init__(self, d: int, kernel: int = 15) -> None:
-        super().__init__()
-        self.pw1 = nn.Conv1D(d, 2 * d, 1)
-        self.dw = nn.Conv1D(d, d, kernel, padding=kernel // 2, groups=d)
-        self.bn = nn.BatchNorm1D(d)
-        self.pw2 = nn.Conv1D(d, d, 1)
-
-    def forward(self, x, mask):  # x [B,T,D]
-        x = x * mask.transpose([0, 2, 1]).astype(x.dtype)
-        x = F.glu(self.pw1(x.transpose([0, 2, 1])), axis=1)
-        x = F.swish(self.bn(self.dw(x)))
-        return self.pw2(x).transpose([0, 2, 1])
-
-
-class _Block(nn.Layer):
-    def __init__(self, d: int, heads: int) -> None:
-        super().__init__()
-        self.ff1 = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 4 * d), nn.Swish(), nn.Linear(4 * d, d))
-        self.ln_att, self.att = nn.LayerNorm(d), _RelPosAttention(d, heads)
-        self.ln_conv, self.conv = nn.LayerNorm(d), _ConvModule(d)
-        self.ff2 = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 4 * d), nn.Swish(), nn.Linear(4 * d, d))
-        self.ln_out = nn.LayerNorm(d)
-
-    def forward(self, x, pos_emb, mask):
-        x = x + 0.5 * self.ff1(x)
-        x = x + self.att(self.ln_att(x), pos_emb, mask)
-        x = x + self.conv(self.ln_conv(x), mask)
-        x = x + 0.5 * self.ff2(x)
-        return self.ln_out(x)
-
-
-class StandInConformer(nn.Layer):
-    """Conformer-CTC of the project's model contract (``forward_infer``)."""
-
-    def __init__(self, feat_dim: int = FEAT_DIM, d: int = 144, heads: int = 4, blocks: int = 4, vocab: int = 300) -> None:
-        super().__init__()
-        self.d = d
-        self.register_buffer("cmvn_mean", paddle.to_tensor(np.linspace(-1, 1, feat_dim).astype("float32")))
-        self.register_buffer("cmvn_istd", paddle.to_tensor(np.linspace(0.5, 1.5, feat_dim).astype("float32")))
-        self.conv1, self.conv2 = nn.Conv2D(1, d, 3, 2), nn.Conv2D(d, d, 3, 2)
-        self.sub_out = nn.Linear(d * (((feat_dim - 1) // 2 - 1) // 2), d)
-        self.blocks = nn.LayerList([_Block(d, heads) for _ in range(blocks)])
-        self.ctc = nn.Linear(d, vocab)
-
-    def _pos_emb(self, t):
-        pos = paddle.arange(0, t, dtype="float32").unsqueeze(1)
-        div = paddle.exp(paddle.arange(0, self.d, 2, dtype="float32") * (-math.log(10000.0) / self.d))
-        ang = pos * div
-        return paddle.stack([paddle.sin(ang), paddle.cos(ang)], axis=-1).reshape([1, -1, self.d])
-
-    def forward_infer(self, feats, feats_lengths):
-        x = (feats - self.cmvn_mean) * self.cmvn_istd
-        x = F.relu(self.conv2(F.relu(self.conv1(x.unsqueeze(1)))))  # [B,C,T',F']
-        b, c, t, f = x.shape
-        x = self.sub_out(x.transpose([0, 2, 1, 3]).reshape([0, 0, c * f])) * math.sqrt(self.d)
-        lengths = ((feats_lengths - 1) // 2 - 1) // 2
-        mask = (paddle.arange(0, t, dtype="int64").unsqueeze(0) < lengths.unsqueeze(1)).unsqueeze(1)
-        pos_emb = self._pos_emb(t)
-        for blk in self.blocks:
-            x = blk(x, pos_emb, mask)
-        return F.log_softmax(self.ctc(x), axis=-1), lengths
-
-
-def build_stand_in(seed: int = 0, **kw) -> StandInConformer:
+def build_small_u2(seed: int = 0):
+    config = dataclasses.replace(load_config(REPO / "recipes/demo/conf/conformer.yaml"), vocab_size=60, input_dim=FEAT_DIM)
+    config.model.encoder = dataclasses.replace(config.model.encoder, output_size=144, linear_units=288, num_blocks=2,
+                                               input_layer="conv2d")
+    config.model.decoder = dataclasses.replace(config.model.decoder, linear_units=288, num_blocks=1)
     paddle.seed(seed)
-    model = StandInConformer(**kw)
-    # Non-trivial BatchNorm statistics, as after training.
-    for layer in model.sublayers():
-        if isinstance(layer, nn.BatchNorm1D):
-            layer._mean.set_value(paddle.uniform(layer._mean.shape, min=-0.1, max=0.1))
-            layer._variance.set_value(paddle.uniform(layer._variance.shape, min=0.5, max=1.5))
+    model = build_model(config, (np.linspace(5, 12, FEAT_DIM).astype("float32"), np.full(FEAT_DIM, 0.3, "float32")))
+    rng = np.random.default_rng(seed)
+    for name, p in model.named_parameters():
+        if name.endswith("bias"):  # trained models have non-zero biases; zeros would hide padding leaks
+            p.set_value(rng.normal(0, 0.2, p.shape).astype("float32"))
+    # Peaky posteriors, as after training, so beam searches are not decided by float noise.
+    model.ctc.ctc_lo.weight.set_value(model.ctc.ctc_lo.weight.numpy() * 6)
+    model.decoder.output_layer.weight.set_value(model.decoder.output_layer.weight.numpy() * 6)
     model.eval()
-    return model
+    return config, model
 
 
 def random_batch(rng: np.random.Generator, lengths) -> tuple[np.ndarray, np.ndarray]:
     lengths = np.asarray(lengths, dtype=np.int64)
-    feats = rng.standard_normal((len(lengths), int(lengths.max()), FEAT_DIM)).astype(np.float32)
+    feats = (rng.standard_normal((len(lengths), int(lengths.max()), FEAT_DIM)) * 3 + 8).astype(np.float32)
     for i, n in enumerate(lengths):
         feats[i, n:] = 0.0
     return feats, lengths
 
 
-def greedy_agreement(a: np.ndarray, b: np.ndarray, lengths: np.ndarray) -> float:
-    same = total = 0
-    for i, n in enumerate(lengths):
-        same += int((a[i, :n].argmax(-1) == b[i, :n].argmax(-1)).sum())
-        total += int(n)
-    return same / max(total, 1)
-
-
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    model = build_stand_in()
-    out = export_inference_model(model, FEAT_DIM, tmp_path_factory.mktemp("exp") / "fp32")
-    return model, out
+    config, model = build_small_u2()
+    out = tmp_path_factory.mktemp("exp") / "fp32"
+    diffs = export_model(model, FEAT_DIM, out)
+    vocab = tmp_path_factory.mktemp("vocab") / "vocab.txt"
+    vocab.write_text("".join(f"{u}\n" for u in ["<blank>", "<unk>"] + [chr(0x4E00 + i) for i in range(57)] + ["<eos>"]))
+    write_bundle_files(out, config, vocab, model, checkpoint="test", functions=sorted(diffs))
+    return model, out, diffs
 
 
-def test_export_files_and_parity(exported):
-    model, out = exported
-    assert (out / "model.pdmodel").is_file() and (out / "model.pdiparams").is_file()
+def test_every_runtime_function_is_exported_and_matches(exported):
+    model, out, diffs = exported
+    assert sorted(diffs) == ["ctc_activation", "decoder", "encoder", "encoder_chunk"]
+    assert max(diffs.values()) < 1e-3
+    for name in diffs:
+        assert (out / name / "model.pdmodel").is_file() and (out / name / "model.pdiparams").is_file()
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")], "temp dirs left behind"
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["sos"] == meta["eos"] == 59 and meta["supports_streaming"]
+    assert meta["att_cache_shape"] == [2, 4, 0, 72] and meta["cnn_cache_shape"] == [2, 1, 144, 14]
+
+
+@pytest.mark.parametrize("use_mkldnn", [False, True])
+def test_encoder_parity_on_padded_batches(exported, use_mkldnn):
+    model, out, _ = exported
+    pred = Predictor(out / "encoder", use_mkldnn=use_mkldnn)
     rng = np.random.default_rng(1)
-    for use_mkldnn in (False, True):
-        pred = InferenceModel(out, use_mkldnn=use_mkldnn)
-        for lengths in ([120], [211, 64, 150]):
-            feats, lens = random_batch(rng, lengths)
-            with paddle.no_grad():
-                ref_lp, ref_len = model.forward_infer(paddle.to_tensor(feats), paddle.to_tensor(lens))
-            lp, ol = pred.run(feats, lens)
-            np.testing.assert_array_equal(ol, ref_len.numpy())
-            # time is padded to the runner's length bucket; frames past each length are padding
-            assert lp.shape[0::2] == tuple(ref_lp.shape)[0::2] and lp.shape[1] >= ref_lp.shape[1]
-            for i, n in enumerate(ol):
-                np.testing.assert_allclose(lp[i, :n], ref_lp.numpy()[i, :n], atol=1e-3, rtol=0)
+    for lengths in ([120], [211, 64, 150]):
+        feats, lens = random_batch(rng, lengths)
+        with paddle.no_grad():
+            ref = [t.numpy() for t in model.forward_encoder(paddle.to_tensor(feats), paddle.to_tensor(lens))]
+        enc, enc_len, lp = pred.run({"feats": feats, "feats_lengths": lens})
+        np.testing.assert_array_equal(enc_len, ref[1])
+        for i, n in enumerate(enc_len):
+            np.testing.assert_allclose(lp[i, :n], ref[2][i, :n], atol=1e-3, rtol=0)
+            np.testing.assert_allclose(enc[i, :n], ref[0][i, :n], atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("chunk", [-1, 4])
+def test_exported_model_gives_the_dynamic_graph_hypotheses_for_every_method(exported, chunk):
+    model, out, _ = exported
+    meta = json.loads((out / "meta.json").read_text())
+    conf = DecodeConfig(beam_size=4, decoding_chunk_size=chunk)
+    feats, lens = random_batch(np.random.default_rng(4), [260, 190, 150])
+    ours = Recognizer(ExportedBackend(out, meta), conf).recognize(feats, lens)
+    theirs = Recognizer(DygraphBackend(model), conf).recognize(feats, lens)
+    assert set(ours) == set(METHODS)
+    for method in METHODS:
+        assert ours[method] == theirs[method], method
+        assert all(len(h) > 0 for h in ours[method])
+
+
+def test_pir_export_loads_too(exported, tmp_path):
+    model, _, _ = exported
+    fn = next(f for f in runtime_functions(model, FEAT_DIM) if f.name == "ctc_activation")
+    save_function(model, fn, tmp_path / "pir", pir=True)
+    prog, _ = find_model_files(tmp_path / "pir")
+    assert prog.name == "model.json"
+    enc = np.random.default_rng(5).standard_normal((2, 9, 144)).astype(np.float32)
+    (got,) = Predictor(tmp_path / "pir").run({"encoder_out": enc})
+    with paddle.no_grad():
+        ref = model.ctc_activation(paddle.to_tensor(enc)).numpy()
+    np.testing.assert_allclose(got, ref, atol=1e-4)
 
 
 def test_missing_model_error(tmp_path):
@@ -174,26 +122,28 @@ def test_missing_model_error(tmp_path):
         find_model_files(tmp_path)
 
 
-def test_quantize_int8(exported, tmp_path):
-    _, fp32_dir = exported
+def _agreement(a: np.ndarray, b: np.ndarray, lengths: np.ndarray) -> float:
+    same = sum(int((a[i, :n].argmax(-1) == b[i, :n].argmax(-1)).sum()) for i, n in enumerate(lengths))
+    return same / max(int(np.sum(lengths)), 1)
+
+
+def test_quantize_int8_encoder(exported, tmp_path):
+    _, fp32_dir, _ = exported
     rng = np.random.default_rng(2)
     calib = [random_batch(rng, [180, 140, 100, 160]) for _ in range(4)]
-    report = quantize_ptq(fp32_dir, tmp_path / "int8", lambda: iter(calib))
+    report = quantize_ptq(fp32_dir / "encoder", tmp_path / "int8", lambda: iter(calib))
     int8_dir = tmp_path / "int8"
     assert (int8_dir / "model.pdmodel").is_file() and (int8_dir / "model.pdiparams").is_file()
     assert report["quantized_ops"].get("matmul_v2", 0) + report["quantized_ops"].get("mul", 0) > 0
     assert report["int8_bytes"] < report["fp32_bytes"]
-
-    fp32 = InferenceModel(fp32_dir)
-    int8 = InferenceModel(int8_dir, int8=True)
+    fp32, int8 = Predictor(fp32_dir / "encoder"), Predictor(int8_dir, int8=True)
     for lengths in ([157], [190, 75, 133, 120]):
         feats, lens = random_batch(rng, lengths)
-        ref_lp, ref_len = fp32.run(feats, lens)
-        lp, ol = int8.run(feats, lens)
-        assert lp.shape == ref_lp.shape and lp.dtype == np.float32
+        _, ref_len, ref_lp = fp32.run({"feats": feats, "feats_lengths": lens})
+        _, ol, lp = int8.run({"feats": feats, "feats_lengths": lens})
         np.testing.assert_array_equal(ol, ref_len)
-        assert np.isfinite(lp).all()
-        assert greedy_agreement(lp, ref_lp, ol) >= 0.9
+        assert np.isfinite(lp).all() and lp.dtype == np.float32
+        assert _agreement(lp, ref_lp, ol) >= 0.9
 
 
 def test_observer_pairs_do_not_round_fp32_activations(exported, tmp_path):
@@ -202,13 +152,13 @@ def test_observer_pairs_do_not_round_fp32_activations(exported, tmp_path):
     PaddleSlim's ONNX format puts quantize/dequantize pairs after residual adds, layer norms,
     softmax... Left in, oneDNN executes them as real rounding (+2.4 CER points on the demo model).
     """
-    _, fp32_dir = exported
+    _, fp32_dir, _ = exported
     rng = np.random.default_rng(3)
     calib = [random_batch(rng, [150, 120]) for _ in range(2)]
-    report = quantize_ptq(fp32_dir, tmp_path / "none", lambda: iter(calib), quantizable_op_type=["mul"])
+    report = quantize_ptq(fp32_dir / "encoder", tmp_path / "none", lambda: iter(calib), quantizable_op_type=["mul"])
     assert report["observers_removed"] > 0 and not report["quantized_ops"]
     feats, lens = random_batch(rng, [170, 90])
-    ref_lp, _ = InferenceModel(fp32_dir).run(feats, lens)
-    lp, ol = InferenceModel(tmp_path / "none", int8=True).run(feats, lens)
+    _, _, ref_lp = Predictor(fp32_dir / "encoder").run({"feats": feats, "feats_lengths": lens})
+    _, ol, lp = Predictor(tmp_path / "none", int8=True).run({"feats": feats, "feats_lengths": lens})
     for i, n in enumerate(ol):
         np.testing.assert_allclose(lp[i, :n], ref_lp[i, :n], atol=1e-4, rtol=0)

@@ -1,10 +1,12 @@
-"""The Conformer-CTC model: PaddleSpeech names and shapes, lengths, and batch independence."""
+"""The U2 model: PaddleSpeech names and shapes, lengths, batch independence, the hybrid loss,
+and streaming (chunk by chunk with caches == the chunk-masked full forward)."""
 
 import dataclasses
 from pathlib import Path
 
 import numpy as np
 import paddle
+import pytest
 
 from paddle_asr.config import load_config
 from paddle_asr.models.registry import build_model
@@ -12,9 +14,11 @@ from paddle_asr.models.registry import build_model
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _model(**encoder):
-    config = dataclasses.replace(load_config(REPO / "recipes/demo/conf/conformer_ctc.yaml"), vocab_size=40, input_dim=80)
+def _model(config="recipes/demo/conf/conformer.yaml", encoder_type=None, vocab=40, **encoder):
+    config = dataclasses.replace(load_config(REPO / config), vocab_size=vocab, input_dim=80)
     config.model.encoder = dataclasses.replace(config.model.encoder, **encoder)
+    if encoder_type:
+        config.model.encoder_type = encoder_type
     paddle.seed(0)
     model = build_model(config)
     # Trained models have non-zero biases and BatchNorm statistics; fresh ones have zeros,
@@ -28,7 +32,7 @@ def _model(**encoder):
 
 
 def test_parameter_names_and_shapes_follow_paddlespeech():
-    model = _model(output_size=256, linear_units=2048, num_blocks=2, input_layer="conv2d", subsampling_channels=None)
+    model = _model("recipes/aishell/conf/conformer.yaml", vocab=4233, num_blocks=2)
     shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
     assert shapes["encoder.embed.conv.0.weight"] == [256, 1, 3, 3]
     assert shapes["encoder.embed.conv.2.weight"] == [256, 256, 3, 3]
@@ -40,30 +44,129 @@ def test_parameter_names_and_shapes_follow_paddlespeech():
     assert shapes["encoder.encoders.1.conv_module.pointwise_conv1.weight"] == [512, 256, 1]
     assert shapes["encoder.encoders.1.conv_module.depthwise_conv.weight"] == [256, 1, 15]
     assert shapes["encoder.encoders.1.conv_module.norm._variance"] == [256]
-    assert shapes["ctc.ctc_lo.weight"] == [256, 40]
     assert shapes["encoder.global_cmvn.mean"] == [80] and shapes["encoder.global_cmvn.istd"] == [80]
-    per_layer = [k for k in shapes if k.startswith("encoder.encoders.0.")]
-    assert len(per_layer) == 39  # REFERENCE §8.2: 39 tensors per BatchNorm encoder layer
-    assert not any("pos_enc" in k for k in shapes)  # positional tables are not stored
+    assert shapes["ctc.ctc_lo.weight"] == [256, 4233]
+    assert shapes["decoder.embed.0.weight"] == [4233, 256]
+    assert shapes["decoder.output_layer.weight"] == [256, 4233]
+    assert shapes["decoder.decoders.5.src_attn.linear_k.weight"] == [256, 256]
+    assert shapes["decoder.decoders.5.concat_linear2.weight"] == [512, 256]
+    assert shapes["decoder.decoders.5.feed_forward.w_1.weight"] == [256, 2048]
+    # REFERENCE §8.2: 39 tensors per BatchNorm encoder layer, 30 per decoder layer.
+    assert len([k for k in shapes if k.startswith("encoder.encoders.0.")]) == 39
+    assert len([k for k in shapes if k.startswith("decoder.decoders.0.")]) == 30
+    assert not any("pos_enc" in k or k.endswith(".pe") for k in shapes)  # positional tables are not stored
+    decoder_params = sum(int(np.prod(v)) for k, v in shapes.items() if k.startswith("decoder."))
+    assert decoder_params == 13_220_489  # REFERENCE §8.2, V=4233
 
 
-def test_output_lengths_follow_the_subsampling_formula():
-    model = _model()
-    lengths = paddle.to_tensor([400, 173, 15], dtype="int64")
-    feats = paddle.randn([3, 400, 80])
-    _, out_lengths = model.forward_infer(feats, lengths)
-    expected = [(((n - 1) // 2 - 1) // 2 - 1) // 2 for n in (400, 173, 15)]
-    assert out_lengths.numpy().tolist() == expected
+def test_chunk_model_has_layer_norm_conv_and_37_tensors_per_layer():
+    model = _model("recipes/aishell/conf/chunk_conformer.yaml", num_blocks=1)
+    keys = [k for k in model.state_dict() if k.startswith("encoder.encoders.0.")]
+    assert len(keys) == 37
+    assert "encoder.encoders.0.conv_module.norm._mean" not in keys
 
 
-def test_an_utterance_decodes_the_same_alone_or_padded_in_a_batch():
-    model = _model()
+def test_transformer_encoder_names():
+    model = _model("recipes/aishell/conf/transformer.yaml", num_blocks=1)
+    keys = {k for k in model.state_dict() if k.startswith("encoder.encoders.0.")}
+    assert {"encoder.encoders.0.norm1.weight", "encoder.encoders.0.self_attn.linear_q.weight",
+            "encoder.encoders.0.feed_forward.w_2.bias", "encoder.encoders.0.concat_linear.weight"} <= keys
+    assert not any("pos_bias" in k for k in keys)
+
+
+@pytest.mark.parametrize("input_layer,expected", [
+    ("conv2d", lambda n: ((n - 1) // 2 - 1) // 2),
+    ("conv2d6", lambda n: ((n - 1) // 2 - 2) // 3),
+    ("conv2d8", lambda n: (((n - 1) // 2 - 1) // 2 - 1) // 2),
+])
+def test_output_lengths_follow_the_subsampling_formula(input_layer, expected):
+    model = _model(input_layer=input_layer)
+    lengths = paddle.to_tensor([400, 173, 31], dtype="int64")
+    _, out_lengths, _ = model.forward_encoder(paddle.randn([3, 400, 80]), lengths)
+    assert out_lengths.numpy().tolist() == [expected(n) for n in (400, 173, 31)]
+
+
+@pytest.mark.parametrize("config", ["recipes/aishell/conf/conformer.yaml", "recipes/demo/conf/conformer.yaml"])
+def test_an_utterance_encodes_the_same_alone_or_padded_in_a_batch(config):
+    model = _model(config, num_blocks=2, output_size=64, linear_units=128, subsampling_channels=16)
     rng = np.random.default_rng(1)
     long = rng.normal(10, 3, (1, 300, 80)).astype("float32")
     short = rng.normal(10, 3, (1, 173, 80)).astype("float32")
     batch = np.concatenate([long, np.pad(short, ((0, 0), (0, 127), (0, 0)))])
     with paddle.no_grad():
-        alone, n = model.forward_infer(paddle.to_tensor(short), paddle.to_tensor([173], dtype="int64"))
-        padded, _ = model.forward_infer(paddle.to_tensor(batch), paddle.to_tensor([300, 173], dtype="int64"))
-    n = int(n[0])
-    np.testing.assert_allclose(padded.numpy()[1, :n], alone.numpy()[0, :n], atol=1e-4)
+        alone, n, _ = model.forward_encoder(paddle.to_tensor(short), paddle.to_tensor([173], dtype="int64"))
+        padded, _, _ = model.forward_encoder(paddle.to_tensor(batch), paddle.to_tensor([300, 173], dtype="int64"))
+        n = int(n[0])
+        np.testing.assert_allclose(padded.numpy()[1, :n], alone.numpy()[0, :n], atol=1e-4)
+        hyps = paddle.to_tensor([[39, 5, 6, 7]], dtype="int64")
+        dec_alone = model.forward_attention_decoder(hyps, paddle.to_tensor([4], dtype="int64"), alone,
+                                                    paddle.to_tensor([n], dtype="int64"))
+        dec_padded = model.forward_attention_decoder(hyps, paddle.to_tensor([4], dtype="int64"), padded[1:],
+                                                     paddle.to_tensor([n], dtype="int64"))
+    np.testing.assert_allclose(dec_padded.numpy(), dec_alone.numpy(), atol=1e-4)
+
+
+def _stream(model, x, chunk, left):
+    enc = model.encoder
+    sub, context = enc.embed.subsampling_rate, enc.embed.right_context + 1
+    stride, window = sub * chunk, (chunk - 1) * sub + context
+    att, cnn = (paddle.to_tensor(c) for c in enc.initial_caches())
+    outs, offset = [], 0
+    with paddle.no_grad():
+        for cur in range(0, x.shape[1] - context + 1, stride):
+            y, att, cnn = model.forward_encoder_chunk(paddle.to_tensor(x[:, cur:cur + window]), offset,
+                                                      chunk * left if left >= 0 else -1, att, cnn)
+            outs.append(y.numpy())
+            offset += y.shape[1]
+    return np.concatenate(outs, axis=1), att
+
+
+@pytest.mark.parametrize("input_layer,chunk,left", [("conv2d", 16, -1), ("conv2d", 4, 2), ("conv2d8", 3, -1), ("conv2d6", 5, 1)])
+def test_chunk_by_chunk_decoding_equals_the_chunk_masked_full_forward(input_layer, chunk, left):
+    model = _model(output_size=64, linear_units=128, input_layer=input_layer, subsampling_channels=16)
+    assert model.encoder.supports_streaming
+    x = np.random.default_rng(2).normal(10, 3, (1, 411, 80)).astype("float32")
+    streamed, att = _stream(model, x, chunk, left)
+    with paddle.no_grad():
+        masked, n = model.encoder(paddle.to_tensor(x), paddle.to_tensor([411], dtype="int64"),
+                                  decoding_chunk_size=chunk, num_decoding_left_chunks=left)
+        full, _ = model.encoder(paddle.to_tensor(x), paddle.to_tensor([411], dtype="int64"))
+    assert streamed.shape[1] == int(n[0])
+    np.testing.assert_allclose(streamed, masked.numpy(), atol=2e-5)
+    assert np.abs(streamed - full.numpy()).max() > 1e-2  # the chunk mask really limits the context
+    if left >= 0:
+        assert att.shape[2] == chunk * left  # the attention cache keeps only the requested history
+
+
+def test_streaming_needs_a_chunk_trained_causal_model():
+    assert not _model("recipes/aishell/conf/conformer.yaml", num_blocks=1).encoder.supports_streaming
+    assert _model("recipes/aishell/conf/chunk_conformer.yaml", num_blocks=1).encoder.supports_streaming
+
+
+def test_hybrid_loss_weights_and_label_smoothing():
+    model = _model(output_size=64, linear_units=128)
+    rng = np.random.default_rng(3)
+    feats = paddle.to_tensor(rng.normal(10, 3, (2, 200, 80)).astype("float32"))
+    lengths = paddle.to_tensor([200, 150], dtype="int64")
+    labels = paddle.to_tensor([[3, 4, 5], [6, 7, -1]], dtype="int64")
+    label_lengths = paddle.to_tensor([3, 2], dtype="int64")
+    with paddle.no_grad():
+        loss, parts = model(feats, lengths, labels, label_lengths)
+        # The attention loss by hand: KL(smoothed target || decoder softmax) summed, / batch size.
+        hs, hs_len = model.encoder(feats, lengths)
+        ys_in, ys_out = model.add_sos_eos(labels, label_lengths)
+        logp = paddle.nn.functional.log_softmax(model.decoder(hs, hs_len, ys_in, label_lengths + 1), -1).numpy()
+    assert ys_in.numpy().tolist() == [[39, 3, 4, 5], [39, 6, 7, 39]]
+    assert ys_out.numpy().tolist() == [[3, 4, 5, 39], [6, 7, 39, -1]]
+    v, s = 40, model.lsm_weight
+    total = 0.0
+    for b, row in enumerate(ys_out.numpy()):
+        for u, t in enumerate(row):
+            if t == -1:
+                continue
+            target = np.full(v, s / (v - 1))
+            target[t] = 1 - s
+            total += float((target * (np.log(target) - logp[b, u])).sum())
+    np.testing.assert_allclose(float(parts["att"]), total / 2, rtol=1e-5)
+    w = model.ctc_weight
+    np.testing.assert_allclose(float(loss), w * float(parts["ctc"]) + (1 - w) * float(parts["att"]), rtol=1e-6)

@@ -20,18 +20,26 @@ import soundfile as sf
 from tests.conftest import REPO, real_fixture
 
 SMALL_CONFIG = f"""\
-base: {REPO}/recipes/demo/conf/conformer_ctc.yaml
+base: {REPO}/recipes/demo/conf/conformer.yaml
 model:
   encoder:
     output_size: 64
     linear_units: 128
     num_blocks: 2
+  decoder:
+    linear_units: 128
+    num_blocks: 1
 training:
   max_epoch: 2
   batch_size: 8
   average_num: 2
   log_interval: 2
 """
+DECODE = "methods: [ctc_greedy_search, ctc_prefix_beam_search, attention, attention_rescoring]\nbeam_size: 4\nbatch_size: 4\n"
+CHUNK_DECODE = "base: decode.yaml\ndecoding_chunk_size: 4\n"
+METHODS = ("ctc_greedy_search", "ctc_prefix_beam_search", "attention", "attention_rescoring")
+STAGE_ARGS = ["--data_dir", "corpus", "--config", "conf/train.yaml", "--decode_configs",
+              "conf/decode.yaml conf/chunk_decode.yaml", "--num_calib", "8"]
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
@@ -52,12 +60,13 @@ def recipe(tmp_path_factory) -> tuple[Path, str]:
     d = tmp_path_factory.mktemp("recipe")
     (d / "conf").mkdir()
     (d / "conf" / "train.yaml").write_text(SMALL_CONFIG)
+    (d / "conf" / "decode.yaml").write_text(DECODE)
+    (d / "conf" / "chunk_decode.yaml").write_text(CHUNK_DECODE)
     from paddle_asr.data.corpora.demo import generate_demo_corpus
 
     generate_demo_corpus(d / "corpus", num_train_speakers=3, num_dev_speakers=1, num_test_speakers=1,
                          utts_per_speaker=8, log=lambda *_: None)
-    proc = run(["bash", str(REPO / "local/run_stages.sh"), "--data_dir", "corpus", "--config", "conf/train.yaml",
-                "--num_calib", "8", "--batch_size", "4", "--num_transcribe", "2"], d)
+    proc = run(["bash", str(REPO / "local/run_stages.sh"), *STAGE_ARGS, "--num_transcribe", "2"], d)
     return d, proc.stdout + proc.stderr
 
 
@@ -121,34 +130,42 @@ def test_training_saved_resolved_config_checkpoints_and_visualdl_logs(recipe):
 def test_export_reproduces_the_dynamic_graph_and_int8_decodes(recipe):
     d, out = recipe
     exp = d / "exp/train"
-    dygraph = (exp / "test_ctc_greedy_search/text").read_text(encoding="utf-8")
-    exported = (exp / "test_export_fp32/text").read_text(encoding="utf-8")
-    assert dygraph == exported
-    assert "gives the same hypothesis" in out
-    assert (exp / "export/fp32/model.pdmodel").is_file() and (exp / "export/fp32/vocab.txt").is_file()
     n_test = len((d / "data/test/text").read_text().splitlines())
-    for name in ("test_ctc_greedy_search", "test_export_fp32", "test_export_int8"):
-        result = json.loads((exp / name / "result.json").read_text())
-        assert result["utterances"] == n_test and result["rtf"] > 0
-        wer = (exp / name / "wer").read_text(encoding="utf-8")
-        assert f"N={result['n']} " in wer and "Overall -> " in wer
-    int8 = json.loads((exp / "test_export_int8/result.json").read_text())
-    fp32 = json.loads((exp / "test_export_fp32/result.json").read_text())
+    for mode in ("", "_chunk4"):
+        for method in METHODS:
+            dygraph = (exp / f"test{mode}_{method}/text").read_text(encoding="utf-8")
+            exported = (exp / f"test_export_fp32{mode}_{method}/text").read_text(encoding="utf-8")
+            assert dygraph == exported, (mode, method)
+            assert f"stage 5: {method}: same hypothesis as the dynamic graph on all {n_test} utterances" in out
+            for runtime in ("test", "test_export_fp32", "test_export_int8"):
+                result_dir = exp / f"{runtime}{mode}_{method}"
+                result = json.loads((result_dir / "result.json").read_text())
+                assert result["utterances"] == n_test and result["rtf"] > 0 and result["search"] == method
+                assert result["decoding"]["decoding_chunk_size"] == (4 if mode else -1)
+                wer = (result_dir / "wer").read_text(encoding="utf-8")
+                assert f"N={result['n']} " in wer and "Overall -> " in wer
+                assert len((result_dir / "text").read_text().splitlines()) == n_test
+    for name in ("encoder", "encoder_chunk", "ctc_activation", "decoder"):
+        assert (exp / f"export/fp32/{name}/model.pdmodel").is_file()
+    assert (exp / "export/fp32/vocab.txt").is_file()
+    int8 = json.loads((exp / "test_export_int8_attention_rescoring/result.json").read_text())
+    fp32 = json.loads((exp / "test_export_fp32_attention_rescoring/result.json").read_text())
     assert int8["model_bytes"] < fp32["model_bytes"]
     report = json.loads((exp / "export/int8/quantize_report.json").read_text())
     assert sum(report["quantized_ops"].values()) > 0
-    assert len((exp / "test_export_int8/text").read_text().splitlines()) == n_test
-    assert (d / "RESULTS.md").read_text().count("| train |") == 3
+    results_md = (d / "RESULTS.md").read_text()
+    assert results_md.count("| train |") == 24  # 4 methods x 3 runtimes x 2 modes
+    assert "| attention_rescoring | streaming, chunk 4 | inference-int8 |" in results_md
 
 
 def test_rerun_reuses_complete_stages_and_says_so(recipe):
     d, _ = recipe
-    proc = run(["bash", str(REPO / "local/run_stages.sh"), "--data_dir", "corpus", "--config", "conf/train.yaml",
-                "--stage", "0", "--stop_stage", "6", "--num_calib", "8", "--batch_size", "4"], d)
+    proc = run(["bash", str(REPO / "local/run_stages.sh"), *STAGE_ARGS, "--stage", "0", "--stop_stage", "6"], d)
     out = proc.stdout
     assert "stage 0 (data): reusing" in out and "stage 1 (train): reusing" in out
     assert "stage 2 (average): reusing" in out and "stage 4 (export): reusing" in out
     assert "stage 6 (INT8): reusing" in out
+    assert "(reused" in out and "stage 3 (dynamic graph) attention_rescoring" in out
 
 
 def test_transcribe_real_speech_and_bad_files(recipe, tmp_path):

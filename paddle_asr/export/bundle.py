@@ -1,8 +1,9 @@
-"""A model bundle: the exported program plus everything needed to use it without the recipe.
+"""A model bundle: the exported programs plus everything needed to use them without the recipe.
 
-`<dir>/model.pdmodel`, `model.pdiparams` (CMVN inside), `vocab.txt` (units), `features.yaml`
-(fbank settings, dither 0) and `meta.json` (model name, sizes, precision, provenance). Transcription
-needs only this directory.
+`<dir>/{encoder,encoder_chunk,ctc_activation,decoder}/model.pdmodel` + `model.pdiparams` (CMVN inside
+the encoders), `vocab.txt` (units), `features.yaml` (fbank settings, dither 0) and `meta.json` (model
+name, sizes, special tokens, streaming geometry, precision, provenance). Transcription needs only
+this directory.
 """
 
 from __future__ import annotations
@@ -24,7 +25,26 @@ VOCAB = "vocab.txt"
 FEATURES = "features.yaml"
 
 
-def write_bundle_files(out_dir: Path, config: AsrConfig, vocab: Path, meta: dict) -> None:
+def write_bundle_files(out_dir: Path, config: AsrConfig, vocab: Path, model, *, checkpoint: str, functions: list[str]) -> None:
+    enc = model.encoder
+    att_cache, cnn_cache = enc.initial_caches()
+    meta = {
+        "model": config.model.name,
+        "encoder_type": config.model.encoder_type,
+        "precision": "fp32",
+        "functions": functions,
+        "vocab_size": config.vocab_size,
+        "input_dim": config.input_dim,
+        "sos": model.sos,
+        "eos": model.eos,
+        "subsampling_rate": enc.embed.subsampling_rate,
+        "right_context": enc.embed.right_context,
+        "min_input_frames": enc.embed.right_context + 1,
+        "supports_streaming": enc.supports_streaming,
+        "att_cache_shape": list(att_cache.shape),
+        "cnn_cache_shape": list(cnn_cache.shape),
+        "checkpoint": checkpoint,
+    }
     shutil.copyfile(vocab, out_dir / VOCAB)
     features = dataclasses.replace(config.features, dither=0.0)  # decoding never dithers
     atomic_write_text(out_dir / FEATURES, yaml.safe_dump(dataclasses.asdict(features), sort_keys=False))
@@ -54,5 +74,5 @@ def read_bundle(model_dir: Path) -> tuple[dict, FeatureConfig, CharTokenizer]:
 
 
 def bundle_bytes(model_dir: Path) -> int:
-    """Size on disk of the program and weights (what a deployment ships)."""
-    return sum(p.stat().st_size for p in Path(model_dir).iterdir() if p.suffix in (".pdmodel", ".pdiparams", ".json") and p.name != META)
+    """Size on disk of the programs and weights (what a deployment ships)."""
+    return sum(p.stat().st_size for p in Path(model_dir).rglob("*") if p.suffix in (".pdmodel", ".pdiparams") or p.name == "model.json")

@@ -1,4 +1,4 @@
-"""Paddle Inference runner for exported (FP32) and PaddleSlim-quantized (INT8) models."""
+"""Paddle Inference predictors for exported (FP32) and PaddleSlim-quantized (INT8) programs."""
 
 from __future__ import annotations
 
@@ -91,6 +91,18 @@ def find_model_files(model_dir: Path) -> tuple[Path, Path]:
     )
 
 
+# oneDNN cannot build primitives for zero-size tensors ("could not construct a sub-memory"), and the
+# first streaming chunk has an empty attention cache [L, H, 0, 2*d_k]. For the chunk encoder the
+# ops that touch the cache (slice, split, concat, stack) run on Paddle's plain CPU kernels; every
+# compute op still runs in oneDNN.
+STREAMING_MKLDNN_OPS: frozenset[str] = frozenset({
+    "matmul_v2", "matmul", "fc", "conv2d", "fused_conv2d", "depthwise_conv2d", "layer_norm", "softmax",
+    "elementwise_add", "elementwise_sub", "elementwise_mul", "elementwise_div", "swish", "relu", "sigmoid",
+    "transpose2", "reshape2", "unsqueeze2", "squeeze2", "scale", "glu", "fused_matmul", "fused_elementwise_add",
+    "quantize", "dequantize", "requantize",
+})
+
+
 def make_config(
     model_dir: Path,
     *,
@@ -98,17 +110,17 @@ def make_config(
     use_mkldnn: bool = True,
     int8: bool = False,
     int8_op_types: Iterable[str] = INT8_OP_TYPES,
+    streaming: bool = False,
 ) -> paddle_infer.Config:
     """Build the CPU ``Config``.
 
-    INT8: the PaddleSlim model carries ``quantize_linear``/``dequantize_linear``
-    ops. Only the *legacy* IR pass list installed by ``enable_mkldnn_int8()``
-    (``quant_dequant_onednn_pass`` -> ``cpu_quantize_placement_pass`` ->
-    ``cpu_quantize_pass`` -> ``cpu_quantize_squash_pass``) turns them into
-    int8 oneDNN kernels; the PIR oneDNN pipeline just deletes them and runs
-    FP32. So INT8 needs oneDNN on, ``enable_mkldnn_int8()``, and the new IR
-    off -- which is what Paddle 3.0.0 picks for a ``.pdmodel`` anyway; we set
-    it explicitly so a future default change cannot silently drop INT8.
+    INT8: the PaddleSlim model carries ``quantize_linear``/``dequantize_linear`` ops. Only the
+    *legacy* IR pass list installed by ``enable_mkldnn_int8()`` (``quant_dequant_onednn_pass`` ->
+    ``cpu_quantize_placement_pass`` -> ``cpu_quantize_pass`` -> ``cpu_quantize_squash_pass``) turns
+    them into int8 oneDNN kernels; the PIR oneDNN pipeline just deletes them and runs FP32. So INT8
+    needs oneDNN on, ``enable_mkldnn_int8()``, and the new IR off -- which is what Paddle 3.0.0
+    picks for a ``.pdmodel`` anyway; we set it explicitly so a future default change cannot
+    silently drop INT8.
     """
     prog, params = find_model_files(model_dir)
     config = paddle_infer.Config(str(prog), str(params))
@@ -116,12 +128,20 @@ def make_config(
     config.disable_glog_info()
     config.set_cpu_math_library_num_threads(num_threads)
     config.switch_ir_optim(True)
-    config.enable_memory_optim()
     if prog.suffix == ".pdmodel":
         config.enable_new_ir(False)
+        # Only the legacy pass list has the memory optimisation; with a PIR program Paddle 3.0.0
+        # fails in create_predictor ("Not find ... memory_optimize_pass").
+        config.enable_memory_optim()
+    else:
+        config.enable_new_ir(True)
     if use_mkldnn or int8:
         config.enable_mkldnn()
         config.set_mkldnn_cache_capacity(MKLDNN_CACHE_CAPACITY)
+        if streaming:
+            config.set_mkldnn_op(set(STREAMING_MKLDNN_OPS))
+    else:
+        config.disable_mkldnn()  # Paddle 3 turns oneDNN on by default on CPU
     if int8:
         if prog.suffix != ".pdmodel":
             raise ValueError(f"INT8 needs a legacy model.pdmodel in {model_dir}")
@@ -129,8 +149,8 @@ def make_config(
     return config
 
 
-class InferenceModel:
-    """``run(feats [B,T,D] f32, feats_lengths [B] i64) -> (log_probs [B,T',V], out_lengths [B])``."""
+class Predictor:
+    """One exported program: ``run({input name: array}) -> [outputs in the function's return order]``."""
 
     def __init__(
         self,
@@ -140,43 +160,25 @@ class InferenceModel:
         use_mkldnn: bool = True,
         int8: bool = False,
         int8_op_types: Iterable[str] = INT8_OP_TYPES,
+        streaming: bool = False,
     ) -> None:
         self.model_dir = Path(model_dir)
-        self.config = make_config(
-            self.model_dir,
-            num_threads=num_threads,
-            use_mkldnn=use_mkldnn,
-            int8=int8,
-            int8_op_types=int8_op_types,
-        )
+        self.config = make_config(self.model_dir, num_threads=num_threads, use_mkldnn=use_mkldnn, int8=int8,
+                                  int8_op_types=int8_op_types, streaming=streaming)
         with quiet_output():  # INT8 passes print op statistics to std::cerr
             self.predictor = paddle_infer.create_predictor(self.config)
-        names = self.predictor.get_input_names()
-        if set(names) != {"feats", "feats_lengths"}:
-            raise ValueError(f"unexpected inputs {names} in {self.model_dir}")
-        self._feats = self.predictor.get_input_handle("feats")
-        self._lengths = self.predictor.get_input_handle("feats_lengths")
+        self.input_names = list(self.predictor.get_input_names())
+        self._inputs = {n: self.predictor.get_input_handle(n) for n in self.input_names}
         self._outputs = [self.predictor.get_output_handle(n) for n in self.predictor.get_output_names()]
-        if len(self._outputs) != 2:
-            raise ValueError(f"expected 2 outputs (log_probs, lengths) in {self.model_dir}")
 
-    def run(self, feats: np.ndarray, feats_lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Frames of the log-probs beyond each returned length are padding."""
-        pad = -feats.shape[1] % LENGTH_BUCKET
-        if pad:
-            feats = np.pad(feats, ((0, 0), (0, pad), (0, 0)))
-        feats = np.ascontiguousarray(feats, dtype=np.float32)
-        feats_lengths = np.ascontiguousarray(feats_lengths, dtype=np.int64)
-        if feats.ndim != 3 or feats_lengths.shape != (feats.shape[0],):
-            raise ValueError(f"bad input shapes {feats.shape}, {feats_lengths.shape}")
-        self._feats.reshape(list(feats.shape))
-        self._feats.copy_from_cpu(feats)
-        self._lengths.reshape(list(feats_lengths.shape))
-        self._lengths.copy_from_cpu(feats_lengths)
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        missing = [n for n in self.input_names if n not in feeds]
+        if missing:
+            raise ValueError(f"{self.model_dir} needs inputs {missing}; got {sorted(feeds)}")
+        for name in self.input_names:
+            value = np.ascontiguousarray(feeds[name])
+            handle = self._inputs[name]
+            handle.reshape(list(value.shape))
+            handle.copy_from_cpu(value)
         self.predictor.run()
-        out = [h.copy_to_cpu() for h in self._outputs]
-        # Output order follows the traced return tuple, but identify them by
-        # rank so a reordering in a future Paddle cannot swap them silently.
-        log_probs = next(o for o in out if o.ndim == 3)
-        lengths = next(o for o in out if o.ndim == 1)
-        return log_probs, lengths.astype(np.int64, copy=False)
+        return [h.copy_to_cpu() for h in self._outputs]

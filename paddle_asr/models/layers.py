@@ -1,9 +1,14 @@
-"""Building blocks of the Conformer, named as in PaddleSpeech so its state dicts load unchanged.
+"""Building blocks of the U2 encoders and decoder, named as in PaddleSpeech so its state dicts load unchanged.
 
-Parameter names (REFERENCE §8.2): `embed.conv.N`, `embed.out.0`, `self_attn.linear_{q,k,v,out,pos}`,
-`self_attn.pos_bias_{u,v}`, `feed_forward{,_macaron}.w_{1,2}`, `conv_module.{pointwise_conv1,
-depthwise_conv,norm,pointwise_conv2}`, `global_cmvn.{mean,istd}`. Paddle Linear weights are
-[in, out]. Everything here converts to a static graph with dynamic batch and length.
+Parameter names (REFERENCE §8.2): `embed.conv.N`, `embed.out.0` (x4) or `embed.linear` (x6, x8),
+`self_attn.linear_{q,k,v,out,pos}`, `self_attn.pos_bias_{u,v}`, `feed_forward{,_macaron}.w_{1,2}`,
+`conv_module.{pointwise_conv1,depthwise_conv,norm,pointwise_conv2}`, `global_cmvn.{mean,istd}`.
+Paddle Linear weights are [in, out]. Everything here converts to a static graph with dynamic batch
+and length; the streaming paths also take their caches and offsets as tensors.
+
+Masks are additive biases (0 for a visible key, -1e9 for a hidden one) rather than boolean
+masked_fill: the softmax result is the same (exp(-1e9) is exactly 0 in float32) and the exported
+program stays a plain chain of adds that oneDNN fuses.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import paddle.nn.functional as F
 from paddle import nn
 
 from paddle_asr.errors import AsrError
+
+NEG_INF = -1e9
 
 
 class GlobalCMVN(nn.Layer):
@@ -33,13 +40,14 @@ class GlobalCMVN(nn.Layer):
 class Conv2dSubsampling(nn.Layer):
     """Stacked strided Conv2D + ReLU over (time, frequency), then Linear to d_model.
 
-    `rate` 4: two 3x3 stride-2 convs (PaddleSpeech Conv2dSubsampling4); 6: 3x3/2 then 5x5/3;
-    8: three 3x3/2. `channels` defaults to d_model (PaddleSpeech); fewer channels train faster.
+    `rate` 4: two 3x3 stride-2 convs (PaddleSpeech Conv2dSubsampling4, Linear named `out.0`);
+    6: 3x3/2 then 5x5/3; 8: three 3x3/2 (Conv2dSubsampling6/8, Linear named `linear`).
+    `channels` defaults to d_model (PaddleSpeech); fewer channels train faster.
     """
 
     KERNELS = {4: ((3, 2), (3, 2)), 6: ((3, 2), (5, 3)), 8: ((3, 2), (3, 2), (3, 2))}
 
-    def __init__(self, idim: int, odim: int, rate: int, channels: int, dropout_rate: float) -> None:
+    def __init__(self, idim: int, odim: int, rate: int, channels: int) -> None:
         super().__init__()
         if rate not in self.KERNELS:
             raise AsrError(f"subsampling rate {rate} is not supported; use 4, 6 or 8")
@@ -49,10 +57,17 @@ class Conv2dSubsampling(nn.Layer):
         for k, s in self.kernels:
             layers += [nn.Conv2D(in_ch, channels, k, s), nn.ReLU()]
             freq, in_ch = (freq - k) // s + 1, channels
+        if freq < 1:
+            raise AsrError(f"{idim}-dim features are too narrow for x{rate} subsampling")
         self.conv = nn.Sequential(*layers)
-        self.out = nn.Sequential(nn.Linear(channels * freq, odim))
-        self.rate = rate
-        # Frames of look-ahead the first output needs, for streaming and length checks.
+        if rate == 4:
+            self.out = nn.Sequential(nn.Linear(channels * freq, odim))
+            self._project = self.out
+        else:
+            self.linear = nn.Linear(channels * freq, odim)
+            self._project = self.linear
+        self.subsampling_rate = rate
+        # Input frames of look-ahead one output frame needs: sum of (kernel - 1) x input stride.
         self.right_context = sum((k - 1) * math.prod(s2 for _, s2 in self.kernels[:i]) for i, (k, _) in enumerate(self.kernels))
 
     def output_length(self, lengths):
@@ -65,103 +80,170 @@ class Conv2dSubsampling(nn.Layer):
         x = self.conv(x.unsqueeze(1))  # [B, C, T', F']
         c, f = x.shape[1], x.shape[3]  # static; batch and time stay dynamic for export
         x = x.transpose([0, 2, 1, 3]).reshape([0, 0, c * f])
-        return self.out(x)
+        return self._project(x)
 
 
-class RelPositionalEncoding(nn.Layer):
-    """Scaled input plus the sinusoid table for relative attention (table not stored in checkpoints)."""
+def _sinusoid_table(max_len: int, d_model: int) -> np.ndarray:
+    pos = np.arange(max_len, dtype=np.float32)[:, None]
+    div = np.exp(np.arange(0, d_model, 2, dtype=np.float32) * -(math.log(10000.0) / d_model))
+    pe = np.zeros((max_len, d_model), dtype=np.float32)
+    pe[:, 0::2] = np.sin(pos * div)
+    pe[:, 1::2] = np.cos(pos * div)
+    return pe[None]
 
-    def __init__(self, d_model: int, dropout_rate: float, max_len: int = 5000) -> None:
+
+class PositionalEncoding(nn.Layer):
+    """Sinusoid positions. `relative=False` (Transformer, decoder): x*sqrt(d) + pe, as PaddleSpeech
+    `PositionalEncoding`; `relative=True` (Conformer): x*sqrt(d), and pe goes to the attention.
+    The table is a non-persistable buffer: never stored in checkpoints, as in PaddleSpeech."""
+
+    def __init__(self, d_model: int, dropout_rate: float, relative: bool, max_len: int = 5000) -> None:
         super().__init__()
         self.xscale = math.sqrt(d_model)
+        self.relative = relative
         self.dropout = nn.Dropout(dropout_rate)
-        pos = np.arange(max_len, dtype=np.float32)[:, None]
-        div = np.exp(np.arange(0, d_model, 2, dtype=np.float32) * -(math.log(10000.0) / d_model))
-        pe = np.zeros((max_len, d_model), dtype=np.float32)
-        pe[:, 0::2] = np.sin(pos * div)
-        pe[:, 1::2] = np.cos(pos * div)
-        self.register_buffer("pe", paddle.to_tensor(pe[None]), persistable=False)
+        self.register_buffer("pe", paddle.to_tensor(_sinusoid_table(max_len, d_model)), persistable=False)
 
-    def forward(self, x: paddle.Tensor) -> tuple[paddle.Tensor, paddle.Tensor]:
-        pos_emb = self.pe[:, : paddle.shape(x)[1]]
-        return self.dropout(x * self.xscale), self.dropout(pos_emb)
+    def position_encoding(self, offset, size) -> paddle.Tensor:
+        """pe[offset : offset + size]; offset and size may be ints or int64 tensors (streaming export)."""
+        if isinstance(offset, int) and offset == 0:
+            return self.pe[:, :size]
+        return paddle.slice(self.pe, axes=[1], starts=[offset], ends=[offset + size])
+
+    def forward(self, x: paddle.Tensor, offset=0) -> tuple[paddle.Tensor, paddle.Tensor]:
+        pos_emb = self.position_encoding(offset, paddle.shape(x)[1])
+        x = x * self.xscale
+        if not self.relative:
+            x = x + pos_emb
+        return self.dropout(x), self.dropout(pos_emb)
 
 
-class RelPositionMultiHeadedAttention(nn.Layer):
-    """Multi-head self-attention with learned position biases u, v (PaddleSpeech, no rel_shift)."""
+class MultiHeadedAttention(nn.Layer):
+    """Scaled dot-product attention over `h` heads; `cache` holds earlier keys/values for streaming.
+
+    cache layout (PaddleSpeech/WeNet): [1, h, cache_t, 2*d_k], keys then values on the last axis.
+    """
 
     def __init__(self, n_head: int, n_feat: int, dropout_rate: float) -> None:
         super().__init__()
         if n_feat % n_head:
-            raise AsrError(f"output_size {n_feat} must be divisible by attention_heads {n_head}")
+            raise AsrError(f"attention size {n_feat} must be divisible by attention_heads {n_head}")
         self.h, self.d_k = n_head, n_feat // n_head
         self.linear_q = nn.Linear(n_feat, n_feat)
         self.linear_k = nn.Linear(n_feat, n_feat)
         self.linear_v = nn.Linear(n_feat, n_feat)
         self.linear_out = nn.Linear(n_feat, n_feat)
-        self.linear_pos = nn.Linear(n_feat, n_feat, bias_attr=False)
-        init = nn.initializer.XavierUniform()
-        self.pos_bias_u = self.create_parameter([self.h, self.d_k], default_initializer=init)
-        self.pos_bias_v = self.create_parameter([self.h, self.d_k], default_initializer=init)
         self.dropout = nn.Dropout(dropout_rate)
 
     def _heads(self, x: paddle.Tensor) -> paddle.Tensor:
-        return x.reshape([0, 0, self.h, self.d_k])  # [B, T, H, d_k]
+        return x.reshape([0, 0, self.h, self.d_k]).transpose([0, 2, 1, 3])  # [B, H, T, d_k]
 
-    def forward(self, x: paddle.Tensor, pos_emb: paddle.Tensor, att_bias: paddle.Tensor) -> paddle.Tensor:
-        q = self._heads(self.linear_q(x))
-        k = self._heads(self.linear_k(x)).transpose([0, 2, 1, 3])
-        v = self._heads(self.linear_v(x)).transpose([0, 2, 1, 3])
-        p = self._heads(self.linear_pos(pos_emb)).transpose([0, 2, 1, 3])  # [1, H, T, d_k]
-        q_u = (q + self.pos_bias_u).transpose([0, 2, 1, 3])
-        q_v = (q + self.pos_bias_v).transpose([0, 2, 1, 3])
-        scores = paddle.matmul(q_u, k, transpose_y=True) + paddle.matmul(q_v, p, transpose_y=True)
-        scores = scores * (1.0 / math.sqrt(self.d_k)) + att_bias  # att_bias: 0 or -1e9 per key
+    def _qkv(self, query, key, value, cache):
+        q, k, v = self._heads(self.linear_q(query)), self._heads(self.linear_k(key)), self._heads(self.linear_v(value))
+        if cache is not None:
+            key_cache, value_cache = paddle.split(cache, 2, axis=-1)
+            k = paddle.concat([key_cache, k], axis=2)
+            v = paddle.concat([value_cache, v], axis=2)
+        return q, k, v, paddle.concat([k, v], axis=-1)
+
+    def _context(self, scores: paddle.Tensor, v: paddle.Tensor, bias) -> paddle.Tensor:
+        if bias is not None:
+            scores = scores + bias
         attn = self.dropout(F.softmax(scores, axis=-1))
         out = paddle.matmul(attn, v).transpose([0, 2, 1, 3]).reshape([0, 0, self.h * self.d_k])
         return self.linear_out(out)
 
+    def forward(self, query, key, value, bias=None, cache=None) -> tuple[paddle.Tensor, paddle.Tensor]:
+        q, k, v, new_cache = self._qkv(query, key, value, cache)
+        scores = paddle.matmul(q, k, transpose_y=True) / math.sqrt(self.d_k)
+        return self._context(scores, v, bias), new_cache
+
+
+class RelPositionMultiHeadedAttention(MultiHeadedAttention):
+    """Self-attention with learned position biases u, v (PaddleSpeech: no rel_shift; the position
+    term uses the sinusoid of each key's absolute position, which streaming reproduces exactly)."""
+
+    def __init__(self, n_head: int, n_feat: int, dropout_rate: float) -> None:
+        super().__init__(n_head, n_feat, dropout_rate)
+        self.linear_pos = nn.Linear(n_feat, n_feat, bias_attr=False)
+        init = nn.initializer.XavierUniform()
+        self.pos_bias_u = self.create_parameter([self.h, self.d_k], default_initializer=init)
+        self.pos_bias_v = self.create_parameter([self.h, self.d_k], default_initializer=init)
+
+    def forward(self, x, pos_emb, bias=None, cache=None) -> tuple[paddle.Tensor, paddle.Tensor]:
+        q, k, v, new_cache = self._qkv(x, x, x, cache)
+        p = self._heads(self.linear_pos(pos_emb))  # [1, H, T_k, d_k]
+        q_u = q + self.pos_bias_u.unsqueeze(1)
+        q_v = q + self.pos_bias_v.unsqueeze(1)
+        scores = (paddle.matmul(q_u, k, transpose_y=True) + paddle.matmul(q_v, p, transpose_y=True)) / math.sqrt(self.d_k)
+        return self._context(scores, v, bias), new_cache
+
 
 class PositionwiseFeedForward(nn.Layer):
-    def __init__(self, idim: int, hidden: int, dropout_rate: float) -> None:
+    ACTIVATIONS = {"swish": F.swish, "relu": F.relu}
+
+    def __init__(self, idim: int, hidden: int, dropout_rate: float, activation: str = "relu") -> None:
         super().__init__()
+        if activation not in self.ACTIVATIONS:
+            raise AsrError(f"activation_type '{activation}' unsupported; use one of {sorted(self.ACTIVATIONS)}")
         self.w_1 = nn.Linear(idim, hidden)
         self.w_2 = nn.Linear(hidden, idim)
         self.dropout = nn.Dropout(dropout_rate)
+        self.activation = self.ACTIVATIONS[activation]
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        return self.w_2(self.dropout(F.swish(self.w_1(x))))
+        return self.w_2(self.dropout(self.activation(self.w_1(x))))
 
 
 class ConvolutionModule(nn.Layer):
-    """Pointwise conv + GLU, depthwise conv, batch/layer norm, swish, pointwise conv."""
+    """Pointwise conv + GLU, depthwise conv, batch/layer norm, swish, pointwise conv.
 
-    def __init__(self, channels: int, kernel_size: int, norm: str) -> None:
+    causal: the depthwise conv sees only the past (`kernel - 1` frames of left context, zeros at
+    the start); streaming passes those frames in `cache` [B, C, kernel - 1] and gets the new ones back.
+    """
+
+    def __init__(self, channels: int, kernel_size: int, norm: str, causal: bool) -> None:
         super().__init__()
-        if kernel_size % 2 == 0:
-            raise AsrError(f"cnn_module_kernel must be odd, got {kernel_size}")
+        if not causal and kernel_size % 2 == 0:
+            raise AsrError(f"cnn_module_kernel must be odd for a non-causal convolution, got {kernel_size}")
+        self.lorder = kernel_size - 1 if causal else 0
         self.pointwise_conv1 = nn.Conv1D(channels, 2 * channels, 1)
-        self.depthwise_conv = nn.Conv1D(channels, channels, kernel_size, padding=(kernel_size - 1) // 2, groups=channels)
+        padding = 0 if causal else (kernel_size - 1) // 2
+        self.depthwise_conv = nn.Conv1D(channels, channels, kernel_size, padding=padding, groups=channels)
         if norm == "batch_norm":
             self.norm = nn.BatchNorm1D(channels)
         elif norm == "layer_norm":
-            self.norm = nn.LayerNorm(channels)
+            self.norm = nn.LayerNorm(channels)  # epsilon 1e-5, PaddleSpeech's default here
         else:
             raise AsrError(f"cnn_module_norm must be batch_norm or layer_norm, got '{norm}'")
         self.use_layer_norm = norm == "layer_norm"
         self.pointwise_conv2 = nn.Conv1D(channels, channels, 1)
 
-    def forward(self, x: paddle.Tensor, pad_mask: paddle.Tensor) -> paddle.Tensor:
-        x = x.transpose([0, 2, 1]) * pad_mask  # [B, C, T]; padded frames must not leak into the conv
-        # Masked again after the pointwise conv: its bias makes padded frames non-zero, and the
-        # depthwise conv would carry them into the last valid frames, so a hypothesis would depend
-        # on how much padding its batch had. (WeNet and PaddleSpeech mask only before; identical
-        # for unpadded input.)
-        x = F.glu(self.pointwise_conv1(x), axis=1) * pad_mask
+    def forward(self, x: paddle.Tensor, pad_mask=None, cache=None) -> tuple[paddle.Tensor, paddle.Tensor | None]:
+        """x [B, T, C]; pad_mask [B, 1, T] (1 valid, 0 padding) or None when nothing is padded."""
+        x = x.transpose([0, 2, 1])  # [B, C, T]
+        if pad_mask is not None:
+            x = x * pad_mask  # padded frames must not reach the convolution
+        new_cache = None
+        if self.lorder > 0:
+            if cache is None:
+                x = F.pad(x, [self.lorder, 0], mode="constant", value=0.0, data_format="NCL")
+            else:
+                x = paddle.concat([cache, x], axis=2)
+            new_cache = x[:, :, -self.lorder:]
+        x = F.glu(self.pointwise_conv1(x), axis=1)
+        if pad_mask is not None and self.lorder == 0:
+            # Masked again after the pointwise conv: its bias makes padded frames non-zero and the
+            # symmetric depthwise conv would carry them into the last valid frames, so a hypothesis
+            # would depend on how much padding its batch had. (PaddleSpeech masks only before; the
+            # same for unpadded input. A causal conv cannot look right, so it needs no second mask.)
+            x = x * pad_mask
         x = self.depthwise_conv(x)
         if self.use_layer_norm:
             x = self.norm(x.transpose([0, 2, 1])).transpose([0, 2, 1])
         else:
             x = self.norm(x)
-        x = self.pointwise_conv2(F.swish(x)) * pad_mask
-        return x.transpose([0, 2, 1])
+        x = self.pointwise_conv2(F.swish(x))
+        if pad_mask is not None:
+            x = x * pad_mask
+        return x.transpose([0, 2, 1]), new_cache

@@ -1,8 +1,7 @@
-"""Models built by name from config (`model.name`), and loading weights with clear mismatch errors."""
+"""Models built from config (`model.name`), and loading weights with clear mismatch errors."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -12,43 +11,37 @@ from paddle import nn
 from paddle_asr.config import AsrConfig
 from paddle_asr.errors import AsrError
 from paddle_asr.features import load_cmvn
-from paddle_asr.models.asr_model import CTCModel
-from paddle_asr.models.conformer import ConformerEncoder
+from paddle_asr.models.decoder import TransformerDecoder
+from paddle_asr.models.encoder import Encoder
+from paddle_asr.models.u2 import U2Model
+
+MODELS = ("u2",)
 
 
-def _conformer_ctc(config: AsrConfig, input_dim: int, vocab_size: int, cmvn) -> nn.Layer:
-    encoder = ConformerEncoder(input_dim, config.model.encoder, cmvn)
-    return CTCModel(encoder, vocab_size, config.model.ctc_dropout_rate)
-
-
-MODELS: dict[str, Callable[..., nn.Layer]] = {"conformer_ctc": _conformer_ctc}
-
-
-def build_model(config: AsrConfig, cmvn: tuple[np.ndarray, np.ndarray] | None = None) -> nn.Layer:
+def build_model(config: AsrConfig, cmvn: tuple[np.ndarray, np.ndarray] | None = None) -> U2Model:
     """Build the network of a resolved config (vocab_size and input_dim filled by training)."""
-    if config.model.name not in MODELS:
-        raise AsrError(f"model.name '{config.model.name}' unknown; known models: {', '.join(sorted(MODELS))}")
+    m = config.model
+    if m.name not in MODELS:
+        raise AsrError(f"model.name '{m.name}' unknown; known models: {', '.join(MODELS)}")
     if config.vocab_size is None or config.input_dim is None:
         raise AsrError("the config has no vocab_size/input_dim: use the train.yaml written by stage 1")
+    if not 0.0 <= m.ctc_weight <= 1.0:
+        raise AsrError(f"model.ctc_weight must be within [0, 1], got {m.ctc_weight}")
     if cmvn is None:
         dim = config.input_dim
         cmvn = (np.zeros(dim, np.float32), np.ones(dim, np.float32))  # overwritten by the checkpoint
-    return MODELS[config.model.name](config, config.input_dim, config.vocab_size, cmvn)
+    encoder = Encoder(config.input_dim, m.encoder, m.encoder_type, cmvn)
+    decoder = TransformerDecoder(config.vocab_size, m.encoder.output_size, m.decoder)
+    return U2Model(encoder, decoder, config.vocab_size, ctc_weight=m.ctc_weight, lsm_weight=m.lsm_weight,
+                   length_normalized_loss=m.length_normalized_loss, ctc_dropout_rate=m.ctc_dropout_rate)
 
 
-def build_model_for_training(config: AsrConfig, recipe_dir: Path) -> nn.Layer:
+def build_model_for_training(config: AsrConfig, recipe_dir: Path) -> U2Model:
     return build_model(config, load_cmvn(recipe_dir / config.data.cmvn))
 
 
-def load_weights(model: nn.Layer, path: Path) -> None:
-    """Load a `.pdparams` file; any missing, unexpected or mis-shaped tensor is a listed error."""
-    path = Path(path)
-    if not path.is_file():
-        raise AsrError(f"checkpoint {path} does not exist; run the training (stage 1) or averaging (stage 2)")
-    try:
-        state = paddle.load(str(path))
-    except Exception as e:  # paddle raises several types for corrupt files
-        raise AsrError(f"cannot read checkpoint {path} ({type(e).__name__}: {e})") from None
+def check_state_dict(model: nn.Layer, state: dict, source: str) -> None:
+    """Raise a listed error for any missing, unexpected or mis-shaped tensor."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -58,10 +51,26 @@ def load_weights(model: nn.Layer, path: Path) -> None:
         if list(state[k].shape) != list(expected[k].shape)
     ]
     if missing or unexpected or mismatched:
-        lines = [f"checkpoint {path} does not fit the model built from the config:"]
+        lines = [f"checkpoint {source} does not fit the model built from the config:"]
         lines += [f"  missing in checkpoint: {k}" for k in missing[:20]]
         lines += [f"  not in model: {k}" for k in unexpected[:20]]
         lines += [f"  shape mismatch {m}" for m in mismatched[:20]]
         lines.append("  use the train.yaml saved next to the checkpoint, or a checkpoint trained with this config")
         raise AsrError("\n".join(lines))
+
+
+def read_checkpoint(path: Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise AsrError(f"checkpoint {path} does not exist; run the training (stage 1) or averaging (stage 2)")
+    try:
+        return paddle.load(str(path))
+    except Exception as e:  # paddle raises several types for corrupt files
+        raise AsrError(f"cannot read checkpoint {path} ({type(e).__name__}: {e})") from None
+
+
+def load_weights(model: nn.Layer, path: Path) -> None:
+    """Load a `.pdparams` file; any missing, unexpected or mis-shaped tensor is a listed error."""
+    state = read_checkpoint(path)
+    check_state_dict(model, state, str(path))
     model.set_state_dict(state)

@@ -38,7 +38,7 @@ def set_threads(num_threads: int) -> int:
 
 
 def seed_everything(seed: int) -> None:
-    random.seed(seed)
+    random.seed(seed)  # also drives the dynamic chunk sizes
     np.random.seed(seed)
     paddle.seed(seed)
 
@@ -49,19 +49,23 @@ def resolve_config(config: AsrConfig, recipe_dir: Path) -> AsrConfig:
     return dataclasses.replace(config, vocab_size=tokenizer.vocab_size, input_dim=config.features.num_mel_bins)
 
 
-def _dev_loss(model, batches, tokenizer, config) -> float:
+def _dev_loss(model, batches, tokenizer, config) -> dict[str, float]:
+    """Utterance-weighted mean of the total loss and its parts over the dev set (non-finite batches skipped)."""
     model.eval()
-    total, count = 0.0, 0
+    totals: dict[str, float] = {}
+    count = 0
     with paddle.no_grad():
         for b in iterate_batches(batches, tokenizer, config.features, train=False):
-            _, per_utt = model(paddle.to_tensor(b.feats), paddle.to_tensor(b.feat_lengths),
-                               paddle.to_tensor(b.labels), paddle.to_tensor(b.label_lengths))
-            losses = per_utt.numpy().reshape(-1)
-            finite = losses[np.isfinite(losses)]
-            total += float(finite.sum())
-            count += finite.size
+            loss, parts = model(paddle.to_tensor(b.feats), paddle.to_tensor(b.feat_lengths),
+                                paddle.to_tensor(b.labels), paddle.to_tensor(b.label_lengths))
+            values = {"loss": float(loss), **{k: float(v) for k, v in parts.items()}}
+            if not all(math.isfinite(v) for v in values.values()):
+                continue
+            for k, v in values.items():
+                totals[k] = totals.get(k, 0.0) + v * len(b.keys)
+            count += len(b.keys)
     model.train()
-    return total / max(count, 1)
+    return {k: v / max(count, 1) for k, v in totals.items()} if count else {"loss": float("inf")}
 
 
 def train(config: AsrConfig, recipe_dir: Path, exp_dir: Path, *, force: bool = False, log=print) -> Path:
@@ -120,8 +124,8 @@ def train(config: AsrConfig, recipe_dir: Path, exp_dir: Path, *, force: bool = F
             t0, epoch_loss, epoch_n = time.time(), 0.0, 0
             for i, batch in enumerate(iterate_batches([train_batches[j] for j in order], tokenizer, config.features,
                                                       train=True, spec_conf=config.spec_augment, rng=rng), 1):
-                loss, _ = model(paddle.to_tensor(batch.feats), paddle.to_tensor(batch.feat_lengths),
-                                paddle.to_tensor(batch.labels), paddle.to_tensor(batch.label_lengths))
+                loss, parts = model(paddle.to_tensor(batch.feats), paddle.to_tensor(batch.feat_lengths),
+                                    paddle.to_tensor(batch.labels), paddle.to_tensor(batch.label_lengths))
                 value = float(loss)
                 if not math.isfinite(value):
                     skipped += 1
@@ -137,15 +141,21 @@ def train(config: AsrConfig, recipe_dir: Path, exp_dir: Path, *, force: bool = F
                     step += 1
                     if step % tc.log_interval == 0:
                         writer.add_scalar("train/loss", value, step)
+                        for name, part in parts.items():
+                            writer.add_scalar(f"train/loss_{name}", float(part), step)
                         writer.add_scalar("train/lr", optimizer.get_lr(), step)
-                        log(f"stage 1: epoch {epoch} step {step} loss {value:.3f} lr {optimizer.get_lr():.2e}")
-            dev_loss = _dev_loss(model, dev_batches, tokenizer, config)
+                        detail = " ".join(f"{k} {float(v):.3f}" for k, v in parts.items())
+                        log(f"stage 1: epoch {epoch} step {step} loss {value:.3f} ({detail}) lr {optimizer.get_lr():.2e}")
+            dev = _dev_loss(model, dev_batches, tokenizer, config)
+            dev_loss = dev["loss"]
             train_loss = epoch_loss / max(epoch_n, 1)
-            writer.add_scalar("dev/loss", dev_loss, epoch)
+            for name, v in dev.items():
+                writer.add_scalar("dev/loss" if name == "loss" else f"dev/loss_{name}", v, epoch)
             writer.add_scalar("train/epoch_loss", train_loss, epoch)
             save_checkpoint(exp_dir / "checkpoints", epoch, model, optimizer,
                             {"step": step, "dev_loss": dev_loss, "train_loss": train_loss, "lr": optimizer.get_lr()})
-            log(f"stage 1: epoch {epoch}/{tc.max_epoch} train loss {train_loss:.3f} dev loss {dev_loss:.3f} "
+            dev_detail = " ".join(f"{k} {v:.3f}" for k, v in dev.items() if k != "loss")
+            log(f"stage 1: epoch {epoch}/{tc.max_epoch} train loss {train_loss:.3f} dev loss {dev_loss:.3f} ({dev_detail}) "
                 f"({time.time() - t0:.0f} s, {step} updates)")
     summary = {"parameters": n_params, "steps": step, "skipped_batches": skipped}
     (exp_dir / "train_summary.json").write_text(json.dumps(summary), encoding="utf-8")

@@ -4,4 +4,4 @@
 # --data_dir holds data_aishell/ (or data_aishell.tgz) as downloaded from OpenSLR 33.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
-exec bash ../../local/run_stages.sh --corpus aishell --data_dir /export/data/aishell --config conf/conformer_ctc.yaml "$@"
+exec bash ../../local/run_stages.sh --corpus aishell --data_dir /export/data/aishell --config conf/conformer.yaml "$@"

@@ -1,0 +1,43 @@
+"""The dynamic-graph U2 model as a decoding backend (stage 3): NumPy in, NumPy out, no gradients."""
+
+from __future__ import annotations
+
+import numpy as np
+import paddle
+
+from paddle_asr.models.u2 import U2Model
+
+
+class DygraphBackend:
+    def __init__(self, model: U2Model) -> None:
+        model.eval()
+        self.model = model
+        self.sos, self.eos = model.sos, model.eos
+        self.subsampling_rate = model.encoder.embed.subsampling_rate
+        self.right_context = model.encoder.embed.right_context
+        self.supports_streaming = model.encoder.supports_streaming
+
+    def encode(self, feats, lengths):
+        with paddle.no_grad():
+            out = self.model.forward_encoder(paddle.to_tensor(feats), paddle.to_tensor(lengths, dtype="int64"))
+        return tuple(t.numpy() for t in out)
+
+    def encode_chunk(self, xs, offset, required_cache_size, att_cache, cnn_cache):
+        with paddle.no_grad():
+            out = self.model.forward_encoder_chunk(paddle.to_tensor(xs), int(offset), int(required_cache_size),
+                                                   paddle.to_tensor(att_cache), paddle.to_tensor(cnn_cache))
+        return tuple(t.numpy() for t in out)
+
+    def initial_caches(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.model.encoder.initial_caches()
+
+    def ctc_activation(self, encoder_out):
+        with paddle.no_grad():
+            return self.model.ctc_activation(paddle.to_tensor(encoder_out)).numpy()
+
+    def decode(self, hyps, hyps_lengths, encoder_out, encoder_lengths):
+        with paddle.no_grad():
+            out = self.model.forward_attention_decoder(
+                paddle.to_tensor(hyps, dtype="int64"), paddle.to_tensor(hyps_lengths, dtype="int64"),
+                paddle.to_tensor(encoder_out), paddle.to_tensor(encoder_lengths, dtype="int64"))
+        return out.numpy()

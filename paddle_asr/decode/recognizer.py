@@ -1,0 +1,172 @@
+"""The four U2 decoding methods over any acoustic backend (dynamic graph or exported programs).
+
+A backend exposes the runtime functions of a U2 model on NumPy arrays (`Backend` below). Every
+method of one batch shares one encoder pass: CTC greedy and prefix beam search read the CTC
+log-probs, attention rescoring re-scores the prefix-beam n-best with the decoder, and attention
+beam search runs the decoder step by step. Because the dynamic-graph and exported backends run the
+same search code, their hypotheses can be compared one to one (stage 5).
+
+Streaming (decoding_chunk_size > 0): the encoder runs chunk by chunk with caches, one utterance at
+a time, exactly as a streaming server would; the searches then run on the streamed encoder output.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+import numpy as np
+
+from paddle_asr.config import DecodeConfig
+from paddle_asr.decode.search import (
+    attention_beam_search,
+    attention_rescoring,
+    ctc_greedy_search,
+    ctc_prefix_beam_search,
+    pad_hypotheses,
+)
+from paddle_asr.errors import AsrError
+
+METHODS = ("ctc_greedy_search", "ctc_prefix_beam_search", "attention", "attention_rescoring")
+
+
+class Backend(Protocol):
+    sos: int
+    eos: int
+    subsampling_rate: int
+    right_context: int
+    supports_streaming: bool
+
+    def encode(self, feats: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """feats [B, T, D], lengths [B] -> encoder_out [B, T', d], lengths [B], CTC log-probs [B, T', V]."""
+
+    def encode_chunk(self, xs, offset: int, required_cache_size: int, att_cache, cnn_cache):
+        """One streaming chunk -> (chunk output [1, t, d], att_cache, cnn_cache)."""
+
+    def initial_caches(self) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def ctc_activation(self, encoder_out: np.ndarray) -> np.ndarray: ...
+
+    def decode(self, hyps: np.ndarray, hyps_lengths: np.ndarray, encoder_out: np.ndarray,
+               encoder_lengths: np.ndarray) -> np.ndarray:
+        """Decoder log-probs [N, U, V] for `<sos> tokens` rows."""
+
+
+def validate_decode_config(conf: DecodeConfig, backend: Backend, source: str = "decode config") -> None:
+    unknown = [m for m in conf.methods if m not in METHODS]
+    if unknown or not conf.methods:
+        raise AsrError(f"{source}: methods {unknown or conf.methods} unknown; use any of {', '.join(METHODS)}")
+    if conf.beam_size < 1:
+        raise AsrError(f"{source}: beam_size must be at least 1, got {conf.beam_size}")
+    if conf.decoding_chunk_size == 0 or conf.decoding_chunk_size < -1:
+        raise AsrError(f"{source}: decoding_chunk_size must be -1 (full attention) or a positive chunk size")
+    if conf.decoding_chunk_size > 0 and not backend.supports_streaming:
+        raise AsrError(f"{source}: decoding_chunk_size {conf.decoding_chunk_size} needs a streaming model "
+                       "(trained with use_dynamic_chunk and causal convolutions, e.g. chunk_conformer.yaml); "
+                       "use decoding_chunk_size: -1 for this model")
+
+
+def encode_streaming(backend: Backend, feats: np.ndarray, chunk_size: int, num_left_chunks: int) -> np.ndarray:
+    """One utterance [T, D] through the encoder chunk by chunk -> encoder_out [1, T', d].
+
+    Each chunk takes (chunk-1)*subsampling + right_context + 1 feature frames and advances by
+    chunk*subsampling (PaddleSpeech/WeNet `forward_chunk_by_chunk`); the subsampling convolutions
+    see overlapping windows instead of keeping a cache of their own.
+    """
+    sub, context = backend.subsampling_rate, backend.right_context + 1
+    stride, window = sub * chunk_size, (chunk_size - 1) * sub + context
+    required = chunk_size * num_left_chunks if num_left_chunks >= 0 else -1
+    att, cnn = backend.initial_caches()
+    outputs, offset = [], 0
+    for cur in range(0, feats.shape[0] - context + 1, stride):
+        y, att, cnn = backend.encode_chunk(feats[None, cur:cur + window], offset, required, att, cnn)
+        outputs.append(y)
+        offset += y.shape[1]
+    if not outputs:
+        raise AsrError(f"{feats.shape[0]} frames are fewer than the {context} one encoder frame needs")
+    return np.concatenate(outputs, axis=1)
+
+
+class Recognizer:
+    """Decode batches with every method of a DecodeConfig; times each part for real-time factors."""
+
+    def __init__(self, backend: Backend, conf: DecodeConfig) -> None:
+        validate_decode_config(conf, backend)
+        self.backend, self.conf = backend, conf
+        self.seconds: dict[str, float] = {"encoder": 0.0, **{m: 0.0 for m in conf.methods}}
+
+    def _encode(self, feats: np.ndarray, lengths: np.ndarray):
+        c = self.conf
+        if c.decoding_chunk_size < 0:
+            return self.backend.encode(feats, lengths)
+        outs = [encode_streaming(self.backend, feats[i, :n], c.decoding_chunk_size, c.num_decoding_left_chunks)
+                for i, n in enumerate(lengths)]
+        enc_lengths = np.asarray([o.shape[1] for o in outs], np.int64)
+        enc = np.zeros((len(outs), int(enc_lengths.max()), outs[0].shape[2]), np.float32)
+        for i, o in enumerate(outs):
+            enc[i, : o.shape[1]] = o[0]
+        return enc, enc_lengths, self.backend.ctc_activation(enc)
+
+    def _timed(self, key: str, fn: Callable):
+        t = time.perf_counter()
+        result = fn()
+        self.seconds[key] += time.perf_counter() - t
+        return result
+
+    def recognize(self, feats: np.ndarray, lengths: np.ndarray) -> dict[str, list[list[int]]]:
+        """feats [B, T, D], lengths [B] -> {method: [token ids per utterance]}."""
+        c, b = self.conf, self.backend
+        enc, enc_lengths, ctc_lp = self._timed("encoder", lambda: self._encode(feats, lengths))
+        results: dict[str, list[list[int]]] = {}
+        shared: dict = {}  # the prefix-beam n-best, used by two methods, searched once
+
+        def prefix_nbest():
+            if "nbest" not in shared:
+                t = time.perf_counter()
+                shared["nbest"] = [ctc_prefix_beam_search(ctc_lp[i, :n], c.beam_size) for i, n in enumerate(enc_lengths)]
+                shared["seconds"] = time.perf_counter() - t
+            return shared["nbest"]
+
+        for method in c.methods:
+            had_nbest = "nbest" in shared
+            t = time.perf_counter()
+            if method == "ctc_greedy_search":
+                results[method] = ctc_greedy_search(ctc_lp, enc_lengths)
+            elif method == "ctc_prefix_beam_search":
+                results[method] = [n[0][0] for n in prefix_nbest()]
+            elif method == "attention_rescoring":
+                results[method] = self._rescore(prefix_nbest(), enc, enc_lengths)
+            else:
+                results[method] = self._attention(enc, enc_lengths)
+            elapsed = time.perf_counter() - t
+            if had_nbest and method in ("ctc_prefix_beam_search", "attention_rescoring"):
+                elapsed += shared["seconds"]  # each method alone would have run the search
+            self.seconds[method] += elapsed
+        return results
+
+    def _rescore(self, nbest: list, enc: np.ndarray, enc_lengths: np.ndarray) -> list[list[int]]:
+        """One decoder call for the n-best of every utterance in the batch."""
+        rows = [(i, hyp) for i, cands in enumerate(nbest) for hyp, _ in cands]
+        hyps_in, hyps_lengths = pad_hypotheses([h for _, h in rows], self.backend.sos, self.backend.eos)
+        owner = np.asarray([i for i, _ in rows], np.int64)
+        log_probs = self.backend.decode(hyps_in, hyps_lengths, enc[owner], enc_lengths[owner])
+        best, start = [], 0
+        for cands in nbest:
+            idx, _ = attention_rescoring(cands, log_probs[start:start + len(cands)], self.backend.eos, self.conf.ctc_weight)
+            best.append(cands[idx][0])
+            start += len(cands)
+        return best
+
+    def _attention(self, enc: np.ndarray, enc_lengths: np.ndarray) -> list[list[int]]:
+        beam = self.conf.beam_size
+        enc_rep, len_rep = np.repeat(enc, beam, axis=0), np.repeat(enc_lengths, beam)
+
+        def step(hyps: np.ndarray) -> np.ndarray:
+            n, i = hyps.shape
+            log_probs = self.backend.decode(hyps, np.full(n, i, np.int64), enc_rep, len_rep)
+            return log_probs[:, i - 1]
+
+        found = attention_beam_search(step, len(enc), beam, self.backend.sos, self.backend.eos,
+                                      [int(n) for n in enc_lengths])
+        return [hyp for hyp, _ in found]

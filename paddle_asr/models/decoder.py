@@ -1,0 +1,64 @@
+"""Transformer attention decoder (PaddleSpeech `TransformerDecoder` layout, REFERENCE §8.2)."""
+
+from __future__ import annotations
+
+import paddle
+from paddle import nn
+
+from paddle_asr.config import DecoderConfig
+from paddle_asr.errors import AsrError
+from paddle_asr.models.layers import NEG_INF, MultiHeadedAttention, PositionalEncoding, PositionwiseFeedForward
+
+LAYER_NORM_EPSILON = 1e-12  # PaddleSpeech's decoder norms
+
+
+class DecoderLayer(nn.Layer):
+    """Masked self-attention -> source attention over the encoder output -> FFN (ReLU); pre-norm.
+    `concat_linear1/2` are unused but exist in every PaddleSpeech decoder state dict."""
+
+    def __init__(self, d: int, conf: DecoderConfig) -> None:
+        super().__init__()
+        self.self_attn = MultiHeadedAttention(conf.attention_heads, d, conf.self_attention_dropout_rate)
+        self.src_attn = MultiHeadedAttention(conf.attention_heads, d, conf.src_attention_dropout_rate)
+        self.feed_forward = PositionwiseFeedForward(d, conf.linear_units, conf.dropout_rate, "relu")
+        self.norm1 = nn.LayerNorm(d, epsilon=LAYER_NORM_EPSILON)
+        self.norm2 = nn.LayerNorm(d, epsilon=LAYER_NORM_EPSILON)
+        self.norm3 = nn.LayerNorm(d, epsilon=LAYER_NORM_EPSILON)
+        self.dropout = nn.Dropout(conf.dropout_rate)
+        self.concat_linear1 = nn.Linear(2 * d, d)
+        self.concat_linear2 = nn.Linear(2 * d, d)
+
+    def forward(self, x, tgt_bias, memory, memory_bias):
+        y = self.norm1(x)
+        x = x + self.dropout(self.self_attn(y, y, y, tgt_bias)[0])
+        x = x + self.dropout(self.src_attn(self.norm2(x), memory, memory, memory_bias)[0])
+        return x + self.dropout(self.feed_forward(self.norm3(x)))
+
+
+class TransformerDecoder(nn.Layer):
+    def __init__(self, vocab_size: int, d: int, conf: DecoderConfig) -> None:
+        super().__init__()
+        if not conf.normalize_before:
+            raise AsrError("model.decoder.normalize_before: false is not supported (every published recipe uses true)")
+        self.embed = nn.Sequential(nn.Embedding(vocab_size, d), PositionalEncoding(d, conf.positional_dropout_rate, relative=False))
+        self.decoders = nn.LayerList([DecoderLayer(d, conf) for _ in range(conf.num_blocks)])
+        self.after_norm = nn.LayerNorm(d, epsilon=LAYER_NORM_EPSILON)
+        self.output_layer = nn.Linear(d, vocab_size)
+
+    def forward(self, memory: paddle.Tensor, memory_lengths: paddle.Tensor, ys_in: paddle.Tensor,
+                ys_in_lengths: paddle.Tensor) -> paddle.Tensor:
+        """memory [B, T, d] with [B] valid lengths; ys_in [B, U] (<sos> + tokens, padded) with [B]
+        lengths -> logits [B, U, V]. Position u sees tokens 0..u of its own hypothesis only."""
+        u = paddle.shape(ys_in)[1]
+        pos = paddle.arange(u, dtype="int64")
+        key_valid = (pos.unsqueeze(0) < ys_in_lengths.unsqueeze(1)).astype("float32")  # [B, U]
+        causal = (pos.unsqueeze(0) <= pos.unsqueeze(1)).astype("float32")  # [U, U]
+        tgt_bias = (1.0 - key_valid.unsqueeze(1) * causal.unsqueeze(0)) * NEG_INF  # [B, U, U]
+        t = paddle.shape(memory)[1]
+        mem_valid = (paddle.arange(t, dtype="int64").unsqueeze(0) < memory_lengths.unsqueeze(1)).astype("float32")
+        memory_bias = ((1.0 - mem_valid) * NEG_INF).unsqueeze(1).unsqueeze(1)  # [B, 1, 1, T]
+        x, _ = self.embed(ys_in)
+        tgt_bias = tgt_bias.unsqueeze(1)  # [B, 1, U, U]
+        for layer in self.decoders:
+            x = layer(x, tgt_bias, memory, memory_bias)
+        return self.output_layer(self.after_norm(x))

@@ -1,0 +1,117 @@
+"""U2 (WeNet/PaddleSpeech `U2Model`): shared encoder, CTC head and attention decoder.
+
+Training loss: ctc_weight * CTC + (1 - ctc_weight) * label-smoothed attention cross-entropy, both
+divided by the batch size (REFERENCE §5.1). The inference functions are what export converts and
+what the search algorithms call: `forward_encoder` (full utterance, with CTC log-probs),
+`forward_encoder_chunk` (streaming, with caches), `ctc_activation`, `forward_attention_decoder`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import paddle
+import paddle.nn.functional as F
+from paddle import nn
+
+from paddle_asr.data.dataset import IGNORE_ID
+
+
+class CTC(nn.Layer):
+    """`ctc.ctc_lo` as in PaddleSpeech; the loss is summed over the batch and divided by its size."""
+
+    def __init__(self, vocab_size: int, encoder_size: int, dropout_rate: float) -> None:
+        super().__init__()
+        self.ctc_lo = nn.Linear(encoder_size, vocab_size)
+        self.dropout_rate = dropout_rate
+
+    def loss(self, hs, hs_lengths, labels, label_lengths) -> paddle.Tensor:
+        """Per-utterance CTC losses [B]."""
+        logits = self.ctc_lo(F.dropout(hs, p=self.dropout_rate, training=self.training))
+        # warpctc normalises the logits itself; labels padded with -1 beyond label_lengths are unused.
+        return F.ctc_loss(logits.transpose([1, 0, 2]), labels.astype("int32"), hs_lengths, label_lengths,
+                          blank=0, reduction="none")
+
+    def log_softmax(self, hs: paddle.Tensor) -> paddle.Tensor:
+        return F.log_softmax(self.ctc_lo(hs), axis=-1)
+
+
+def label_smoothing_loss(logits: paddle.Tensor, targets: paddle.Tensor, smoothing: float, normalize_length: bool) -> paddle.Tensor:
+    """KL(smoothed one-hot || softmax(logits)) summed over non-padded positions (PaddleSpeech
+    `LabelSmoothingLoss`), divided by the batch size or, with normalize_length, the token count.
+
+    The target puts 1-smoothing on the label and smoothing/(V-1) on every other unit; the KL is
+    written in closed form so no [B, U, V] target tensor is built.
+    """
+    vocab = logits.shape[-1]
+    logp = F.log_softmax(logits, axis=-1)
+    ignore = targets == IGNORE_ID
+    safe = paddle.where(ignore, paddle.zeros_like(targets), targets)
+    confidence, low = 1.0 - smoothing, smoothing / (vocab - 1)
+    const = (confidence * math.log(confidence) if confidence > 0 else 0.0) + (
+        (vocab - 1) * low * math.log(low) if low > 0 else 0.0)
+    label_logp = paddle.take_along_axis(logp, safe.unsqueeze(-1), axis=-1).squeeze(-1)
+    kl = const - low * logp.sum(-1) - (confidence - low) * label_logp  # [B, U]
+    kl = kl * (1.0 - ignore.astype(kl.dtype))
+    denom = (1.0 - ignore.astype(kl.dtype)).sum() if normalize_length else float(logits.shape[0])
+    return kl.sum() / denom
+
+
+class U2Model(nn.Layer):
+    def __init__(self, encoder: nn.Layer, decoder: nn.Layer, vocab_size: int, *, ctc_weight: float,
+                 lsm_weight: float, length_normalized_loss: bool, ctc_dropout_rate: float = 0.0) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        self.ctc = CTC(vocab_size, encoder.output_size, ctc_dropout_rate)
+        self.vocab_size = vocab_size
+        self.sos = self.eos = vocab_size - 1  # PaddleSpeech layout: <eos> is the last unit
+        self.ctc_weight = ctc_weight
+        self.lsm_weight = lsm_weight
+        self.length_normalized_loss = length_normalized_loss
+
+    def forward(self, feats, feat_lengths, labels, label_lengths) -> tuple[paddle.Tensor, dict[str, paddle.Tensor]]:
+        """Training loss (mean over the batch) and its parts {"ctc", "att"} for logging."""
+        # Random chunks only while training (decoding_chunk_size 0); the dev loss uses full attention.
+        hs, hs_lengths = self.encoder(feats, feat_lengths, decoding_chunk_size=0 if self.training else -1)
+        batch = feats.shape[0]
+        loss_ctc = self.ctc.loss(hs, hs_lengths, labels, label_lengths).sum() / batch
+        if self.ctc_weight == 1.0:
+            return loss_ctc, {"ctc": loss_ctc}
+        labels = labels.astype("int64")
+        ys_in, ys_out = self.add_sos_eos(labels, label_lengths)
+        logits = self.decoder(hs, hs_lengths, ys_in, label_lengths + 1)
+        loss_att = label_smoothing_loss(logits, ys_out, self.lsm_weight, self.length_normalized_loss)
+        loss = self.ctc_weight * loss_ctc + (1.0 - self.ctc_weight) * loss_att
+        return loss, {"ctc": loss_ctc, "att": loss_att}
+
+    def add_sos_eos(self, labels: paddle.Tensor, label_lengths: paddle.Tensor) -> tuple[paddle.Tensor, paddle.Tensor]:
+        """labels [B, L] padded with -1 -> decoder input `<sos> y` padded with <eos>, and target
+        `y <eos>` padded with -1 (PaddleSpeech `add_sos_eos`)."""
+        b = labels.shape[0]
+        sos = paddle.full([b, 1], self.sos, dtype="int64")
+        ys_in = paddle.concat([sos, paddle.where(labels == IGNORE_ID, paddle.full_like(labels, self.eos), labels)], axis=1)
+        padded = paddle.concat([labels, paddle.full([b, 1], IGNORE_ID, dtype="int64")], axis=1)
+        pos = paddle.arange(padded.shape[1], dtype="int64").unsqueeze(0)
+        ys_out = paddle.where(pos == label_lengths.astype("int64").unsqueeze(1), paddle.full_like(padded, self.eos), padded)
+        return ys_in, ys_out
+
+    # ---- inference functions (exported) ----
+
+    def forward_encoder(self, feats: paddle.Tensor, feat_lengths: paddle.Tensor):
+        """Full-utterance encoder: features [B, T, D], lengths [B] -> (encoder_out [B, T', d],
+        lengths [B], CTC log-probs [B, T', V]). The CTC head is folded in: every method needs it."""
+        hs, hs_lengths = self.encoder(feats, feat_lengths, decoding_chunk_size=-1)
+        return hs, hs_lengths, self.ctc.log_softmax(hs)
+
+    def forward_encoder_chunk(self, xs, offset, required_cache_size, att_cache, cnn_cache):
+        return self.encoder.forward_chunk(xs, offset, required_cache_size, att_cache, cnn_cache)
+
+    def ctc_activation(self, encoder_out: paddle.Tensor) -> paddle.Tensor:
+        return self.ctc.log_softmax(encoder_out)
+
+    def forward_attention_decoder(self, hyps: paddle.Tensor, hyps_lengths: paddle.Tensor,
+                                  encoder_out: paddle.Tensor, encoder_lengths: paddle.Tensor) -> paddle.Tensor:
+        """hyps [N, U] = `<sos> tokens` padded, lengths [N] counting <sos>; encoder_out [N, T, d] with
+        lengths [N] -> decoder log-probs [N, U, V] (row u scores the token after position u)."""
+        return F.log_softmax(self.decoder(encoder_out, encoder_lengths, hyps, hyps_lengths), axis=-1)
