@@ -241,6 +241,14 @@ def cmd_quantize(args) -> int:
     return 0
 
 
+def cmd_import_paddlespeech(args) -> int:
+    from paddle_asr.import_paddlespeech import import_paddlespeech
+
+    import_paddlespeech(Path(args.folder), Path(args.exp_dir), config_path=Path(args.config) if args.config else None,
+                        checkpoint=Path(args.checkpoint) if args.checkpoint else None, log=log)
+    return 0
+
+
 def cmd_transcribe(args) -> int:
     from paddle_asr.transcribe import transcribe_files
 
@@ -332,6 +340,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--num_calib", type=int, default=64)
     sp.add_argument("--batch_size", type=int, default=8)
     sp.add_argument("--force", action="store_true")
+
+    sp = add("import-paddlespeech", cmd_import_paddlespeech,
+             "turn a PaddleSpeech U2 experiment/released model folder into exp_dir (then run stages 3-7)")
+    sp.add_argument("folder", help="PaddleSpeech folder: model.yaml or conf/*.yaml, *.pdparams, vocab.txt, mean_std.json")
+    sp.add_argument("--exp_dir", required=True, help="experiment directory to write, e.g. exp/paddlespeech_conformer")
+    sp.add_argument("--config", default="", help="the model config, when the folder has several")
+    sp.add_argument("--checkpoint", default="", help="the .pdparams file, when the folder has several")
 
     sp = add("transcribe", cmd_transcribe, "transcribe audio files with an exported model")
     sp.add_argument("--model", required=True, help="exported model directory (FP32 or INT8)")

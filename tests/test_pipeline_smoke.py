@@ -196,3 +196,23 @@ def test_untarred_demo_archives_are_aishell_layout(recipe):
         names = tar.getnames()
     speaker = archive.name.split(".")[0]
     assert all(n.split("/")[1] == speaker and n.split("/")[0] in ("train", "dev", "test") for n in names if n.endswith(".wav"))
+
+
+def test_a_paddlespeech_model_imports_and_runs_stages_3_to_7(recipe):
+    """A PaddleSpeech experiment folder (built by tools/make_paddlespeech_golden.py) goes through
+    import-paddlespeech and then the unchanged stages 3-7, streaming included."""
+    d, _ = recipe
+    folder = REPO / "tests/fixtures/paddlespeech/chunk_conformer"
+    imported = paddle_asr("import-paddlespeech", str(folder), "--exp_dir", "exp/paddlespeech_chunk", cwd=d)
+    assert "import-paddlespeech: conformer U2 model" in imported.stdout
+    proc = run(["bash", str(REPO / "local/run_stages.sh"), *STAGE_ARGS, "--exp_name", "paddlespeech_chunk",
+                "--stage", "3", "--stop_stage", "7", "--num_transcribe", "1"], d)
+    exp = d / "exp/paddlespeech_chunk"
+    for mode in ("", "_chunk4"):
+        for method in METHODS:
+            for runtime in ("test", "test_export_fp32", "test_export_int8"):
+                assert (exp / f"{runtime}{mode}_{method}/result.json").is_file()
+            assert ((exp / f"test{mode}_{method}/text").read_text() ==
+                    (exp / f"test_export_fp32{mode}_{method}/text").read_text())
+    assert (exp / "export/int8/encoder/model.pdmodel").is_file()
+    assert "Stage 7: transcribe" in proc.stdout

@@ -50,7 +50,8 @@ class Backend(Protocol):
 
     def decode(self, hyps: np.ndarray, hyps_lengths: np.ndarray, encoder_out: np.ndarray,
                encoder_lengths: np.ndarray) -> np.ndarray:
-        """Decoder log-probs [N, U, V] for `<sos> tokens` rows."""
+        """Decoder log-probs [N, U, V] for `<sos> tokens` rows; encoder_out holds B utterances and
+        N is a multiple of B, rows grouped by utterance."""
 
 
 def validate_decode_config(conf: DecodeConfig, backend: Backend, source: str = "decode config") -> None:
@@ -146,27 +147,24 @@ class Recognizer:
         return results
 
     def _rescore(self, nbest: list, enc: np.ndarray, enc_lengths: np.ndarray) -> list[list[int]]:
-        """One decoder call for the n-best of every utterance in the batch."""
-        rows = [(i, hyp) for i, cands in enumerate(nbest) for hyp, _ in cands]
-        hyps_in, hyps_lengths = pad_hypotheses([h for _, h in rows], self.backend.sos, self.backend.eos)
-        owner = np.asarray([i for i, _ in rows], np.int64)
-        log_probs = self.backend.decode(hyps_in, hyps_lengths, enc[owner], enc_lengths[owner])
-        best, start = [], 0
-        for cands in nbest:
-            idx, _ = attention_rescoring(cands, log_probs[start:start + len(cands)], self.backend.eos, self.conf.ctc_weight)
+        """One decoder call for the n-best of every utterance in the batch: each utterance's list is
+        padded to beam_size rows (the decoder reads N/B hypotheses per utterance)."""
+        beam = self.conf.beam_size
+        rows = [hyp for cands in nbest for hyp, _ in (cands + [cands[0]] * (beam - len(cands)))]
+        hyps_in, hyps_lengths = pad_hypotheses(rows, self.backend.sos, self.backend.eos)
+        log_probs = self.backend.decode(hyps_in, hyps_lengths, enc, enc_lengths)
+        best = []
+        for i, cands in enumerate(nbest):
+            idx, _ = attention_rescoring(cands, log_probs[i * beam: i * beam + len(cands)], self.backend.eos,
+                                         self.conf.ctc_weight)
             best.append(cands[idx][0])
-            start += len(cands)
         return best
 
     def _attention(self, enc: np.ndarray, enc_lengths: np.ndarray) -> list[list[int]]:
-        beam = self.conf.beam_size
-        enc_rep, len_rep = np.repeat(enc, beam, axis=0), np.repeat(enc_lengths, beam)
-
         def step(hyps: np.ndarray) -> np.ndarray:
             n, i = hyps.shape
-            log_probs = self.backend.decode(hyps, np.full(n, i, np.int64), enc_rep, len_rep)
-            return log_probs[:, i - 1]
+            return self.backend.decode(hyps, np.full(n, i, np.int64), enc, enc_lengths)[:, i - 1]
 
-        found = attention_beam_search(step, len(enc), beam, self.backend.sos, self.backend.eos,
+        found = attention_beam_search(step, len(enc), self.conf.beam_size, self.backend.sos, self.backend.eos,
                                       [int(n) for n in enc_lengths])
         return [hyp for hyp, _ in found]

@@ -134,10 +134,12 @@ def parity_inputs(model, feat_dim: int, seed: int = 0) -> dict[str, dict[str, np
     enc_len = np.asarray([int(model.encoder.output_length(int(n))) for n in lengths], np.int64)
     d = model.encoder.output_size
     enc_out = rng.standard_normal((len(lengths), int(enc_len.max()), d)).astype(np.float32)
-    hyps = rng.integers(1, model.vocab_size - 1, (len(lengths), 7)).astype(np.int64)
+    # Three hypotheses per utterance (rows grouped by utterance), as beam search feeds the decoder.
+    hyps = rng.integers(1, model.vocab_size - 1, (3 * len(lengths), 7)).astype(np.int64)
     hyps[:, 0] = model.sos
-    hyps_lengths = np.asarray([7, 4], np.int64)
-    hyps[1, 4:] = model.eos
+    hyps_lengths = np.asarray([7, 4, 1, 6, 2, 7], np.int64)
+    for i, n in enumerate(hyps_lengths):
+        hyps[i, n:] = model.eos
     return {
         "encoder": {"feats": feats, "feats_lengths": lengths},
         "ctc_activation": {"encoder_out": enc_out},

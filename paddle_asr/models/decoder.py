@@ -31,7 +31,7 @@ class DecoderLayer(nn.Layer):
     def forward(self, x, tgt_bias, memory, memory_bias):
         y = self.norm1(x)
         x = x + self.dropout(self.self_attn(y, y, y, tgt_bias)[0])
-        x = x + self.dropout(self.src_attn(self.norm2(x), memory, memory, memory_bias)[0])
+        x = x + self.dropout(self.src_attn.forward_shared_memory(self.norm2(x), memory, memory_bias))
         return x + self.dropout(self.feed_forward(self.norm3(x)))
 
 
@@ -47,8 +47,10 @@ class TransformerDecoder(nn.Layer):
 
     def forward(self, memory: paddle.Tensor, memory_lengths: paddle.Tensor, ys_in: paddle.Tensor,
                 ys_in_lengths: paddle.Tensor) -> paddle.Tensor:
-        """memory [B, T, d] with [B] valid lengths; ys_in [B, U] (<sos> + tokens, padded) with [B]
-        lengths -> logits [B, U, V]. Position u sees tokens 0..u of its own hypothesis only."""
+        """memory [B, T, d] with [B] valid lengths; ys_in [N, U] (<sos> + tokens, padded) with [N]
+        lengths -> logits [N, U, V]. N is a multiple of B: rows r*R..(r+1)*R-1 are hypotheses about
+        utterance r (R = 1 in training, the beam in decoding). Position u sees tokens 0..u of its
+        own hypothesis only."""
         u = paddle.shape(ys_in)[1]
         pos = paddle.arange(u, dtype="int64")
         key_valid = (pos.unsqueeze(0) < ys_in_lengths.unsqueeze(1)).astype("float32")  # [B, U]

@@ -62,10 +62,8 @@ class Conv2dSubsampling(nn.Layer):
         self.conv = nn.Sequential(*layers)
         if rate == 4:
             self.out = nn.Sequential(nn.Linear(channels * freq, odim))
-            self._project = self.out
         else:
             self.linear = nn.Linear(channels * freq, odim)
-            self._project = self.linear
         self.subsampling_rate = rate
         # Input frames of look-ahead one output frame needs: sum of (kernel - 1) x input stride.
         self.right_context = sum((k - 1) * math.prod(s2 for _, s2 in self.kernels[:i]) for i, (k, _) in enumerate(self.kernels))
@@ -80,7 +78,7 @@ class Conv2dSubsampling(nn.Layer):
         x = self.conv(x.unsqueeze(1))  # [B, C, T', F']
         c, f = x.shape[1], x.shape[3]  # static; batch and time stay dynamic for export
         x = x.transpose([0, 2, 1, 3]).reshape([0, 0, c * f])
-        return self._project(x)
+        return self.out(x) if self.subsampling_rate == 4 else self.linear(x)
 
 
 def _sinusoid_table(max_len: int, d_model: int) -> np.ndarray:
@@ -157,6 +155,28 @@ class MultiHeadedAttention(nn.Layer):
         q, k, v, new_cache = self._qkv(query, key, value, cache)
         scores = paddle.matmul(q, k, transpose_y=True) / math.sqrt(self.d_k)
         return self._context(scores, v, bias), new_cache
+
+    def forward_shared_memory(self, query: paddle.Tensor, memory: paddle.Tensor, bias: paddle.Tensor) -> paddle.Tensor:
+        """Source attention of N = B*R query rows over B memories, row r reading memory r // R.
+
+        Beam search and rescoring score R hypotheses per utterance: projecting each utterance's
+        encoder output once, instead of once per hypothesis, removes most of the decoder's work.
+        bias: [B, 1, 1, T]. Same result as `forward` on memories repeated R times.
+        """
+        b = paddle.shape(memory)[0]
+        u = paddle.shape(query)[1]
+        q = self._heads(self.linear_q(query))  # [N, H, U, d_k]
+        q = q.reshape([b, -1, self.h, u, self.d_k])  # [B, R, H, U, d_k]
+        # [B, R, H, T, d_k]: projected once per utterance, then expanded (oneDNN's batched matmul
+        # does not broadcast batch dimensions, so the expansion is explicit).
+        r = paddle.shape(q)[1]
+        k = self._heads(self.linear_k(memory)).unsqueeze(1).expand([-1, r, -1, -1, -1])
+        v = self._heads(self.linear_v(memory)).unsqueeze(1).expand([-1, r, -1, -1, -1])
+        scores = paddle.matmul(q, k, transpose_y=True) / math.sqrt(self.d_k) + bias.unsqueeze(1)  # [B, R, H, U, T]
+        attn = self.dropout(F.softmax(scores, axis=-1))
+        out = paddle.matmul(attn, v)  # [B, R, H, U, d_k]
+        out = out.reshape([-1, self.h, u, self.d_k]).transpose([0, 2, 1, 3]).reshape([0, 0, self.h * self.d_k])
+        return self.linear_out(out)
 
 
 class RelPositionMultiHeadedAttention(MultiHeadedAttention):

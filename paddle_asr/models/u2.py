@@ -70,10 +70,16 @@ class U2Model(nn.Layer):
         self.lsm_weight = lsm_weight
         self.length_normalized_loss = length_normalized_loss
 
-    def forward(self, feats, feat_lengths, labels, label_lengths) -> tuple[paddle.Tensor, dict[str, paddle.Tensor]]:
-        """Training loss (mean over the batch) and its parts {"ctc", "att"} for logging."""
-        # Random chunks only while training (decoding_chunk_size 0); the dev loss uses full attention.
-        hs, hs_lengths = self.encoder(feats, feat_lengths, decoding_chunk_size=0 if self.training else -1)
+    def forward(self, feats, feat_lengths, labels, label_lengths,
+                decoding_chunk_size: int | None = None) -> tuple[paddle.Tensor, dict[str, paddle.Tensor]]:
+        """Training loss (mean over the batch) and its parts {"ctc", "att"} for logging.
+
+        The encoder draws random chunks while training (decoding_chunk_size 0) and attends to the
+        whole utterance otherwise (the dev loss); pass decoding_chunk_size to fix the mask.
+        """
+        if decoding_chunk_size is None:
+            decoding_chunk_size = 0 if self.training else -1
+        hs, hs_lengths = self.encoder(feats, feat_lengths, decoding_chunk_size=decoding_chunk_size)
         batch = feats.shape[0]
         loss_ctc = self.ctc.loss(hs, hs_lengths, labels, label_lengths).sum() / batch
         if self.ctc_weight == 1.0:
@@ -112,6 +118,7 @@ class U2Model(nn.Layer):
 
     def forward_attention_decoder(self, hyps: paddle.Tensor, hyps_lengths: paddle.Tensor,
                                   encoder_out: paddle.Tensor, encoder_lengths: paddle.Tensor) -> paddle.Tensor:
-        """hyps [N, U] = `<sos> tokens` padded, lengths [N] counting <sos>; encoder_out [N, T, d] with
-        lengths [N] -> decoder log-probs [N, U, V] (row u scores the token after position u)."""
+        """hyps [N, U] = `<sos> tokens` padded, lengths [N] counting <sos>; encoder_out [B, T, d] with
+        lengths [B], N a multiple of B (N/B hypotheses per utterance, grouped by utterance)
+        -> decoder log-probs [N, U, V] (row u scores the token after position u)."""
         return F.log_softmax(self.decoder(encoder_out, encoder_lengths, hyps, hyps_lengths), axis=-1)
