@@ -121,9 +121,12 @@ def _stream(model, x, chunk, left):
     return np.concatenate(outs, axis=1), att
 
 
-@pytest.mark.parametrize("input_layer,chunk,left", [("conv2d", 16, -1), ("conv2d", 4, 2), ("conv2d8", 3, -1), ("conv2d6", 5, 1)])
-def test_chunk_by_chunk_decoding_equals_the_chunk_masked_full_forward(input_layer, chunk, left):
-    model = _model(output_size=64, linear_units=128, input_layer=input_layer, subsampling_channels=16)
+@pytest.mark.parametrize("input_layer,chunk,left,pos", [("conv2d", 16, -1, "rel_pos"), ("conv2d", 4, 2, "rel_pos"),
+                                                       ("conv2d8", 3, -1, "rel_pos"), ("conv2d6", 5, 1, "rel_pos"),
+                                                       ("conv2d", 4, 2, "abs_pos")])
+def test_chunk_by_chunk_decoding_equals_the_chunk_masked_full_forward(input_layer, chunk, left, pos):
+    model = _model(output_size=64, linear_units=128, input_layer=input_layer, subsampling_channels=16,
+                   pos_enc_layer_type=pos, selfattention_layer_type="rel_selfattn" if pos == "rel_pos" else "selfattn")
     assert model.encoder.supports_streaming
     x = np.random.default_rng(2).normal(10, 3, (1, 411, 80)).astype("float32")
     streamed, att = _stream(model, x, chunk, left)

@@ -161,10 +161,23 @@ class Recognizer:
         return best
 
     def _attention(self, enc: np.ndarray, enc_lengths: np.ndarray) -> list[list[int]]:
-        def step(hyps: np.ndarray) -> np.ndarray:
-            n, i = hyps.shape
-            return self.backend.decode(hyps, np.full(n, i, np.int64), enc, enc_lengths)[:, i - 1]
+        beam, eos = self.conf.beam_size, self.backend.eos
+        filler: dict[str, np.ndarray] = {}
 
-        found = attention_beam_search(step, len(enc), self.conf.beam_size, self.backend.sos, self.backend.eos,
-                                      [int(n) for n in enc_lengths])
+        def step(hyps: np.ndarray) -> np.ndarray:
+            """Decoder log-probs of the next token, computed only for utterances with a live beam:
+            the search ignores the log-probs of finished rows (they keep score 0 and emit <eos>)."""
+            n, i = hyps.shape
+            live = np.flatnonzero((hyps[:, -1] != eos).reshape(-1, beam).any(axis=1)) if i > 1 else np.arange(len(enc))
+            rows = (live[:, None] * beam + np.arange(beam)).reshape(-1)
+            log_probs = self.backend.decode(hyps[rows], np.full(len(rows), i, np.int64), enc[live], enc_lengths[live])[:, i - 1]
+            if len(rows) == n:
+                return log_probs
+            if "row" not in filler:  # distinct values: no ties for top-k to sort out in dead rows
+                filler["row"] = -np.arange(log_probs.shape[1], dtype=np.float32)
+            out = np.broadcast_to(filler["row"], (n, log_probs.shape[1])).copy()
+            out[rows] = log_probs
+            return out
+
+        found = attention_beam_search(step, len(enc), beam, self.backend.sos, eos, [int(n) for n in enc_lengths])
         return [hyp for hyp, _ in found]

@@ -29,6 +29,11 @@ def _pad_axis(x: np.ndarray, axis: int, multiple: int, value=0) -> np.ndarray:
 class ExportedBackend:
     def __init__(self, model_dir: Path, meta: dict, *, num_threads: int = 2) -> None:
         model_dir = Path(model_dir)
+        needed = ("functions", "sos", "eos", "subsampling_rate", "right_context", "att_cache_shape", "cnn_cache_shape")
+        missing = [k for k in needed if k not in meta]
+        if missing:
+            raise AsrError(f"{model_dir}/meta.json lacks {missing}: it was exported by an older version of this "
+                           "project (a CTC-only model); export it again with stage 4")
         int8_functions = set(meta.get("int8_functions", []))
 
         def load(name: str, streaming: bool = False) -> Predictor:

@@ -34,7 +34,9 @@ class ConformerEncoderLayer(nn.Layer):
     def __init__(self, conf: EncoderConfig) -> None:
         super().__init__()
         d, eps = conf.output_size, conf.layer_norm_epsilon
-        self.self_attn = RelPositionMultiHeadedAttention(conf.attention_heads, d, conf.attention_dropout_rate)
+        self.relative = conf.pos_enc_layer_type == "rel_pos"
+        attention = RelPositionMultiHeadedAttention if self.relative else MultiHeadedAttention
+        self.self_attn = attention(conf.attention_heads, d, conf.attention_dropout_rate)
         self.feed_forward = PositionwiseFeedForward(d, conf.linear_units, conf.dropout_rate, conf.activation_type)
         self.feed_forward_macaron = PositionwiseFeedForward(d, conf.linear_units, conf.dropout_rate, conf.activation_type)
         self.conv_module = (
@@ -50,7 +52,11 @@ class ConformerEncoderLayer(nn.Layer):
 
     def forward(self, x, pos_emb, att_bias, pad_mask, att_cache=None, cnn_cache=None):
         x = x + 0.5 * self.dropout(self.feed_forward_macaron(self.norm_ff_macaron(x)))
-        att, new_att_cache = self.self_attn(self.norm_mha(x), pos_emb, att_bias, att_cache)
+        y = self.norm_mha(x)
+        if self.relative:
+            att, new_att_cache = self.self_attn(y, pos_emb, att_bias, att_cache)
+        else:  # absolute positions were added to the input
+            att, new_att_cache = self.self_attn(y, y, y, att_bias, att_cache)
         x = x + self.dropout(att)
         new_cnn_cache = None
         if self.conv_module is not None:
@@ -113,8 +119,6 @@ class Encoder(nn.Layer):
         if conf.selfattention_layer_type != expected_attn:
             raise AsrError(f"model.encoder.selfattention_layer_type must be {expected_attn} with "
                            f"pos_enc_layer_type {conf.pos_enc_layer_type}, got {conf.selfattention_layer_type}")
-        if encoder_type == "conformer" and not relative:
-            raise AsrError("the conformer encoder here uses rel_pos attention; set pos_enc_layer_type: rel_pos")
         if encoder_type == "transformer" and relative:
             raise AsrError("the transformer encoder uses abs_pos; set pos_enc_layer_type: abs_pos, selfattention_layer_type: selfattn")
         self.global_cmvn = GlobalCMVN(*cmvn) if cmvn is not None else None
