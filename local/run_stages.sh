@@ -29,11 +29,12 @@ stage=0
 stop_stage=7
 nj=2                    # processes for CMVN statistics
 num_calib=64            # training utterances used to calibrate INT8
+int8_functions=encoder  # exported programs stage 6 quantizes: encoder and/or decoder (comma-separated)
 batch_size=0            # decoding batch size (stages 3, 5, 6); 0: the decode config's
 threads=2               # CPU threads of Paddle Inference
 num_transcribe=3        # test files transcribed by stage 7
 force=false             # rebuild a stage's outputs even when they are complete
-__option_names="corpus data_dir config decode_configs exp_name stage stop_stage nj num_calib batch_size threads num_transcribe force"
+__option_names="corpus data_dir config decode_configs exp_name stage stop_stage nj num_calib int8_functions batch_size threads num_transcribe force"
 . "$root/utils/parse_options.sh"
 if [ "$#" -gt 0 ]; then echo "$0: unexpected argument '$1' (options are --name value)" >&2; exit 1; fi
 
@@ -99,7 +100,7 @@ fi
 if run_stage 6; then
   stage_banner 6 "INT8 post-training quantization"
   paddle-asr quantize --model "$exp/export/fp32" --out "$exp/export/int8" --calib data/train/data.list \
-    --num_calib "$num_calib" "${force_flag[@]}"
+    --num_calib "$num_calib" --functions "$int8_functions" "${force_flag[@]}"
   for decode_config in "${decode_list[@]}"; do
     paddle-asr test-export --model "$exp/export/int8" --data data/test/data.list --decode_config "$decode_config" \
       --out_prefix "$exp/test_export_int8" --batch_size "$batch_size" --threads "$threads" "${force_flag[@]}"

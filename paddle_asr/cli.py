@@ -212,7 +212,7 @@ def cmd_quantize(args) -> int:
 
     fp32_dir, out = Path(args.model), Path(args.out)
     meta, features, tokenizer = read_bundle(fp32_dir)
-    fp = fingerprint("quantize-v2", fp32_dir / ".done", Path(args.calib), args.num_calib, args.batch_size)
+    fp = fingerprint("quantize-v2", fp32_dir / ".done", Path(args.calib), args.num_calib, args.batch_size, args.functions)
     if not args.force and is_complete(out, fp):
         log(f"stage 6 (INT8): reusing the complete INT8 model in {out} (--force rebuilds)")
         return 0
@@ -221,23 +221,43 @@ def cmd_quantize(args) -> int:
     step = max(1, len(utts) // args.num_calib)
     chosen = sorted(utts, key=lambda u: u.key)[::step][: args.num_calib]
 
-    def batches():
+    functions = [f for f in args.functions.split(",") if f]
+    unknown = [f for f in functions if f not in ("encoder", "decoder")]
+    if unknown or not functions:
+        raise AsrError(f"--functions {args.functions}: quantizable programs are encoder and decoder")
+
+    def encoder_batches():
         for b in iterate_batches(make_batches(chosen, args.batch_size), tokenizer, features, train=False):
             yield b.feats, b.feat_lengths
 
+    def decoder_batches():
+        # Teacher forcing on the calibration utterances: `<sos> transcript` against the FP32
+        # encoder's output, the inputs the decoder meets in rescoring and beam search.
+        from paddle_asr.decode.search import pad_hypotheses
+        from paddle_asr.export.runtime import ExportedBackend
+
+        backend = ExportedBackend(fp32_dir, meta)
+        for b in iterate_batches(make_batches(chosen, args.batch_size), tokenizer, features, train=False):
+            enc, enc_lengths, _ = backend.encode(b.feats, b.feat_lengths)
+            hyps, lengths = pad_hypotheses([list(row[:n]) for row, n in zip(b.labels, b.label_lengths)], backend.sos, backend.eos)
+            yield {"hyps": hyps, "hyps_lengths": lengths, "encoder_out": enc, "encoder_lengths": enc_lengths}
+
+    reports = {}
     with atomic_directory(out) as tmp:
-        # The encoder is where the time goes; the decoder, CTC head and chunk encoder stay FP32.
-        report = quantize_ptq(fp32_dir / "encoder", tmp / "encoder", batches)
         for name in meta.get("functions", []):
-            if name != "encoder":
+            if name in functions:
+                reports[name] = quantize_ptq(fp32_dir / name, tmp / name, encoder_batches if name == "encoder" else decoder_batches)
+            else:
                 shutil.copytree(fp32_dir / name, tmp / name)
-        copy_bundle_files(fp32_dir, tmp, precision="int8", int8_functions=["encoder"],
+        copy_bundle_files(fp32_dir, tmp, precision="int8", int8_functions=functions,
                           calibration={"manifest": args.calib, "utterances": len(chosen)})
-        atomic_write_text(tmp / "quantize_report.json", json.dumps(report, indent=1))
+        atomic_write_text(tmp / "quantize_report.json", json.dumps(reports, indent=1))
     mark_complete(out, fp)
-    log(f"stage 6 (INT8): encoder calibrated on {len(chosen)} training utterances; "
-        f"quantized ops {report.get('quantized_ops')}; left in FP32 {report.get('fp32_ops')}")
-    log(f"stage 6 (INT8): encoder {report['fp32_bytes'] / 1e6:.2f} MB FP32 -> {report['int8_bytes'] / 1e6:.2f} MB INT8 -> {out}")
+    for name, report in reports.items():
+        log(f"stage 6 (INT8): {name} calibrated on {len(chosen)} training utterances; quantized ops "
+            f"{report.get('quantized_ops')}; left in FP32 {report.get('fp32_ops')}; "
+            f"{report['fp32_bytes'] / 1e6:.2f} MB FP32 -> {report['int8_bytes'] / 1e6:.2f} MB INT8")
+    log(f"stage 6 (INT8): other programs stay FP32 -> {out}")
     return 0
 
 
@@ -339,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--calib", required=True, help="manifest of TRAINING utterances for calibration")
     sp.add_argument("--num_calib", type=int, default=64)
     sp.add_argument("--batch_size", type=int, default=8)
+    sp.add_argument("--functions", default="encoder", help="programs to quantize: encoder and/or decoder, comma-separated")
     sp.add_argument("--force", action="store_true")
 
     sp = add("import-paddlespeech", cmd_import_paddlespeech,

@@ -250,6 +250,10 @@ class DecodeConfig:
     decoding_chunk_size: int = -1
     num_decoding_left_chunks: int = -1  # chunks of history kept in the attention cache; -1: all
     batch_size: int = 16  # utterances per encoder pass (streaming decodes one at a time)
+    # Attention beam search runs at most as many steps as the encoder has frames (PaddleSpeech). A
+    # ratio r > 0 also caps it at r x (CTC greedy length) + 2 tokens: a decoder that has not learnt
+    # to stop otherwise runs every step, and each step re-reads the whole prefix.
+    attention_length_ratio: float = 0.0
 
 
 def load_decode_config(path: Path) -> DecodeConfig:

@@ -26,7 +26,7 @@ FEAT_DIM = 80
 
 
 def build_small_u2(seed: int = 0):
-    config = dataclasses.replace(load_config(REPO / "recipes/demo/conf/conformer.yaml"), vocab_size=60, input_dim=FEAT_DIM)
+    config = dataclasses.replace(load_config(REPO / "recipes/aishell/conf/chunk_conformer.yaml"), vocab_size=60, input_dim=FEAT_DIM)
     config.model.encoder = dataclasses.replace(config.model.encoder, output_size=144, linear_units=288, num_blocks=2,
                                                input_layer="conv2d")
     config.model.decoder = dataclasses.replace(config.model.decoder, linear_units=288, num_blocks=1)

@@ -125,8 +125,8 @@ def _stream(model, x, chunk, left):
                                                        ("conv2d8", 3, -1, "rel_pos"), ("conv2d6", 5, 1, "rel_pos"),
                                                        ("conv2d", 4, 2, "abs_pos")])
 def test_chunk_by_chunk_decoding_equals_the_chunk_masked_full_forward(input_layer, chunk, left, pos):
-    model = _model(output_size=64, linear_units=128, input_layer=input_layer, subsampling_channels=16,
-                   pos_enc_layer_type=pos, selfattention_layer_type="rel_selfattn" if pos == "rel_pos" else "selfattn")
+    model = _model("recipes/aishell/conf/chunk_conformer.yaml", num_blocks=2, output_size=64, linear_units=128,
+                   input_layer=input_layer, subsampling_channels=16, pos_enc_layer_type=pos, selfattention_layer_type="rel_selfattn" if pos == "rel_pos" else "selfattn")
     assert model.encoder.supports_streaming
     x = np.random.default_rng(2).normal(10, 3, (1, 411, 80)).astype("float32")
     streamed, att = _stream(model, x, chunk, left)

@@ -37,6 +37,9 @@ class Backend(Protocol):
     subsampling_rate: int
     right_context: int
     supports_streaming: bool
+    # Whether attention search should leave utterances whose beams all ended out of the decoder
+    # call: fewer rows, but a new input shape at every step (costly where kernels are built per shape).
+    skip_finished: bool
 
     def encode(self, feats: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """feats [B, T, D], lengths [B] -> encoder_out [B, T', d], lengths [B], CTC log-probs [B, T', V]."""
@@ -60,6 +63,8 @@ def validate_decode_config(conf: DecodeConfig, backend: Backend, source: str = "
         raise AsrError(f"{source}: methods {unknown or conf.methods} unknown; use any of {', '.join(METHODS)}")
     if conf.beam_size < 1:
         raise AsrError(f"{source}: beam_size must be at least 1, got {conf.beam_size}")
+    if conf.attention_length_ratio < 0:
+        raise AsrError(f"{source}: attention_length_ratio must be 0 (off) or positive, got {conf.attention_length_ratio}")
     if conf.decoding_chunk_size == 0 or conf.decoding_chunk_size < -1:
         raise AsrError(f"{source}: decoding_chunk_size must be -1 (full attention) or a positive chunk size")
     if conf.decoding_chunk_size > 0 and not backend.supports_streaming:
@@ -139,7 +144,12 @@ class Recognizer:
             elif method == "attention_rescoring":
                 results[method] = self._rescore(prefix_nbest(), enc, enc_lengths)
             else:
-                results[method] = self._attention(enc, enc_lengths)
+                limit = enc_lengths
+                if c.attention_length_ratio > 0:
+                    greedy = results.get("ctc_greedy_search") or ctc_greedy_search(ctc_lp, enc_lengths)
+                    cap = np.asarray([int(np.ceil(c.attention_length_ratio * len(h))) + 2 for h in greedy])
+                    limit = np.minimum(enc_lengths, cap)
+                results[method] = self._attention(enc, enc_lengths, limit)
             elapsed = time.perf_counter() - t
             if had_nbest and method in ("ctc_prefix_beam_search", "attention_rescoring"):
                 elapsed += shared["seconds"]  # each method alone would have run the search
@@ -160,7 +170,7 @@ class Recognizer:
             best.append(cands[idx][0])
         return best
 
-    def _attention(self, enc: np.ndarray, enc_lengths: np.ndarray) -> list[list[int]]:
+    def _attention(self, enc: np.ndarray, enc_lengths: np.ndarray, max_lengths: np.ndarray) -> list[list[int]]:
         beam, eos = self.conf.beam_size, self.backend.eos
         filler: dict[str, np.ndarray] = {}
 
@@ -168,7 +178,9 @@ class Recognizer:
             """Decoder log-probs of the next token, computed only for utterances with a live beam:
             the search ignores the log-probs of finished rows (they keep score 0 and emit <eos>)."""
             n, i = hyps.shape
-            live = np.flatnonzero((hyps[:, -1] != eos).reshape(-1, beam).any(axis=1)) if i > 1 else np.arange(len(enc))
+            live = np.arange(len(enc))
+            if i > 1 and self.backend.skip_finished:
+                live = np.flatnonzero((hyps[:, -1] != eos).reshape(-1, beam).any(axis=1))
             rows = (live[:, None] * beam + np.arange(beam)).reshape(-1)
             log_probs = self.backend.decode(hyps[rows], np.full(len(rows), i, np.int64), enc[live], enc_lengths[live])[:, i - 1]
             if len(rows) == n:
@@ -179,5 +191,5 @@ class Recognizer:
             out[rows] = log_probs
             return out
 
-        found = attention_beam_search(step, len(enc), beam, self.backend.sos, eos, [int(n) for n in enc_lengths])
+        found = attention_beam_search(step, len(enc), beam, self.backend.sos, eos, [int(n) for n in max_lengths])
         return [hyp for hyp, _ in found]

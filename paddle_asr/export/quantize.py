@@ -221,13 +221,12 @@ class _CalibLoader:
     and calibration sets are small (tens of batches).
     """
 
-    def __init__(self, batches: Iterable[tuple[np.ndarray, np.ndarray]], limit: int | None) -> None:
+    def __init__(self, batches: Iterable[tuple[np.ndarray, np.ndarray] | dict[str, np.ndarray]], limit: int | None) -> None:
         self.feeds = []
-        for feats, lengths in batches:
-            self.feeds.append({
-                "feats": np.ascontiguousarray(feats, dtype=np.float32),
-                "feats_lengths": np.ascontiguousarray(lengths, dtype=np.int64),
-            })
+        for batch in batches:
+            if not isinstance(batch, dict):  # (feats, lengths) of the encoder
+                batch = {"feats": batch[0], "feats_lengths": batch[1]}
+            self.feeds.append({k: np.ascontiguousarray(v) for k, v in batch.items()})
             if limit is not None and len(self.feeds) >= limit:
                 break
         if not self.feeds:
@@ -252,7 +251,8 @@ def quantize_ptq(
 ) -> dict:
     """Calibrate ``fp32_dir/model.pdmodel`` on ``calib_batches()`` and write ``int8_dir``.
 
-    ``calib_batches`` returns ``(feats [B,T,D] f32, feats_lengths [B] i64)``
+    ``calib_batches`` returns ``(feats [B,T,D] f32, feats_lengths [B] i64)`` for the encoder, or
+    dicts {input name: array} for any other program
     batches (use real utterances of typical lengths; ~8-32 batches suffice).
     Returns ``{algo, batches, quantized_ops, fp32_ops, quant_dequant_ops,
     fp32_bytes, int8_bytes}``.

@@ -45,6 +45,9 @@ class ExportedBackend:
         self.subsampling_rate = int(meta["subsampling_rate"])
         self.right_context = int(meta["right_context"])
         self.supports_streaming = bool(meta.get("supports_streaming")) and (model_dir / "encoder_chunk").is_dir()
+        # oneDNN builds kernels per input shape: a decoder batch that shrinks as utterances finish
+        # would build new ones at every step (measured slower than computing the finished rows).
+        self.skip_finished = False
         self._att_cache_shape = tuple(meta["att_cache_shape"])
         self._cnn_cache_shape = tuple(meta["cnn_cache_shape"])
         self._encoder = load("encoder")
