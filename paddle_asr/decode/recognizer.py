@@ -23,7 +23,7 @@ from paddle_asr.decode.search import (
     attention_beam_search,
     attention_rescoring,
     ctc_greedy_search,
-    ctc_prefix_beam_search,
+    ctc_prefix_beam_search_batch,
     pad_hypotheses,
 )
 from paddle_asr.errors import AsrError
@@ -73,24 +73,30 @@ def validate_decode_config(conf: DecodeConfig, backend: Backend, source: str = "
                        "use decoding_chunk_size: -1 for this model")
 
 
-def encode_streaming(backend: Backend, feats: np.ndarray, chunk_size: int, num_left_chunks: int) -> np.ndarray:
-    """One utterance [T, D] through the encoder chunk by chunk -> encoder_out [1, T', d].
+def chunk_windows(num_frames: int, subsampling_rate: int, right_context: int, chunk_size: int) -> list[tuple[int, int]]:
+    """Feature-frame windows [start, end) of the streaming chunks of a `num_frames` utterance.
 
     Each chunk takes (chunk-1)*subsampling + right_context + 1 feature frames and advances by
     chunk*subsampling (PaddleSpeech/WeNet `forward_chunk_by_chunk`); the subsampling convolutions
-    see overlapping windows instead of keeping a cache of their own.
+    see overlapping windows instead of keeping a cache of their own. The last window may be shorter.
     """
-    sub, context = backend.subsampling_rate, backend.right_context + 1
-    stride, window = sub * chunk_size, (chunk_size - 1) * sub + context
+    context = right_context + 1
+    stride, window = subsampling_rate * chunk_size, (chunk_size - 1) * subsampling_rate + context
+    return [(cur, min(cur + window, num_frames)) for cur in range(0, num_frames - context + 1, stride)]
+
+
+def encode_streaming(backend: Backend, feats: np.ndarray, chunk_size: int, num_left_chunks: int) -> np.ndarray:
+    """One utterance [T, D] through the encoder chunk by chunk (`chunk_windows`) -> encoder_out [1, T', d]."""
+    windows = chunk_windows(feats.shape[0], backend.subsampling_rate, backend.right_context, chunk_size)
+    if not windows:
+        raise AsrError(f"{feats.shape[0]} frames are fewer than the {backend.right_context + 1} one encoder frame needs")
     required = chunk_size * num_left_chunks if num_left_chunks >= 0 else -1
     att, cnn = backend.initial_caches()
     outputs, offset = [], 0
-    for cur in range(0, feats.shape[0] - context + 1, stride):
-        y, att, cnn = backend.encode_chunk(feats[None, cur:cur + window], offset, required, att, cnn)
+    for start, end in windows:
+        y, att, cnn = backend.encode_chunk(feats[None, start:end], offset, required, att, cnn)
         outputs.append(y)
         offset += y.shape[1]
-    if not outputs:
-        raise AsrError(f"{feats.shape[0]} frames are fewer than the {context} one encoder frame needs")
     return np.concatenate(outputs, axis=1)
 
 
@@ -130,7 +136,7 @@ class Recognizer:
         def prefix_nbest():
             if "nbest" not in shared:
                 t = time.perf_counter()
-                shared["nbest"] = [ctc_prefix_beam_search(ctc_lp[i, :n], c.beam_size) for i, n in enumerate(enc_lengths)]
+                shared["nbest"] = ctc_prefix_beam_search_batch(ctc_lp, enc_lengths, c.beam_size)
                 shared["seconds"] = time.perf_counter() - t
             return shared["nbest"]
 

@@ -181,18 +181,19 @@ def check_streaming_parity(model, program_dir: Path, feat_dim: int) -> float:
     """Three chunks through the exported `encoder_chunk` against the dygraph `forward_encoder_chunk`."""
     from paddle_asr.export.inference import Predictor
 
+    from paddle_asr.decode.recognizer import chunk_windows
+
     enc = model.encoder
-    sub, context = enc.embed.subsampling_rate, enc.embed.right_context + 1
-    chunk = 4
-    window, stride = (chunk - 1) * sub + context, chunk * sub
+    sub, right_context, chunk = enc.embed.subsampling_rate, enc.embed.right_context, 4
     rng = np.random.default_rng(1)
-    feats = (rng.standard_normal((1, 2 * stride + window, feat_dim)) * 3 + 10).astype(np.float32)
+    num_frames = 3 * chunk * sub + right_context + 1  # three chunks
+    feats = (rng.standard_normal((1, num_frames, feat_dim)) * 3 + 10).astype(np.float32)
     predictor = Predictor(program_dir, streaming=True)
     att, cnn = enc.initial_caches()
     att_d, cnn_d = paddle.to_tensor(att), paddle.to_tensor(cnn)
     offset, worst = 0, 0.0
-    for cur in range(0, feats.shape[1] - context + 1, stride):
-        xs = feats[:, cur:cur + window]
+    for start, end in chunk_windows(num_frames, sub, right_context, chunk):
+        xs = feats[:, start:end]
         y, att, cnn = predictor.run({"xs": xs, "offset": np.array([offset], np.int64),
                                      "required_cache_size": np.array([-1], np.int64), "att_cache": att, "cnn_cache": cnn})
         with paddle.no_grad():
