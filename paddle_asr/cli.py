@@ -235,6 +235,24 @@ def cmd_test_export(args) -> int:
     return 0
 
 
+def _fp32_layers(option: str, model: str) -> tuple[str, ...]:
+    """The ``--fp32_layers`` choice as edge-layer names (see quantize.edge_layer_weights)."""
+    from paddle_asr.export.quantize import EDGE_LAYERS
+
+    if option == "auto":
+        # DeepSpeech2's RNNs stay FP32 anyway (no INT8 kernel for the `rnn` op), so its output
+        # layer is one of the two places INT8 can act at all; the Conformer keeps both edges in
+        # FP32 because that measured best for its CER.
+        return ("first_conv",) if model == "deepspeech2" else EDGE_LAYERS
+    if option == "none":
+        return ()
+    layers = tuple(x for x in option.split(",") if x)
+    unknown = [x for x in layers if x not in EDGE_LAYERS]
+    if unknown or not layers:
+        raise AsrError(f"--fp32_layers {option}: choose auto, none, or a comma-separated list of {', '.join(EDGE_LAYERS)}")
+    return layers
+
+
 def cmd_quantize(args) -> int:
     import shutil
 
@@ -246,7 +264,9 @@ def cmd_quantize(args) -> int:
 
     fp32_dir, out = Path(args.model), Path(args.out)
     meta, features, tokenizer = read_bundle(fp32_dir)
-    fp = fingerprint("quantize-v2", fp32_dir / ".done", Path(args.calib), args.num_calib, args.batch_size, args.functions)
+    fp32_layers = _fp32_layers(args.fp32_layers, meta.get("model", ""))
+    fp = fingerprint("quantize-v3", fp32_dir / ".done", Path(args.calib), args.num_calib, args.batch_size, args.functions,
+                     ",".join(fp32_layers))
     if not args.force and is_complete(out, fp):
         log(f"stage 6 (INT8): reusing the complete INT8 model in {out} (--force rebuilds)")
         return 0
@@ -284,7 +304,9 @@ def cmd_quantize(args) -> int:
     with atomic_directory(out) as tmp:
         for name in meta.get("functions", []):
             if name in functions:
-                reports[name] = quantize_ptq(fp32_dir / name, tmp / name, encoder_batches if name == "encoder" else decoder_batches)
+                reports[name] = quantize_ptq(fp32_dir / name, tmp / name,
+                                             encoder_batches if name == "encoder" else decoder_batches,
+                                             fp32_layers=fp32_layers)
             else:
                 shutil.copytree(fp32_dir / name, tmp / name)
         copy_bundle_files(fp32_dir, tmp, precision="int8", int8_functions=functions,
@@ -479,6 +501,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--num_calib", type=int, default=64)
     sp.add_argument("--batch_size", type=int, default=8)
     sp.add_argument("--functions", default="encoder", help="programs to quantize: encoder and/or decoder, comma-separated")
+    sp.add_argument("--fp32_layers", default="auto",
+                    help="edge layers kept in FP32: first_conv and/or output_layer (comma-separated), none, or "
+                         "auto (both for the Conformer; first_conv only for DeepSpeech2, whose output layer is "
+                         "one of its few GEMMs with an INT8 kernel)")
     sp.add_argument("--force", action="store_true")
 
     sp = add("import-paddlespeech", cmd_import_paddlespeech,

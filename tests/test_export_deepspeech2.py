@@ -22,7 +22,7 @@ from paddle_asr.errors import AsrError
 from paddle_asr.export.bundle import copy_bundle_files, write_bundle_files
 from paddle_asr.export.export import export_model
 from paddle_asr.export.inference import Predictor
-from paddle_asr.export.quantize import quantize_ptq
+from paddle_asr.export.quantize import edge_layer_weights, quantize_ptq
 from paddle_asr.export.runtime import DeepSpeech2ExportedBackend, ExportedBackend
 from paddle_asr.features import compute_fbank, load_cmvn
 from paddle_asr.models.registry import build_model
@@ -201,14 +201,15 @@ def test_int8_bundle_decodes(bundles, tmp_path):
     calib = [real_batch((400, 300, 250, 200), rng) for _ in range(4)]
     int8_dir = tmp_path / "int8"
     int8_dir.mkdir()
-    report = quantize_ptq(fp32_dir / "encoder", int8_dir / "encoder", lambda: iter(calib))
+    report = quantize_ptq(fp32_dir / "encoder", int8_dir / "encoder", lambda: iter(calib), fp32_layers=("first_conv",))
     for name in ("ctc_activation", "encoder_chunk"):
         shutil.copytree(fp32_dir / name, int8_dir / name)
     copy_bundle_files(fp32_dir, int8_dir, precision="int8", int8_functions=["encoder"])
-    # Only the second convolution can run in INT8: the first one and the CTC output layer are kept
-    # in FP32 on purpose (edge layers), and the RNNs have no INT8 path (quantize.RECURRENT_OPS).
-    assert report["quantized_ops"] == {"conv2d": 1}
-    assert report["fp32_ops"] == {"conv2d": 1, "matmul_v2": 1, "rnn": 2}
+    # The second convolution and the CTC output layer run in INT8; the first convolution is kept in
+    # FP32 on purpose and the RNNs have no INT8 path (quantize.RECURRENT_OPS).
+    assert report["quantized_ops"] == {"conv2d": 1, "matmul_v2": 1}
+    assert report["fp32_ops"] == {"conv2d": 1, "rnn": 2}
+    assert report["kept_fp32_weights"] == edge_layer_weights(fp32_dir / "encoder" / "model.pdmodel", ("first_conv",))
     assert report["int8_bytes"] < report["fp32_bytes"]
 
     fp32, int8 = backend_of(fp32_dir), backend_of(int8_dir)
@@ -258,7 +259,8 @@ def test_cli_export_and_quantize_a_paddlespeech_model(tmp_path, monkeypatch):
     assert main(["quantize", "--model", str(fp32_dir), "--out", str(exp / "export" / "int8"), "--calib", str(calib),
                  "--num_calib", "4", "--batch_size", "2"]) == 0
     report = json.loads((exp / "export" / "int8" / "quantize_report.json").read_text())
-    assert report["encoder"]["fp32_ops"]["rnn"] == 2
+    assert report["encoder"]["fp32_ops"] == {"conv2d": 1, "rnn": 2}  # --fp32_layers auto: first conv only
+    assert report["encoder"]["quantized_ops"] == {"conv2d": 1, "matmul_v2": 1}
     feats, lengths = real_batch()
     _, ref_lengths, ref_lp = backend_of(fp32_dir).encode(feats, lengths)
     _, got_lengths, got_lp = backend_of(exp / "export" / "int8").encode(feats, lengths)
