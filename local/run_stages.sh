@@ -4,16 +4,17 @@
 # exp/ are written there.
 #
 #   stage -1  corpus     recipe's local/get_corpus.sh (demo: synthesise; real corpora: check/download)
-#   stage  0  data       manifests, units, CMVN, character n-gram LM -> data/
+#   stage  0  data       manifests of every set, units (characters or -> data/
+#                        sentencepiece pieces), CMVN, unit n-gram LM
 #   stage  1  train      U2 model (CTC + attention) from the config  -> exp/<name>/
 #                        (resumes an unfinished run; --nproc N or --gpus 0,1 for data parallel)
 #   stage  2  average    the N checkpoints with the lowest dev loss  -> exp/<name>/checkpoints/avg_N.pdparams
-#   stage  3  test       dynamic graph, every method of each decode  -> exp/<name>/test[_chunkN]_<method>/
+#   stage  3  test       dynamic graph, every method of each decode  -> exp/<name>/<test set>[_chunkN]_<method>/
 #                        config (full, and streaming for chunk models)
 #   stage  4  export     the runtime programs for Paddle Inference   -> exp/<name>/export/fp32/
-#   stage  5  test export same hypotheses as stage 3, every method   -> exp/<name>/test_export_fp32[_chunkN]_<method>/
+#   stage  5  test export same hypotheses as stage 3, every method   -> exp/<name>/<test set>_export_fp32[_chunkN]_<method>/
 #   stage  6  int8       PaddleSlim PTQ of the encoder on training   -> exp/<name>/export/int8/,
-#                        data, then every method                        test_export_int8[_chunkN]_<method>/
+#                        data, then every method                        <test set>_export_int8[_chunkN]_<method>/
 #   stage  7  transcribe paddle-asr transcribe (attention rescoring, or CTC prefix beam for CTC-only models) on a few test files with the INT8 and FP32 models, and on
 #                        a long recording of test utterances (VAD segments, JSON) -> exp/<name>/long_recording/
 set -euo pipefail
@@ -28,6 +29,9 @@ config=conf/conformer.yaml  # training config, relative to the recipe directory
 decode_configs="conf/decode.yaml"  # space-separated decoding configs for stages 3, 5, 6
 exp_name=""             # default: the config file name without .yaml
 model=""                # shorthand: --model deepspeech2 uses conf/deepspeech2.yaml, conf/deepspeech2_decode.yaml (and _chunk_decode.yaml)
+sets=""                 # stage 0: data sets as corpus subsets (LibriSpeech), e.g. "dev=dev-clean,dev-other test_clean=test-clean"
+train_set=train         # the data set training uses (data/<train_set>; must match the config's data.train)
+test_sets=test          # space-separated data sets stages 3, 5 and 6 decode and score
 lm_order=5              # stage 0 builds data/lm/char_<N>gram.arpa for LM beam search (0: no LM)
 stage=0
 nproc=1                 # stage 1: data-parallel CPU processes
@@ -42,7 +46,7 @@ threads=2               # CPU threads of Paddle Inference
 num_transcribe=3        # test files transcribed by stage 7
 long_seconds=60         # length of the long recording stage 7 assembles from test utterances and transcribes
 force=false             # rebuild a stage's outputs even when they are complete
-__option_names="corpus data_dir config decode_configs exp_name model lm_order stage stop_stage nproc gpus ips nj num_calib int8_functions batch_size threads num_transcribe long_seconds force"
+__option_names="corpus data_dir config decode_configs exp_name model sets train_set test_sets lm_order stage stop_stage nproc gpus ips nj num_calib int8_functions batch_size threads num_transcribe long_seconds force"
 . "$root/utils/parse_options.sh"
 if [ "$#" -gt 0 ]; then echo "$0: unexpected argument '$1' (options are --name value)" >&2; exit 1; fi
 
@@ -66,7 +70,7 @@ log "recipe $(pwd), corpus $corpus at $data_dir, config $config, experiment $exp
 if run_stage -1; then
   stage_banner -1 "get the corpus"
   if [ -f local/get_corpus.sh ]; then
-    bash local/get_corpus.sh --data_dir "$data_dir" --force "$force"
+    bash local/get_corpus.sh --data_dir "$data_dir" --force "$force" --sets "$sets"
   else
     log "this recipe has no local/get_corpus.sh: the corpus must already be at $data_dir"
   fi
@@ -74,10 +78,11 @@ fi
 
 if run_stage 0; then
   stage_banner 0 "data preparation"
-  paddle-asr prepare --corpus "$corpus" --corpus_dir "$data_dir" --data_dir data --config "$config" --nj "$nj" "${force_flag[@]}"
+  paddle-asr prepare --corpus "$corpus" --corpus_dir "$data_dir" --data_dir data --config "$config" --nj "$nj" \
+    --sets "$sets" --train_set "$train_set" "${force_flag[@]}"
   if [ "$lm_order" -gt 0 ]; then
-    # A character n-gram of the training transcripts, for ctc_beam_search_lm (Kaldi builds its LM in data prep too).
-    paddle-asr build-lm --text data/train/data.list --units data/lang_char/vocab.txt --dev data/dev/data.list \
+    # An n-gram of the model's units over the training transcripts, for ctc_beam_search_lm (Kaldi builds its LM in data prep too).
+    paddle-asr build-lm --text "data/$train_set/data.list" --units data/lang_char/vocab.txt --dev data/dev/data.list \
       --order "$lm_order" --out "data/lm/char_${lm_order}gram.arpa" "${force_flag[@]}"
   fi
 fi
@@ -93,12 +98,15 @@ if run_stage 2; then
 fi
 
 read -r -a decode_list <<< "$decode_configs"
+read -r -a test_list <<< "$test_sets"
 
 if run_stage 3; then
   stage_banner 3 "test with the dynamic-graph model"
-  for decode_config in "${decode_list[@]}"; do
-    paddle-asr test --exp_dir "$exp" --data data/test/data.list --decode_config "$decode_config" \
-      --out_prefix "$exp/test" --batch_size "$batch_size" "${force_flag[@]}"
+  for test_set in "${test_list[@]}"; do
+    for decode_config in "${decode_list[@]}"; do
+      paddle-asr test --exp_dir "$exp" --data "data/$test_set/data.list" --decode_config "$decode_config" \
+        --out_prefix "$exp/$test_set" --batch_size "$batch_size" "${force_flag[@]}"
+    done
   done
 fi
 
@@ -109,29 +117,34 @@ fi
 
 if run_stage 5; then
   stage_banner 5 "test the exported model"
-  for decode_config in "${decode_list[@]}"; do
-    paddle-asr test-export --model "$exp/export/fp32" --data data/test/data.list --decode_config "$decode_config" \
-      --out_prefix "$exp/test_export_fp32" --compare_prefix "$exp/test" --batch_size "$batch_size" \
-      --threads "$threads" "${force_flag[@]}"
+  for test_set in "${test_list[@]}"; do
+    for decode_config in "${decode_list[@]}"; do
+      paddle-asr test-export --model "$exp/export/fp32" --data "data/$test_set/data.list" --decode_config "$decode_config" \
+        --out_prefix "$exp/${test_set}_export_fp32" --compare_prefix "$exp/$test_set" --batch_size "$batch_size" \
+        --threads "$threads" "${force_flag[@]}"
+    done
   done
 fi
 
 if run_stage 6; then
   stage_banner 6 "INT8 post-training quantization"
-  paddle-asr quantize --model "$exp/export/fp32" --out "$exp/export/int8" --calib data/train/data.list \
+  paddle-asr quantize --model "$exp/export/fp32" --out "$exp/export/int8" --calib "data/$train_set/data.list" \
     --num_calib "$num_calib" --functions "$int8_functions" "${force_flag[@]}"
-  for decode_config in "${decode_list[@]}"; do
-    paddle-asr test-export --model "$exp/export/int8" --data data/test/data.list --decode_config "$decode_config" \
-      --out_prefix "$exp/test_export_int8" --batch_size "$batch_size" --threads "$threads" "${force_flag[@]}"
+  for test_set in "${test_list[@]}"; do
+    for decode_config in "${decode_list[@]}"; do
+      paddle-asr test-export --model "$exp/export/int8" --data "data/$test_set/data.list" --decode_config "$decode_config" \
+        --out_prefix "$exp/${test_set}_export_int8" --batch_size "$batch_size" --threads "$threads" "${force_flag[@]}"
+    done
   done
 fi
 
 if run_stage 7; then
   stage_banner 7 "transcribe"
-  mapfile -t wavs < <(head -n "$num_transcribe" data/test/wav.scp | cut -d' ' -f2-)
+  first_test="${test_list[0]}"
+  mapfile -t wavs < <(head -n "$num_transcribe" "data/$first_test/wav.scp" | cut -d' ' -f2-)
   for precision in int8 fp32; do
     if [ -d "$exp/export/$precision" ]; then
-      log "paddle-asr transcribe --model $exp/export/$precision (${#wavs[@]} test files; reference: data/test/text)"
+      log "paddle-asr transcribe --model $exp/export/$precision (${#wavs[@]} test files; reference: data/$first_test/text)"
       paddle-asr transcribe --model "$exp/export/$precision" --threads "$threads" "${wavs[@]}"
     fi
   done
@@ -139,7 +152,7 @@ if run_stage 7; then
   long="$exp/long_recording"
   bundle="$exp/export/int8"
   [ -d "$bundle" ] || bundle="$exp/export/fp32"
-  paddle-asr make-long-recording --data data/test/data.list --out "$long/test_${long_seconds}s.wav" --seconds "$long_seconds"
+  paddle-asr make-long-recording --data "data/$first_test/data.list" --out "$long/test_${long_seconds}s.wav" --seconds "$long_seconds"
   log "paddle-asr transcribe --model $bundle --format json $long/test_${long_seconds}s.wav"
   paddle-asr transcribe --model "$bundle" --threads "$threads" \
     --format json --progress off "$long/test_${long_seconds}s.wav" > "$long/transcript.json.tmp"

@@ -47,24 +47,52 @@ def _load_dygraph(exp_dir: Path, checkpoint: Path):
     return config, model
 
 
+def _parse_sets(spec: str) -> dict[str, list[str]] | None:
+    """`--sets "train_960=train-clean-100,train-clean-360 dev=dev-clean,dev-other"` -> {set: [subsets]}."""
+    if not spec.strip():
+        return None
+    sets: dict[str, list[str]] = {}
+    for item in spec.split():
+        name, eq, subsets = item.partition("=")
+        parts = [p for p in subsets.split(",") if p]
+        if not eq or not name or not parts or not name.replace("_", "").isalnum():
+            raise AsrError(f"--sets: '{item}' is not NAME=SUBSET[,SUBSET...] (e.g. dev=dev-clean,dev-other)")
+        if name in sets:
+            raise AsrError(f"--sets names the set '{name}' twice")
+        sets[name] = parts
+    return sets
+
+
+def cmd_get_librispeech(args) -> int:
+    from paddle_asr.data.corpora.librispeech import fetch_subsets
+
+    fetch_subsets(Path(args.data_dir), [s for s in args.subsets.split(",") if s], base_url=args.base_url, log=log)
+    return 0
+
+
 def cmd_prepare(args) -> int:
     from paddle_asr.config import load_config
-    from paddle_asr.data.prepare import prepare_cmvn, prepare_data
+    from paddle_asr.data.prepare import prepare_cmvn, prepare_data, train_set_name
 
     if args.shards < 0:
         raise AsrError(f"--shards must be 0 (no shards) or the utterances per shard, got {args.shards}")
     config = load_config(Path(args.config))
     data_dir = Path(args.data_dir)
-    prepare_data(args.corpus, Path(args.corpus_dir), data_dir, config.features, nj=args.nj, force=args.force, log=log)
-    # The config names the file as training reads it (data/train/<name>, from the recipe); stage 0
-    # writes that name under --data_dir, wherever it is.
-    prepare_cmvn(data_dir, config.features, data_dir / "train" / Path(config.data.cmvn).name, nj=args.nj,
-                 force=args.force, log=log)
+    train_set = train_set_name(config.data)
+    if args.train_set and args.train_set != train_set:
+        raise AsrError(f"--train_set {args.train_set}, but {args.config} trains on data.train: {config.data.train}; "
+                       f"set data.train: data/{args.train_set}/data.list (and data.cmvn beside it) in the config")
+    prepare_data(args.corpus, Path(args.corpus_dir), data_dir, config.features, config.data, sets=_parse_sets(args.sets),
+                 nj=args.nj, force=args.force, log=log)
+    # The config names the file as training reads it (data/<train set>/<name>, from the recipe);
+    # stage 0 writes that name under --data_dir, wherever it is.
+    prepare_cmvn(data_dir, config.features, data_dir / train_set / Path(config.data.cmvn).name, nj=args.nj,
+                 force=args.force, log=log, train_set=train_set)
     if args.shards:
         from paddle_asr.data.manifest import read_manifest
         from paddle_asr.data.shards import write_shards
 
-        listing = write_shards(read_manifest(data_dir / "train" / "data.list"), data_dir / "train" / "shards",
+        listing = write_shards(read_manifest(data_dir / train_set / "data.list"), data_dir / train_set / "shards",
                                args.shards, log=log)
         log(f"stage 0: training shard list -> {listing}")
     return 0
@@ -136,8 +164,10 @@ def _evaluate_stage(args, label: str, make_backend, decode_conf, features, token
     if not args.force and all(is_complete(d, fp) for d in dirs):
         for d in dirs:
             r = json.loads((d / "result.json").read_text(encoding="utf-8"))
-            log(f"{label} {r['search']}: CER {r['cer']:.2f} % RTF {r['rtf']:.4f} (reused {d}; --force redoes)")
+            log(f"{label} {r['search']}: {r.get('metric', 'CER')} {r['cer']:.2f} % RTF {r['rtf']:.4f} (reused {d}; --force redoes)")
         return prefix
+    # The data set is the manifest's folder (data/test_clean/data.list -> test_clean).
+    extra = {"test_set": Path(args.data).parent.name, **extra}
     evaluate(make_backend(), decode_conf, Path(args.data), tokenizer, features, prefix, label=label, extra=extra, log=log)
     for d in dirs:
         mark_complete(d, fp)
@@ -145,7 +175,7 @@ def _evaluate_stage(args, label: str, make_backend, decode_conf, features, token
 
 
 def cmd_test(args) -> int:
-    from paddle_asr.data.tokenizer import CharTokenizer
+    from paddle_asr.data.tokenizer import load_tokenizer
 
     exp_dir = Path(args.exp_dir)
     config = _exp_config(exp_dir)
@@ -157,7 +187,7 @@ def cmd_test(args) -> int:
 
         return dygraph_backend(_load_dygraph(exp_dir, checkpoint)[1])
 
-    tokenizer = CharTokenizer.from_file(Path(config.data.vocab))
+    tokenizer = load_tokenizer(Path(config.data.vocab), config.data.units)
     extra = {"model": "dygraph", "checkpoint": str(checkpoint), "decode_config": args.decode_config}
     _evaluate_stage(args, "stage 3 (dynamic graph)", backend, decode_conf, config.features, tokenizer,
                     [exp_dir / "train.yaml", checkpoint, Path(args.data)], extra, Path(args.out_prefix or exp_dir / "test"))
@@ -394,6 +424,13 @@ def cmd_make_demo_corpus(args) -> int:
     return demo.main(argv)
 
 
+def cmd_make_librispeech_demo(args) -> int:
+    from paddle_asr.data.corpora import librispeech_demo
+
+    argv = ["--out_dir", args.out_dir] + (["--force"] if args.force else [])
+    return librispeech_demo.main(argv)
+
+
 def cmd_make_long_recording(args) -> int:
     from paddle_asr.data.long_recording import write_long_recording
     from paddle_asr.data.manifest import read_manifest
@@ -414,7 +451,7 @@ def cmd_long_recording_report(args) -> int:
     log(f"long recording {transcript['duration']:.1f} s: {r['segments']} VAD segments for {r['parts']} utterances "
         f"({'one segment each' if r['one_to_one'] else 'NOT one segment per utterance'}); times "
         f"{'increase monotonically' if r['times_increase'] else 'DO NOT increase monotonically'}; "
-        f"CER of the segments against their utterances {o.rate:.2f} % (N={o.n} S={o.s} D={o.d} I={o.i})")
+        f"{r['report'].metric} of the segments against their utterances {o.rate:.2f} % (N={o.n} S={o.s} D={o.d} I={o.i})")
     for key, ref, hyp in r["pairs"]:
         log(f"  {key}  ref {ref}\n  {' ' * len(key)}  hyp {hyp}")
     return 0  # a report: a real corpus may hold pauses that split an utterance
@@ -443,11 +480,25 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out_dir", required=True)
     sp.add_argument("--force", action="store_true")
 
+    sp = add("make-librispeech-demo", cmd_make_librispeech_demo,
+             "synthesise the embedded English corpus (LibriSpeech layout, FLAC)")
+    sp.add_argument("--out_dir", required=True)
+    sp.add_argument("--force", action="store_true")
+
+    sp = add("get-librispeech", cmd_get_librispeech,
+             "stage -1: download (resuming, md5-checked) and unpack LibriSpeech subsets not yet in data_dir")
+    sp.add_argument("--data_dir", required=True, help="folder for the archives; they unpack to data_dir/LibriSpeech")
+    sp.add_argument("--subsets", required=True, help="comma-separated, e.g. train-clean-100,dev-clean,test-clean")
+    sp.add_argument("--base_url", default="https://www.openslr.org/resources/12/", help="mirror of OpenSLR 12")
+
     sp = add("prepare", cmd_prepare, "stage 0: manifests, units, CMVN")
     sp.add_argument("--corpus", default="aishell")
     sp.add_argument("--corpus_dir", required=True)
     sp.add_argument("--data_dir", default="data")
-    sp.add_argument("--config", required=True, help="the training config (its features section is used)")
+    sp.add_argument("--config", required=True, help="the training config (its features and data sections are used)")
+    sp.add_argument("--sets", default="", help='data sets as corpus subsets, e.g. "train_960=train-clean-100,'
+                    'train-clean-360,train-other-500 dev=dev-clean,dev-other test_clean=test-clean" (LibriSpeech)')
+    sp.add_argument("--train_set", default="", help="check that the config trains on data/<train_set>")
     sp.add_argument("--nj", type=int, default=2)
     sp.add_argument("--force", action="store_true")
     sp.add_argument("--shards", type=int, default=0, metavar="N",

@@ -190,6 +190,13 @@ class DataConfig:
     dev: str = "data/dev/data.list"
     vocab: str = "data/lang_char/vocab.txt"
     cmvn: str = "data/train/global_cmvn"
+    # Output units: char (one per character, AISHELL) or bpe (sentencepiece unigram pieces,
+    # LibriSpeech). For bpe, stage 0 trains a model of bpe_size pieces on the training text, or
+    # copies bpe_model (a trained sentencepiece .model, e.g. WeNet's train_960_unigram5000), to
+    # `bpe.model` beside the units file.
+    units: str = "char"
+    bpe_size: int = 5000
+    bpe_model: str = ""
     # A shards.list from stage 0 --shards N: training then reads tar shards sequentially through a
     # shuffle and a sort buffer (for corpora too big to index); `train` still names the manifest.
     train_shards: str = ""

@@ -83,14 +83,12 @@ def evaluate(backend: Backend, conf: DecodeConfig, manifest: Path, tokenizer: Ch
     for method in conf.methods:
         report = score(refs, hyps[method], char=True, verbose=1)
         o = report.overall
-        clusters = {name: c.n for name, c in report.clusters.items()}
         decode_s = seconds["features"] + seconds["encoder"] + seconds[method]
         result = {
             "label": label,
             "date": datetime.date.today().isoformat(),
             "search": method,
-            # compute-wer scores Chinese by character and English by word: name the rate by what dominates.
-            "metric": "WER" if clusters.get("English", 0) > clusters.get("Mandarin", 0) else "CER",
+            "metric": report.metric,
             "cer": round(o.rate, 2),
             "n": o.n, "c": o.c, "s": o.s, "d": o.d, "i": o.i,
             "utterances": len(refs),

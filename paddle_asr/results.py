@@ -22,7 +22,7 @@ def _mode(r: dict) -> str:
 
 def collect(exp_dir: Path) -> list[dict]:
     rows = [json.loads(p.read_text(encoding="utf-8")) for p in Path(exp_dir).glob("test*_*/result.json")]
-    return sorted(rows, key=lambda r: (_mode(r) != "full", _mode(r), RUNTIME_ORDER.get(r.get("model"), 9),
+    return sorted(rows, key=lambda r: (r.get("test_set", "test"), _mode(r) != "full", _mode(r), RUNTIME_ORDER.get(r.get("model"), 9),
                                        METHOD_ORDER.get(r.get("search"), 9)))
 
 
@@ -35,7 +35,7 @@ def _table(exp_dir: Path, rows: list[dict], date: str) -> list[str]:
     for r in rows:
         size = f"{r['model_bytes'] / 1e6:.2f}" if r.get("model_bytes") else "-"
         lines.append(
-            f"| {exp_dir.name} | {n_params} | {r['utterances']} utts | {r.get('search')} | {_mode(r)} | "
+            f"| {exp_dir.name} | {n_params} | {r.get('test_set', 'test')} ({r['utterances']} utts) | {r.get('search')} | {_mode(r)} | "
             f"{r.get('model')} | {r['cer']:.2f} | {r['n']} | {r['s']} | {r['d']} | {r['i']} | {r['rtf']:.4f} | "
             f"{r['encoder_rtf']:.4f} | {size} | {r.get('date', date)} | `{exp_dir}/train.yaml`, "
             f"`{r.get('decode_config', '-')}` |"
@@ -65,13 +65,14 @@ def write_results(exp_dir: Path, results_md: Path, log=print) -> list[dict]:
     atomic_write_text(Path(results_md), "\n".join(lines) + "\n")
     log(f"results: {len(rows)} rows -> {results_md}")
     for r in rows:
-        log(f"  {r.get('model'):>15} {_mode(r):>20} {r.get('search'):>22}: {r.get('metric', 'CER')} {r['cer']:6.2f} %  RTF {r['rtf']:.4f}"
+        log(f"  {r.get('test_set', 'test'):>10} {r.get('model'):>15} {_mode(r):>20} {r.get('search'):>22}: {r.get('metric', 'CER')} {r['cer']:6.2f} %  RTF {r['rtf']:.4f}"
             + (f"  size {r['model_bytes'] / 1e6:.2f} MB" if r.get("model_bytes") else ""))
-    full = {(r.get("model"), r.get("search")): r for r in rows if _mode(r) == "full"}
-    for method in METHOD_ORDER:
-        fp32, int8 = full.get(("inference-fp32", method)), full.get(("inference-int8", method))
-        if fp32 and int8 and int8["encoder_seconds"]:
-            log(f"  INT8 vs FP32 {method} (Paddle Inference, {fp32.get('threads')} threads): CER {int8['cer']:.2f} vs "
+    full = {(r.get("test_set", "test"), r.get("model"), r.get("search")): r for r in rows if _mode(r) == "full"}
+    for test_set, model, method in sorted(full):
+        fp32, int8 = full.get((test_set, "inference-fp32", method)), full.get((test_set, "inference-int8", method))
+        if model == "inference-fp32" and fp32 and int8 and int8["encoder_seconds"]:
+            metric = fp32.get("metric", "CER")
+            log(f"  INT8 vs FP32 {test_set} {method} (Paddle Inference, {fp32.get('threads')} threads): {metric} {int8['cer']:.2f} vs "
                 f"{fp32['cer']:.2f} % ({int8['cer'] - fp32['cer']:+.2f} points), encoder time {int8['encoder_seconds']:.2f} vs "
                 f"{fp32['encoder_seconds']:.2f} s ({fp32['encoder_seconds'] / int8['encoder_seconds']:.2f}x faster), "
                 f"size {int8['model_bytes'] / 1e6:.2f} vs {fp32['model_bytes'] / 1e6:.2f} MB")

@@ -28,6 +28,7 @@ from paddle_asr.data.audio import audio_info, read_audio_resampled
 from paddle_asr.data.audio_inputs import AudioInput
 from paddle_asr.data.vad import Segment, VadConfig, split_on_silence
 from paddle_asr.decode.alignment import token_frame_spans
+from paddle_asr.data.tokenizer import WORD_START, BpeTokenizer
 from paddle_asr.decode.recognizer import Recognizer
 from paddle_asr.errors import AsrError
 from paddle_asr.export.bundle import read_bundle
@@ -53,6 +54,7 @@ class SegmentResult:
     end: float
     text: str = ""
     tokens: list[dict] = field(default_factory=list)  # {"token", "start", "end"}
+    words: list[dict] = field(default_factory=list)  # BPE units only: pieces joined into {"word", "start", "end"}
     aligned: bool = True
 
 
@@ -71,6 +73,7 @@ class FileResult:
     def to_json(self) -> dict:
         return {"key": self.key, "path": str(self.path), "duration": round(self.duration, 3), "text": self.text,
                 "segments": [{"start": s.start, "end": s.end, "text": s.text, "tokens": s.tokens,
+                              **({"words": s.words} if s.words else {}),
                               **({} if s.aligned else {"aligned": False})} for s in self.segments]}
 
 
@@ -187,6 +190,8 @@ class Transcriber:
             seg = results[p.file].segments[p.index]
             seg.text = self.tokenizer.decode(ids)
             seg.tokens, seg.aligned = self._token_times(ids, ctc_log_probs[k, : enc_lengths[k]], seg)
+            if isinstance(self.tokenizer, BpeTokenizer):
+                seg.words = word_times(self.tokenizer, ids, seg.tokens)
             remaining[p.file] -= 1
             advance(p.file, seg.end)
 
@@ -204,6 +209,27 @@ class Transcriber:
                 tokens.append({"token": text, "start": round(min(seg.start + first * self.frame_seconds, seg.end), 3),
                                "end": round(min(seg.start + last * self.frame_seconds, seg.end), 3)})
         return tokens, aligned
+
+
+def word_times(tokenizer: BpeTokenizer, ids: list[int], tokens: list[dict]) -> list[dict]:
+    """BPE pieces joined into words with times: a word starts at a piece beginning with `▁` (a bare
+    `▁` piece starts the next one) and runs to the end of its last piece. `tokens` has one entry
+    {"token", "start", "end"} per id that decodes to text, in order."""
+    timed = iter(tokens)
+    words: list[dict] = []
+    new_word = True
+    for i in ids:
+        new_word |= tokenizer.units[i].startswith(WORD_START)
+        if not tokenizer.decode([i]):
+            continue
+        tok = next(timed)
+        if new_word or not words:
+            words.append({"word": tok["token"], "start": tok["start"], "end": tok["end"]})
+        else:
+            words[-1]["word"] += tok["token"]
+            words[-1]["end"] = tok["end"]
+        new_word = False
+    return words
 
 
 def total_seconds(inputs: list[AudioInput]) -> float:

@@ -81,6 +81,7 @@ def compare_with_parts(parts: list[dict], transcript: dict) -> dict:
     segment texts against the parts)}.
     """
     from paddle_asr.metrics.score import score
+    from paddle_asr.transcribe import join_texts
 
     segments = transcript["segments"]
     owner = [[k for k, seg in enumerate(segments) if _overlap(part, seg) > 0] for part in parts]
@@ -88,7 +89,7 @@ def compare_with_parts(parts: list[dict], transcript: dict) -> dict:
     one_to_one = all(len(o) == 1 and claimed[o[0]] == [p] for p, o in enumerate(owner))
     times = [t for seg in segments for t in [seg["start"]] + [x for tok in seg["tokens"] for x in (tok["start"], tok["end"])]
              + [seg["end"]]]
-    pairs = [(part["key"], part["text"], "".join(segments[k]["text"] for k in o)) for part, o in zip(parts, owner)]
+    pairs = [(part["key"], part["text"], join_texts(segments[k]["text"] for k in o)) for part, o in zip(parts, owner)]
     report = score({key: ref for key, ref, _ in pairs}, {key: hyp for key, _, hyp in pairs}, verbose=0)
     return {"parts": len(parts), "segments": len(segments), "one_to_one": one_to_one,
             "times_increase": all(a <= b for a, b in zip(times, times[1:])), "pairs": pairs, "report": report}

@@ -1,6 +1,9 @@
-"""Stage 0: corpus -> `data/{train,dev,test}/` (wav.scp, text, data.list), units and CMVN.
+"""Stage 0: corpus -> `data/<set>/` (wav.scp, text, data.list) for every set, units and CMVN.
 
-Written once for every corpus; a corpus module only finds, unpacks and lists its utterances.
+Written once for every corpus; a corpus module only finds, unpacks and lists its utterances
+(AISHELL: fixed train/dev/test; LibriSpeech: sets made of subsets, e.g. train_960 = the three
+training subsets). Units come from the training set's text only: characters, or a sentencepiece
+unigram model (trained here, or given) and the pieces it uses.
 The whole `data/` directory is built under a temporary name and renamed when complete, so a
 killed run leaves nothing a re-run would trust.
 """
@@ -16,15 +19,44 @@ from types import ModuleType
 import numpy as np
 
 from paddle_asr.artifacts import atomic_directory, atomic_write_text, fingerprint, mark_complete, reuse_or_clear
-from paddle_asr.config import FeatureConfig
+from paddle_asr.config import DataConfig, FeatureConfig
 from paddle_asr.data.audio import read_audio
-from paddle_asr.data.corpora import aishell
+from paddle_asr.data.corpora import aishell, librispeech
 from paddle_asr.data.manifest import Utterance, read_manifest, write_kaldi_table, write_manifest
-from paddle_asr.data.tokenizer import build_char_units, write_units
+from paddle_asr.data.tokenizer import BPE_MODEL, build_bpe_units, build_char_units, train_sentencepiece, write_units
 from paddle_asr.errors import AsrError
 from paddle_asr.features import CmvnAccumulator, compute_fbank
 
-CORPORA: dict[str, ModuleType] = {"aishell": aishell}
+# A corpus module provides locate(corpus_dir, log) -> root (unpacking archives),
+# read_splits(root, sample_rate, sets) -> {set: (kept, dropped)} and fingerprint_inputs(root, sets).
+CORPORA: dict[str, ModuleType] = {"aishell": aishell, "librispeech": librispeech}
+
+
+def train_set_name(data_conf: DataConfig) -> str:
+    """The set whose manifest the config trains on: `data/<name>/data.list` -> name."""
+    return Path(data_conf.train).parent.name
+
+
+def _write_units(train: list[Utterance], lang_dir: Path, data_conf: DataConfig, log) -> list[str]:
+    texts = [u.text for u in train]
+    if data_conf.units == "char":
+        return build_char_units(texts)
+    if data_conf.units != "bpe":
+        raise AsrError(f"data.units must be char or bpe, got '{data_conf.units}'")
+    model = lang_dir / BPE_MODEL
+    if data_conf.bpe_model:
+        given = Path(data_conf.bpe_model)
+        if not given.is_file():
+            raise AsrError(f"data.bpe_model {given} does not exist; give a trained sentencepiece .model file, "
+                           "or leave it empty to train one on the training text")
+        lang_dir.mkdir(parents=True, exist_ok=True)
+        model.write_bytes(given.read_bytes())
+        log(f"stage 0: sentencepiece model {given} -> {model}")
+    else:
+        train_sentencepiece(texts, model, data_conf.bpe_size)
+        log(f"stage 0: trained a {data_conf.bpe_size}-piece unigram sentencepiece model on {len(texts)} "
+            f"training transcripts -> {model}")
+    return build_bpe_units(texts, model)
 
 
 def _cmvn_part(args: tuple[list[str], FeatureConfig]) -> tuple[np.ndarray, np.ndarray, int]:
@@ -58,24 +90,37 @@ def prepare_data(
     corpus_dir: Path,
     data_dir: Path,
     feat_conf: FeatureConfig,
+    data_conf: DataConfig | None = None,
     *,
+    sets: dict[str, list[str]] | None = None,
     nj: int = 2,
     force: bool = False,
     log=print,
 ) -> dict:
+    """Build `data_dir`: one folder per set, `lang_char/vocab.txt` (and `bpe.model`), summary.json.
+
+    `sets` maps data set names to corpus subsets (LibriSpeech); None takes the corpus's default.
+    """
     if corpus not in CORPORA:
         raise AsrError(f"unknown corpus '{corpus}'; known: {', '.join(sorted(CORPORA))}")
+    data_conf = data_conf or DataConfig()
     reader = CORPORA[corpus]
-    root = reader.find_root(Path(corpus_dir))
-    reader.extract_speaker_archives(root, log)
+    root = reader.locate(Path(corpus_dir), log)
+    train_set = train_set_name(data_conf)
+    given_bpe = Path(data_conf.bpe_model) if data_conf.units == "bpe" and data_conf.bpe_model else None
     # Only the sample rate shapes the manifests; CMVN, which depends on the features, is `prepare_cmvn`'s.
-    fp = fingerprint("prepare-v2", corpus, reader.fingerprint_inputs(root), feat_conf.sample_rate)
+    fp = fingerprint("prepare-v3", corpus, reader.fingerprint_inputs(root, sets), feat_conf.sample_rate, sets,
+                     train_set, data_conf.units, data_conf.bpe_size if data_conf.units == "bpe" else None,
+                     given_bpe if given_bpe and given_bpe.is_file() else str(given_bpe))
     data_dir = Path(data_dir)
     if reuse_or_clear(data_dir, fp, "stage 0 (data)", force, log):
         return json.loads((data_dir / "summary.json").read_text(encoding="utf-8"))
 
-    splits = reader.read_splits(root, feat_conf.sample_rate)
-    if not splits["train"][0]:
+    splits = reader.read_splits(root, feat_conf.sample_rate, sets)
+    if train_set not in splits:
+        raise AsrError(f"the config trains on data/{train_set} (data.train: {data_conf.train}) but stage 0 builds "
+                       f"{', '.join(sorted(splits))}; set data.train to one of them, or name {train_set} in --sets")
+    if not splits[train_set][0]:
         raise AsrError(f"no usable training utterance in {root}; check the corpus (see the reasons above)")
     summary: dict = {"corpus": corpus, "corpus_dir": str(root), "splits": {}}
     with atomic_directory(data_dir) as tmp:
@@ -90,22 +135,25 @@ def prepare_data(
             log(f"stage 0: {split}: {len(kept)} utterances ({hours:.2f} h) kept, {len(dropped)} left out")
             for key, reason in dropped:
                 log(f"stage 0:   left out {key}: {reason}")
-        train = splits["train"][0]
-        units = build_char_units(u.text for u in train)
+        train = splits[train_set][0]
+        units = _write_units(train, tmp / "lang_char", data_conf, log)
         write_units(units, tmp / "lang_char" / "vocab.txt")
-        log(f"stage 0: {len(units)} units ({len(units) - 3} characters) -> {data_dir}/lang_char/vocab.txt")
+        kind = "characters" if data_conf.units == "char" else "sentencepiece pieces"
+        log(f"stage 0: {len(units)} units ({len(units) - 3} {kind} of {train_set}) -> {data_dir}/lang_char/vocab.txt")
         summary["units"] = len(units)
+        summary["unit_type"] = data_conf.units
+        summary["train_set"] = train_set
         atomic_write_text(tmp / "summary.json", json.dumps(summary, ensure_ascii=False, indent=1))
         mark_complete(tmp, fp)
     return summary
 
 
 def prepare_cmvn(data_dir: Path, feat_conf: FeatureConfig, cmvn_path: Path, *, nj: int = 2, force: bool = False,
-                 log=print) -> None:
+                 log=print, train_set: str = "train") -> None:
     """Global CMVN of the training manifest for these features (models with other features, e.g.
     DeepSpeech2's 161 bins, keep their own file beside the 80-bin one)."""
     cmvn_path = Path(cmvn_path)
-    manifest = Path(data_dir) / "train" / "data.list"
+    manifest = Path(data_dir) / train_set / "data.list"
     record = cmvn_path.with_name(cmvn_path.name + ".done")
     fp = fingerprint("cmvn-v1", manifest, feat_conf.__dict__)
     if not force and cmvn_path.is_file() and record.is_file() and record.read_text().strip() == fp:

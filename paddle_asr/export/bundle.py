@@ -2,7 +2,7 @@
 
 `<dir>/<function>/model.pdmodel` + `model.pdiparams` for each runtime function (U2: encoder,
 encoder_chunk, ctc_activation, decoder; DeepSpeech2: encoder, encoder_chunk, ctc_activation; CMVN
-inside the encoders), `vocab.txt` (units), `features.yaml` (fbank settings, dither 0) and
+inside the encoders), `vocab.txt` (units) and, for BPE units, `bpe.model` (sentencepiece), `features.yaml` (fbank settings, dither 0) and
 `meta.json` (model name, sizes, special tokens, streaming geometry and state shapes, precision,
 provenance). Transcription needs only this directory.
 """
@@ -18,7 +18,7 @@ import yaml
 
 from paddle_asr.artifacts import atomic_write_text
 from paddle_asr.config import AsrConfig, FeatureConfig
-from paddle_asr.data.tokenizer import CharTokenizer
+from paddle_asr.data.tokenizer import BPE_MODEL, CharTokenizer, load_tokenizer
 from paddle_asr.errors import AsrError
 from paddle_asr.export import deepspeech2
 from paddle_asr.models.deepspeech2 import DeepSpeech2Model
@@ -52,10 +52,13 @@ def write_bundle_files(out_dir: Path, config: AsrConfig, vocab: Path, model, *, 
         "functions": functions,
         "vocab_size": config.vocab_size,
         "input_dim": config.input_dim,
+        "units": config.data.units,
         **model_meta,
         "checkpoint": checkpoint,
     }
     shutil.copyfile(vocab, out_dir / VOCAB)
+    if config.data.units == "bpe":
+        shutil.copyfile(Path(vocab).with_name(BPE_MODEL), out_dir / BPE_MODEL)
     features = dataclasses.replace(config.features, dither=0.0)  # decoding never dithers
     atomic_write_text(out_dir / FEATURES, yaml.safe_dump(dataclasses.asdict(features), sort_keys=False))
     atomic_write_text(out_dir / META, json.dumps(meta, ensure_ascii=False, indent=1))
@@ -64,6 +67,8 @@ def write_bundle_files(out_dir: Path, config: AsrConfig, vocab: Path, model, *, 
 def copy_bundle_files(src: Path, dst: Path, **meta_updates) -> None:
     """Carry vocab/features/meta from the FP32 bundle to a derived one (the INT8 model)."""
     shutil.copyfile(src / VOCAB, dst / VOCAB)
+    if (src / BPE_MODEL).is_file():
+        shutil.copyfile(src / BPE_MODEL, dst / BPE_MODEL)
     shutil.copyfile(src / FEATURES, dst / FEATURES)
     meta = json.loads((src / META).read_text(encoding="utf-8"))
     meta.update(meta_updates)
@@ -80,7 +85,7 @@ def read_bundle(model_dir: Path) -> tuple[dict, FeatureConfig, CharTokenizer]:
             )
     meta = json.loads((model_dir / META).read_text(encoding="utf-8"))
     features = FeatureConfig(**yaml.safe_load((model_dir / FEATURES).read_text(encoding="utf-8")))
-    return meta, features, CharTokenizer.from_file(model_dir / VOCAB)
+    return meta, features, load_tokenizer(model_dir / VOCAB, meta.get("units", "char"))
 
 
 def bundle_bytes(model_dir: Path) -> int:

@@ -1,4 +1,4 @@
-"""Recipe stage: a character n-gram LM from the training transcripts (``paddle-asr build-lm``).
+"""Recipe stage: a character (or BPE piece) n-gram LM from the training transcripts (``paddle-asr build-lm``).
 
 No LM can be downloaded where the recipes run, so the LM decoder's model is estimated from the
 training text itself: transcripts -> characters -> interpolated modified Kneser-Ney -> ARPA. The
@@ -19,7 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from paddle_asr.artifacts import atomic_write_text
-from paddle_asr.data.tokenizer import BLANK, EOS as UNIT_EOS, CharTokenizer
+from paddle_asr.data.tokenizer import BLANK, BPE_MODEL, EOS as UNIT_EOS, SPACE, CharTokenizer, load_tokenizer
 from paddle_asr.errors import AsrError
 from paddle_asr.lm.arpa import UNK, write_arpa
 from paddle_asr.lm.corpus import read_transcripts, transcript_words
@@ -40,12 +40,21 @@ def build_lm(
     """Build `out` (ARPA; ``.gz`` compresses) from the transcripts in `text`; return the summary.
 
     `units`: the acoustic model's units file; every unit the model can emit becomes an LM word
-    (its special tokens aside), so none of them is scored as ``<unk>``.
+    (its special tokens aside), so none of them is scored as ``<unk>``. When the units are
+    sentencepiece pieces (``bpe.model`` beside the file), the LM's words are the pieces of each
+    transcript, the tokens the model emits and the LM decoder scores.
     """
     if not 1 <= order <= 9:
         raise AsrError(f"LM order must be 1..9, got {order}")
     out = Path(out)
-    sentences = [transcript_words(t, keep_spaces) for t in read_transcripts(Path(text), fmt)]
+    bpe = load_tokenizer(Path(units), "bpe") if units is not None and Path(units).with_name(BPE_MODEL).is_file() else None
+    if units is not None and SPACE in CharTokenizer.from_file(Path(units)).units:
+        keep_spaces = True  # a character model that emits <space> (English) needs it scored
+
+    def words_of(transcript: str) -> list[str]:
+        return bpe.pieces(transcript) if bpe else transcript_words(transcript, keep_spaces)
+
+    sentences = [words_of(t) for t in read_transcripts(Path(text), fmt)]
     sentences = [s for s in sentences if s]
     if not sentences:
         raise AsrError(f"{text}: no transcripts to build a language model from")
@@ -72,7 +81,7 @@ def build_lm(
         log("note: too little text to estimate some discounts; used the fallback 0.5/1.0/1.5 "
             "(as lmplz --discount_fallback)")
     if dev_text is not None:
-        dev = [transcript_words(t, keep_spaces) for t in read_transcripts(Path(dev_text), fmt)]
+        dev = [words_of(t) for t in read_transcripts(Path(dev_text), fmt)]
         dev = [s for s in dev if s]
         summary["dev_perplexity"] = perplexity(NgramScorer(model), dev)
         unigram, _ = build_kneser_ney(sentences, 1, vocabulary)

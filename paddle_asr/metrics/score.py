@@ -91,6 +91,13 @@ class ScoreReport:
     extra_hyp: list[str] = field(default_factory=list)    # hyp ids not in the reference
     text: str = ""                    # the full compute-wer style report
 
+    @property
+    def metric(self) -> str:
+        """compute-wer scores Chinese by character and English by word: WER when English words
+        outnumber Mandarin characters in the scored tokens, else CER."""
+        english, mandarin = (self.clusters[c].n if c in self.clusters else 0 for c in ("English", "Mandarin"))
+        return "WER" if english > mandarin else "CER"
+
 
 # ---------------------------------------------------------------- tokenisation
 def _characterize(text: str) -> list[str]:

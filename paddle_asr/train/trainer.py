@@ -30,7 +30,7 @@ from paddle_asr.data.loader import BatchLoader, TrainingInputs
 from paddle_asr.data.manifest import read_manifest
 from paddle_asr.data.sampler import epoch_order, plan_batches, rank_part
 from paddle_asr.data.shards import read_shard_list, shard_batches
-from paddle_asr.data.tokenizer import CharTokenizer
+from paddle_asr.data.tokenizer import CharTokenizer, load_tokenizer
 from paddle_asr.errors import AsrError
 from paddle_asr.models.registry import build_model_for_training
 from paddle_asr.train.checkpoint import (latest_checkpoint, load_checkpoint, prune_checkpoints, remove_stale_files,
@@ -56,7 +56,7 @@ def seed_everything(seed: int) -> None:
 
 def resolve_config(config: AsrConfig, recipe_dir: Path) -> AsrConfig:
     """Fill the derived fields from the prepared data: vocabulary size and feature dimension."""
-    tokenizer = CharTokenizer.from_file(recipe_dir / config.data.vocab)
+    tokenizer = load_tokenizer(recipe_dir / config.data.vocab, config.data.units)
     return dataclasses.replace(config, vocab_size=tokenizer.vocab_size, input_dim=config.features.num_mel_bins)
 
 
@@ -204,7 +204,7 @@ def run_training(recipe_dir: Path, exp_dir: Path, *, world: World | None = None,
     init_world(world, use_gpu)
     threads = set_threads(tc.num_threads)
     seed_everything(tc.seed)  # the same initial parameters on every rank
-    tokenizer = CharTokenizer.from_file(recipe_dir / config.data.vocab)
+    tokenizer = load_tokenizer(recipe_dir / config.data.vocab, config.data.units)
     model = build_model_for_training(config, recipe_dir)
     n_params = sum(int(np.prod(p.shape)) for p in model.parameters())
     amp = tc.amp != "off"

@@ -95,13 +95,23 @@ def list_split(root: Path, split: str, texts: dict[str, str], sample_rate: int) 
     return kept, dropped
 
 
-def read_splits(root: Path, sample_rate: int) -> dict[str, tuple[list[Utterance], list[tuple[str, str]]]]:
+def locate(corpus_dir: Path, log=print) -> Path:
+    """The unpacked corpus root (`data_aishell`), unpacking what is still packed."""
+    root = find_root(corpus_dir)
+    extract_speaker_archives(root, log)
+    return root
+
+
+def read_splits(root: Path, sample_rate: int, sets: dict[str, list[str]] | None = None
+                ) -> dict[str, tuple[list[Utterance], list[tuple[str, str]]]]:
     """Kept utterances and (id, reason) of dropped ones, per split, of an unpacked corpus."""
+    if sets:
+        raise AsrError(f"AISHELL-1 has fixed splits ({', '.join(SPLITS)}); --sets {sets} applies to LibriSpeech only")
     texts = read_transcripts(root / TRANSCRIPT)
     return {split: list_split(root, split, texts, sample_rate) for split in SPLITS}
 
 
-def fingerprint_inputs(root: Path) -> list:
+def fingerprint_inputs(root: Path, sets: dict[str, list[str]] | None = None) -> list:
     """What identifies the unpacked corpus cheaply: archives, wav count and the transcript file."""
     archives = [(p.name, p.stat().st_size) for p in sorted((root / "wav").glob("*.tar.gz"))]
     wav_count = sum(1 for _ in (root / "wav").glob("*/*/*.wav"))

@@ -4,7 +4,8 @@
 set -euo pipefail
 data_dir=""
 force=false
-__option_names="data_dir force"
+sets=""  # AISHELL-1 has fixed train/dev/test splits
+__option_names="data_dir force sets"
 . "$(dirname "${BASH_SOURCE[0]}")/../../../utils/parse_options.sh"
 if [ -d "$data_dir/data_aishell" ] || [ -f "$data_dir/data_aishell.tgz" ] || [ -d "$data_dir/wav" ]; then
   echo "AISHELL-1 found under $data_dir"

@@ -4,7 +4,8 @@
 set -euo pipefail
 data_dir=corpus
 force=false
-__option_names="data_dir force"
+sets=""  # the Mandarin demo has AISHELL's fixed splits
+__option_names="data_dir force sets"
 . "$(dirname "${BASH_SOURCE[0]}")/../../../utils/parse_options.sh"
 args=(--out_dir "$data_dir")
 [ "$force" = true ] && args+=(--force)
