@@ -11,7 +11,7 @@ from __future__ import annotations
 import tarfile
 from pathlib import Path
 
-from paddle_asr.data.audio import audio_info
+from paddle_asr.data.corpora.checks import usable_utterance
 from paddle_asr.data.manifest import Utterance, read_kaldi_table
 from paddle_asr.errors import AsrError
 
@@ -72,26 +72,11 @@ def list_split(root: Path, split: str, texts: dict[str, str], sample_rate: int) 
     kept: list[Utterance] = []
     dropped: list[tuple[str, str]] = []
     for wav in sorted((root / "wav" / split).glob("*/*.wav")):
-        key = wav.stem
-        if key not in texts:
-            dropped.append((key, "no transcript line"))
-            continue
-        if not texts[key]:
-            dropped.append((key, "empty transcript"))
-            continue
-        try:
-            info = audio_info(wav)
-        except AsrError as e:
-            dropped.append((key, f"unreadable audio: {e}"))
-            continue
-        if info.frames == 0:
-            dropped.append((key, "audio has no samples"))
-        elif info.sample_rate != sample_rate:
-            dropped.append((key, f"sample rate {info.sample_rate} Hz, expected {sample_rate} Hz"))
-        elif info.channels != 1:
-            dropped.append((key, f"{info.channels} channels, expected mono"))
+        utt = usable_utterance(wav.stem, wav, texts, sample_rate)
+        if isinstance(utt, str):
+            dropped.append((wav.stem, utt))
         else:
-            kept.append(Utterance(key, str(wav.resolve()), round(info.duration, 4), texts[key]))
+            kept.append(utt)
     return kept, dropped
 
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from paddle_asr.data.audio import audio_info
 from paddle_asr.data.corpora.aishell import safe_extract
+from paddle_asr.data.corpora.checks import usable_utterance
 from paddle_asr.data.manifest import Utterance
 from paddle_asr.errors import AsrError
 
@@ -106,26 +106,11 @@ def list_subset(root: Path, subset: str, sample_rate: int) -> tuple[list[Utteran
         for key in sorted(set(texts) - set(flacs)):
             dropped.append((key, f"transcript line without audio ({chapter}/{key}.flac is missing)"))
         for key in sorted(flacs):
-            path = flacs[key]
-            if key not in texts:
-                dropped.append((key, "no transcript line"))
-                continue
-            if not texts[key]:
-                dropped.append((key, "empty transcript"))
-                continue
-            try:
-                info = audio_info(path)
-            except AsrError as e:
-                dropped.append((key, f"unreadable audio: {e}"))
-                continue
-            if info.frames == 0:
-                dropped.append((key, "audio has no samples"))
-            elif info.sample_rate != sample_rate:
-                dropped.append((key, f"sample rate {info.sample_rate} Hz, expected {sample_rate} Hz"))
-            elif info.channels != 1:
-                dropped.append((key, f"{info.channels} channels, expected mono"))
+            utt = usable_utterance(key, flacs[key], texts, sample_rate)
+            if isinstance(utt, str):
+                dropped.append((key, utt))
             else:
-                kept.append(Utterance(key, str(path.resolve()), round(info.duration, 4), texts[key]))
+                kept.append(utt)
     return kept, dropped
 
 
