@@ -425,10 +425,10 @@ def cmd_make_demo_corpus(args) -> int:
 
 
 def cmd_make_librispeech_demo(args) -> int:
-    from paddle_asr.data.corpora import librispeech_demo
+    from paddle_asr.data.corpora import english_demo
 
     argv = ["--out_dir", args.out_dir] + (["--force"] if args.force else [])
-    return librispeech_demo.main(argv)
+    return english_demo.main(argv)
 
 
 def cmd_make_long_recording(args) -> int:

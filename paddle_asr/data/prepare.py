@@ -37,7 +37,7 @@ def train_set_name(data_conf: DataConfig) -> str:
     return Path(data_conf.train).parent.name
 
 
-def _write_units(train: list[Utterance], lang_dir: Path, data_conf: DataConfig, log) -> list[str]:
+def _write_units(train: list[Utterance], lang_dir: Path, data_conf: DataConfig, log, shown: Path) -> list[str]:
     texts = [u.text for u in train]
     if data_conf.units == "char":
         return build_char_units(texts)
@@ -51,11 +51,11 @@ def _write_units(train: list[Utterance], lang_dir: Path, data_conf: DataConfig, 
                            "or leave it empty to train one on the training text")
         lang_dir.mkdir(parents=True, exist_ok=True)
         model.write_bytes(given.read_bytes())
-        log(f"stage 0: sentencepiece model {given} -> {model}")
+        log(f"stage 0: sentencepiece model {given} -> {shown / BPE_MODEL}")
     else:
         train_sentencepiece(texts, model, data_conf.bpe_size)
         log(f"stage 0: trained a {data_conf.bpe_size}-piece unigram sentencepiece model on {len(texts)} "
-            f"training transcripts -> {model}")
+            f"training transcripts -> {shown / BPE_MODEL}")
     return build_bpe_units(texts, model)
 
 
@@ -136,7 +136,7 @@ def prepare_data(
             for key, reason in dropped:
                 log(f"stage 0:   left out {key}: {reason}")
         train = splits[train_set][0]
-        units = _write_units(train, tmp / "lang_char", data_conf, log)
+        units = _write_units(train, tmp / "lang_char", data_conf, log, shown=Path(data_dir) / "lang_char")
         write_units(units, tmp / "lang_char" / "vocab.txt")
         kind = "characters" if data_conf.units == "char" else "sentencepiece pieces"
         log(f"stage 0: {len(units)} units ({len(units) - 3} {kind} of {train_set}) -> {data_dir}/lang_char/vocab.txt")

@@ -122,8 +122,9 @@ def train(config: AsrConfig, recipe_dir: Path, exp_dir: Path, *, force: bool = F
 
 
 # ----------------------------------------------------------------------------------- evaluation
-def evaluate_dev(model, batches, tokenizer: CharTokenizer, config: AsrConfig) -> dict[str, float]:
-    """Utterance-weighted dev losses (non-finite batches skipped) and the CER of CTC greedy search."""
+def evaluate_dev(model, batches, tokenizer: CharTokenizer, config: AsrConfig) -> tuple[dict[str, float], str]:
+    """Utterance-weighted dev losses (non-finite batches skipped) and the error rate of CTC greedy
+    search (key "cer"), with the rate's name: CER, or WER for English."""
     from paddle_asr.decode.search import ctc_greedy_search
     from paddle_asr.metrics.score import score
 
@@ -146,8 +147,9 @@ def evaluate_dev(model, batches, tokenizer: CharTokenizer, config: AsrConfig) ->
             count += len(b.keys)
     model.train()
     result = {k: v / count for k, v in totals.items()} if count else {"loss": float("inf")}
-    result["cer"] = score(refs, hyps, verbose=0).overall.rate
-    return result
+    report = score(refs, hyps, verbose=0)
+    result["cer"] = report.overall.rate
+    return result, report.metric
 
 
 # ------------------------------------------------------------------------------------- training
@@ -375,7 +377,7 @@ def run_training(recipe_dir: Path, exp_dir: Path, *, world: World | None = None,
                     scheduler.step()
                 train_loss = epoch_loss / max(epoch_batches, 1)
                 if world.is_main:
-                    dev = evaluate_dev(model, dev_batches, tokenizer, config)
+                    dev, dev_metric = evaluate_dev(model, dev_batches, tokenizer, config)
                     for name, v in dev.items():
                         writer.add_scalar({"loss": "dev/loss", "cer": "dev/cer"}.get(name, f"dev/loss_{name}"), v, epoch)
                     writer.add_scalar("train/epoch_loss", train_loss, epoch)
@@ -387,7 +389,7 @@ def run_training(recipe_dir: Path, exp_dir: Path, *, world: World | None = None,
                     prune_checkpoints(ckpt_dir, tc.keep_checkpoints)
                     dev_detail = " ".join(f"{k} {v:.3f}" for k, v in dev.items() if k not in ("loss", "cer"))
                     say(f"stage 1: epoch {epoch}/{tc.max_epoch} train loss {train_loss:.3f} dev loss {dev['loss']:.3f} "
-                        f"({dev_detail}) dev CER {dev['cer']:.2f} % ({time.time() - t0:.0f} s, {step} updates)")
+                        f"({dev_detail}) dev {dev_metric} {dev['cer']:.2f} % ({time.time() - t0:.0f} s, {step} updates)")
                 barrier(world)
                 epoch, first_batch, epoch_loss, epoch_batches = epoch + 1, 0, 0.0, 0
     finally:

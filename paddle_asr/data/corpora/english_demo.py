@@ -1,0 +1,284 @@
+"""Deterministic synthetic English corpus in LibriSpeech's exact on-disk layout.
+
+The English twin of :mod:`paddle_asr.data.corpora.demo`: it lets the LibriSpeech recipe (FLAC
+chapters, sentencepiece units, WER) run every stage offline on a laptop. Speech is synthesised with
+espeak-ng's English voices (``espeakng-loader`` wheel) through
+:mod:`paddle_asr.data.corpora.espeak_synth`.
+
+Layout written (nothing else, apart from the hidden ``.complete`` marker)::
+
+    <out_dir>/LibriSpeech/<subset>/<SPEAKER>/<CHAPTER>/<SPEAKER>-<CHAPTER>-<UTT>.flac
+    <out_dir>/LibriSpeech/<subset>/<SPEAKER>/<CHAPTER>/<SPEAKER>-<CHAPTER>.trans.txt
+
+with subsets train-clean-100, dev-clean and test-clean, 16 kHz 16-bit mono FLAC, upper-case
+transcripts, and one file per subset without a transcript line (as stage 0 must report).
+
+Text design: sentences come from a small grammar over a few hundred common words, so they read as
+English and a small model can learn them. Words that espeak pronounces alike (to/two/too,
+there/their) would put a floor under WER, so only one word per pronunciation (stress marks
+ignored) is kept. Test and dev speakers use voice variants never heard in training.
+
+Usage: ``python -m paddle_asr.data.corpora.english_demo --out_dir corpus``
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import multiprocessing as mp
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from paddle_asr.data.corpora.espeak_synth import ESpeak, render_utterance
+
+GENERATOR_VERSION = 1
+SUBSETS = ("train-clean-100", "dev-clean", "test-clean")
+_ACCENTS = ["en-US", "en", "en-GB-x-rp", "en-GB-scotland", "en-029", "en-US-nyc", "en-GB-x-gbclan", "en-GB-x-gbcwmd"]
+# Voice variants as the Mandarin demo chose them (demo.py explains the exclusions); test and dev
+# variants are never used in training.
+_TEST_VARIANTS = ["f4", "m6", "klatt4"]
+_DEV_VARIANTS = ["f3", "m4"]
+_TRAIN_VARIANTS = ["m1", "m2", "m3", "m5", "m7", "m8", "f1", "f2", "f5", "klatt3", "klatt5", "adam", "Annie",
+                   "belinda", "edward", "linda", "david", "steph", "Alex", "aunty", "Andy"]
+_FIRST_SPEAKER = {"train-clean-100": 103, "dev-clean": 84, "test-clean": 61}  # real LibriSpeech ids
+_SENT_WORDS = (4, 12)
+
+# A small grammar: each category is a list of common words. Sentences are NP VP (PP) patterns.
+WORDS = {
+    "det": "THE A THIS THAT EVERY EACH ONE SOME HIS HER OUR MY YOUR".split(),
+    "adj": ("OLD YOUNG LITTLE BIG SMALL LONG SHORT GOOD BAD HAPPY SAD DARK BRIGHT COLD WARM QUIET LOUD GREEN "
+            "BLUE RED WHITE BLACK GOLDEN SILVER EMPTY FULL HEAVY SOFT HARD STRANGE FAMOUS ANGRY GENTLE CLEVER "
+            "PROUD TIRED BUSY SIMPLE SECRET DISTANT CAREFUL RICH POOR FRESH").split(),
+    "noun": ("MAN WOMAN CHILD BOY GIRL FRIEND FATHER MOTHER BROTHER SISTER DOCTOR TEACHER FARMER KING QUEEN "
+             "SOLDIER CAPTAIN DOG CAT HORSE BIRD FISH HOUSE GARDEN RIVER MOUNTAIN FOREST CITY VILLAGE ROAD BRIDGE "
+             "SHIP BOAT TRAIN LETTER BOOK STORY SONG WINDOW DOOR TABLE CHAIR CANDLE LAMP BOTTLE BASKET APPLE "
+             "BREAD CHEESE COFFEE MORNING EVENING WINTER SUMMER SPRING STORM CLOUD STONE FIELD ISLAND MARKET "
+             "CHURCH SCHOOL OFFICE KITCHEN PICTURE MIRROR CLOCK KEY COAT HAT SHOE RING PENCIL PAPER MONEY "
+             "PRINCE FOX WOLF BEAR LION TIGER MOUSE RABBIT DRAGON GIANT WIZARD MERCHANT SAILOR PILOT").split(),
+    "name": ("JOHN MARY PETER ANNA THOMAS EMMA GEORGE ALICE HENRY LUCY ROBERT HELEN CHARLES MARTHA "
+             "WILLIAM SARAH JAMES LAURA DAVID RACHEL").split(),
+    "pron": "HE SHE THEY WE I YOU IT NOBODY SOMEBODY EVERYONE".split(),
+    "vt": ("SAW FOUND TOOK GAVE BROUGHT CARRIED OPENED CLOSED PAINTED WATCHED FOLLOWED CALLED HELPED MET "
+           "VISITED CAUGHT BOUGHT SOLD BUILT LOVED HATED FORGOT REMEMBERED KEPT LEFT PUSHED PULLED CLEANED "
+           "DROPPED LIFTED WASHED FIXED LOST WANTED NEEDED ASKED TAUGHT").split(),
+    "vi": ("SLEPT LAUGHED CRIED WAITED SMILED SHOUTED DANCED SANG WALKED RAN SWAM JUMPED ARRIVED STAYED "
+           "WORKED PLAYED LISTENED SPOKE STOPPED STARTED RETURNED VANISHED FELL ROSE").split(),
+    "prep": "IN ON UNDER NEAR BEHIND BESIDE INSIDE ACROSS ALONG AROUND BEYOND WITH FROM TOWARD".split(),
+    "adv": ("SLOWLY QUICKLY QUIETLY SUDDENLY TODAY YESTERDAY TONIGHT AGAIN ALWAYS NEVER OFTEN SOMETIMES "
+            "SOON TOGETHER ALONE HAPPILY CAREFULLY").split(),
+    "and": ["AND", "BUT", "SO", "BECAUSE", "WHILE", "WHEN"],
+    "contr": ["DIDN'T", "COULDN'T", "WOULDN'T"],
+    "vbase": "STAY LISTEN ANSWER MOVE WAKE REST".split(),
+}
+
+
+def _pronunciation(es: ESpeak, word: str) -> str:
+    return re.sub(r"[',\s]", "", es.phonemes(word.lower(), voice="en-US"))
+
+
+@functools.lru_cache(maxsize=1)
+def design_words() -> dict[str, list[str]]:
+    """The grammar's words with homophones removed: one word per pronunciation, first listed wins."""
+    es = ESpeak.get()
+    seen: set[str] = set()
+    out: dict[str, list[str]] = {}
+    for category, words in WORDS.items():
+        kept = []
+        for word in words:
+            ph = _pronunciation(es, word)
+            if ph and ph not in seen:
+                seen.add(ph)
+                kept.append(word)
+        out[category] = kept
+    return out
+
+
+def _noun_phrase(words: dict[str, list[str]], rng: np.random.Generator) -> list[str]:
+    r = rng.random()
+    if r < 0.15:
+        return [str(rng.choice(words["name"]))]
+    if r < 0.25:
+        return [str(rng.choice(words["pron"]))]
+    phrase = [str(rng.choice(words["det"]))]
+    if rng.random() < 0.5:
+        phrase.append(str(rng.choice(words["adj"])))
+    return phrase + [str(rng.choice(words["noun"]))]
+
+
+def _object_phrase(words: dict[str, list[str]], rng: np.random.Generator) -> list[str]:
+    phrase = _noun_phrase(words, rng)
+    return phrase if phrase[0] not in words["pron"] else [str(rng.choice(words["det"])), str(rng.choice(words["noun"]))]
+
+
+def _clause(words: dict[str, list[str]], rng: np.random.Generator) -> list[str]:
+    clause = _noun_phrase(words, rng)
+    r = rng.random()
+    if r < 0.1:
+        clause += [str(rng.choice(words["contr"])), str(rng.choice(words["vbase"]))]
+    elif r < 0.55:
+        clause += [str(rng.choice(words["vt"]))] + _object_phrase(words, rng)
+    elif r < 0.85:
+        clause.append(str(rng.choice(words["vi"])))
+    else:
+        clause += ["WAS", str(rng.choice(words["adj"]))]
+    if rng.random() < 0.45:
+        clause += [str(rng.choice(words["prep"]))] + _object_phrase(words, rng)
+    if rng.random() < 0.3:
+        clause.append(str(rng.choice(words["adv"])))
+    return clause
+
+
+def make_sentences(n: int, rng: np.random.Generator) -> list[str]:
+    """``n`` distinct sentences of 4-12 words from the grammar."""
+    words = design_words()
+    out: list[str] = []
+    seen: set[str] = set()
+    attempts = 0
+    while len(out) < n:
+        attempts += 1
+        if attempts > 50 * n + 100:
+            raise RuntimeError("could not build enough distinct sentences")
+        sent = _clause(words, rng)
+        if len(sent) < 7 and rng.random() < 0.5:
+            sent += [str(rng.choice(words["and"]))] + _clause(words, rng)
+        text = " ".join(sent)
+        if not _SENT_WORDS[0] <= len(sent) <= _SENT_WORDS[1] or text in seen:
+            continue
+        seen.add(text)
+        out.append(text)
+    return out
+
+
+def _synth_speaker(job: dict) -> dict[str, float]:
+    """Synthesise one speaker's chapters as FLAC (in a fresh process: see demo._synth_speaker)."""
+    import soundfile as sf
+
+    es = ESpeak.get()
+    durations: dict[str, float] = {}
+    for utt in job["utts"]:
+        samples = es.synthesize(utt["text"].lower(), job["voice"], rate=utt["rate"], pitch=utt["pitch"],
+                                pitch_range=utt["range"], seed=utt["seed"])
+        audio = render_utterance(samples, np.random.default_rng(utt["seed"]))
+        path = Path(job["folder"]) / utt["chapter"] / f"{utt['id']}.flac"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(path, audio, 16000, format="FLAC", subtype="PCM_16")
+        durations[utt["id"]] = audio.size / 16000
+    return durations
+
+
+def generate_english_demo(out_dir: Path, *, seed: int = 20261122, num_train_speakers: int = 14,
+                          num_dev_speakers: int = 2, num_test_speakers: int = 3, utts_per_speaker: int = 110,
+                          force: bool = False, log: Callable[[str], None] = print, num_workers: int = 2) -> dict:
+    """Generate (or reuse) the corpus under ``out_dir/LibriSpeech``; return a summary."""
+    out_dir = Path(out_dir)
+    root = out_dir / "LibriSpeech"
+    marker = root / ".complete"
+    counts = {"train-clean-100": num_train_speakers, "dev-clean": num_dev_speakers, "test-clean": num_test_speakers}
+    if min(counts.values()) < 1 or utts_per_speaker < 2:
+        raise ValueError("need >= 1 speaker per subset and >= 2 utterances per speaker")
+    variants = {"train-clean-100": _TRAIN_VARIANTS, "dev-clean": _DEV_VARIANTS, "test-clean": _TEST_VARIANTS}
+    params = {"generator_version": GENERATOR_VERSION, "seed": seed, "speakers": counts, "utts_per_speaker": utts_per_speaker}
+    if marker.is_file() and not force:
+        info = json.loads(marker.read_text(encoding="utf-8"))
+        if info.get("params") == params:
+            log(f"[english demo] {root} is complete with the same parameters; skipping generation "
+                "(use --force to regenerate)")
+            return {**info["summary"], "path": str(root), "reused": True}
+        log(f"[english demo] {root} exists with different parameters; regenerating")
+
+    start = time.time()
+    rng = np.random.default_rng(seed)
+    sentences = iter(make_sentences(sum(counts.values()) * utts_per_speaker, rng))
+    tmp = out_dir / f".LibriSpeech.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    jobs, transcripts, untranscribed, voices = [], {}, [], {}
+    for subset in SUBSETS:
+        subset_ids = []
+        for k in range(counts[subset]):
+            speaker = _FIRST_SPEAKER[subset] + 17 * k
+            # Speaker = accent x voice variant + its own base pitch, range and rate; the variant
+            # pools of the subsets are disjoint, so test voices are unheard in training.
+            voice = f"{_ACCENTS[(k * 3 + len(subset)) % len(_ACCENTS)]}+{variants[subset][k % len(variants[subset])]}"
+            voices[str(speaker)] = voice
+            base_pitch, base_range, base_rate = rng.uniform(35, 65), rng.uniform(35, 75), rng.uniform(150, 185)
+            chapters = [str(1000 + 37 * speaker + c) for c in range(1 if utts_per_speaker < 20 else 2)]
+            utts = []
+            per_chapter = {c: 0 for c in chapters}
+            for u in range(utts_per_speaker):
+                chapter = chapters[u * len(chapters) // utts_per_speaker]
+                uid = f"{speaker}-{chapter}-{per_chapter[chapter]:04d}"
+                per_chapter[chapter] += 1
+                text = next(sentences)
+                transcripts[uid] = (subset, str(speaker), chapter, text)
+                utts.append({"id": uid, "chapter": chapter, "text": text,
+                             "rate": int(round(base_rate * rng.uniform(0.88, 1.12))),
+                             "pitch": int(np.clip(round(base_pitch + rng.uniform(-10, 10)), 0, 100)),
+                             "range": int(np.clip(round(base_range + rng.uniform(-10, 10)), 0, 100)),
+                             "seed": int(rng.integers(1, 2**31 - 1))})
+                subset_ids.append(uid)
+            jobs.append({"voice": voice, "utts": utts, "folder": str(tmp / subset / str(speaker))})
+        # Like the Mandarin demo: one file per subset has no transcript line, on purpose.
+        untranscribed.append(subset_ids[int(rng.integers(len(subset_ids)))])
+
+    try:
+        ctx = mp.get_context("spawn")  # fresh interpreter per speaker: espeak keeps hidden state
+        durations: dict[str, float] = {}
+        with ctx.Pool(max(1, min(num_workers, len(jobs))), maxtasksperchild=1) as pool:
+            for k, d in enumerate(pool.imap_unordered(_synth_speaker, jobs, chunksize=1), 1):
+                durations.update(d)
+                if k % 5 == 0 or k == len(jobs):
+                    log(f"[english demo] synthesised {k}/{len(jobs)} speakers ({time.time() - start:.0f}s)")
+        chapters: dict[tuple[str, str, str], list[str]] = {}
+        for uid, (subset, speaker, chapter, text) in sorted(transcripts.items()):
+            if uid not in untranscribed:
+                chapters.setdefault((subset, speaker, chapter), []).append(f"{uid} {text}\n")
+        for (subset, speaker, chapter), lines in chapters.items():
+            (tmp / subset / speaker / chapter / f"{speaker}-{chapter}.trans.txt").write_text("".join(lines), encoding="utf-8")
+        words = design_words()
+        summary = {
+            "path": str(root),
+            "speakers": dict(counts),
+            "utterances": {s: counts[s] * utts_per_speaker for s in SUBSETS},
+            "speaker_voices": voices,
+            "total_seconds": round(sum(durations.values()), 2),
+            "vocabulary_words": sum(len(v) for v in words.values()),
+            "untranscribed_ids": sorted(untranscribed),
+            "generation_seconds": round(time.time() - start, 1),
+        }
+        (tmp / ".complete").write_text(json.dumps({"params": params, "summary": summary}, indent=1), encoding="utf-8")
+        old = out_dir / f".LibriSpeech.old-{os.getpid()}"
+        if root.exists():
+            root.rename(old)
+        tmp.rename(root)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log(f"[english demo] wrote {root}: {summary['utterances']} utterances, {summary['total_seconds'] / 3600:.2f} h, "
+        f"{summary['vocabulary_words']} words, in {summary['generation_seconds']}s")
+    return {**summary, "reused": False}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out_dir", type=Path, required=True)
+    parser.add_argument("--seed", type=int, default=20261122)
+    parser.add_argument("--utts_per_speaker", type=int, default=110)
+    parser.add_argument("--num_workers", type=int, default=2)
+    parser.add_argument("--force", action="store_true", help="regenerate even if complete")
+    args = parser.parse_args(argv)
+    summary = generate_english_demo(args.out_dir, seed=args.seed, utts_per_speaker=args.utts_per_speaker,
+                                    force=args.force, num_workers=args.num_workers)
+    print(f"[english demo] voices: {', '.join(f'{s}={v}' for s, v in sorted(summary['speaker_voices'].items()))}")
+    print(f"[english demo] no transcript on purpose for {', '.join(summary['untranscribed_ids'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
