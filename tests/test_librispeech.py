@@ -26,10 +26,10 @@ from paddle_asr.data.prepare import prepare_cmvn, prepare_data
 from paddle_asr.data.tokenizer import BLANK, BPE_MODEL, EOS, UNK, BpeTokenizer, build_bpe_units, load_tokenizer
 from paddle_asr.errors import AsrError
 from paddle_asr.lm.build import build_lm
+from tests.conftest import real_fixture
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real"
-REAL_WAV = SHARED / "librispeech-1995-1837-0001.wav"
-REAL_BPE = SHARED / "librispeech.train_960_unigram5000.bpemodel"
+REAL_WAV = real_fixture("librispeech-1995-1837-0001.wav")
+REAL_BPE = real_fixture("librispeech.train_960_unigram5000.bpemodel")
 REAL_TEXT = ("IT WAS THE FIRST GREAT SORROW OF HIS LIFE IT WAS NOT SO MUCH THE LOSS OF THE COTTON ITSELF "
              "BUT THE FANTASY THE HOPES THE DREAMS BUILT AROUND IT")
 SENTENCES = ["THE COTTON WAS LOST", "HIS LIFE WAS NOT SO GREAT", "IT WAS THE FIRST SORROW", "THE HOPES OF HIS DREAMS",
