@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import multiprocessing as mp
-import os
 import re
 import shutil
 import time
@@ -37,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from paddle_asr.data.corpora.espeak_synth import ESpeak, render_utterance
+from paddle_asr.data.corpora.generated import partial_dir, publish, reuse_complete
 
 GENERATOR_VERSION = 1
 SUBSETS = ("train-clean-100", "dev-clean", "test-clean")
@@ -179,25 +178,19 @@ def generate_english_demo(out_dir: Path, *, seed: int = 20261122, num_train_spea
     """Generate (or reuse) the corpus under ``out_dir/LibriSpeech``; return a summary."""
     out_dir = Path(out_dir)
     root = out_dir / "LibriSpeech"
-    marker = root / ".complete"
     counts = {"train-clean-100": num_train_speakers, "dev-clean": num_dev_speakers, "test-clean": num_test_speakers}
     if min(counts.values()) < 1 or utts_per_speaker < 2:
         raise ValueError("need >= 1 speaker per subset and >= 2 utterances per speaker")
     variants = {"train-clean-100": _TRAIN_VARIANTS, "dev-clean": _DEV_VARIANTS, "test-clean": _TEST_VARIANTS}
     params = {"generator_version": GENERATOR_VERSION, "seed": seed, "speakers": counts, "utts_per_speaker": utts_per_speaker}
-    if marker.is_file() and not force:
-        info = json.loads(marker.read_text(encoding="utf-8"))
-        if info.get("params") == params:
-            log(f"[english demo] {root} is complete with the same parameters; skipping generation "
-                "(use --force to regenerate)")
-            return {**info["summary"], "path": str(root), "reused": True}
-        log(f"[english demo] {root} exists with different parameters; regenerating")
+    reused = reuse_complete(root, params, force, log, "english demo")
+    if reused is not None:
+        return reused
 
     start = time.time()
     rng = np.random.default_rng(seed)
     sentences = iter(make_sentences(sum(counts.values()) * utts_per_speaker, rng))
-    tmp = out_dir / f".LibriSpeech.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = partial_dir(root)
     jobs, transcripts, untranscribed, voices = [], {}, [], {}
     for subset in SUBSETS:
         subset_ids = []
@@ -252,12 +245,7 @@ def generate_english_demo(out_dir: Path, *, seed: int = 20261122, num_train_spea
             "untranscribed_ids": sorted(untranscribed),
             "generation_seconds": round(time.time() - start, 1),
         }
-        (tmp / ".complete").write_text(json.dumps({"params": params, "summary": summary}, indent=1), encoding="utf-8")
-        old = out_dir / f".LibriSpeech.old-{os.getpid()}"
-        if root.exists():
-            root.rename(old)
-        tmp.rename(root)
-        shutil.rmtree(old, ignore_errors=True)
+        publish(tmp, root, params, summary)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log(f"[english demo] wrote {root}: {summary['utterances']} utterances, {summary['total_seconds'] / 3600:.2f} h, "
