@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from paddle_asr.data.corpora.english_demo import SUBSETS, _pronunciation, design_words, generate_english_demo
+from paddle_asr.data.corpora.english_demo import _ACCENTS, SUBSETS, _pronunciation, design_words, generate_english_demo
 from paddle_asr.data.corpora.espeak_synth import ESpeak
 
 FLAC = re.compile(r"^(?P<subset>[a-z0-9-]+)/(?P<spk>\d+)/(?P<chap>\d+)/(?P=spk)-(?P=chap)-\d{4}\.flac$")
@@ -90,6 +90,10 @@ def test_no_two_words_sound_alike_and_voices_are_unseen():
     es = ESpeak.get()
     sounds = [_pronunciation(es, w) for w in words]
     assert len(set(sounds)) == len(sounds)
+    # Nor in any of the accents the corpus speaks (the West Midlands voice drops h: HAT would be AT).
+    for accent in _ACCENTS:
+        spoken = [re.sub(r"[',\s]", "", es.phonemes(w.lower(), voice=accent)) for w in words]
+        assert len(set(spoken)) == len(spoken), accent
     # The pronunciation ignores stress only: to/two/too would collide, so the check is real.
     assert _pronunciation(es, "to") == _pronunciation(es, "two")
 
