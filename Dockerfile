@@ -12,7 +12,6 @@ RUN grep -v '^paddlepaddle==' requirements.txt > /tmp/requirements-gpu.txt \
 COPY paddle_asr ./paddle_asr
 RUN python -m pip install --no-cache-dir --no-deps -e .
 COPY run.sh ./
-COPY conf ./conf
 COPY local ./local
 COPY utils ./utils
 COPY recipes ./recipes
