@@ -77,11 +77,15 @@ class CharTokenizer:
     def unk_id(self) -> int:
         return 1
 
+    def pieces(self, text: str) -> list[str]:
+        """The unit strings `text` is written in: its characters, a space as `<space>`."""
+        return [SPACE if c == " " else c for c in text]
+
     def encode(self, text: str) -> tuple[list[int], int]:
-        """Token ids of `text` and how many characters were outside the units (mapped to <unk>)."""
+        """Token ids of `text` and how many of its pieces were outside the units (mapped to <unk>)."""
         ids, unknown = [], 0
-        for c in text:
-            i = self.index.get(SPACE if c == " " else c)
+        for piece in self.pieces(text):
+            i = self.index.get(piece)
             if i is None:
                 i, unknown = self.unk_id, unknown + 1
             ids.append(i)
@@ -154,16 +158,6 @@ class BpeTokenizer(CharTokenizer):
 
     def pieces(self, text: str) -> list[str]:
         return self.sp.encode(text, out_type=str)
-
-    def encode(self, text: str) -> tuple[list[int], int]:
-        """Ids of the pieces of `text`, and how many pieces were outside the units (mapped to <unk>)."""
-        ids, unknown = [], 0
-        for piece in self.pieces(text):
-            i = self.index.get(piece)
-            if i is None:
-                i, unknown = self.unk_id, unknown + 1
-            ids.append(i)
-        return ids, unknown
 
     def decode(self, ids: Iterable[int]) -> str:
         pieces = [self.units[int(i)] for i in ids]

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import multiprocessing as mp
 import re
 import shutil
 import time
@@ -35,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from paddle_asr.data.corpora.espeak_synth import ESpeak, render_utterance
-from paddle_asr.data.corpora.generated import partial_dir, publish, reuse_complete
+from paddle_asr.data.corpora.generated import partial_dir, publish, reuse_complete, synthesise_speakers
 
 GENERATOR_VERSION = 1
 SUBSETS = ("train-clean-100", "dev-clean", "test-clean")
@@ -221,13 +220,7 @@ def generate_english_demo(out_dir: Path, *, seed: int = 20261122, num_train_spea
         untranscribed.append(subset_ids[int(rng.integers(len(subset_ids)))])
 
     try:
-        ctx = mp.get_context("spawn")  # fresh interpreter per speaker: espeak keeps hidden state
-        durations: dict[str, float] = {}
-        with ctx.Pool(max(1, min(num_workers, len(jobs))), maxtasksperchild=1) as pool:
-            for k, d in enumerate(pool.imap_unordered(_synth_speaker, jobs, chunksize=1), 1):
-                durations.update(d)
-                if k % 5 == 0 or k == len(jobs):
-                    log(f"[english demo] synthesised {k}/{len(jobs)} speakers ({time.time() - start:.0f}s)")
+        durations = synthesise_speakers(_synth_speaker, jobs, num_workers, log, "english demo", start)
         chapters: dict[tuple[str, str, str], list[str]] = {}
         for uid, (subset, speaker, chapter, text) in sorted(transcripts.items()):
             if uid not in untranscribed:

@@ -1,4 +1,4 @@
-"""Reuse and publication of a generated corpus (the demos' stage -1).
+"""Synthesis, reuse and publication of a generated corpus (the demos' stage -1).
 
 A corpus is built in a temporary sibling folder and renamed into place with its `.complete` marker,
 which records the generation parameters; a later run with the same parameters reuses it, any other
@@ -46,3 +46,24 @@ def publish(tmp: Path, root: Path, params: dict, summary: dict) -> None:
         Path(root).rename(old)
     Path(tmp).rename(root)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def synthesise_speakers(worker: Callable[[dict], dict[str, float]], jobs: list[dict], num_workers: int,
+                        log: Callable[[str], None], tag: str, start: float) -> dict[str, float]:
+    """Run `worker` (a module-level function) on each speaker's job, each in a fresh spawned process,
+    and merge the {utterance id: seconds} it returns.
+
+    libespeak-ng keeps hidden state from one utterance to the next (espeak_synth explains), so the
+    audio is reproducible only when each speaker is rendered in a process that synthesised nothing
+    before: `spawn` and one task per child.
+    """
+    import multiprocessing as mp
+    import time
+
+    durations: dict[str, float] = {}
+    with mp.get_context("spawn").Pool(max(1, min(num_workers, len(jobs))), maxtasksperchild=1) as pool:
+        for k, d in enumerate(pool.imap_unordered(worker, jobs, chunksize=1), 1):
+            durations.update(d)
+            if k % 5 == 0 or k == len(jobs):
+                log(f"[{tag}] synthesised {k}/{len(jobs)} speakers ({time.time() - start:.0f}s)")
+    return durations
