@@ -6,15 +6,17 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 recipe=demo
+recipes() { local d; for d in "$root"/recipes/*/; do d="${d%/}"; printf '%s ' "${d##*/}"; done; }
 if [ "${1:-}" = "--recipe" ]; then
-  [ "$#" -ge 2 ] || { echo "run.sh: --recipe needs a name (one of: $(ls "$root/recipes" | tr '\n' ' '))" >&2; exit 1; }
+  [ "$#" -ge 2 ] || { echo "run.sh: --recipe needs a name (one of: $(recipes))" >&2; exit 1; }
   recipe="$2"; shift 2
 elif [[ "${1:-}" == --recipe=* ]]; then
   recipe="${1#--recipe=}"; shift
 fi
 if [ ! -f "$root/recipes/$recipe/run.sh" ]; then
-  echo "run.sh: no recipe '$recipe'; available: $(ls "$root/recipes" | tr '\n' ' ')" >&2
+  echo "run.sh: no recipe '$recipe'; available: $(recipes)" >&2
   exit 1
 fi
+# shellcheck source=utils/setup_env.sh
 . "$root/utils/setup_env.sh"
 exec bash "$root/recipes/$recipe/run.sh" "$@"

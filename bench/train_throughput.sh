@@ -5,6 +5,7 @@
 #   bash bench/train_throughput.sh [epochs]
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=../utils/setup_env.sh
 . "$root/utils/setup_env.sh"
 epochs="${1:-1}"
 cd "$root/recipes/demo"

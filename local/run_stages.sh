@@ -15,11 +15,13 @@
 #   stage  5  test export same hypotheses as stage 3, every method   -> exp/<name>/<test set>_export_fp32[_chunkN]_<method>/
 #   stage  6  int8       PaddleSlim PTQ of the encoder on training   -> exp/<name>/export/int8/,
 #                        data, then every method                        <test set>_export_int8[_chunkN]_<method>/
+#                        (--trt fp16,int8: stages 5/6 also through TensorRT on a GPU -> ..._trt_fp16/_trt_int8_...)
 #   stage  7  transcribe paddle-asr transcribe (attention rescoring, or CTC prefix beam for CTC-only models) on a few test files with the INT8 and FP32 models, and on
 #                        a long recording of test utterances (VAD segments, JSON) -> exp/<name>/long_recording/
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=../utils/log.sh
 . "$root/utils/log.sh"
 
 # Options (each can be given as --name value).
@@ -31,7 +33,7 @@ exp_name=""             # default: the config file name without .yaml
 model=""                # shorthand: --model deepspeech2 uses conf/deepspeech2.yaml, conf/deepspeech2_decode.yaml (and _chunk_decode.yaml)
 sets=""                 # stage 0: data sets as corpus subsets (LibriSpeech), e.g. "dev=dev-clean,dev-other test_clean=test-clean"
 train_set=train         # the data set training uses (data/<train_set>; must match the config's data.train)
-test_sets=test          # space-separated data sets stages 3, 5 and 6 decode and score
+test_sets="test"        # space-separated data sets stages 3, 5 and 6 decode and score
 lm_order=5              # stage 0 builds data/lm/char_<N>gram.arpa for LM beam search (0: no LM)
 stage=0
 nproc=1                 # stage 1: data-parallel CPU processes
@@ -43,17 +45,26 @@ num_calib=64            # training utterances used to calibrate INT8
 int8_functions=encoder  # exported programs stage 6 quantizes: encoder and/or decoder (comma-separated)
 batch_size=0            # decoding batch size (stages 3, 5, 6); 0: the decode config's
 threads=2               # CPU threads of Paddle Inference
+trt=""                  # stages 5/6 also on GPU through TensorRT: fp16 (FP32 export), int8 (INT8 bundle), or fp16,int8
+trt_gpu=0               # the GPU TensorRT runs on
 num_transcribe=3        # test files transcribed by stage 7
 long_seconds=60         # length of the long recording stage 7 assembles from test utterances and transcribes
 force=false             # rebuild a stage's outputs even when they are complete
-__option_names="corpus data_dir config decode_configs exp_name model sets train_set test_sets lm_order stage stop_stage nproc gpus ips nj num_calib int8_functions batch_size threads num_transcribe long_seconds force"
+__option_names="corpus data_dir config decode_configs exp_name model sets train_set test_sets lm_order stage stop_stage nproc gpus ips nj num_calib int8_functions batch_size threads trt trt_gpu num_transcribe long_seconds force"
+# shellcheck source=../utils/parse_options.sh
 . "$root/utils/parse_options.sh"
 if [ "$#" -gt 0 ]; then echo "$0: unexpected argument '$1' (options are --name value)" >&2; exit 1; fi
 
+# shellcheck source=../utils/setup_env.sh
 . "$root/utils/setup_env.sh"
 if [ -n "$model" ]; then
   config="conf/$model.yaml"
-  [ -f "$config" ] || { echo "$0: --model $model: no $config in $(pwd); models here: $(ls conf | grep -v decode | sed 's/.yaml//' | tr '\n' ' ')" >&2; exit 1; }
+  if [ ! -f "$config" ]; then
+    models=""
+    for f in conf/*.yaml; do [[ "$f" == *decode* ]] || models+="$(basename "$f" .yaml) "; done
+    echo "$0: --model $model: no $config in $(pwd); models here: $models" >&2
+    exit 1
+  fi
   if [ -f "conf/${model}_decode.yaml" ]; then decode_configs="conf/${model}_decode.yaml"; fi
   if [ -f "conf/${model}_chunk_decode.yaml" ]; then decode_configs="$decode_configs conf/${model}_chunk_decode.yaml"; fi
 fi
@@ -61,9 +72,34 @@ fi
 exp="exp/$exp_name"
 force_flag=()
 [ "$force" = true ] && force_flag=(--force)
+IFS=, read -r -a trt_list <<< "$trt"
+for precision in "${trt_list[@]}"; do
+  case "$precision" in fp16|int8) ;; *) echo "$0: --trt $trt: use fp16, int8 or fp16,int8" >&2; exit 1 ;; esac
+done
 if [ -z "$data_dir" ]; then echo "$0: --data_dir is required (where the corpus is)" >&2; exit 1; fi
 
 run_stage() { [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ]; }
+
+# Stages 5/6 with --trt: the same test sets through Paddle Inference + TensorRT on a GPU, after
+# the CPU run. Where this Paddle has no TensorRT (a CPU build), that is reported and skipped.
+tensorrt_eval() {  # precision bundle out_prefix
+  local precision="$1" bundle="$2" out_prefix="$3"
+  [[ ",$trt," == *",$precision,"* ]] || return 0
+  local why status=0
+  why="$(paddle-asr devices --require tensorrt 2>&1 > /dev/null)" || status=$?
+  if [ "$status" -ne 0 ]; then
+    # Only the error line: Paddle may print warnings of its own on stderr at import.
+    log "TensorRT ${precision^^} evaluation skipped: $(grep '^error: ' <<< "$why" | sed 's/^error: //')"
+    return 0
+  fi
+  for test_set in "${test_list[@]}"; do
+    for decode_config in "${decode_list[@]}"; do
+      paddle-asr test-export --model "$bundle" --data "data/$test_set/data.list" --decode_config "$decode_config" \
+        --out_prefix "$exp/${test_set}_${out_prefix}" --batch_size "$batch_size" --device "gpu:$trt_gpu" \
+        --trt "$precision" "${force_flag[@]}"
+    done
+  done
+}
 
 log "recipe $(pwd), corpus $corpus at $data_dir, config $config, experiment $exp, stages $stage..$stop_stage"
 
@@ -124,6 +160,7 @@ if run_stage 5; then
         --threads "$threads" "${force_flag[@]}"
     done
   done
+  tensorrt_eval fp16 "$exp/export/fp32" export_fp32_trt_fp16
 fi
 
 if run_stage 6; then
@@ -136,6 +173,7 @@ if run_stage 6; then
         --out_prefix "$exp/${test_set}_export_int8" --batch_size "$batch_size" --threads "$threads" "${force_flag[@]}"
     done
   done
+  tensorrt_eval int8 "$exp/export/int8" export_int8_trt_int8
 fi
 
 if run_stage 7; then

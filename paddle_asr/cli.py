@@ -109,6 +109,12 @@ def cmd_train(args) -> int:
     if args.worker:  # started by paddle.distributed.launch: the parent prepared exp_dir
         run_training(Path.cwd(), exp_dir, use_gpu=bool(args.gpus), log=log)
         return 0
+    if args.gpus:  # before any process starts: a CPU build of Paddle cannot train on GPUs
+        from paddle_asr.devices import require
+
+        require("cuda", f"--gpus {args.gpus} (training on GPUs; --nproc N trains with CPU processes)")
+        if "," in args.gpus or args.ips:
+            require("nccl", "data-parallel training on several GPUs")
     if prepare_run(load_config(Path(args.config)), Path.cwd(), exp_dir, force=args.force, log=log) is None:
         return 0
     if args.nproc <= 1 and not args.gpus and not args.ips:
@@ -245,17 +251,22 @@ def cmd_test_export(args) -> int:
     from paddle_asr.export.bundle import bundle_bytes, read_bundle
 
     model_dir = Path(args.model)
+    gpu = _gpu_inference(args)
     meta, features, tokenizer = read_bundle(model_dir)
     int8 = meta.get("precision") == "int8"
+    if gpu and gpu.tensorrt and gpu.tensorrt != ("int8" if int8 else "fp16"):
+        raise AsrError(f"--trt {args.trt} does not fit {args.model}: TensorRT FP16 takes the FP32 export (stage 4), "
+                       "TensorRT INT8 takes the PaddleSlim INT8 bundle (stage 6), whose scales it reads")
     decode_conf = _decode_config(args)
-    label = f"stage {'6' if int8 else '5'} (exported {'INT8' if int8 else 'FP32'})"
-    extra = {"model": f"inference-{meta.get('precision')}", "model_bytes": bundle_bytes(model_dir), "threads": args.threads,
-             "decode_config": args.decode_config}
+    engine = f", TensorRT {args.trt.upper()} on GPU {gpu.device_id}" if gpu and gpu.tensorrt else (", GPU" if gpu else "")
+    label = f"stage {'6' if int8 else '5'} (exported {'INT8' if int8 else 'FP32'}{engine})"
+    extra = {"model": f"inference-{meta.get('precision')}" + (f"-tensorrt-{args.trt}" if args.trt else "-gpu" if gpu else ""),
+             "model_bytes": bundle_bytes(model_dir), "threads": args.threads, "decode_config": args.decode_config}
 
     def backend():
         from paddle_asr.export.runtime import ExportedBackend
 
-        return ExportedBackend(model_dir, meta, num_threads=args.threads)
+        return ExportedBackend(model_dir, meta, num_threads=args.threads, gpu=gpu)
 
     prefix = _evaluate_stage(args, label, backend, decode_conf, features, tokenizer,
                              [model_dir / ".done", Path(args.data)], extra, Path(args.out_prefix))
@@ -263,6 +274,21 @@ def cmd_test_export(args) -> int:
         theirs = Path(args.compare_prefix)
         return _compare_with(prefix, theirs.parent / mode_prefix(theirs.name, decode_conf), decode_conf.methods)
     return 0
+
+
+def _gpu_inference(args):
+    """`--device`/`--trt` as GpuInference (None: CPU), refused up front when this Paddle cannot."""
+    from paddle_asr.export.inference import GpuInference, require_gpu_inference
+
+    if args.device == "cpu" and not args.trt:
+        return None
+    if args.device == "cpu":
+        raise AsrError(f"--trt {args.trt} runs on a GPU: add --device gpu (or gpu:N)")
+    if args.device != "gpu" and not (args.device.startswith("gpu:") and args.device[4:].isdigit()):
+        raise AsrError(f"--device {args.device}: use cpu, gpu or gpu:N")
+    gpu = GpuInference(int(args.device[4:] or 0) if ":" in args.device else 0, args.trt)
+    require_gpu_inference(gpu)
+    return gpu
 
 
 def _fp32_layers(option: str, model: str) -> tuple[str, ...]:
@@ -463,6 +489,27 @@ def score_main(argv: list[str]) -> int:
     return score.main(argv)
 
 
+def cmd_devices(args) -> int:
+    from paddle_asr.devices import accelerator_features, format_report
+
+    features = accelerator_features()
+    print(format_report(features), flush=True)
+    unknown = [name for name in args.require if name not in {f.name for f in features}]
+    if unknown:
+        raise AsrError(f"--require {','.join(unknown)}: features are {', '.join(f.name for f in features)}")
+    missing = [f"{f.name} ({f.detail})" for f in features if f.name in args.require and not f.available]
+    if missing:
+        print(f"error: unavailable here: {'; '.join(missing)}", file=sys.stderr, flush=True)
+        return 3
+    return 0
+
+
+def cmd_dashboard(args) -> int:
+    from paddle_asr.dashboard import serve_dashboard
+
+    return serve_dashboard(Path(args.logdir), host=args.host, port=args.port)
+
+
 def cmd_score(args) -> int:
     return score_main(args.rest)
 
@@ -543,6 +590,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--compare_prefix", default="", help="stage-3 prefix whose hypotheses must be reproduced exactly")
     sp.add_argument("--batch_size", type=int, default=0)
     sp.add_argument("--threads", type=int, default=2)
+    sp.add_argument("--device", default="cpu", help="cpu (oneDNN), gpu or gpu:N (Paddle Inference on CUDA)")
+    sp.add_argument("--trt", default="", choices=["", "fp16", "int8"],
+                    help="with --device gpu: TensorRT FP16 (FP32 export) or INT8 (the PaddleSlim INT8 bundle)")
     sp.add_argument("--force", action="store_true")
 
     sp = add("quantize", cmd_quantize, "stage 6: PaddleSlim post-training INT8 quantization of the encoder")
@@ -612,6 +662,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dev", default="", help="held-out transcripts (same formats): report perplexity vs a unigram")
     sp.add_argument("--keep_spaces", action="store_true", help="word breaks become the <space> unit instead of vanishing")
     sp.add_argument("--force", action="store_true")
+
+    sp = add("devices", cmd_devices, "what this Paddle can do on GPUs: CUDA, cuDNN, NCCL, AMP, TensorRT")
+    sp.add_argument("--require", default="", type=lambda v: [x for x in v.split(",") if x],
+                    help="comma-separated features that must be available (exit status 3 otherwise)")
+
+    sp = add("dashboard", cmd_dashboard, "serve VisualDL on the training logs under a folder (default 127.0.0.1:8040)")
+    sp.add_argument("--logdir", default="exp", help="folder holding the runs' visualdl/ logs, e.g. exp")
+    sp.add_argument("--host", default="127.0.0.1",
+                    help="address to bind; 127.0.0.1 keeps the dashboard on this machine (0.0.0.0 opens it to the network)")
+    sp.add_argument("--port", type=int, default=8040)
 
     sp = add("score", cmd_score, "compute-wer compatible scoring: paddle-asr score --ref REF --hyp HYP [--char 1] [--v 1]")
     sp.add_argument("rest", nargs=argparse.REMAINDER)

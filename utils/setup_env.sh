@@ -10,7 +10,8 @@ stamp="$venv/.paddle_asr_installed"
 want="$(cat "$root/requirements.txt" "$root/pyproject.toml" | sha256sum | cut -d' ' -f1)"
 
 if [ -n "${PADDLE_ASR_PYTHON:-}" ]; then
-  export PATH="$(dirname "$PADDLE_ASR_PYTHON"):$PATH"
+  python_dir="$(dirname "$(command -v "$PADDLE_ASR_PYTHON")")"
+  export PATH="$python_dir:$PATH"
 elif [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   export PATH="$venv/bin:$PATH"
 else

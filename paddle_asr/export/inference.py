@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import sys
 import tempfile
 import warnings
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +105,48 @@ STREAMING_MKLDNN_OPS: frozenset[str] = frozenset({
 })
 
 
+TENSORRT_PRECISIONS = ("fp16", "int8")
+
+
+@dataclass(frozen=True)
+class GpuInference:
+    """Run a predictor on GPU `device_id`, through TensorRT when `tensorrt` names a precision.
+
+    Written from Paddle Inference's documentation (Paddle-TRT subgraphs, legacy IR) and never run
+    on this project's CPU-only CI: `require_gpu_inference` stops a CPU build with a clear message
+    first. TensorRT INT8 takes its scales from the PaddleSlim model (``use_calib_mode=False``), so
+    stage 6's INT8 bundle needs no TensorRT calibration. Dynamic shapes follow the documented
+    "tuned" route: the first batch runs once on the plain GPU predictor with
+    ``collect_shape_range_info``, and the TensorRT predictor is built from the shapes it recorded,
+    rebuilding its engine when a later batch falls outside them (``allow_build_at_runtime``)."""
+
+    device_id: int = 0
+    tensorrt: str = ""  # "", fp16 or int8
+
+    def __post_init__(self) -> None:
+        if self.tensorrt not in ("", *TENSORRT_PRECISIONS):
+            raise ValueError(f"TensorRT precision '{self.tensorrt}': use one of {', '.join(TENSORRT_PRECISIONS)}")
+
+
+def require_gpu_inference(gpu: GpuInference) -> None:
+    from paddle_asr.devices import require
+
+    label = f"Paddle Inference with TensorRT {gpu.tensorrt.upper()}" if gpu.tensorrt else "Paddle Inference on GPU"
+    require("tensorrt" if gpu.tensorrt else "cuda", label)
+
+
+def _gpu_settings(config: paddle_infer.Config, gpu: GpuInference, shape_file: Path, collect: bool) -> None:
+    config.enable_use_gpu(256, gpu.device_id)  # initial memory pool in MB; it grows as needed
+    if collect or not gpu.tensorrt:
+        if collect:
+            config.collect_shape_range_info(str(shape_file))
+        return
+    precision = {"fp16": paddle_infer.PrecisionType.Half, "int8": paddle_infer.PrecisionType.Int8}[gpu.tensorrt]
+    config.enable_tensorrt_engine(workspace_size=1 << 30, max_batch_size=1, min_subgraph_size=3,
+                                  precision_mode=precision, use_static=False, use_calib_mode=False)
+    config.enable_tuned_tensorrt_dynamic_shape(str(shape_file), True)
+
+
 def make_config(
     model_dir: Path,
     *,
@@ -111,6 +155,9 @@ def make_config(
     int8: bool = False,
     int8_op_types: Iterable[str] = INT8_OP_TYPES,
     streaming: bool = False,
+    gpu: GpuInference | None = None,
+    shape_file: Path | None = None,
+    collect_shapes: bool = False,
 ) -> paddle_infer.Config:
     """Build the CPU ``Config``.
 
@@ -124,8 +171,16 @@ def make_config(
     """
     prog, params = find_model_files(model_dir)
     config = paddle_infer.Config(str(prog), str(params))
-    config.disable_gpu()
     config.disable_glog_info()
+    if gpu is not None:
+        if prog.suffix != ".pdmodel":
+            raise ValueError(f"GPU inference here uses the legacy IR: it needs model.pdmodel in {model_dir}")
+        config.enable_new_ir(False)
+        config.switch_ir_optim(True)
+        config.enable_memory_optim()
+        _gpu_settings(config, gpu, shape_file or Path(model_dir) / "shape_range.pbtxt", collect_shapes)
+        return config
+    config.disable_gpu()
     config.set_cpu_math_library_num_threads(num_threads)
     config.switch_ir_optim(True)
     if prog.suffix == ".pdmodel":
@@ -161,10 +216,25 @@ class Predictor:
         int8: bool = False,
         int8_op_types: Iterable[str] = INT8_OP_TYPES,
         streaming: bool = False,
+        gpu: GpuInference | None = None,
     ) -> None:
         self.model_dir = Path(model_dir)
-        self.config = make_config(self.model_dir, num_threads=num_threads, use_mkldnn=use_mkldnn, int8=int8,
-                                  int8_op_types=int8_op_types, streaming=streaming)
+        self._gpu = gpu
+        if gpu is not None:
+            require_gpu_inference(gpu)
+            # TensorRT needs every subgraph's shape range: the first batch records them (see GpuInference).
+            self._shape_dir = tempfile.TemporaryDirectory(prefix="paddle_asr_trt_")
+            self._shape_file = Path(self._shape_dir.name) / "shape_range.pbtxt"
+            collect = bool(gpu.tensorrt)
+            self._bind(make_config(self.model_dir, gpu=gpu, shape_file=self._shape_file, collect_shapes=collect))
+            self._pending_tensorrt = collect
+            return
+        self._pending_tensorrt = False
+        self._bind(make_config(self.model_dir, num_threads=num_threads, use_mkldnn=use_mkldnn, int8=int8,
+                               int8_op_types=int8_op_types, streaming=streaming))
+
+    def _bind(self, config: paddle_infer.Config) -> None:
+        self.config = config
         with quiet_output():  # INT8 passes print op statistics to std::cerr
             self.predictor = paddle_infer.create_predictor(self.config)
         self.input_names = list(self.predictor.get_input_names())
@@ -181,4 +251,13 @@ class Predictor:
             handle.reshape(list(value.shape))
             handle.copy_from_cpu(value)
         self.predictor.run()
+        if self._pending_tensorrt:
+            # The shape ranges of this batch are recorded once the predictor is released; then
+            # the TensorRT predictor replaces it and runs the same batch.
+            self._inputs, self._outputs = {}, []
+            del self.predictor
+            gc.collect()
+            self._pending_tensorrt = False
+            self._bind(make_config(self.model_dir, gpu=self._gpu, shape_file=self._shape_file))
+            return self.run(feeds)
         return [h.copy_to_cpu() for h in self._outputs]

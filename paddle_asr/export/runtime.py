@@ -15,7 +15,7 @@ import numpy as np
 
 from paddle_asr.decode.recognizer import chunk_windows, encode_streaming
 from paddle_asr.errors import AsrError
-from paddle_asr.export.inference import LENGTH_BUCKET, Predictor
+from paddle_asr.export.inference import LENGTH_BUCKET, GpuInference, Predictor
 
 # Decoder inputs are padded too (hypothesis length to 8 tokens, encoder frames to 16): every new
 # shape costs oneDNN a primitive build, and attention beam search grows the hypotheses one token
@@ -53,14 +53,16 @@ class ExportedBackend:
     supports_streaming: bool
     skip_finished: bool
 
-    def __new__(cls, model_dir: Path, meta: dict, *, num_threads: int = 2):
+    def __new__(cls, model_dir: Path, meta: dict, *, num_threads: int = 2, gpu: GpuInference | None = None):
         if cls is ExportedBackend:
             cls = DeepSpeech2ExportedBackend if meta.get("model") == "deepspeech2" else U2ExportedBackend
         return super().__new__(cls)
 
-    def __init__(self, model_dir: Path, meta: dict, *, num_threads: int = 2) -> None:
+    def __init__(self, model_dir: Path, meta: dict, *, num_threads: int = 2,
+                 gpu: GpuInference | None = None) -> None:
         self.model_dir = Path(model_dir)
         self._num_threads = num_threads
+        self._gpu = gpu
         self._int8_functions = set(meta.get("int8_functions", []))
         self._encoder = self._load("encoder")
         self._ctc = self._load("ctc_activation")
@@ -68,8 +70,13 @@ class ExportedBackend:
     def _load(self, name: str, *, streaming: bool = False, use_mkldnn: bool = True) -> Predictor:
         if not (self.model_dir / name).is_dir():
             raise AsrError(f"{self.model_dir} has no {name}/ program; export it again with stage 4")
+        gpu = self._gpu
+        if gpu is not None and name != "encoder":
+            # TensorRT takes the encoder, where the time goes; the small CTC, chunk and decoder
+            # programs (empty caches, changing hypothesis counts) run on the plain GPU predictor.
+            gpu = GpuInference(gpu.device_id)
         return Predictor(self.model_dir / name, num_threads=self._num_threads, int8=name in self._int8_functions,
-                         streaming=streaming, use_mkldnn=use_mkldnn)
+                         streaming=streaming, use_mkldnn=use_mkldnn, gpu=gpu)
 
     def encode(self, feats, lengths):
         # Time padded to LENGTH_BUCKET frames: see inference.LENGTH_BUCKET.
@@ -90,10 +97,11 @@ class ExportedBackend:
 class U2ExportedBackend(ExportedBackend):
     has_decoder = True
 
-    def __init__(self, model_dir: Path, meta: dict, *, num_threads: int = 2) -> None:
+    def __init__(self, model_dir: Path, meta: dict, *, num_threads: int = 2,
+                 gpu: GpuInference | None = None) -> None:
         _require(model_dir, meta, ("functions", "sos", "eos", "subsampling_rate", "right_context",
                                    "att_cache_shape", "cnn_cache_shape"))
-        super().__init__(model_dir, meta, num_threads=num_threads)
+        super().__init__(model_dir, meta, num_threads=num_threads, gpu=gpu)
         self.sos, self.eos = int(meta["sos"]), int(meta["eos"])
         self.subsampling_rate = int(meta["subsampling_rate"])
         self.right_context = int(meta["right_context"])
@@ -142,9 +150,10 @@ class DeepSpeech2ExportedBackend(ExportedBackend):
     sos = eos = None
     skip_finished = True  # only read by attention search, which needs a decoder
 
-    def __init__(self, model_dir: Path, meta: dict, *, num_threads: int = 2) -> None:
+    def __init__(self, model_dir: Path, meta: dict, *, num_threads: int = 2,
+                 gpu: GpuInference | None = None) -> None:
         _require(model_dir, meta, ("functions", "subsampling_rate", "right_context", "supports_streaming"))
-        super().__init__(model_dir, meta, num_threads=num_threads)
+        super().__init__(model_dir, meta, num_threads=num_threads, gpu=gpu)
         self.subsampling_rate = int(meta["subsampling_rate"])
         self.right_context = int(meta["right_context"])
         self.supports_streaming = bool(meta["supports_streaming"]) and (self.model_dir / "encoder_chunk").is_dir()

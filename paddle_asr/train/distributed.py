@@ -36,9 +36,11 @@ def current_world() -> World:
 def init_world(world: World, use_gpu: bool) -> None:
     """Pick the device and join the process group (gradients are then averaged across ranks)."""
     if use_gpu:
-        if not paddle.device.is_compiled_with_cuda():
-            raise AsrError("--gpus was given but this Paddle has no CUDA; use the Paddle CUDA Docker image "
-                           "(see docker/) or train on CPU with --nproc")
+        from paddle_asr.devices import require
+
+        require("cuda", "--gpus (training on GPUs; --nproc N trains with CPU processes)")
+        if world.size > 1:
+            require("nccl", "data-parallel training on several GPUs")
         paddle.set_device(f"gpu:{int(os.environ.get('FLAGS_selected_gpus', '0').split(',')[0])}")
     else:
         paddle.set_device("cpu")

@@ -4,10 +4,12 @@
 # the unpacked LibriSpeech/ folder in data_dir yourself.
 set -euo pipefail
 data_dir=""
+# shellcheck disable=SC2034  # accepted from run_stages.sh like every recipe's, unused here
 force=false
 sets=""
 base_url="https://www.openslr.org/resources/12/"
 __option_names="data_dir force sets base_url"
+# shellcheck source=../../../utils/parse_options.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../../../utils/parse_options.sh"
 # "name=a,b name2=c" -> a,b,c (each subset once)
 subsets="$(tr ' ' '\n' <<< "$sets" | cut -d= -f2 | tr ',' '\n' | grep -v '^$' | sort -u | paste -sd, -)"

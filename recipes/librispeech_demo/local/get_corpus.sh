@@ -5,8 +5,10 @@
 set -euo pipefail
 data_dir=corpus
 force=false
+# shellcheck disable=SC2034  # accepted from run_stages.sh like every recipe's, unused here
 sets=""  # the demo always has these three subsets
 __option_names="data_dir force sets"
+# shellcheck source=../../../utils/parse_options.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../../../utils/parse_options.sh"
 args=(--out_dir "$data_dir")
 [ "$force" = true ] && args+=(--force)
