@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from paddle_asr.errors import AsrError
+from paddle_asr.errors import AsrError, TrainingStopped
 
 
 def log(msg: str) -> None:
@@ -688,6 +688,9 @@ def main(argv: list[str] | None = None) -> int:
     except AsrError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 1
+    except TrainingStopped as e:
+        print(f"stage 1: {e}", file=sys.stderr, flush=True)
+        return 143  # 128 + SIGTERM: the stage did not finish, so the stages after it must not run
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

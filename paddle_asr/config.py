@@ -180,6 +180,9 @@ class TrainingConfig:
     # Epoch checkpoints kept: the best keep_checkpoints by dev loss plus the latest (0: all).
     keep_checkpoints: int = 0
     amp: str = "off"  # off, fp16 (with a loss scaler) or bf16; GPU only
+    # Batches whose loss is NaN or infinite are skipped and counted; more than this many stops
+    # training with the ids of the last one (a diverging run, or broken data).
+    max_nonfinite_batches: int = 20
 
 
 @dataclass

@@ -30,6 +30,8 @@ def _check_file(path: Path) -> Path:
         raise AsrError(f"{path} is a directory, not an audio file")
     if not path.exists():
         raise AsrError(f"{path} does not exist")
+    if path.stat().st_size == 0:
+        raise AsrError(f"{path} is an empty file (0 bytes)")
     return path
 
 
@@ -41,6 +43,52 @@ def audio_info(path: Path) -> AudioInfo:
     except (RuntimeError, sf.LibsndfileError) as e:
         raise AsrError(f"{path} is not a readable audio file ({e})") from None
     return AudioInfo(int(info.samplerate), int(info.channels), int(info.frames))
+
+
+def _wav_data_shortfall(path: Path) -> tuple[int, int] | None:
+    """(bytes the WAV header declares for its data chunk, bytes present) when the file is cut short.
+
+    libsndfile quietly reads what is there of a truncated WAV, so a file cut in the middle would
+    pass as a shorter utterance that no longer matches its transcript."""
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        size = path.stat().st_size
+        pos = 12
+        while pos + 8 <= size:
+            f.seek(pos)
+            chunk = f.read(8)
+            declared = int.from_bytes(chunk[4:8], "little")
+            if chunk[:4] == b"data":
+                present = size - pos - 8
+                # 0xFFFFFFFF: a streaming writer that never filled in the size; nothing to compare.
+                return (declared, present) if declared != 0xFFFFFFFF and present < declared else None
+            pos += 8 + declared + (declared & 1)
+    return None
+
+
+def verify_audio(path: Path) -> AudioInfo:
+    """`audio_info`, plus the faults a header cannot show: a WAV cut short, a compressed file
+    (FLAC, OGG, MP3) that does not decode to its end, float samples that are NaN or infinite.
+    Raises AsrError with the reason. Only compressed and float files are decoded here."""
+    info = audio_info(path)
+    path = Path(path)
+    subtype = sf.info(str(path)).subtype
+    shortfall = _wav_data_shortfall(path)
+    if shortfall:
+        raise AsrError(f"{path} is truncated: its header declares {shortfall[0]} bytes of samples, "
+                       f"the file holds {shortfall[1]}")
+    if sf.info(str(path)).format != "WAV" or subtype in ("FLOAT", "DOUBLE"):
+        try:
+            data, _ = sf.read(str(path), dtype="float32", always_2d=True)
+        except (RuntimeError, sf.LibsndfileError) as e:
+            raise AsrError(f"{path} does not decode to its end ({e}): the file is corrupt or truncated") from None
+        if data.shape[0] != info.frames:
+            raise AsrError(f"{path} decodes to {data.shape[0]} samples, its header says {info.frames}: truncated")
+        if not np.isfinite(data).all():
+            raise AsrError(f"{path} has NaN or infinite samples")
+    return info
 
 
 def read_audio(path: Path, *, expected_rate: int | None = None) -> tuple[np.ndarray, int]:

@@ -46,15 +46,22 @@ def filter_utterances(
     max_output_input_ratio: float = 0.0,
     shortest_speed: float = 1.0,
     longest_speed: float = 1.0,
+    max_encoder_frames: int | None = None,
 ) -> tuple[list[Utterance], list[tuple[str, str]]]:
     """Keep what the model can train on; return (kept, [(id, reason)]).
 
     With speed perturbation an utterance can become `shortest_speed` times faster (shorter) or
     `longest_speed` times slower: it must still fit CTC when shortest, and the limits when longest.
+    `max_encoder_frames`: the most encoder frames the model can take (its positional encoding's
+    length); longer utterances would fail inside Paddle.
     """
     kept, dropped = [], []
     for u in utts:
-        tokens = len(tokenizer.encode(u.text)[0])
+        ids = tokenizer.encode(u.text)[0]
+        tokens = len(ids)
+        # CTC puts a blank between two equal tokens: "好好" needs 3 frames. Paddle's CTC loss is 0,
+        # not infinite, for an alignment that cannot exist, so such an utterance would teach nothing.
+        ctc_frames = tokens + sum(a == b for a, b in zip(ids, ids[1:]))
         shortest = num_frames(int(round(u.duration / shortest_speed * feat_conf.sample_rate)), feat_conf)
         if u.duration < min_duration:
             reason = f"{u.duration:.2f} s is shorter than min_duration_s={min_duration}"
@@ -64,8 +71,13 @@ def filter_utterances(
             reason = f"{tokens} tokens, more than max_tokens={max_tokens}"
         elif max_output_input_ratio and tokens / max(shortest, 1) > max_output_input_ratio:
             reason = f"{tokens / max(shortest, 1):.3f} tokens per frame, above max_output_input_ratio={max_output_input_ratio}"
-        elif tokens > subsampled_frames(shortest):
-            reason = f"{tokens} tokens but only {subsampled_frames(shortest)} encoder frames (CTC cannot align)"
+        elif ctc_frames > subsampled_frames(shortest):
+            repeats = f" ({ctc_frames - tokens} repeated, each needing a blank between)" if ctc_frames > tokens else ""
+            reason = f"{tokens} tokens{repeats} but only {subsampled_frames(shortest)} encoder frames (CTC cannot align)"
+        elif max_encoder_frames and subsampled_frames(longest := num_frames(
+                int(round(u.duration / longest_speed * feat_conf.sample_rate)), feat_conf)) > max_encoder_frames:
+            reason = (f"{subsampled_frames(longest)} encoder frames, more than the {max_encoder_frames} the model's "
+                      "positional encoding holds (lower max_duration_s)")
         else:
             kept.append(u)
             continue

@@ -27,6 +27,7 @@ from paddle_asr.data.augment import choose_speed, spec_augment, speed_perturb
 from paddle_asr.data.dataset import Batch, collate
 from paddle_asr.data.manifest import Utterance
 from paddle_asr.data.tokenizer import CharTokenizer
+from paddle_asr.errors import AsrError
 from paddle_asr.features import compute_fbank
 
 
@@ -56,7 +57,14 @@ def utterance_features(waveform: np.ndarray, sample_rate: int, key: str, epoch: 
 def load_training_batch(utts: list[Utterance], epoch: int, inputs: TrainingInputs) -> Batch:
     feats = []
     for u in utts:
-        waveform, rate = read_audio(Path(u.wav), expected_rate=inputs.features.sample_rate)
+        try:
+            waveform, rate = read_audio(Path(u.wav), expected_rate=inputs.features.sample_rate)
+        except AsrError as e:
+            raise AsrError(f"training utterance {u.key}: {e}. The audio changed after stage 0: restore it, or run "
+                           "stage 0 again (--stage 0 --force true) so the manifests list only what is there") from None
+        if not np.isfinite(waveform).all():
+            raise AsrError(f"training utterance {u.key}: {u.wav} has NaN or infinite samples (it changed after "
+                           "stage 0, which checks this): replace it, or run stage 0 again (--stage 0 --force true)")
         feats.append(utterance_features(waveform, rate, u.key, epoch, inputs))
     labels = [inputs.tokenizer.encode(u.text)[0] for u in utts]
     return collate([u.key for u in utts], feats, labels, [u.text for u in utts])

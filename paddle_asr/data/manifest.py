@@ -54,8 +54,13 @@ def read_manifest(path: Path) -> list[Utterance]:
     if not path.is_file():
         raise AsrError(f"manifest {path} does not exist; run stage 0 (data preparation) first")
     utts = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise AsrError(f"{path}:{lineno}: not UTF-8 text, so not a manifest (data.list, JSON lines) of "
+                               "stage 0") from None
             if not line.strip():
                 continue
             try:

@@ -85,6 +85,27 @@ def compute_cmvn(utts: list[Utterance], feat_conf: FeatureConfig, nj: int) -> Cm
     return acc
 
 
+def _report_unknown_units(splits: dict, train_set: str, out_dir: Path, data_conf: DataConfig, summary: dict,
+                          log, shown: Path) -> None:
+    """Count, per set, the characters (or pieces) outside the training units: they become <unk> in
+    training and scoring. Written to <set>/oov.txt as `id<TAB>count<TAB>the characters`."""
+    from paddle_asr.data.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(out_dir / "lang_char" / "vocab.txt", data_conf.units)
+    for split, (kept, _) in splits.items():
+        rows = []
+        for u in kept:
+            missing = [p for p in tokenizer.pieces(u.text) if p not in tokenizer.index]
+            if missing:
+                rows.append(f"{u.key}\t{len(missing)}\t{' '.join(sorted(set(missing)))}\n")
+        atomic_write_text(out_dir / split / "oov.txt", "".join(rows))
+        total = sum(int(r.split("\t")[1]) for r in rows)
+        summary["splits"][split]["unknown_units"] = total
+        if rows:
+            log(f"stage 0: {split}: {total} {'characters' if data_conf.units == 'char' else 'pieces'} in {len(rows)} "
+                f"utterances are not among the units and become <unk> (ids in {shown}/{split}/oov.txt)")
+
+
 def prepare_data(
     corpus: str,
     corpus_dir: Path,
@@ -109,7 +130,7 @@ def prepare_data(
     train_set = train_set_name(data_conf)
     given_bpe = Path(data_conf.bpe_model) if data_conf.units == "bpe" and data_conf.bpe_model else None
     # Only the sample rate shapes the manifests; CMVN, which depends on the features, is `prepare_cmvn`'s.
-    fp = fingerprint("prepare-v3", corpus, reader.fingerprint_inputs(root, sets), feat_conf.sample_rate, sets,
+    fp = fingerprint("prepare-v4", corpus, reader.fingerprint_inputs(root, sets), feat_conf.sample_rate, sets,
                      train_set, data_conf.units, data_conf.bpe_size if data_conf.units == "bpe" else None,
                      given_bpe if given_bpe and given_bpe.is_file() else str(given_bpe))
     data_dir = Path(data_dir)
@@ -140,6 +161,13 @@ def prepare_data(
         write_units(units, tmp / "lang_char" / "vocab.txt")
         kind = "characters" if data_conf.units == "char" else "sentencepiece pieces"
         log(f"stage 0: {len(units)} units ({len(units) - 3} {kind} of {train_set}) -> {data_dir}/lang_char/vocab.txt")
+        _report_unknown_units(splits, train_set, tmp, data_conf, summary, log, Path(data_dir))
+        unused = reader.unused_transcripts(root) if hasattr(reader, "unused_transcripts") else []
+        if unused:
+            atomic_write_text(tmp / "unused_transcripts.txt", "".join(f"{k}\n" for k in unused))
+            log(f"stage 0: {len(unused)} transcript lines have no audio file and are not used "
+                f"(ids in {data_dir}/unused_transcripts.txt)")
+        summary["unused_transcripts"] = len(unused)
         summary["units"] = len(units)
         summary["unit_type"] = data_conf.units
         summary["train_set"] = train_set

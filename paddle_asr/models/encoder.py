@@ -145,6 +145,11 @@ class Encoder(nn.Layer):
     def output_length(self, lengths):
         return self.embed.output_length(lengths)
 
+    @property
+    def max_output_frames(self) -> int:
+        """Encoder frames the positional encoding covers: longer inputs cannot be encoded."""
+        return self.pos_enc.max_len
+
     @paddle.jit.not_to_static  # a Python decision made while tracing, never graph control flow
     def _chunking(self, decoding_chunk_size: int, num_decoding_left_chunks: int, num_frames: int):
         """(chunk size, left chunks) of the attention mask, or None for full attention (PaddleSpeech

@@ -102,6 +102,7 @@ class PositionalEncoding(nn.Layer):
 
     def __init__(self, d_model: int, dropout_rate: float, relative: bool, max_len: int = 5000) -> None:
         super().__init__()
+        self.max_len = max_len
         self.xscale = math.sqrt(d_model)
         self.relative = relative
         self.dropout = nn.Dropout(dropout_rate)

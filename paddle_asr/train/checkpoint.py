@@ -31,10 +31,22 @@ def save_checkpoint(ckpt_dir: Path, name: str, model, optimizer, scaler, record:
     states = [(params, model.state_dict()), (ckpt_dir / f"{name}.pdopt", optimizer.state_dict())]
     if scaler is not None:
         states.append((ckpt_dir / f"{name}.pdscaler", scaler.state_dict()))
-    for path, state in states:
-        with atomic_output_file(path) as tmp:
-            paddle.save(state, str(tmp))
-    atomic_write_text(ckpt_dir / f"{name}.json", json.dumps({"name": name, **record}, indent=1))
+    written = []
+    try:
+        for path, state in states:
+            with atomic_output_file(path) as tmp:
+                paddle.save(state, str(tmp))
+            written.append(path)
+        atomic_write_text(ckpt_dir / f"{name}.json", json.dumps({"name": name, **record}, indent=1))
+    except OSError as e:
+        # Disk full, quota, a vanished mount: the parts already written go, so no record-less
+        # files take the space; earlier checkpoints were never touched and stay valid.
+        for path in written:
+            path.unlink(missing_ok=True)
+        kept = latest_checkpoint(ckpt_dir)
+        raise AsrError(f"cannot write checkpoint {name} in {ckpt_dir} ({e.strerror or e}); "
+                       + (f"the previous checkpoint {kept['name']} is intact: " if kept else "")
+                       + "free space there and run stage 1 again to resume") from None
     return params
 
 

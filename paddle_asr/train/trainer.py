@@ -16,6 +16,8 @@ import json
 import math
 import os
 import random
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +33,7 @@ from paddle_asr.data.manifest import read_manifest
 from paddle_asr.data.sampler import epoch_order, plan_batches, rank_part
 from paddle_asr.data.shards import read_shard_list, shard_batches
 from paddle_asr.data.tokenizer import CharTokenizer, load_tokenizer
-from paddle_asr.errors import AsrError
+from paddle_asr.errors import AsrError, TrainingStopped
 from paddle_asr.models.registry import build_model_for_training
 from paddle_asr.train.checkpoint import (latest_checkpoint, load_checkpoint, prune_checkpoints, remove_stale_files,
                                          save_checkpoint)
@@ -80,13 +82,15 @@ def check_training_config(config: AsrConfig) -> None:
 def prepare_run(config: AsrConfig, recipe_dir: Path, exp_dir: Path, *, force: bool = False, log=print) -> str | None:
     """Get exp_dir ready for `run_training`; returns the run's fingerprint, or None when a complete
     run with the same config and data can be reused."""
+    data = config.data
+    for key, rel in (("train", data.train), ("dev", data.dev), ("vocab", data.vocab), ("cmvn", data.cmvn),
+                     ("train_shards", data.train_shards)):
+        if rel and not (recipe_dir / rel).is_file():
+            raise AsrError(f"data.{key}: {recipe_dir / rel} does not exist; run stage 0 (data preparation) first, "
+                           f"or correct data.{key} in the config")
     config = resolve_config(config, recipe_dir)
     check_training_config(config)
-    inputs = [recipe_dir / p for p in (config.data.train, config.data.dev, config.data.vocab, config.data.cmvn,
-                                       config.data.train_shards) if p]
-    for p in inputs:
-        if not p.is_file():
-            raise AsrError(f"{p} does not exist; run stage 0 (data preparation) first")
+    inputs = [recipe_dir / p for p in (data.train, data.dev, data.vocab, data.cmvn, data.train_shards) if p]
     # Settings that do not change what is computed may differ on resume.
     fixed = config_to_dict(config)
     for key in ("num_workers", "num_threads", "log_interval", "checkpoint_interval", "keep_checkpoints"):
@@ -162,13 +166,36 @@ def _load_split(path: Path, name: str, tokenizer, config: AsrConfig, model, say)
         max_duration=tc.max_duration_s, subsampled_frames=model.encoder.output_length,
         max_tokens=tc.max_tokens, max_output_input_ratio=tc.max_output_input_ratio,
         # Speed perturbation shortens an utterance by up to `fastest`: it must still fit CTC then.
-        shortest_speed=fastest if name == "train" else 1.0, longest_speed=slowest if name == "train" else 1.0)
+        shortest_speed=fastest if name == "train" else 1.0, longest_speed=slowest if name == "train" else 1.0,
+        max_encoder_frames=getattr(model.encoder, "max_output_frames", None))
     say(f"stage 1: {name}: {len(utts)} utterances, {len(dropped)} filtered")
     for key, reason in dropped:
         say(f"stage 1:   filtered {key}: {reason}")
     if not utts:
         raise AsrError(f"no {name} utterance is left after filtering {path}")
     return utts
+
+
+class StopRequest:
+    """SIGTERM (a scheduler's preemption, `kill`, `docker stop`) sets `requested`; training then
+    finishes its update, writes a checkpoint and stops. A second SIGTERM stops at once; the
+    checkpoint files are atomic, so that loses only the unfinished steps."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise SystemExit(128 + signal.SIGTERM)
+        self.requested = True
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
 
 
 def _step_seed(*parts: int) -> int:
@@ -300,7 +327,8 @@ def run_training(recipe_dir: Path, exp_dir: Path, *, world: World | None = None,
                 return
             batch, index = following, index + 1
     amp_dtype = "bfloat16" if tc.amp == "bf16" else "float16"
-    skipped = 0
+    skipped, skipped_keys = 0, []
+    stop = StopRequest()
     try:
         with BatchLoader(inputs, tc.num_workers) as loader:
             while epoch <= tc.max_epoch:
@@ -320,9 +348,15 @@ def run_training(recipe_dir: Path, exp_dir: Path, *, world: World | None = None,
                     value = float(loss)
                     if not _all_finite(value, world):
                         skipped += 1
-                        say(f"stage 1: epoch {epoch} batch {index}: non-finite loss on some process, batch skipped "
-                            f"({batch.keys[:3]}...)")
+                        skipped_keys += batch.keys
+                        say(f"stage 1: epoch {epoch} batch {index}: loss {value} (non-finite on some process), batch "
+                            f"skipped ({skipped} so far); its utterances: {' '.join(batch.keys)}")
                         optimizer.clear_grad()
+                        if skipped > tc.max_nonfinite_batches:
+                            raise AsrError(
+                                f"{skipped} batches had a NaN or infinite loss, more than training.max_nonfinite_batches="
+                                f"{tc.max_nonfinite_batches}: training is diverging or the data is broken. Lower optim.lr "
+                                f"(now {config.optim.lr}) or check the utterances of the last one: {' '.join(batch.keys)}")
                         continue
                     # The loss is a mean over this process's utterances and data parallelism averages
                     # the gradients of the processes: weighting by the share of the global batch makes
@@ -362,7 +396,8 @@ def run_training(recipe_dir: Path, exp_dir: Path, *, world: World | None = None,
                         detail = " ".join(f"{k} {float(v):.3f}" for k, v in parts_loss.items())
                         say(f"stage 1: epoch {epoch} step {step} loss {value:.3f} ({detail}) lr {lr:.2e} "
                             f"grad norm {grad_norm:.2f} {fps:.0f} frames/s")
-                    if tc.checkpoint_interval and step % tc.checkpoint_interval == 0 and not last:
+                    stopping = stop.requested and not last  # at the epoch's end the epoch checkpoint is written
+                    if (tc.checkpoint_interval and step % tc.checkpoint_interval == 0 or stopping) and not last:
                         if world.is_main:
                             save_checkpoint(ckpt_dir, f"step_{step}", model, optimizer, scaler,
                                             {"epoch": epoch, "batch": index + 1, "epoch_done": False, "step": step,
@@ -370,6 +405,8 @@ def run_training(recipe_dir: Path, exp_dir: Path, *, world: World | None = None,
                                              "epoch_batches": epoch_batches})
                             prune_checkpoints(ckpt_dir, tc.keep_checkpoints)
                         barrier(world)
+                    if stopping:
+                        raise TrainingStopped(f"step_{step}", step)
                 if epoch_batches == 0 and index >= first_batch:
                     raise AsrError(f"training diverged: every batch of epoch {epoch} had a non-finite loss; lower "
                                    f"optim.lr (now {config.optim.lr}) or optim.grad_clip, and check the features")
@@ -391,12 +428,16 @@ def run_training(recipe_dir: Path, exp_dir: Path, *, world: World | None = None,
                     say(f"stage 1: epoch {epoch}/{tc.max_epoch} train loss {train_loss:.3f} dev loss {dev['loss']:.3f} "
                         f"({dev_detail}) dev {dev_metric} {dev['cer']:.2f} % ({time.time() - t0:.0f} s, {step} updates)")
                 barrier(world)
+                if stop.requested and epoch < tc.max_epoch:
+                    raise TrainingStopped(str(epoch), step)
                 epoch, first_batch, epoch_loss, epoch_batches = epoch + 1, 0, 0.0, 0
     finally:
+        stop.restore()
         if writer:
             writer.close()
     if world.is_main:
-        summary = {"parameters": n_params, "steps": step, "skipped_batches": skipped, "processes": world.size}
+        summary = {"parameters": n_params, "steps": step, "skipped_batches": skipped,
+                   "skipped_batch_utterances": skipped_keys[:1000], "processes": world.size}
         atomic_write_text(exp_dir / "train_summary.json", json.dumps(summary))
         fp = json.loads((exp_dir / RUN_RECORD).read_text(encoding="utf-8"))["fingerprint"]
         mark_complete(exp_dir, fp, **summary)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from paddle_asr.data.corpora.checks import usable_utterance
 from paddle_asr.data.manifest import Utterance, read_kaldi_table
+from paddle_asr.data.text_normalize import normalize_mandarin
 from paddle_asr.errors import AsrError
 
 SPLITS = ("train", "dev", "test")
@@ -35,11 +36,20 @@ def find_root(corpus_dir: Path) -> Path:
     )
 
 
+def _strict_data_filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
+    """Python's 'data' filter (no `..`, no links out, no devices) that also refuses absolute names,
+    which it would quietly make relative: a corpus archive never has them, so one that does is
+    not what it claims to be."""
+    if member.name.startswith(("/", "\\")) or (len(member.name) > 1 and member.name[1] == ":"):
+        raise tarfile.AbsolutePathError(member)
+    return tarfile.data_filter(member, dest)
+
+
 def safe_extract(archive: Path, dest: Path) -> None:
-    """Extract with Python's 'data' filter, which refuses absolute paths, `..` and outside links."""
+    """Extract with Python's 'data' filter, refusing absolute paths, `..` and links that point out."""
     try:
         with tarfile.open(archive, "r:*") as tar:
-            tar.extractall(dest, filter="data")
+            tar.extractall(dest, filter=_strict_data_filter)
     except (tarfile.TarError, EOFError, OSError) as e:
         raise AsrError(
             f"cannot extract {archive} ({type(e).__name__}: {e}); the archive is corrupt, truncated "
@@ -63,8 +73,15 @@ def extract_speaker_archives(root: Path, log=print) -> None:
 
 
 def read_transcripts(path: Path) -> dict[str, str]:
-    # AISHELL text is word-segmented, sometimes with runs of spaces: drop every space.
-    return {key: "".join(words.split()) for key, words in read_kaldi_table(path).items()}
+    # AISHELL text is word-segmented, sometimes with runs of spaces: spaces go, and so do
+    # punctuation and full-width forms (text_normalize).
+    return {key: normalize_mandarin(words) for key, words in read_kaldi_table(path).items()}
+
+
+def unused_transcripts(root: Path) -> list[str]:
+    """Ids of transcript lines with no audio file in any split (real AISHELL-1 has a few hundred)."""
+    audio = {wav.stem for split in SPLITS for wav in (root / "wav" / split).glob("*/*.wav")}
+    return sorted(set(read_kaldi_table(root / TRANSCRIPT)) - audio)
 
 
 def list_split(root: Path, split: str, texts: dict[str, str], sample_rate: int) -> tuple[list[Utterance], list[tuple[str, str]]]:

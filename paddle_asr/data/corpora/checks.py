@@ -2,14 +2,16 @@
 
 Readers differ in where audio and transcripts live; what makes an utterance unusable does not:
 no transcript line, an empty transcript, unreadable audio, no samples, the wrong sample rate,
-more than one channel. Each is reported by id with its reason, never dropped silently.
+more than one channel, a WAV cut short, a FLAC that does not decode, NaN samples. Each is
+reported by id with its reason, never dropped silently. 8-bit, 24-bit and float samples are
+accepted: every reader scales them to the same int16 range.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from paddle_asr.data.audio import audio_info
+from paddle_asr.data.audio import verify_audio
 from paddle_asr.data.manifest import Utterance
 from paddle_asr.errors import AsrError
 
@@ -21,7 +23,7 @@ def usable_utterance(key: str, audio: Path, texts: dict[str, str], sample_rate: 
     if not texts[key]:
         return "empty transcript"
     try:
-        info = audio_info(audio)
+        info = verify_audio(audio)
     except AsrError as e:
         return f"unreadable audio: {e}"
     if info.frames == 0:
