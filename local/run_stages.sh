@@ -92,11 +92,20 @@ tensorrt_eval() {  # precision bundle out_prefix
     log "TensorRT ${precision^^} evaluation skipped: $(grep '^error: ' <<< "$why" | sed 's/^error: //')"
     return 0
   fi
+  test_export_all "$bundle" "$out_prefix" --device "gpu:$trt_gpu" --trt "$precision"
+}
+
+# Stages 5/6: `paddle-asr test-export` of bundle $1 on every test set with every decode config, into
+# $exp/<test set>_$2[_chunkN]_<method>/; the other arguments are options, where {test_set} stands
+# for the test set.
+test_export_all() {
+  local bundle="$1" suffix="$2" placeholder="{test_set}" test_set decode_config
+  shift 2
   for test_set in "${test_list[@]}"; do
     for decode_config in "${decode_list[@]}"; do
       paddle-asr test-export --model "$bundle" --data "data/$test_set/data.list" --decode_config "$decode_config" \
-        --out_prefix "$exp/${test_set}_${out_prefix}" --batch_size "$batch_size" --device "gpu:$trt_gpu" \
-        --trt "$precision" "${force_flag[@]}"
+        --out_prefix "$exp/${test_set}_$suffix" --batch_size "$batch_size" "${@//"$placeholder"/$test_set}" \
+        "${force_flag[@]}"
     done
   done
 }
@@ -153,13 +162,7 @@ fi
 
 if run_stage 5; then
   stage_banner 5 "test the exported model"
-  for test_set in "${test_list[@]}"; do
-    for decode_config in "${decode_list[@]}"; do
-      paddle-asr test-export --model "$exp/export/fp32" --data "data/$test_set/data.list" --decode_config "$decode_config" \
-        --out_prefix "$exp/${test_set}_export_fp32" --compare_prefix "$exp/$test_set" --batch_size "$batch_size" \
-        --threads "$threads" "${force_flag[@]}"
-    done
-  done
+  test_export_all "$exp/export/fp32" export_fp32 --compare_prefix "$exp/{test_set}" --threads "$threads"
   tensorrt_eval fp16 "$exp/export/fp32" export_fp32_trt_fp16
 fi
 
@@ -167,12 +170,7 @@ if run_stage 6; then
   stage_banner 6 "INT8 post-training quantization"
   paddle-asr quantize --model "$exp/export/fp32" --out "$exp/export/int8" --calib "data/$train_set/data.list" \
     --num_calib "$num_calib" --functions "$int8_functions" "${force_flag[@]}"
-  for test_set in "${test_list[@]}"; do
-    for decode_config in "${decode_list[@]}"; do
-      paddle-asr test-export --model "$exp/export/int8" --data "data/$test_set/data.list" --decode_config "$decode_config" \
-        --out_prefix "$exp/${test_set}_export_int8" --batch_size "$batch_size" --threads "$threads" "${force_flag[@]}"
-    done
-  done
+  test_export_all "$exp/export/int8" export_int8 --threads "$threads"
   tensorrt_eval int8 "$exp/export/int8" export_int8_trt_int8
 fi
 
