@@ -396,7 +396,9 @@ def run_training(recipe_dir: Path, exp_dir: Path, *, world: World | None = None,
                         detail = " ".join(f"{k} {float(v):.3f}" for k, v in parts_loss.items())
                         say(f"stage 1: epoch {epoch} step {step} loss {value:.3f} ({detail}) lr {lr:.2e} "
                             f"grad norm {grad_norm:.2f} {fps:.0f} frames/s")
-                    stopping = stop.requested and not last  # at the epoch's end the epoch checkpoint is written
+                    # Every process stops at the same update (a lone one would leave the others waiting in
+                    # the gradient all-reduce); at the epoch's end the epoch checkpoint is written instead.
+                    stopping = _global_sums([float(stop.requested)], world)[0] > 0 and not last
                     if (tc.checkpoint_interval and step % tc.checkpoint_interval == 0 or stopping) and not last:
                         if world.is_main:
                             save_checkpoint(ckpt_dir, f"step_{step}", model, optimizer, scaler,
@@ -428,7 +430,7 @@ def run_training(recipe_dir: Path, exp_dir: Path, *, world: World | None = None,
                     say(f"stage 1: epoch {epoch}/{tc.max_epoch} train loss {train_loss:.3f} dev loss {dev['loss']:.3f} "
                         f"({dev_detail}) dev {dev_metric} {dev['cer']:.2f} % ({time.time() - t0:.0f} s, {step} updates)")
                 barrier(world)
-                if stop.requested and epoch < tc.max_epoch:
+                if _global_sums([float(stop.requested)], world)[0] > 0 and epoch < tc.max_epoch:
                     raise TrainingStopped(str(epoch), step)
                 epoch, first_batch, epoch_loss, epoch_batches = epoch + 1, 0, 0.0, 0
     finally:
