@@ -15,6 +15,7 @@ import paddle.nn.functional as F
 from paddle import nn
 
 from paddle_asr.data.dataset import IGNORE_ID
+from paddle_asr.models.layers import fast_log_softmax
 
 
 class CTC(nn.Layer):
@@ -41,7 +42,7 @@ class CTC(nn.Layer):
                           blank=self.blank, reduction="none", norm_by_times=self.norm_by_times)
 
     def log_softmax(self, hs: paddle.Tensor) -> paddle.Tensor:
-        return F.log_softmax(self.ctc_lo(hs), axis=-1)
+        return fast_log_softmax(self.ctc_lo(hs))
 
 
 def label_smoothing_loss(logits: paddle.Tensor, targets: paddle.Tensor, smoothing: float, normalize_length: bool) -> paddle.Tensor:
@@ -52,7 +53,7 @@ def label_smoothing_loss(logits: paddle.Tensor, targets: paddle.Tensor, smoothin
     written in closed form so no [B, U, V] target tensor is built.
     """
     vocab = logits.shape[-1]
-    logp = F.log_softmax(logits, axis=-1)
+    logp = fast_log_softmax(logits)
     ignore = targets == IGNORE_ID
     safe = paddle.where(ignore, paddle.zeros_like(targets), targets)
     confidence, low = 1.0 - smoothing, smoothing / (vocab - 1)
@@ -129,4 +130,4 @@ class U2Model(nn.Layer):
         """hyps [N, U] = `<sos> tokens` padded, lengths [N] counting <sos>; encoder_out [B, T, d] with
         lengths [B], N a multiple of B (N/B hypotheses per utterance, grouped by utterance)
         -> decoder log-probs [N, U, V] (row u scores the token after position u)."""
-        return F.log_softmax(self.decoder(encoder_out, encoder_lengths, hyps, hyps_lengths), axis=-1)
+        return fast_log_softmax(self.decoder(encoder_out, encoder_lengths, hyps, hyps_lengths))
