@@ -1,0 +1,79 @@
+"""JSON lines of the benchmarks (stdin or files) -> a markdown report with the machine, every
+figure as median [min-max], and ours/PaddleSpeech ratios where both ran the same thing."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    from importlib.metadata import version
+
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    isa = ", ".join(f for f in ("avx512f", "avx512_vnni", "amx_int8") if f" {f} " in flags) or "no AVX-512"
+    return (f"{cpu} ({isa}), {os.cpu_count()} cores, {mem:.0f} GiB; Python {platform.python_version()}, "
+            f"paddlepaddle {version('paddlepaddle')} (CPU)")
+
+
+def fmt(r: dict) -> str:
+    return f"{r['median_s']:.3f} s [{r['min_s']:.3f}-{r['max_s']:.3f}]"
+
+
+def main() -> None:
+    rows = [json.loads(line) for f in (sys.argv[1:] or ["-"]) for line in (sys.stdin if f == "-" else open(f))
+            if line.startswith("{")]
+    out = [f"Machine: {machine()}", "", "Each figure: median [min-max] of the timed runs after warm-up.", ""]
+    train = [r for r in rows if r["what"] == "train_step"]
+    if train:
+        out += ["### Training step (AISHELL Conformer, forward + backward + Adam update, random features)", "",
+                "| batch x frames | ours | PaddleSpeech 1.5.0 U2Model | ours/theirs | peak RSS ours / theirs |",
+                "|---|---|---|---|---|"]
+        for b in sorted({(r["batch"], r["frames"]) for r in train}):
+            ours = [r for r in train if (r["batch"], r["frames"]) == b and r["impl"] == "paddle-asr"]
+            theirs = [r for r in train if (r["batch"], r["frames"]) == b and r["impl"] != "paddle-asr"]
+            if ours and theirs:
+                o, t = ours[-1], theirs[-1]
+                out.append(f"| {b[0]} x {b[1]} | {fmt(o)} | {fmt(t)} | {o['median_s'] / t['median_s']:.2f} | "
+                           f"{o['peak_rss_mb'] / 1024:.2f} / {t['peak_rss_mb'] / 1024:.2f} GB |")
+        out.append("")
+    rtf = [r for r in rows if r["what"] == "encoder_ctc"]
+    if rtf:
+        out += ["### Encoder + CTC log-probabilities, one 10 s utterance", "",
+                "| implementation | threads | time | RTF | PaddleSpeech dygraph / this |", "|---|---|---|---|---|"]
+        for r in rtf:
+            peer = [p for p in rtf if p["impl"] != "paddle-asr" and p["threads"] == r["threads"]]
+            ratio = f"{peer[-1]['median_s'] / r['median_s']:.2f}x" if peer else ""
+            name = f"{r['impl']} {r['mode']}"
+            out.append(f"| {name} | {r['threads']} | {fmt(r)} | {r['median_s'] / r['seconds']:.4f} | {ratio} |")
+        out.append("")
+    data = [r for r in rows if r["what"] == "data_pipeline"]
+    if data:
+        out += ["### Data pipeline (read, speed perturbation, fbank, SpecAugment, batches)", "",
+                "| workers | utterances | speed perturbation | SpecAugment | time | utterances/s |",
+                "|---|---|---|---|---|---|"]
+        out += [f"| {r['workers']} | {r['utterances']} ({r['audio_seconds']:.0f} s of audio) | {r['speed_perturb']} | "
+                f"{r['spec_augment']} | {fmt(r)} | {r['utterances_per_s']:.0f} |" for r in data]
+        out.append("")
+    demo = [r for r in rows if r["what"] == "demo"]
+    if demo:
+        out += ["### The whole demo (`bash run.sh`, stages -1..7)", ""]
+        out += [f"- {r['seconds'] / 60:.1f} min wall ({r['note']})" for r in demo]
+        out.append("")
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The benchmarks, ours and PaddleSpeech's side by side in one run, printed as JSON lines and a
+# markdown table (bench/RESULTS.md holds a run of it).
+#   bash bench/run.sh                 # training step, RTF, data pipeline
+#   bash bench/run.sh --demo true     # and the wall time of the whole demo (about 15 minutes more)
+#   bash bench/run.sh --peer false    # ours only (no PaddleSpeech side environment)
+# The PaddleSpeech peer runs in .venv-paddlespeech (bash tools/setup_paddlespeech_env.sh makes it);
+# runs alternate ours/theirs so that a slow moment of the machine hits both.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+peer=true
+demo=false
+repeats=5
+out="$root/exp/bench/results.jsonl"
+__option_names="peer demo repeats out"
+# shellcheck source=../utils/parse_options.sh
+. "$root/utils/parse_options.sh"
+# shellcheck source=../utils/setup_env.sh
+. "$root/utils/setup_env.sh"
+# shellcheck source=../utils/log.sh
+. "$root/utils/log.sh"
+cd "$root"
+mkdir -p "$(dirname "$out")"
+: > "$out"
+ours() { python "bench/$1.py" "${@:2}" 2>> "$root/exp/bench/stderr.log" | grep '^{' | tee -a "$out"; }
+theirs() { "$root/.venv-paddlespeech/bin/python" bench/peer_paddlespeech.py "$@" 2>> "$root/exp/bench/stderr.log" | grep '^{' | tee -a "$out"; }
+if [ "$peer" = true ] && [ ! -x "$root/.venv-paddlespeech/bin/python" ]; then
+  log "no PaddleSpeech side environment: creating it (bash tools/setup_paddlespeech_env.sh)"
+  bash tools/setup_paddlespeech_env.sh
+fi
+
+stage_banner bench "training step"
+for batch in 8 16; do
+  for round in 1 2; do
+    log "batch $batch x 500 frames, round $round"
+    ours train_step --batch "$batch" --frames 500 --repeats "$repeats"
+    if [ "$peer" = true ]; then theirs train --batch "$batch" --frames 500 --repeats "$repeats"; fi
+  done
+done
+
+stage_banner bench "encoder + CTC real-time factor"
+ours rtf --seconds 10 --threads 1,2 --repeats "$repeats"
+if [ "$peer" = true ]; then
+  for threads in 1 2; do theirs rtf --seconds 10 --threads "$threads" --repeats "$repeats"; done
+fi
+
+stage_banner bench "data pipeline"
+ours data_pipeline --workers 0,2 --repeats 3
+
+if [ "$demo" = true ]; then
+  stage_banner bench "the whole demo"
+  copy="$(mktemp -d)"
+  git clone -q "$root" "$copy/paddle-asr"
+  start=$(date +%s)
+  PADDLE_ASR_VENV="$root/.venv" bash "$copy/paddle-asr/run.sh" > "$root/exp/bench/demo.log" 2>&1
+  end=$(date +%s)
+  printf '{"what": "demo", "seconds": %s, "note": "fresh clone, existing environment, stages -1..7"}\n' \
+    "$((end - start))" | tee -a "$out"
+  rm -rf "$copy"
+fi
+
+stage_banner bench "report"
+python bench/report.py "$out"
