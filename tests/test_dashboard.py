@@ -157,14 +157,16 @@ def test_the_scalar_page_lists_the_runs_and_draws_the_logged_loss(demo_runs, das
     wait.until(lambda d: len([c for c in d.find_elements(By.TAG_NAME, "canvas") if c.is_displayed()]) == 1)
     (canvas,) = [c for c in browser.find_elements(By.TAG_NAME, "canvas") if c.is_displayed()]
     browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", canvas)
-    time.sleep(1)  # the chart animates its lines in
+    time.sleep(2)  # the chart animates its lines in
 
     checked_steps = set()
     width = canvas.size["width"]
-    for fraction in (0.2, 0.35, 0.5, 0.65, 0.8, 0.9):
+    # Across the plot area at many places: the tooltip shows the step nearest the pointer, and
+    # between two steps (or while the chart is still drawing) it may not show at all.
+    for fraction in [0.12 + 0.06 * i for i in range(14)]:
         ActionChains(browser).move_to_element_with_offset(canvas, int(width * (fraction - 0.5)), 0).perform()
         try:
-            WebDriverWait(browser, 5).until(lambda d: len(tooltip_rows(d)) == len(logged))
+            WebDriverWait(browser, 3).until(lambda d: len(tooltip_rows(d)) == len(logged))
         except Exception:
             continue  # between two points the tooltip may not show
         rows = tooltip_rows(browser)
