@@ -7,6 +7,7 @@ from paddle import nn
 
 from paddle_asr.config import DecoderConfig
 from paddle_asr.errors import AsrError
+from paddle_asr.models.fast_cpu_ops import Dropout, Linear
 from paddle_asr.models.layers import NEG_INF, MultiHeadedAttention, PositionalEncoding, PositionwiseFeedForward
 
 LAYER_NORM_EPSILON = 1e-12  # PaddleSpeech's decoder norms
@@ -24,9 +25,9 @@ class DecoderLayer(nn.Layer):
         self.norm1 = nn.LayerNorm(d, epsilon=LAYER_NORM_EPSILON)
         self.norm2 = nn.LayerNorm(d, epsilon=LAYER_NORM_EPSILON)
         self.norm3 = nn.LayerNorm(d, epsilon=LAYER_NORM_EPSILON)
-        self.dropout = nn.Dropout(conf.dropout_rate)
-        self.concat_linear1 = nn.Linear(2 * d, d)
-        self.concat_linear2 = nn.Linear(2 * d, d)
+        self.dropout = Dropout(conf.dropout_rate)
+        self.concat_linear1 = Linear(2 * d, d)
+        self.concat_linear2 = Linear(2 * d, d)
 
     def forward(self, x, tgt_bias, memory, memory_bias):
         y = self.norm1(x)
@@ -43,7 +44,7 @@ class TransformerDecoder(nn.Layer):
         self.embed = nn.Sequential(nn.Embedding(vocab_size, d), PositionalEncoding(d, conf.positional_dropout_rate, relative=False))
         self.decoders = nn.LayerList([DecoderLayer(d, conf) for _ in range(conf.num_blocks)])
         self.after_norm = nn.LayerNorm(d, epsilon=LAYER_NORM_EPSILON)
-        self.output_layer = nn.Linear(d, vocab_size)
+        self.output_layer = Linear(d, vocab_size)
 
     def forward(self, memory: paddle.Tensor, memory_lengths: paddle.Tensor, ys_in: paddle.Tensor,
                 ys_in_lengths: paddle.Tensor) -> paddle.Tensor:

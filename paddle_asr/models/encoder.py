@@ -13,6 +13,7 @@ from paddle import nn
 
 from paddle_asr.config import EncoderConfig
 from paddle_asr.errors import AsrError
+from paddle_asr.models.fast_cpu_ops import Dropout, Linear
 from paddle_asr.models.layers import (
     NEG_INF,
     Conv2dSubsampling,
@@ -48,7 +49,7 @@ class ConformerEncoderLayer(nn.Layer):
         if self.conv_module is not None:
             self.norm_conv = nn.LayerNorm(d, epsilon=eps)
             self.norm_final = nn.LayerNorm(d, epsilon=eps)
-        self.dropout = nn.Dropout(conf.dropout_rate)
+        self.dropout = Dropout(conf.dropout_rate)
 
     def forward(self, x, pos_emb, att_bias, pad_mask, att_cache=None, cnn_cache=None):
         x = x + 0.5 * self.dropout(self.feed_forward_macaron(self.norm_ff_macaron(x)))
@@ -79,8 +80,8 @@ class TransformerEncoderLayer(nn.Layer):
         self.feed_forward = PositionwiseFeedForward(d, conf.linear_units, conf.dropout_rate, "relu")
         self.norm1 = nn.LayerNorm(d, epsilon=eps)
         self.norm2 = nn.LayerNorm(d, epsilon=eps)
-        self.concat_linear = nn.Linear(2 * d, d)
-        self.dropout = nn.Dropout(conf.dropout_rate)
+        self.concat_linear = Linear(2 * d, d)
+        self.dropout = Dropout(conf.dropout_rate)
 
     def forward(self, x, pos_emb, att_bias, pad_mask, att_cache=None, cnn_cache=None):
         y = self.norm1(x)

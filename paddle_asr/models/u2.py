@@ -15,7 +15,7 @@ import paddle.nn.functional as F
 from paddle import nn
 
 from paddle_asr.data.dataset import IGNORE_ID
-from paddle_asr.models.layers import fast_log_softmax
+from paddle_asr.models.fast_cpu_ops import Linear, dropout, fast_log_softmax
 
 
 class CTC(nn.Layer):
@@ -29,14 +29,14 @@ class CTC(nn.Layer):
     def __init__(self, vocab_size: int, encoder_size: int, dropout_rate: float, *, blank: int = 0,
                  norm_by_times: bool = False) -> None:
         super().__init__()
-        self.ctc_lo = nn.Linear(encoder_size, vocab_size)
+        self.ctc_lo = Linear(encoder_size, vocab_size)
         self.dropout_rate = dropout_rate
         self.blank = blank
         self.norm_by_times = norm_by_times
 
     def loss(self, hs, hs_lengths, labels, label_lengths) -> paddle.Tensor:
         """Per-utterance CTC losses [B]."""
-        logits = self.ctc_lo(F.dropout(hs, p=self.dropout_rate, training=self.training))
+        logits = self.ctc_lo(dropout(hs, self.dropout_rate, self.training))
         # warpctc normalises the logits itself; labels padded with -1 beyond label_lengths are unused.
         return F.ctc_loss(logits.transpose([1, 0, 2]), labels.astype("int32"), hs_lengths, label_lengths,
                           blank=self.blank, reduction="none", norm_by_times=self.norm_by_times)

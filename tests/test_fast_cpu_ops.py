@@ -1,0 +1,167 @@
+"""The CPU training replacements of models/fast_cpu_ops.py compute what Paddle's kernels compute:
+values and gradients, op by op and through the whole Conformer, and dropout masks decided by the seed."""
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+import pytest
+
+from paddle_asr.config import load_config
+from paddle_asr.models import fast_cpu_ops
+from paddle_asr.models.fast_cpu_ops import Dropout, Linear, add_bias, conv_then_bias, dropout, fast_log_softmax
+from paddle_asr.models.registry import build_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _grads(tensors):
+    return [None if t.grad is None else t.grad.numpy().copy() for t in tensors]
+
+
+def _weighted_sum(y: paddle.Tensor) -> paddle.Tensor:
+    """A loss whose gradient differs at every element (a plain sum would hide a transposed gradient)."""
+    w = paddle.to_tensor(np.random.default_rng(1).standard_normal(y.shape).astype("float32"))
+    return (y * w).sum()
+
+
+@pytest.mark.parametrize("shape", [[3, 7, 16], [5, 16]])
+def test_linear_matches_nn_linear_values_and_gradients(shape):
+    paddle.seed(0)
+    fast = Linear(16, 24)
+    plain = paddle.nn.Linear(16, 24)
+    plain.set_state_dict(fast.state_dict())
+    assert list(fast.state_dict()) == ["weight", "bias"]  # checkpoints keep PaddleSpeech's names
+    x_value = np.random.default_rng(0).standard_normal(shape).astype("float32")
+    results = []
+    for layer in (fast, plain):
+        layer.train()
+        x = paddle.to_tensor(x_value, stop_gradient=False)
+        y = layer(x)
+        _weighted_sum(y).backward()
+        results.append([y.numpy(), *_grads([x, layer.weight, layer.bias])])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_linear_on_an_input_without_gradient_gives_the_parameters_theirs():
+    paddle.seed(0)
+    layer = Linear(4, 3)
+    x = paddle.randn([2, 5, 4])  # stop_gradient: True, as features are
+    _weighted_sum(layer(x)).backward()
+    assert x.grad is None
+    np.testing.assert_allclose(layer.bias.grad.numpy(),
+                               np.random.default_rng(1).standard_normal([2, 5, 3]).sum((0, 1)), rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape,axis", [([4, 6, 9], 1), ([2, 6, 5, 3], 1), ([4, 9, 6], -1), ([4, 9, 6], 2)])
+def test_add_bias_gradient_is_the_sum_over_the_other_axes(shape, axis):
+    rng = np.random.default_rng(2)
+    x = paddle.to_tensor(rng.standard_normal(shape).astype("float32"), stop_gradient=False)
+    bias = paddle.to_tensor(rng.standard_normal(shape[axis]).astype("float32"), stop_gradient=False)
+    y = add_bias(x, bias, axis=axis)
+    expand = [1] * len(shape)
+    expand[axis] = shape[axis]
+    np.testing.assert_allclose(y.numpy(), x.numpy() + bias.numpy().reshape(expand), rtol=1e-6)
+    _weighted_sum(y).backward()
+    g = np.random.default_rng(1).standard_normal(shape)
+    other = tuple(i for i in range(len(shape)) if i != axis % len(shape))
+    np.testing.assert_allclose(x.grad.numpy(), g, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(bias.grad.numpy(), g.sum(other), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("make,functional,shape", [
+    (lambda: paddle.nn.Conv1D(6, 8, 1), F.conv1d, [3, 6, 11]),
+    (lambda: paddle.nn.Conv1D(6, 6, 5, padding=2, groups=6), F.conv1d, [3, 6, 11]),
+    (lambda: paddle.nn.Conv1D(6, 6, 5, groups=6), F.conv1d, [3, 6, 11]),
+    (lambda: paddle.nn.Conv2D(4, 5, 3, 2), F.conv2d, [2, 4, 13, 9]),
+])
+def test_conv_then_bias_matches_the_layer(make, functional, shape):
+    paddle.seed(0)
+    conv = make()
+    conv.bias.set_value(paddle.randn(conv.bias.shape))
+    x_value = np.random.default_rng(3).standard_normal(shape).astype("float32")
+    results = []
+    for run in (lambda x: conv_then_bias(conv, x, functional), conv):
+        conv.clear_gradients()
+        x = paddle.to_tensor(x_value, stop_gradient=False)
+        y = run(x)
+        _weighted_sum(y).backward()
+        results.append([y.numpy(), *_grads([x, conv.weight, conv.bias])])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_dropout_is_decided_by_the_seed_keeps_the_rate_and_scales_up():
+    x = paddle.ones([64, 1000])
+    paddle.seed(7)
+    first = dropout(x, 0.1, training=True).numpy()
+    paddle.seed(7)
+    again = dropout(x, 0.1, training=True).numpy()
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, dropout(x, 0.1, training=True).numpy())  # the next draw differs
+    np.testing.assert_allclose(np.unique(first), [0.0, 1 / 0.9], rtol=1e-6)
+    assert abs((first == 0).mean() - 0.1) < 0.005
+    layer = Dropout(0.1)
+    layer.eval()
+    assert layer(x) is x  # evaluation: identity
+    # The gradient flows through the kept elements only, scaled as the values are.
+    x = paddle.ones([8, 50], dtype="float32")
+    x.stop_gradient = False
+    paddle.seed(3)
+    y = dropout(x, 0.5, training=True)
+    y.sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), y.numpy())
+
+
+def test_fast_log_softmax_matches_log_softmax_and_is_exact_where_paddles_floors():
+    logits = paddle.randn([2, 5, 4233]) * 4
+    np.testing.assert_allclose(fast_log_softmax(logits).numpy(), F.log_softmax(logits, -1).numpy(),
+                               rtol=1e-5, atol=1e-4)
+    # Wide logits, against float64 NumPy (Paddle 3.0's CPU log_softmax floors its output at -64).
+    wide = np.random.default_rng(0).standard_normal((2, 5, 4233)) * 30
+    reference = wide - wide.max(-1, keepdims=True)
+    reference -= np.log(np.exp(reference).sum(-1, keepdims=True))
+    np.testing.assert_allclose(fast_log_softmax(paddle.to_tensor(wide, dtype="float32")).numpy(), reference,
+                               rtol=1e-5, atol=1e-3)
+
+
+def test_the_conformer_trains_to_the_same_loss_and_gradients_with_and_without_them(monkeypatch):
+    """One training step of a small AISHELL-layout Conformer (x4 subsampling: conv 1->C as a GEMM,
+    conv C->C with the fast bias; both conv-module norms; decoder), dropout off so that both runs
+    see the same function: every parameter's gradient must agree."""
+    config = load_config(REPO / "recipes/aishell/conf/conformer.yaml")
+    config = dataclasses.replace(config, vocab_size=50, input_dim=80)
+    config.model.encoder = dataclasses.replace(config.model.encoder, num_blocks=2, output_size=64, linear_units=128,
+                                               attention_heads=2, dropout_rate=0.0, positional_dropout_rate=0.0)
+    config.model.decoder = dataclasses.replace(config.model.decoder, num_blocks=1, linear_units=128, attention_heads=2,
+                                               dropout_rate=0.0, positional_dropout_rate=0.0)
+    paddle.seed(0)
+    model = build_model(config)
+    rng = np.random.default_rng(0)
+    for name, p in model.named_parameters():
+        if name.endswith("bias"):
+            p.set_value(rng.normal(0, 0.5, p.shape).astype("float32"))
+    state = {k: v.numpy().copy() for k, v in model.state_dict().items()}
+    feats = paddle.to_tensor(rng.standard_normal((3, 120, 80)).astype("float32"))
+    feat_lengths = paddle.to_tensor(np.array([120, 97, 64], np.int64))
+    labels = paddle.to_tensor(rng.integers(1, 49, (3, 6)).astype(np.int64))
+    label_lengths = paddle.to_tensor(np.array([6, 4, 5], np.int64))
+
+    def step():
+        model.set_state_dict({k: paddle.to_tensor(v) for k, v in state.items()})
+        model.train()
+        model.clear_gradients()
+        loss, _ = model(feats, feat_lengths, labels, label_lengths)
+        loss.backward()
+        return float(loss), {n: p.grad.numpy().copy() for n, p in model.named_parameters() if p.grad is not None}
+
+    fast_loss, fast_grads = step()
+    monkeypatch.setattr(fast_cpu_ops, "_on_cpu_training", lambda x, training: False)
+    plain_loss, plain_grads = step()
+    np.testing.assert_allclose(fast_loss, plain_loss, rtol=1e-5)
+    assert fast_grads.keys() == plain_grads.keys() and len(fast_grads) > 100
+    for name in plain_grads:
+        np.testing.assert_allclose(fast_grads[name], plain_grads[name], rtol=2e-4, atol=2e-5, err_msg=name)
