@@ -169,7 +169,8 @@ class MultiHeadedAttention(nn.Layer):
             key_cache, value_cache = paddle.split(cache, 2, axis=-1)
             k = paddle.concat([key_cache, k], axis=2)
             v = paddle.concat([value_cache, v], axis=2)
-        return q, k, v, paddle.concat([k, v], axis=-1)
+        # Training never streams: the cache for the next chunk would be built and dropped.
+        return q, k, v, None if self.training and cache is None else paddle.concat([k, v], axis=-1)
 
     def _context(self, scores: paddle.Tensor, v: paddle.Tensor, bias) -> paddle.Tensor:
         if bias is not None:
