@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     import paddle
 
     from paddle_asr.export.inference import Predictor
-    from paddle_asr.train.trainer import set_threads
+    from paddle_asr.train.trainer import configure_cpu
 
     config, model = build(Path(args.config), args.vocab)
     fp32_dir, int8_dir = work / "fp32" / "encoder", work / "int8" / "encoder"
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     feats, lengths, _, _ = random_batch(1, frames, config.input_dim, 10, 1)
     results = []
     for threads in [int(t) for t in args.threads.split(",")]:
-        set_threads(threads)
+        configure_cpu(threads)
         x, n = paddle.to_tensor(feats), paddle.to_tensor(lengths)
 
         def dygraph():

@@ -41,9 +41,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     from paddle_asr.config import load_config
     from paddle_asr.models.registry import build_model
-    from paddle_asr.train.trainer import set_threads
+    from paddle_asr.train.trainer import configure_cpu
 
-    set_threads(args.threads)
+    configure_cpu(args.threads)
     paddle.seed(0)
     config = load_config(Path(args.config))
     config = dataclasses.replace(config, vocab_size=args.vocab, input_dim=config.features.num_mel_bins)

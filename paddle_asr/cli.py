@@ -37,10 +37,10 @@ def _checkpoint(args, config) -> Path:
 
 def _load_dygraph(exp_dir: Path, checkpoint: Path):
     from paddle_asr.models.registry import build_model, load_weights
-    from paddle_asr.train.trainer import set_threads
+    from paddle_asr.train.trainer import configure_cpu
 
     config = _exp_config(exp_dir)
-    set_threads(config.training.num_threads)
+    configure_cpu(config.training.num_threads)
     model = build_model(config)
     load_weights(model, checkpoint)
     model.eval()

@@ -159,9 +159,37 @@ def test_the_conformer_trains_to_the_same_loss_and_gradients_with_and_without_th
         return float(loss), {n: p.grad.numpy().copy() for n, p in model.named_parameters() if p.grad is not None}
 
     fast_loss, fast_grads = step()
-    monkeypatch.setattr(fast_cpu_ops, "_on_cpu_training", lambda x, training: False)
+    monkeypatch.setattr(fast_cpu_ops, "cpu_training", lambda x, training: False)
     plain_loss, plain_grads = step()
     np.testing.assert_allclose(fast_loss, plain_loss, rtol=1e-5)
     assert fast_grads.keys() == plain_grads.keys() and len(fast_grads) > 100
     for name in plain_grads:
         np.testing.assert_allclose(fast_grads[name], plain_grads[name], rtol=2e-4, atol=2e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["symmetric", "causal"])
+@pytest.mark.parametrize("norm", ["batch_norm", "layer_norm"])
+def test_the_time_major_convolution_module_is_the_same_function(monkeypatch, causal, norm):
+    """Training on CPU runs the Conformer's convolution module with its pointwise convolutions as
+    matrix products on [B, T, C]; padded frames and the causal left zeros must be treated alike."""
+    from paddle_asr.models.layers import ConvolutionModule
+
+    paddle.seed(0)
+    module = ConvolutionModule(8, 5, norm, causal)
+    trainable = [p for p in module.parameters() if not p.stop_gradient]
+    for p in trainable:
+        p.set_value(paddle.randn(p.shape) * 0.5)
+    module.train()
+    x_value = np.random.default_rng(4).standard_normal((3, 11, 8)).astype("float32")
+    pad_mask = paddle.to_tensor((np.arange(11)[None, None, :] < np.array([11, 7, 4])[:, None, None]).astype("float32"))
+    results = []
+    for fast in (True, False):
+        if not fast:
+            monkeypatch.setattr(fast_cpu_ops, "cpu_training", lambda x, training: False)
+        module.clear_gradients()
+        x = paddle.to_tensor(x_value, stop_gradient=False)
+        y, _ = module(x, pad_mask)
+        _weighted_sum(y).backward()
+        results.append([y.numpy(), x.grad.numpy(), *[p.grad.numpy() for p in trainable]])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

@@ -21,7 +21,8 @@ import paddle.nn.functional as F
 from paddle import nn
 
 from paddle_asr.errors import AsrError
-from paddle_asr.models.fast_cpu_ops import Dropout, Linear, conv_then_bias
+from paddle_asr.models import fast_cpu_ops
+from paddle_asr.models.fast_cpu_ops import Dropout, Linear, conv_then_bias, pointwise_conv_time_major
 
 NEG_INF = -1e9
 
@@ -270,6 +271,8 @@ class ConvolutionModule(nn.Layer):
 
     def forward(self, x: paddle.Tensor, pad_mask=None, cache=None) -> tuple[paddle.Tensor, paddle.Tensor | None]:
         """x [B, T, C]; pad_mask [B, 1, T] (1 valid, 0 padding) or None when nothing is padded."""
+        if cache is None and fast_cpu_ops.cpu_training(x, self.training):
+            return self._forward_time_major(x, pad_mask), None
         x = x.transpose([0, 2, 1])  # [B, C, T]
         if pad_mask is not None:
             x = x * pad_mask  # padded frames must not reach the convolution
@@ -296,3 +299,22 @@ class ConvolutionModule(nn.Layer):
         if pad_mask is not None:
             x = x * pad_mask
         return x.transpose([0, 2, 1]), new_cache
+
+    def _forward_time_major(self, x: paddle.Tensor, pad_mask) -> paddle.Tensor:
+        """`forward` for training on CPU, the same function: the pointwise convolutions as matrix
+        products on [B, T, C], so only the depthwise convolution and its norm see [B, C, T]."""
+        time_mask = None if pad_mask is None else pad_mask.transpose([0, 2, 1])  # [B, T, 1]
+        if time_mask is not None:
+            x = x * time_mask
+        if self.lorder > 0:  # zeros on the left, before the pointwise conv, as in `forward`
+            x = paddle.concat([paddle.zeros([x.shape[0], self.lorder, x.shape[2]], x.dtype), x], axis=1)
+        x = F.glu(pointwise_conv_time_major(self.pointwise_conv1, x), axis=-1)
+        if time_mask is not None and self.lorder == 0:
+            x = x * time_mask  # see `forward`
+        x = conv_then_bias(self.depthwise_conv, x.transpose([0, 2, 1]), F.conv1d)  # [B, C, T]
+        if self.use_layer_norm:
+            x = F.silu(self.norm(x.transpose([0, 2, 1])))
+        else:
+            x = F.silu(self.norm(x)).transpose([0, 2, 1])
+        x = pointwise_conv_time_major(self.pointwise_conv2, x)  # [B, T, C]
+        return x if time_mask is None else x * time_mask
