@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     import paddle
 
     from paddle_asr.export.inference import Predictor
-    from paddle_asr.train.trainer import configure_cpu
+    from paddle_asr.cpu_settings import configure_cpu
 
     config, model = build(Path(args.config), args.vocab)
     fp32_dir, int8_dir = work / "fp32" / "encoder", work / "int8" / "encoder"

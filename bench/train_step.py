@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from paddle_asr.config import load_config
     from paddle_asr.models.registry import build_model
-    from paddle_asr.train.trainer import configure_cpu
+    from paddle_asr.cpu_settings import configure_cpu
 
     configure_cpu(args.threads)
     paddle.seed(0)

@@ -37,7 +37,7 @@ def _checkpoint(args, config) -> Path:
 
 def _load_dygraph(exp_dir: Path, checkpoint: Path):
     from paddle_asr.models.registry import build_model, load_weights
-    from paddle_asr.train.trainer import configure_cpu
+    from paddle_asr.cpu_settings import configure_cpu
 
     config = _exp_config(exp_dir)
     configure_cpu(config.training.num_threads)

@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import random
 import signal
 import threading
@@ -30,6 +29,7 @@ from paddle_asr.config import AsrConfig, config_to_dict, load_config, save_confi
 from paddle_asr.data.dataset import Batch, filter_utterances, iterate_batches, make_batches
 from paddle_asr.data.loader import BatchLoader, TrainingInputs
 from paddle_asr.data.manifest import read_manifest
+from paddle_asr.cpu_settings import configure_cpu
 from paddle_asr.data.sampler import epoch_order, plan_batches, rank_part
 from paddle_asr.data.shards import read_shard_list, shard_batches
 from paddle_asr.data.tokenizer import CharTokenizer, load_tokenizer
@@ -41,23 +41,6 @@ from paddle_asr.train.distributed import World, barrier, current_world, init_wor
 from paddle_asr.train.scheduler import build_scheduler
 
 RUN_RECORD = "run.json"  # the fingerprint of the run an experiment directory holds
-
-
-def configure_cpu(num_threads: int) -> int:
-    """CPU settings of the dynamic graph; returns the thread count.
-
-    - Every core unless told otherwise: `import paddle` alone leaves CPU kernels on one thread.
-    - Transposes and slices as copies, not strided views. Paddle 3.0 turns a view into the
-      contiguous tensor the next kernel needs with a slow generic copy: the subsampling output's
-      transpose + reshape, [8, 256, 124, 19], takes 53 ms that way and 7 ms through the transpose
-      kernel, and every attention layer does four such reshapes. Measured on the AISHELL Conformer
-      training step at 8 x 500 frames: 3.5 -> 3.0 s. GPUs keep the views (their copies are cheap).
-    """
-    n = num_threads or os.cpu_count() or 1
-    paddle.base.core.set_num_threads(n)
-    if paddle.get_device() == "cpu":
-        paddle.set_flags({"FLAGS_use_stride_kernel": False})
-    return n
 
 
 def seed_everything(seed: int) -> None:
