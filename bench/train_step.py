@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
         loss, _ = model(*tensors)
         loss.backward()
         optimizer.step()
-        optimizer.clear_grad()
+        optimizer.clear_grad(set_to_zero=False)  # as stage 1 does in one process
         float(loss)  # the host sync stage 1 also makes (the loss is logged and checked)
         return time.perf_counter() - t0
 
