@@ -36,18 +36,24 @@ def main() -> None:
     rows = [json.loads(line) for f in (sys.argv[1:] or ["-"]) for line in (sys.stdin if f == "-" else open(f))
             if line.startswith("{")]
     out = [f"Machine: {machine()}", "", "Each figure: median [min-max] of the timed runs after warm-up.", ""]
-    train = [r for r in rows if r["what"] == "train_step"]
+    train = [r for r in rows if r["what"] == "train_step" and r.get("model", "u2") == "u2"]
     if train:
         out += ["### Training step (AISHELL Conformer, forward + backward + Adam update, random features)", "",
-                "| batch x frames | ours | PaddleSpeech 1.5.0 U2Model | ours/theirs | peak RSS ours / theirs |",
-                "|---|---|---|---|---|"]
+                "Rounds alternate ours and theirs; each row is one round.", "",
+                "| batch x frames | round | ours | PaddleSpeech 1.5.0 U2Model | ours/theirs | peak RSS ours / theirs |",
+                "|---|---|---|---|---|---|"]
         for b in sorted({(r["batch"], r["frames"]) for r in train}):
             ours = [r for r in train if (r["batch"], r["frames"]) == b and r["impl"] == "paddle-asr"]
             theirs = [r for r in train if (r["batch"], r["frames"]) == b and r["impl"] != "paddle-asr"]
-            if ours and theirs:
-                o, t = ours[-1], theirs[-1]
-                out.append(f"| {b[0]} x {b[1]} | {fmt(o)} | {fmt(t)} | {o['median_s'] / t['median_s']:.2f} | "
+            for i, (o, t) in enumerate(zip(ours, theirs), 1):
+                out.append(f"| {b[0]} x {b[1]} | {i} | {fmt(o)} | {fmt(t)} | {o['median_s'] / t['median_s']:.2f} | "
                            f"{o['peak_rss_mb'] / 1024:.2f} / {t['peak_rss_mb'] / 1024:.2f} GB |")
+        out.append("")
+    ds2 = [r for r in rows if r["what"] == "train_step" and r.get("model") == "deepspeech2"]
+    if ds2:
+        out += [f"### Training step (AISHELL DeepSpeech2, {ds2[0]['trainable_parameters'] / 1e6:.1f} M parameters, ours)", "",
+                "| batch x frames | time | peak RSS |", "|---|---|---|"]
+        out += [f"| {r['batch']} x {r['frames']} | {fmt(r)} | {r['peak_rss_mb'] / 1024:.2f} GB |" for r in ds2]
         out.append("")
     rtf = [r for r in rows if r["what"] == "encoder_ctc"]
     if rtf:

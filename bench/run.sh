@@ -38,6 +38,11 @@ for batch in 8 16; do
   done
 done
 
+for batch in 8 16; do
+  log "DeepSpeech2, batch $batch x 500 frames"
+  ours train_step --config recipes/aishell/conf/deepspeech2.yaml --batch "$batch" --frames 500 --repeats 3
+done
+
 stage_banner bench "encoder + CTC real-time factor"
 ours rtf --seconds 10 --threads 1,2 --repeats "$repeats"
 if [ "$peer" = true ]; then
