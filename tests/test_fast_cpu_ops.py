@@ -2,6 +2,7 @@
 values and gradients, op by op and through the whole Conformer, and dropout masks decided by the seed."""
 
 import dataclasses
+import random
 from pathlib import Path
 
 import numpy as np
@@ -128,11 +129,14 @@ def test_fast_log_softmax_matches_log_softmax_and_is_exact_where_paddles_floors(
                                rtol=1e-5, atol=1e-3)
 
 
-def test_the_conformer_trains_to_the_same_loss_and_gradients_with_and_without_them(monkeypatch):
-    """One training step of a small AISHELL-layout Conformer (x4 subsampling: conv 1->C as a GEMM,
-    conv C->C with the fast bias; both conv-module norms; decoder), dropout off so that both runs
-    see the same function: every parameter's gradient must agree."""
-    config = load_config(REPO / "recipes/aishell/conf/conformer.yaml")
+@pytest.mark.parametrize("config_path", ["recipes/aishell/conf/conformer.yaml", "recipes/aishell/conf/chunk_conformer.yaml",
+                                         "recipes/demo/conf/conformer.yaml"], ids=["aishell", "chunk", "demo"])
+def test_the_conformer_trains_to_the_same_loss_and_gradients_with_and_without_them(monkeypatch, config_path):
+    """One training step of a small Conformer in each recipe layout (x4 subsampling with C->C
+    convolution, or the demo's x8; batch norm with symmetric, or layer norm with causal convolution
+    and dynamic chunks; decoder), dropout off so that both runs see the same function: the loss and
+    every parameter's gradient must agree."""
+    config = load_config(REPO / config_path)
     config = dataclasses.replace(config, vocab_size=50, input_dim=80)
     config.model.encoder = dataclasses.replace(config.model.encoder, num_blocks=2, output_size=64, linear_units=128,
                                                attention_heads=2, dropout_rate=0.0, positional_dropout_rate=0.0)
@@ -151,6 +155,7 @@ def test_the_conformer_trains_to_the_same_loss_and_gradients_with_and_without_th
     label_lengths = paddle.to_tensor(np.array([6, 4, 5], np.int64))
 
     def step():
+        random.seed(5)  # the dynamic chunk size
         model.set_state_dict({k: paddle.to_tensor(v) for k, v in state.items()})
         model.train()
         model.clear_gradients()
