@@ -14,6 +14,7 @@ from paddle_asr.config import load_config
 from paddle_asr.models import fast_cpu_ops
 from paddle_asr.models.fast_cpu_ops import Dropout, Linear, add_bias, conv_then_bias, dropout, fast_log_softmax
 from paddle_asr.models.registry import build_model
+from tests.test_model import randomise_biases
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,6 +29,21 @@ def _weighted_sum(y: paddle.Tensor) -> paddle.Tensor:
     return (y * w).sum()
 
 
+def _assert_same_values_and_gradients(runs, x_value: np.ndarray) -> None:
+    """Each (x -> y, parameters) of `runs` on the same input: outputs, input gradients and the
+    parameters' gradients agree."""
+    results = []
+    for run, params in runs:
+        for p in params:
+            p.clear_gradient()
+        x = paddle.to_tensor(x_value, stop_gradient=False)
+        y = run(x)
+        _weighted_sum(y).backward()
+        results.append([y.numpy(), *_grads([x, *params])])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("shape", [[3, 7, 16], [5, 16]])
 def test_linear_matches_nn_linear_values_and_gradients(shape):
     paddle.seed(0)
@@ -35,16 +51,10 @@ def test_linear_matches_nn_linear_values_and_gradients(shape):
     plain = paddle.nn.Linear(16, 24)
     plain.set_state_dict(fast.state_dict())
     assert list(fast.state_dict()) == ["weight", "bias"]  # checkpoints keep PaddleSpeech's names
+    fast.train()
+    plain.train()
     x_value = np.random.default_rng(0).standard_normal(shape).astype("float32")
-    results = []
-    for layer in (fast, plain):
-        layer.train()
-        x = paddle.to_tensor(x_value, stop_gradient=False)
-        y = layer(x)
-        _weighted_sum(y).backward()
-        results.append([y.numpy(), *_grads([x, layer.weight, layer.bias])])
-    for a, b in zip(*results):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    _assert_same_values_and_gradients([(fast, [fast.weight, fast.bias]), (plain, [plain.weight, plain.bias])], x_value)
 
 
 def test_linear_on_an_input_without_gradient_gives_the_parameters_theirs():
@@ -84,15 +94,8 @@ def test_conv_then_bias_matches_the_layer(make, functional, shape):
     conv = make()
     conv.bias.set_value(paddle.randn(conv.bias.shape))
     x_value = np.random.default_rng(3).standard_normal(shape).astype("float32")
-    results = []
-    for run in (lambda x: conv_then_bias(conv, x, functional), conv):
-        conv.clear_gradients()
-        x = paddle.to_tensor(x_value, stop_gradient=False)
-        y = run(x)
-        _weighted_sum(y).backward()
-        results.append([y.numpy(), *_grads([x, conv.weight, conv.bias])])
-    for a, b in zip(*results):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    params = [conv.weight, conv.bias]
+    _assert_same_values_and_gradients([(lambda x: conv_then_bias(conv, x, functional), params), (conv, params)], x_value)
 
 
 def test_dropout_is_decided_by_the_seed_keeps_the_rate_and_scales_up():
@@ -144,10 +147,8 @@ def test_the_conformer_trains_to_the_same_loss_and_gradients_with_and_without_th
                                                dropout_rate=0.0, positional_dropout_rate=0.0)
     paddle.seed(0)
     model = build_model(config)
+    randomise_biases(model)
     rng = np.random.default_rng(0)
-    for name, p in model.named_parameters():
-        if name.endswith("bias"):
-            p.set_value(rng.normal(0, 0.5, p.shape).astype("float32"))
     state = {k: v.numpy().copy() for k, v in model.state_dict().items()}
     feats = paddle.to_tensor(rng.standard_normal((3, 120, 80)).astype("float32"))
     feat_lengths = paddle.to_tensor(np.array([120, 97, 64], np.int64))

@@ -21,14 +21,18 @@ def _model(config="recipes/demo/conf/conformer.yaml", encoder_type=None, vocab=4
         config.model.encoder_type = encoder_type
     paddle.seed(0)
     model = build_model(config)
-    # Trained models have non-zero biases and BatchNorm statistics; fresh ones have zeros,
-    # which would hide padding leaks.
+    randomise_biases(model)
+    model.eval()
+    return model
+
+
+def randomise_biases(model) -> None:
+    """Trained models have non-zero biases; fresh ones have zeros, which would hide padding leaks
+    and a wrong bias gradient."""
     rng = np.random.default_rng(0)
     for name, p in model.named_parameters():
         if name.endswith("bias"):
             p.set_value(rng.normal(0, 0.5, p.shape).astype("float32"))
-    model.eval()
-    return model
 
 
 def test_parameter_names_and_shapes_follow_paddlespeech():
