@@ -10,10 +10,11 @@ exported programs and GPUs use Paddle's own kernels, so checkpoints and exports 
 - `dropout`: Paddle's CPU dropout draws its random numbers one at a time; NumPy's PCG64 draws the
   mask ~7x faster (16-bit draws). The NumPy generator is seeded from Paddle's, so `paddle.seed` still decides
   every mask and a resumed run repeats them.
-- `add_bias` (and `Linear` built on it): the gradient of a broadcast bias add is a sum over every
-  axis but the bias's, and Paddle's CPU `reduce_sum` over a leading axis is ~60x slower than the
-  same sum as a matrix product with a vector of ones ([1000, 2048]: 12.7 ms against 0.2 ms).
-  `nn.Linear` spends more time in that sum than in its two gradient GEMMs.
+- `add_bias` (convolution biases) and `Linear`: the gradient of a broadcast bias add is a sum over
+  every axis but the bias's, and Paddle's CPU `reduce_sum` over a leading axis is ~60x slower than
+  the same sum as a matrix product with a vector of ones ([1000, 2048]: 12.7 ms against 0.2 ms).
+  `nn.Linear` spent more time in that sum than in its two gradient GEMMs.
+- `pointwise_conv_time_major`: a kernel-1 convolution as that `Linear` on [B, T, C].
 """
 
 from __future__ import annotations
@@ -159,7 +160,7 @@ def conv_then_bias(conv: nn.Layer, x: paddle.Tensor, functional) -> paddle.Tenso
     """`conv(x)` for a Conv1D/Conv2D in NCHW layout, with its bias added by `add_bias` when training
     on CPU (Paddle adds a conv bias as a separate broadcast add whose gradient is the slow sum).
     `functional` is F.conv1d or F.conv2d, matching the layer."""
-    if conv.bias is None or not cpu_training(x, conv.training):
+    if conv.bias is None or conv._padding_mode != "zeros" or not cpu_training(x, conv.training):
         return conv(x)
     y = functional(x, conv.weight, None, stride=conv._stride, padding=conv._padding, dilation=conv._dilation,
                    groups=conv._groups)
@@ -171,4 +172,6 @@ def pointwise_conv_time_major(conv: nn.Layer, x: paddle.Tensor) -> paddle.Tensor
     (for training on CPU): the same function as transposing to [B, C, T], convolving and
     transposing back, without the transposes or the convolution's im2col."""
     weight = conv.weight.squeeze(-1).transpose([1, 0])  # [out, in, 1] -> [in, out]
+    if conv.bias is None:
+        return paddle.matmul(x, weight)
     return _LinearFn.apply(x, weight, conv.bias)
