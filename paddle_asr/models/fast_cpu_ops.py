@@ -86,8 +86,21 @@ class Dropout(nn.Layer):
         return dropout(x, self.p, self.training)
 
 
+def _bias_grad(grad: paddle.Tensor, axis: int) -> paddle.Tensor:
+    """The sum of `grad` over every axis but `axis`, as a GEMM with a vector of ones."""
+    channels = grad.shape[axis]
+    if axis == grad.ndim - 1:  # [..., C]: ones[1, N] @ grad[N, C]
+        rows = grad.reshape([-1, channels])
+        return paddle.matmul(paddle.ones([1, rows.shape[0]], grad.dtype), rows).reshape([channels])
+    # [B, C, ...]: grad[B*C, L] @ ones[L, 1], then the small sum over B
+    lead = int(np.prod(grad.shape[:axis]))
+    cols = grad.reshape([lead * channels, -1])
+    per_lead = paddle.matmul(cols, paddle.ones([cols.shape[1], 1], grad.dtype))
+    return per_lead.reshape([lead, channels]).sum(axis=0)
+
+
 class _AddBias(PyLayer):
-    """y = x + bias broadcast along `axis`; the bias gradient is a GEMM with a vector of ones."""
+    """y = x + bias broadcast along `axis`; the bias gradient is `_bias_grad`."""
 
     @staticmethod
     def forward(ctx, x: paddle.Tensor, bias: paddle.Tensor, axis: int) -> paddle.Tensor:
@@ -99,16 +112,7 @@ class _AddBias(PyLayer):
 
     @staticmethod
     def backward(ctx, grad: paddle.Tensor):
-        axis, channels = ctx.axis, grad.shape[ctx.axis]
-        if axis == grad.ndim - 1:  # [..., C]: ones[1, N] @ grad[N, C]
-            rows = grad.reshape([-1, channels])
-            bias_grad = paddle.matmul(paddle.ones([1, rows.shape[0]], grad.dtype), rows).reshape([channels])
-        else:  # [B, C, ...]: grad[B*C, L] @ ones[L, 1], then the small sum over B
-            lead = int(np.prod(grad.shape[:axis]))
-            cols = grad.reshape([lead * channels, -1])
-            per_lead = paddle.matmul(cols, paddle.ones([cols.shape[1], 1], grad.dtype))
-            bias_grad = per_lead.reshape([lead, channels]).sum(axis=0)
-        return (grad if ctx.x_needs_grad else None), bias_grad
+        return (grad if ctx.x_needs_grad else None), _bias_grad(grad, ctx.axis)
 
 
 def add_bias(x: paddle.Tensor, bias: paddle.Tensor | None, axis: int = -1, training: bool = True) -> paddle.Tensor:
@@ -125,7 +129,7 @@ def add_bias(x: paddle.Tensor, bias: paddle.Tensor | None, axis: int = -1, train
 
 class _LinearFn(PyLayer):
     """x @ weight + bias: the bias added in place to the product (no second [N, out] tensor), and
-    the backward as three GEMMs (the bias gradient with a vector of ones)."""
+    the backward as three GEMMs (the bias gradient is `_bias_grad`)."""
 
     @staticmethod
     def forward(ctx, x: paddle.Tensor, weight: paddle.Tensor, bias: paddle.Tensor) -> paddle.Tensor:
@@ -140,7 +144,7 @@ class _LinearFn(PyLayer):
         x, weight = ctx.saved_tensor()
         rows = grad.reshape([-1, grad.shape[-1]])
         weight_grad = paddle.matmul(x.reshape([-1, x.shape[-1]]), rows, transpose_x=True)
-        bias_grad = paddle.matmul(paddle.ones([1, rows.shape[0]], grad.dtype), rows).reshape([grad.shape[-1]])
+        bias_grad = _bias_grad(grad, grad.ndim - 1)
         x_grad = paddle.matmul(grad, weight, transpose_y=True) if ctx.x_needs_grad else None
         return x_grad, weight_grad, bias_grad
 

@@ -283,19 +283,19 @@ class ConvolutionModule(nn.Layer):
             else:
                 x = paddle.concat([cache, x], axis=2)
             new_cache = x[:, :, -self.lorder:]
-        x = F.glu(conv_then_bias(self.pointwise_conv1, x, F.conv1d), axis=1)
+        x = F.glu(self.pointwise_conv1(x), axis=1)
         if pad_mask is not None and self.lorder == 0:
             # Masked again after the pointwise conv: its bias makes padded frames non-zero and the
             # symmetric depthwise conv would carry them into the last valid frames, so a hypothesis
             # would depend on how much padding its batch had. (PaddleSpeech masks only before; the
             # same for unpadded input. A causal conv cannot look right, so it needs no second mask.)
             x = x * pad_mask
-        x = conv_then_bias(self.depthwise_conv, x, F.conv1d)
+        x = self.depthwise_conv(x)
         if self.use_layer_norm:
             x = self.norm(x.transpose([0, 2, 1])).transpose([0, 2, 1])
         else:
             x = self.norm(x)
-        x = conv_then_bias(self.pointwise_conv2, F.silu(x), F.conv1d)
+        x = self.pointwise_conv2(F.silu(x))
         if pad_mask is not None:
             x = x * pad_mask
         return x.transpose([0, 2, 1]), new_cache

@@ -26,10 +26,10 @@ import paddle
 
 from paddle_asr.artifacts import atomic_write_text, fingerprint, is_complete, mark_complete
 from paddle_asr.config import AsrConfig, config_to_dict, load_config, save_config
+from paddle_asr.cpu_settings import configure_cpu
 from paddle_asr.data.dataset import Batch, filter_utterances, iterate_batches, make_batches
 from paddle_asr.data.loader import BatchLoader, TrainingInputs
 from paddle_asr.data.manifest import read_manifest
-from paddle_asr.cpu_settings import configure_cpu
 from paddle_asr.data.sampler import epoch_order, plan_batches, rank_part
 from paddle_asr.data.shards import read_shard_list, shard_batches
 from paddle_asr.data.tokenizer import CharTokenizer, load_tokenizer
