@@ -1,9 +1,15 @@
-"""configure_cpu: the settings it promises are in force, and tensors keep their values under them."""
+"""cpu_settings: the settings it promises are in force, MKL's kernels are chosen by CPU, and tensors keep
+their values under them."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import paddle
 
-from paddle_asr.cpu_settings import configure_cpu, keep_freed_memory_for_reuse
+from paddle_asr.cpu_settings import choose_mkl_kernels, configure_cpu, keep_freed_memory_for_reuse, mkl_cpu_type_for
 
 
 def test_configure_cpu_sets_threads_contiguous_transposes_and_malloc_reuse():
@@ -18,3 +24,39 @@ def test_configure_cpu_sets_threads_contiguous_transposes_and_malloc_reuse():
     part = t[:, 1]
     part.add_(paddle.ones_like(part))
     np.testing.assert_array_equal(t.numpy(), x)
+
+
+AMD_ZEN3 = """processor\t: 0
+vendor_id\t: AuthenticAMD
+model name\t: AMD EPYC
+flags\t\t: fpu sse sse2 avx fma avx2 bmi2
+processor\t: 1
+vendor_id\t: AuthenticAMD
+flags\t\t: fpu sse sse2 avx fma avx2 bmi2
+"""
+
+
+def test_mkl_gets_its_avx2_kernels_on_amd_only():
+    assert mkl_cpu_type_for(AMD_ZEN3) == "5"
+    assert mkl_cpu_type_for(AMD_ZEN3.replace(" avx2", "")) is None  # an AMD CPU without AVX2
+    assert mkl_cpu_type_for(AMD_ZEN3.replace("AuthenticAMD", "GenuineIntel")) is None
+    assert mkl_cpu_type_for("") is None
+
+
+def test_choose_mkl_kernels_sets_the_variable_unless_the_user_did(tmp_path, monkeypatch):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(AMD_ZEN3)
+    monkeypatch.delenv("MKL_DEBUG_CPU_TYPE", raising=False)
+    assert choose_mkl_kernels(cpuinfo) == "5" and os.environ["MKL_DEBUG_CPU_TYPE"] == "5"
+    monkeypatch.setenv("MKL_DEBUG_CPU_TYPE", "2")
+    assert choose_mkl_kernels(cpuinfo) == "2"
+    monkeypatch.delenv("MKL_DEBUG_CPU_TYPE")
+    assert choose_mkl_kernels(tmp_path / "missing") is None and "MKL_DEBUG_CPU_TYPE" not in os.environ
+
+
+def test_importing_the_package_chooses_the_kernels_for_this_machine():
+    # A fresh process: the variable is in force from the package's import, before any Paddle kernel.
+    env = {k: v for k, v in os.environ.items() if k != "MKL_DEBUG_CPU_TYPE"}
+    code = "import os, paddle_asr; print(os.environ.get('MKL_DEBUG_CPU_TYPE'))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == str(mkl_cpu_type_for(Path("/proc/cpuinfo").read_text()))
