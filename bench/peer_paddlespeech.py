@@ -26,6 +26,7 @@ _stub_unused_imports()
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
 import resource  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
@@ -116,7 +117,9 @@ def main() -> None:
     result = {**what, "impl": "paddlespeech-1.5.0", "mode": "dygraph", "config": Path(args.config).name,
               "threads": args.threads, "trainable_parameters": n_params, "median_s": statistics.median(times),
               "min_s": min(times), "max_s": max(times), "runs": len(times),
-              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+              # PaddleSpeech sets no MKL kernel choice; bench/run.sh can pass ours in (on AMD CPUs).
+              "mkl_cpu_type": os.environ.get("MKL_DEBUG_CPU_TYPE")}
     print(json.dumps(result), flush=True)
 
 

@@ -23,7 +23,9 @@ def machine() -> str:
     from importlib.metadata import version
 
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    isa = ", ".join(f for f in ("avx512f", "avx512_vnni", "amx_int8") if f" {f} " in flags) or "no AVX-512"
+    isa = ", ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "amx_int8") if f" {f} " in flags) or "no AVX2"
+    if " avx512f " not in flags:
+        isa += ", no AVX-512 or VNNI"
     return (f"{cpu} ({isa}), {os.cpu_count()} cores, {mem:.0f} GiB; Python {platform.python_version()}, "
             f"paddlepaddle {version('paddlepaddle')} (CPU)")
 
@@ -38,15 +40,27 @@ def main() -> None:
     out = [f"Machine: {machine()}", "", "Each figure: median [min-max] of the timed runs after warm-up.", ""]
     train = [r for r in rows if r["what"] == "train_step" and r.get("model", "u2") == "u2"]
     if train:
+        mkl = {r.get("mkl_cpu_type") for r in train if r["impl"] == "paddle-asr"} - {None}
+        with_mkl = any(r["impl"] != "paddle-asr" and r.get("mkl_cpu_type") for r in train)
+        extra_head = f" | PaddleSpeech with MKL_DEBUG_CPU_TYPE={'/'.join(sorted(mkl))} (the setting ours makes) | ours/that" \
+            if with_mkl else ""
         out += ["### Training step (AISHELL Conformer, forward + backward + Adam update, random features)", "",
-                "Rounds alternate ours and theirs; each row is one round.", "",
-                "| batch x frames | round | ours | PaddleSpeech 1.5.0 U2Model | ours/theirs | peak RSS ours / theirs |",
-                "|---|---|---|---|---|---|"]
+                "Rounds alternate ours and theirs; each row is one round. PaddleSpeech runs as its users run it"
+                + (", and again with the MKL kernel choice that ours makes on this CPU (`paddle_asr/cpu_settings.py`)."
+                   if with_mkl else "."), "",
+                "| batch x frames | round | ours | PaddleSpeech 1.5.0 U2Model | ours/theirs" + extra_head
+                + " | peak RSS ours / theirs |", "|---|---|---|---|---|" + ("---|---|" if with_mkl else "") + "---|"]
         for b in sorted({(r["batch"], r["frames"]) for r in train}):
-            ours = [r for r in train if (r["batch"], r["frames"]) == b and r["impl"] == "paddle-asr"]
-            theirs = [r for r in train if (r["batch"], r["frames"]) == b and r["impl"] != "paddle-asr"]
+            same = [r for r in train if (r["batch"], r["frames"]) == b]
+            ours = [r for r in same if r["impl"] == "paddle-asr"]
+            theirs = [r for r in same if r["impl"] != "paddle-asr" and not r.get("mkl_cpu_type")]
+            theirs_mkl = [r for r in same if r["impl"] != "paddle-asr" and r.get("mkl_cpu_type")]
             for i, (o, t) in enumerate(zip(ours, theirs), 1):
-                out.append(f"| {b[0]} x {b[1]} | {i} | {fmt(o)} | {fmt(t)} | {o['median_s'] / t['median_s']:.2f} | "
+                extra = ""
+                if with_mkl:
+                    m = theirs_mkl[i - 1] if i <= len(theirs_mkl) else None
+                    extra = f" | {fmt(m)} | {o['median_s'] / m['median_s']:.2f}" if m else " | | "
+                out.append(f"| {b[0]} x {b[1]} | {i} | {fmt(o)} | {fmt(t)} | {o['median_s'] / t['median_s']:.2f}{extra} | "
                            f"{o['peak_rss_mb'] / 1024:.2f} / {t['peak_rss_mb'] / 1024:.2f} GB |")
         out.append("")
     ds2 = [r for r in rows if r["what"] == "train_step" and r.get("model") == "deepspeech2"]
@@ -60,9 +74,11 @@ def main() -> None:
         out += ["### Encoder + CTC log-probabilities, one 10 s utterance", "",
                 "| implementation | threads | time | RTF | PaddleSpeech dygraph / this |", "|---|---|---|---|---|"]
         for r in rtf:
-            peer = [p for p in rtf if p["impl"] != "paddle-asr" and p["threads"] == r["threads"]]
+            peer = [p for p in rtf if p["impl"] != "paddle-asr" and p["threads"] == r["threads"] and not p.get("mkl_cpu_type")]
             ratio = f"{peer[-1]['median_s'] / r['median_s']:.2f}x" if peer else ""
             name = f"{r['impl']} {r['mode']}"
+            if r["impl"] != "paddle-asr" and r.get("mkl_cpu_type"):
+                name += f" (MKL_DEBUG_CPU_TYPE={r['mkl_cpu_type']})"
             out.append(f"| {name} | {r['threads']} | {fmt(r)} | {r['median_s'] / r['seconds']:.4f} | {ratio} |")
         out.append("")
     data = [r for r in rows if r["what"] == "data_pipeline"]

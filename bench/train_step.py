@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import resource
 import statistics
 import sys
@@ -84,7 +85,8 @@ def main(argv: list[str] | None = None) -> dict:
               "mode": args.mode, "batch": args.batch, "frames": args.frames, "threads": args.threads,
               "trainable_parameters": n_params, "median_s": statistics.median(times), "min_s": min(times),
               "max_s": max(times), "runs": len(times),
-              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+              "mkl_cpu_type": os.environ.get("MKL_DEBUG_CPU_TYPE")}
     print(json.dumps(result), flush=True)
     return result
 
