@@ -88,8 +88,10 @@ def test_two_processes_equal_one_process_on_the_same_global_batch(tiny_recipe):
     # An attention key bias adds the same amount to all scores of a query, which softmax ignores:
     # its true gradient is 0, and Adam turns the float noise there into steps of +-lr. Every
     # parameter with a real gradient must match.
+    # The bound leaves room for float sums taken in another order (1.2e-5 measured on an AVX2 CPU,
+    # under 1e-5 on AVX-512); a different global batch moves parameters by Adam steps of ~1e-4.
     worst = max((float(np.abs(a[k] - b[k]).max()), k) for k in a if not k.endswith("linear_k.bias"))
-    assert worst[0] < 1e-5, worst
+    assert worst[0] < 3e-5, worst
     # One process with 4 utterances per batch takes other steps: the comparison above can fail.
     run_train(tiny_recipe, two, "exp/dp_two_single")
     c = params(tiny_recipe / "exp/dp_two_single/checkpoints/1.pdparams")
