@@ -293,13 +293,11 @@ def _gpu_inference(args):
 
 def _fp32_layers(option: str, model: str) -> tuple[str, ...]:
     """The ``--fp32_layers`` choice as edge-layer names (see quantize.edge_layer_weights)."""
-    from paddle_asr.export.quantize import EDGE_LAYERS
+    from paddle_asr.cpu_settings import cpu_has_vnni
+    from paddle_asr.export.quantize import EDGE_LAYERS, default_fp32_layers
 
     if option == "auto":
-        # DeepSpeech2's RNNs stay FP32 anyway (no INT8 kernel for the `rnn` op), so its output
-        # layer is one of the two places INT8 can act at all; the Conformer keeps both edges in
-        # FP32 because that measured best for its CER.
-        return ("first_conv",) if model == "deepspeech2" else EDGE_LAYERS
+        return default_fp32_layers(model, cpu_has_vnni())
     if option == "none":
         return ()
     layers = tuple(x for x in option.split(",") if x)
@@ -318,8 +316,15 @@ def cmd_quantize(args) -> int:
     from paddle_asr.export.bundle import copy_bundle_files, read_bundle
     from paddle_asr.export.quantize import quantize_ptq
 
+    from paddle_asr.cpu_settings import cpu_has_vnni
+
     fp32_dir, out = Path(args.model), Path(args.out)
     meta, features, tokenizer = read_bundle(fp32_dir)
+    if not cpu_has_vnni():
+        log("stage 6 (INT8): warning: this CPU has no VNNI (AVX-512 VNNI, AVX-VNNI or AMX). oneDNN's INT8 "
+            "kernels here sum 8-bit products in 16 bits, which saturate, and gain little over FP32 (measured on "
+            "an AMD EPYC Zen 3: 1.0-1.4x). Expect a higher error rate than FP32; for INT8, quantize and run on a "
+            "CPU with VNNI (Intel Cascade Lake or later, AMD Zen 4 or later). See README 'INT8'.")
     fp32_layers = _fp32_layers(args.fp32_layers, meta.get("model", ""))
     fp = fingerprint("quantize-v3", fp32_dir / ".done", Path(args.calib), args.num_calib, args.batch_size, args.functions,
                      ",".join(fp32_layers))

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import paddle
 
-from paddle_asr.cpu_settings import choose_mkl_kernels, configure_cpu, keep_freed_memory_for_reuse, mkl_cpu_type_for
+from paddle_asr.cpu_settings import (choose_mkl_kernels, configure_cpu, cpu_has_vnni, keep_freed_memory_for_reuse,
+                                     mkl_cpu_type_for)
 
 
 def test_configure_cpu_sets_threads_contiguous_transposes_and_malloc_reuse():
@@ -60,3 +61,10 @@ def test_importing_the_package_chooses_the_kernels_for_this_machine():
     code = "import os, paddle_asr; print(os.environ.get('MKL_DEBUG_CPU_TYPE'))"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.strip() == str(mkl_cpu_type_for(Path("/proc/cpuinfo").read_text()))
+
+
+def test_vnni_is_read_from_the_cpu_flags():
+    assert not cpu_has_vnni(AMD_ZEN3)
+    assert cpu_has_vnni(AMD_ZEN3.replace(" avx2", " avx2 avx512f avx512_vnni"))  # Cascade Lake, Zen 4
+    assert cpu_has_vnni(AMD_ZEN3.replace(" avx2", " avx2 avx_vnni"))  # Alder Lake
+    assert not cpu_has_vnni("")

@@ -22,7 +22,8 @@ from paddle_asr.errors import AsrError
 from paddle_asr.export.bundle import copy_bundle_files, write_bundle_files
 from paddle_asr.export.export import export_model
 from paddle_asr.export.inference import Predictor
-from paddle_asr.export.quantize import edge_layer_weights, quantize_ptq
+from paddle_asr.cpu_settings import cpu_has_vnni
+from paddle_asr.export.quantize import default_fp32_layers, edge_layer_weights, quantize_ptq
 from paddle_asr.export.runtime import DeepSpeech2ExportedBackend, ExportedBackend
 from paddle_asr.features import compute_fbank, load_cmvn
 from paddle_asr.models.registry import build_model
@@ -195,21 +196,31 @@ def _timed(predictor: Predictor, feeds: dict, repeats: int = 20) -> float:
     return (time.perf_counter() - start) / repeats
 
 
+def expected_int8_ops(vnni: bool) -> dict:
+    return {"conv2d": 1, "matmul_v2": 1} if vnni else {"conv2d": 1}
+
+
+def expected_fp32_ops(vnni: bool) -> dict:
+    return {"conv2d": 1, "rnn": 2} if vnni else {"conv2d": 1, "rnn": 2, "matmul_v2": 1}
+
+
 def test_int8_bundle_decodes(bundles, tmp_path):
     _, fp32_dir, _ = bundles["online_lstm"]
     rng = np.random.default_rng(0)
     calib = [real_batch((400, 300, 250, 200), rng) for _ in range(4)]
     int8_dir = tmp_path / "int8"
     int8_dir.mkdir()
-    report = quantize_ptq(fp32_dir / "encoder", int8_dir / "encoder", lambda: iter(calib), fp32_layers=("first_conv",))
+    fp32_layers = default_fp32_layers("deepspeech2", cpu_has_vnni())
+    report = quantize_ptq(fp32_dir / "encoder", int8_dir / "encoder", lambda: iter(calib), fp32_layers=fp32_layers)
     for name in ("ctc_activation", "encoder_chunk"):
         shutil.copytree(fp32_dir / name, int8_dir / name)
     copy_bundle_files(fp32_dir, int8_dir, precision="int8", int8_functions=["encoder"])
-    # The second convolution and the CTC output layer run in INT8; the first convolution is kept in
-    # FP32 on purpose and the RNNs have no INT8 path (quantize.RECURRENT_OPS).
-    assert report["quantized_ops"] == {"conv2d": 1, "matmul_v2": 1}
-    assert report["fp32_ops"] == {"conv2d": 1, "rnn": 2}
-    assert report["kept_fp32_weights"] == edge_layer_weights(fp32_dir / "encoder" / "model.pdmodel", ("first_conv",))
+    # The second convolution runs in INT8, and the CTC output layer where the CPU has VNNI; the first
+    # convolution is kept in FP32 on purpose and the RNNs have no INT8 path (quantize.RECURRENT_OPS).
+    assert report["quantized_ops"] == expected_int8_ops(report["cpu_vnni"])
+    assert report["fp32_ops"] == expected_fp32_ops(report["cpu_vnni"])
+    assert report["cpu_vnni"] == cpu_has_vnni()
+    assert report["kept_fp32_weights"] == edge_layer_weights(fp32_dir / "encoder" / "model.pdmodel", fp32_layers)
     assert report["int8_bytes"] < report["fp32_bytes"]
 
     fp32, int8 = backend_of(fp32_dir), backend_of(int8_dir)
@@ -237,7 +248,7 @@ def test_int8_bundle_decodes(bundles, tmp_path):
           f"{report['int8_bytes']} bytes; batch 8 x 426 frames: FP32 {t_fp32 * 1e3:.2f} ms, INT8 {t_int8 * 1e3:.2f} ms")
 
 
-def test_cli_export_and_quantize_a_paddlespeech_model(tmp_path, monkeypatch):
+def test_cli_export_and_quantize_a_paddlespeech_model(tmp_path, monkeypatch, capsys):
     """Stages 4 and 6 through `paddle-asr` on the PaddleSpeech online fixture (asr0 folder)."""
     from paddle_asr.cli import main
     from paddle_asr.import_paddlespeech import import_paddlespeech
@@ -256,11 +267,15 @@ def test_cli_export_and_quantize_a_paddlespeech_model(tmp_path, monkeypatch):
                                         ensure_ascii=False) + "\n" for i in range(4)), encoding="utf-8")
     assert main(["quantize", "--model", str(fp32_dir), "--out", str(exp / "export" / "int8"), "--calib", str(calib),
                  "--functions", "decoder"]) == 1  # a CTC-only bundle has no decoder program
+    capsys.readouterr()
     assert main(["quantize", "--model", str(fp32_dir), "--out", str(exp / "export" / "int8"), "--calib", str(calib),
                  "--num_calib", "4", "--batch_size", "2"]) == 0
+    # Without VNNI the stage says what INT8 costs on this CPU; with it, it says nothing of the kind.
+    assert ("this CPU has no VNNI" in capsys.readouterr().out) == (not cpu_has_vnni())
     report = json.loads((exp / "export" / "int8" / "quantize_report.json").read_text())
-    assert report["encoder"]["fp32_ops"] == {"conv2d": 1, "rnn": 2}  # --fp32_layers auto: first conv only
-    assert report["encoder"]["quantized_ops"] == {"conv2d": 1, "matmul_v2": 1}
+    # --fp32_layers auto: the first convolution, and the output layer too without VNNI
+    assert report["encoder"]["fp32_ops"] == expected_fp32_ops(cpu_has_vnni())
+    assert report["encoder"]["quantized_ops"] == expected_int8_ops(cpu_has_vnni())
     feats, lengths = real_batch()
     _, ref_lengths, ref_lp = backend_of(fp32_dir).encode(feats, lengths)
     _, got_lengths, got_lp = backend_of(exp / "export" / "int8").encode(feats, lengths)
