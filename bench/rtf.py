@@ -61,19 +61,6 @@ def exported(model, config, work: Path, log) -> tuple[Path, Path]:
     return fp32 / "encoder", int8 / "encoder"
 
 
-def _without_option(argv: list[str], name: str) -> list[str]:
-    """argv without `name VALUE` / `name=VALUE`."""
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a == name:
-            skip = True
-        elif not a.startswith(name + "="):
-            out.append(a)
-    return out
-
-
 def timed(run, warmup: int, repeats: int) -> dict:
     for _ in range(warmup):
         run()
@@ -118,8 +105,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
         results = []
         for threads in thread_counts:
-            rest = [a for a in (argv if argv is not None else sys.argv[1:])]
-            cmd = [sys.executable, __file__, *_without_option(rest, "--threads"), "--threads", str(threads)]
+            # argparse keeps the last --threads given, so the one appended here wins.
+            cmd = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]), "--threads", str(threads)]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True)
             sys.stderr.write(out.stderr)
             for line in out.stdout.splitlines():

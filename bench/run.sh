@@ -23,15 +23,16 @@ cd "$root"
 mkdir -p "$(dirname "$out")"
 : > "$out"
 ours() { python "bench/$1.py" "${@:2}" 2>> "$root/exp/bench/stderr.log" | grep '^{' | tee -a "$out"; }
+run_peer() { "$root/.venv-paddlespeech/bin/python" bench/peer_paddlespeech.py "$@" 2>> "$root/exp/bench/stderr.log" | grep '^{' | tee -a "$out"; }
 # The peer as its users run it: PaddleSpeech makes no MKL kernel choice.
-theirs() { env -u MKL_DEBUG_CPU_TYPE "$root/.venv-paddlespeech/bin/python" bench/peer_paddlespeech.py "$@" 2>> "$root/exp/bench/stderr.log" | grep '^{' | tee -a "$out"; }
+theirs() { ( unset MKL_DEBUG_CPU_TYPE; run_peer "$@" ); }
 # The MKL kernel choice ours makes at import (paddle_asr/cpu_settings.py: AVX2 kernels on AMD CPUs),
 # empty where it makes none. Where it makes one, the peer also runs with it, so that the report
 # tells what that setting gives and what the rest of our code gives.
 our_mkl="$(python -c 'import os, paddle_asr; print(os.environ.get("MKL_DEBUG_CPU_TYPE", ""))')"
 theirs_with_our_mkl() {
   if [ -n "$our_mkl" ]; then
-    MKL_DEBUG_CPU_TYPE="$our_mkl" "$root/.venv-paddlespeech/bin/python" bench/peer_paddlespeech.py "$@" 2>> "$root/exp/bench/stderr.log" | grep '^{' | tee -a "$out"
+    MKL_DEBUG_CPU_TYPE="$our_mkl" run_peer "$@"
   fi
 }
 if [ "$peer" = true ] && [ ! -x "$root/.venv-paddlespeech/bin/python" ]; then
