@@ -47,7 +47,9 @@ def main() -> None:
         out += ["### Training step (AISHELL Conformer, forward + backward + Adam update, random features)", "",
                 "Rounds alternate ours and theirs; each row is one round. PaddleSpeech runs as its users run it"
                 + (", and again with the MKL kernel choice that ours makes on this CPU (`paddle_asr/cpu_settings.py`)."
-                   if with_mkl else "."), "",
+                   if with_mkl else ".")
+                + " Ours ran with its compiled CPU training kernels (`paddle_asr/models/cpu_kernels.cc`): "
+                + "/".join(sorted({str(r.get("cpu_kernels")) for r in train if r["impl"] == "paddle-asr"})) + ".", "",
                 "| batch x frames | round | ours | PaddleSpeech 1.5.0 U2Model | ours/theirs" + extra_head
                 + " | peak RSS ours / theirs |", "|---|---|---|---|---|" + ("---|---|" if with_mkl else "") + "---|"]
         for b in sorted({(r["batch"], r["frames"]) for r in train}):

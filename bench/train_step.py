@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> dict:
     from paddle_asr.config import load_config
     from paddle_asr.models.registry import build_model
     from paddle_asr.cpu_settings import configure_cpu
+    from paddle_asr.models import cpu_kernels
 
     configure_cpu(args.threads)
     paddle.seed(0)
@@ -86,7 +87,8 @@ def main(argv: list[str] | None = None) -> dict:
               "trainable_parameters": n_params, "median_s": statistics.median(times), "min_s": min(times),
               "max_s": max(times), "runs": len(times),
               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-              "mkl_cpu_type": os.environ.get("MKL_DEBUG_CPU_TYPE")}
+              "mkl_cpu_type": os.environ.get("MKL_DEBUG_CPU_TYPE"),
+              "cpu_kernels": cpu_kernels.status().split(" ")[0].rstrip(":")}
     print(json.dumps(result), flush=True)
     return result
 

@@ -11,7 +11,7 @@ import paddle.nn.functional as F
 import pytest
 
 from paddle_asr.config import load_config
-from paddle_asr.models import fast_cpu_ops
+from paddle_asr.models import cpu_kernels, fast_cpu_ops
 from paddle_asr.models.fast_cpu_ops import Dropout, Linear, add_bias, conv_then_bias, dropout, fast_log_softmax
 from paddle_asr.models.registry import build_model
 from tests.test_model import randomise_biases
@@ -132,13 +132,19 @@ def test_fast_log_softmax_matches_log_softmax_and_is_exact_where_paddles_floors(
                                rtol=1e-5, atol=1e-3)
 
 
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled-kernels", "paddle-ops-only"])
 @pytest.mark.parametrize("config_path", ["recipes/aishell/conf/conformer.yaml", "recipes/aishell/conf/chunk_conformer.yaml",
                                          "recipes/demo/conf/conformer.yaml"], ids=["aishell", "chunk", "demo"])
-def test_the_conformer_trains_to_the_same_loss_and_gradients_with_and_without_them(monkeypatch, config_path):
+def test_the_conformer_trains_to_the_same_loss_and_gradients_with_and_without_them(monkeypatch, config_path, compiled):
     """One training step of a small Conformer in each recipe layout (x4 subsampling with C->C
     convolution, or the demo's x8; batch norm with symmetric, or layer norm with causal convolution
     and dynamic chunks; decoder), dropout off so that both runs see the same function: the loss and
-    every parameter's gradient must agree."""
+    every parameter's gradient must agree. Both with the compiled kernels (cpu_kernels.cc) and with
+    the pure-Paddle replacements that run where they cannot be built."""
+    if compiled:
+        assert cpu_kernels.get() is not None, cpu_kernels.status()
+    else:
+        monkeypatch.setattr(cpu_kernels, "get", lambda: None)
     config = load_config(REPO / config_path)
     config = dataclasses.replace(config, vocab_size=50, input_dim=80)
     config.model.encoder = dataclasses.replace(config.model.encoder, num_blocks=2, output_size=64, linear_units=128,
@@ -170,14 +176,27 @@ def test_the_conformer_trains_to_the_same_loss_and_gradients_with_and_without_th
     np.testing.assert_allclose(fast_loss, plain_loss, rtol=1e-5)
     assert fast_grads.keys() == plain_grads.keys() and len(fast_grads) > 100
     for name in plain_grads:
-        np.testing.assert_allclose(fast_grads[name], plain_grads[name], rtol=2e-4, atol=2e-5, err_msg=name)
+        if name.endswith("depthwise_conv.bias") and config.model.encoder.cnn_module_norm == "batch_norm":
+            # Batch norm removes any constant shift, so this bias's gradient is zero in exact
+            # arithmetic: both runs give rounding noise, which differs with the summation order.
+            scale = np.abs(plain_grads[name.replace(".bias", ".weight")]).max()
+            assert max(np.abs(fast_grads[name]).max(), np.abs(plain_grads[name]).max()) < 1e-3 * scale, name
+            continue
+        # Within 5e-4 of the gradient's own scale: float32 sums in another order, through a dozen
+        # layers (the ops themselves are held tighter by the tests below).
+        atol = max(2e-5, 5e-4 * float(np.abs(plain_grads[name]).max()))
+        np.testing.assert_allclose(fast_grads[name], plain_grads[name], rtol=2e-4, atol=atol, err_msg=name)
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["symmetric", "causal"])
 @pytest.mark.parametrize("norm", ["batch_norm", "layer_norm"])
-def test_the_time_major_convolution_module_is_the_same_function(monkeypatch, causal, norm):
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled-kernels", "paddle-ops-only"])
+def test_the_time_major_convolution_module_is_the_same_function(monkeypatch, causal, norm, compiled):
     """Training on CPU runs the Conformer's convolution module with its pointwise convolutions as
-    matrix products on [B, T, C]; padded frames and the causal left zeros must be treated alike."""
+    matrix products on [B, T, C] (and, compiled, its depthwise convolution and norm there too);
+    padded frames and the causal left zeros must be treated alike."""
+    if not compiled:
+        monkeypatch.setattr(cpu_kernels, "get", lambda: None)
     from paddle_asr.models.layers import ConvolutionModule
 
     paddle.seed(0)

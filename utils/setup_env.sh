@@ -32,3 +32,8 @@ else
   export PATH="$venv/bin:$PATH"
   echo "[setup] environment ready: $("$venv/bin/python" -W ignore -c 'import paddle; print("paddlepaddle", paddle.__version__)')"
 fi
+
+# The compiled CPU training kernels (paddle_asr/models/cpu_kernels.cc), built once per machine into
+# ~/.cache/paddle_asr/kernels so that the first training step does not wait ~20 s for them. Where
+# they cannot be built, a warning says so and training runs on Paddle's kernels.
+python -W ignore -m paddle_asr.models.cpu_kernels --quiet || true

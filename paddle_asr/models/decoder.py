@@ -7,7 +7,7 @@ from paddle import nn
 
 from paddle_asr.config import DecoderConfig
 from paddle_asr.errors import AsrError
-from paddle_asr.models.fast_cpu_ops import Dropout, Linear
+from paddle_asr.models.fast_cpu_ops import Dropout, LayerNorm, Linear
 from paddle_asr.models.layers import NEG_INF, MultiHeadedAttention, PositionalEncoding, PositionwiseFeedForward
 
 LAYER_NORM_EPSILON = 1e-12  # PaddleSpeech's decoder norms
@@ -22,9 +22,9 @@ class DecoderLayer(nn.Layer):
         self.self_attn = MultiHeadedAttention(conf.attention_heads, d, conf.self_attention_dropout_rate)
         self.src_attn = MultiHeadedAttention(conf.attention_heads, d, conf.src_attention_dropout_rate)
         self.feed_forward = PositionwiseFeedForward(d, conf.linear_units, conf.dropout_rate, "relu")
-        self.norm1 = nn.LayerNorm(d, epsilon=LAYER_NORM_EPSILON)
-        self.norm2 = nn.LayerNorm(d, epsilon=LAYER_NORM_EPSILON)
-        self.norm3 = nn.LayerNorm(d, epsilon=LAYER_NORM_EPSILON)
+        self.norm1 = LayerNorm(d, epsilon=LAYER_NORM_EPSILON)
+        self.norm2 = LayerNorm(d, epsilon=LAYER_NORM_EPSILON)
+        self.norm3 = LayerNorm(d, epsilon=LAYER_NORM_EPSILON)
         self.dropout = Dropout(conf.dropout_rate)
         self.concat_linear1 = Linear(2 * d, d)
         self.concat_linear2 = Linear(2 * d, d)
@@ -43,7 +43,7 @@ class TransformerDecoder(nn.Layer):
             raise AsrError("model.decoder.normalize_before: false is not supported (every published recipe uses true)")
         self.embed = nn.Sequential(nn.Embedding(vocab_size, d), PositionalEncoding(d, conf.positional_dropout_rate, relative=False))
         self.decoders = nn.LayerList([DecoderLayer(d, conf) for _ in range(conf.num_blocks)])
-        self.after_norm = nn.LayerNorm(d, epsilon=LAYER_NORM_EPSILON)
+        self.after_norm = LayerNorm(d, epsilon=LAYER_NORM_EPSILON)
         self.output_layer = Linear(d, vocab_size)
 
     def forward(self, memory: paddle.Tensor, memory_lengths: paddle.Tensor, ys_in: paddle.Tensor,

@@ -25,6 +25,7 @@ import paddle.nn.functional as F
 from paddle import nn
 
 from paddle_asr.errors import AsrError
+from paddle_asr.models.fast_cpu_ops import LayerNorm
 from paddle_asr.models.layers import Conv2dSubsampling, GlobalCMVN
 from paddle_asr.models.u2 import CTC
 
@@ -71,7 +72,7 @@ class DeepSpeech2Encoder(nn.Layer):
             # the 0.cell* aliases) come from Paddle, and LayerNorm sits between the layers.
             self.rnn.append(rnn_cls(in_size if i == 0 else width, rnn_size, num_layers=1,
                                     direction=self.rnn_direction))
-            self.layernorm_list.append(nn.LayerNorm(width))  # epsilon 1e-5, PaddleSpeech's default
+            self.layernorm_list.append(LayerNorm(width))  # epsilon 1e-5, PaddleSpeech's default
         self.fc_layers_list = nn.LayerList()
         for size in fc_layers_size_list[:num_fc_layers]:
             self.fc_layers_list.append(nn.Linear(width, size))

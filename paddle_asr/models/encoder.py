@@ -13,7 +13,7 @@ from paddle import nn
 
 from paddle_asr.config import EncoderConfig
 from paddle_asr.errors import AsrError
-from paddle_asr.models.fast_cpu_ops import Dropout, Linear
+from paddle_asr.models.fast_cpu_ops import Dropout, LayerNorm, Linear
 from paddle_asr.models.layers import (
     NEG_INF,
     Conv2dSubsampling,
@@ -43,12 +43,12 @@ class ConformerEncoderLayer(nn.Layer):
         self.conv_module = (
             ConvolutionModule(d, conf.cnn_module_kernel, conf.cnn_module_norm, conf.causal) if conf.use_cnn_module else None
         )
-        self.norm_ff = nn.LayerNorm(d, epsilon=eps)
-        self.norm_mha = nn.LayerNorm(d, epsilon=eps)
-        self.norm_ff_macaron = nn.LayerNorm(d, epsilon=eps)
+        self.norm_ff = LayerNorm(d, epsilon=eps)
+        self.norm_mha = LayerNorm(d, epsilon=eps)
+        self.norm_ff_macaron = LayerNorm(d, epsilon=eps)
         if self.conv_module is not None:
-            self.norm_conv = nn.LayerNorm(d, epsilon=eps)
-            self.norm_final = nn.LayerNorm(d, epsilon=eps)
+            self.norm_conv = LayerNorm(d, epsilon=eps)
+            self.norm_final = LayerNorm(d, epsilon=eps)
         self.dropout = Dropout(conf.dropout_rate)
 
     def forward(self, x, pos_emb, att_bias, pad_mask, att_cache=None, cnn_cache=None):
@@ -78,8 +78,8 @@ class TransformerEncoderLayer(nn.Layer):
         d, eps = conf.output_size, conf.layer_norm_epsilon
         self.self_attn = MultiHeadedAttention(conf.attention_heads, d, conf.attention_dropout_rate)
         self.feed_forward = PositionwiseFeedForward(d, conf.linear_units, conf.dropout_rate, "relu")
-        self.norm1 = nn.LayerNorm(d, epsilon=eps)
-        self.norm2 = nn.LayerNorm(d, epsilon=eps)
+        self.norm1 = LayerNorm(d, epsilon=eps)
+        self.norm2 = LayerNorm(d, epsilon=eps)
         self.concat_linear = Linear(2 * d, d)
         self.dropout = Dropout(conf.dropout_rate)
 
@@ -128,7 +128,7 @@ class Encoder(nn.Layer):
         self.pos_enc = PositionalEncoding(conf.output_size, conf.positional_dropout_rate, relative=relative)
         layer_cls = ConformerEncoderLayer if encoder_type == "conformer" else TransformerEncoderLayer
         self.encoders = nn.LayerList([layer_cls(conf) for _ in range(conf.num_blocks)])
-        self.after_norm = nn.LayerNorm(conf.output_size, epsilon=conf.layer_norm_epsilon)
+        self.after_norm = LayerNorm(conf.output_size, epsilon=conf.layer_norm_epsilon)
         self.output_size = conf.output_size
         self.conf = conf
         self.encoder_type = encoder_type

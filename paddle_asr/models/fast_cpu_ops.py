@@ -15,6 +15,13 @@ exported programs and GPUs use Paddle's own kernels, so checkpoints and exports 
   the same sum as a matrix product with a vector of ones ([1000, 2048]: 12.7 ms against 0.2 ms).
   `nn.Linear` spent more time in that sum than in its two gradient GEMMs.
 - `pointwise_conv_time_major`: a kernel-1 convolution as that `Linear` on [B, T, C].
+- Compiled kernels (cpu_kernels.cc, built once per machine by cpu_kernels.py) where Paddle's CPU
+  kernel is far slower than its arithmetic: `LayerNorm` (backward 3.3 -> 0.2 ms on [8, 124, 256]),
+  `depthwise_conv_time_major` (the convolution module's depthwise convolution on [B, T, C], 40 ms
+  -> 1.4 ms forward + backward with the transposes it saves), `bias_relu` (a convolution's bias and
+  ReLU on its NCHW output: the broadcast add alone took 53 ms on the subsampling output) and
+  `silu`, and `dropout` (its mask drawn by a hash of the element index keyed from Paddle's
+  generator, 1 byte an element kept for the backward). Where they cannot be compiled, the paths above and Paddle's own kernels run instead.
 """
 
 from __future__ import annotations
@@ -25,10 +32,24 @@ import paddle.nn.functional as F
 from paddle import nn
 from paddle.autograd import PyLayer
 
+from paddle_asr.models import cpu_kernels
+
 
 def cpu_training(x: paddle.Tensor, training: bool) -> bool:
     """Whether the replacements apply: dynamic-graph training on CPU."""
     return training and paddle.in_dynamic_mode() and x.place.is_cpu_place()
+
+
+def compiled_kernels(x: paddle.Tensor, training: bool) -> cpu_kernels.Kernels | None:
+    """cpu_kernels.cc's ops where they apply to x (float32, CPU training) and could be built."""
+    if not cpu_training(x, training) or x.dtype != paddle.float32:
+        return None
+    return cpu_kernels.get()
+
+
+def _contiguous(*tensors: paddle.Tensor) -> list[paddle.Tensor]:
+    # The compiled kernels index row-major memory; a strided view is copied first.
+    return [t if t.is_contiguous() else t.contiguous() for t in tensors]
 
 
 def fast_log_softmax(x: paddle.Tensor, axis: int = -1) -> paddle.Tensor:
@@ -46,6 +67,11 @@ def dropout(x: paddle.Tensor, p: float, training: bool) -> paddle.Tensor:
         return x
     if not cpu_training(x, training):
         return F.dropout(x, p=p, training=True)
+    kernels = compiled_kernels(x, training)
+    if kernels is not None:
+        # Two 31-bit draws from Paddle's generator key the kernel's hash: paddle.seed decides the mask.
+        seed = int(paddle.randint(0, 2**31 - 1, [1])) | (int(paddle.randint(0, 2**31 - 1, [1])) << 32)
+        return _DropoutFn.apply(x, seed, min(round(p * 2**32), 2**32 - 1), 1.0 / (1.0 - p), kernels)
     seed = int(paddle.randint(0, 2**31 - 1, [1]))
     # 16-bit draws (half the time of float32 ones): an element is dropped with probability
     # round(p * 65536) / 65536, within 1 / 131072 of p.
@@ -73,6 +99,18 @@ class _MaskScale(PyLayer):
     @staticmethod
     def backward(ctx, grad: paddle.Tensor):
         return grad * _scaled_mask(ctx.keep, ctx.scale)
+
+
+class _DropoutFn(PyLayer):
+    @staticmethod
+    def forward(ctx, x: paddle.Tensor, seed: int, threshold: int, scale: float, kernels):
+        y, keep = kernels.dropout_fwd(*_contiguous(x), seed, threshold, scale)
+        ctx.kernels, ctx.keep, ctx.scale = kernels, keep, scale
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: paddle.Tensor):
+        return ctx.kernels.dropout_bwd(*_contiguous(grad), ctx.keep, ctx.scale)[0]
 
 
 class Dropout(nn.Layer):
@@ -179,3 +217,108 @@ def pointwise_conv_time_major(conv: nn.Layer, x: paddle.Tensor) -> paddle.Tensor
     if conv.bias is None:
         return paddle.matmul(x, weight)
     return _LinearFn.apply(x, weight, conv.bias)
+
+
+class _LayerNormFn(PyLayer):
+    @staticmethod
+    def forward(ctx, x: paddle.Tensor, weight: paddle.Tensor, bias: paddle.Tensor, epsilon: float, kernels):
+        x, weight, bias = _contiguous(x, weight, bias)
+        y, mean, rstd = kernels.layer_norm_fwd(x, weight, bias, epsilon)
+        ctx.kernels = kernels
+        ctx.save_for_backward(x, weight, mean, rstd)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: paddle.Tensor):
+        x, weight, mean, rstd = ctx.saved_tensor()
+        grad_x, grad_w, grad_b = ctx.kernels.layer_norm_bwd(x, weight, mean, rstd, *_contiguous(grad))
+        return grad_x, grad_w, grad_b
+
+
+class LayerNorm(nn.LayerNorm):
+    """nn.LayerNorm (same parameters and names), through the compiled kernel when training on CPU."""
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        kernels = compiled_kernels(x, self.training)
+        if (kernels is None or self.weight is None or self.bias is None or len(self._normalized_shape) != 1
+                or self.weight.stop_gradient or self.bias.stop_gradient):
+            return super().forward(x)
+        return _LayerNormFn.apply(x, self.weight, self.bias, float(self._epsilon), kernels)
+
+
+class _SiluFn(PyLayer):
+    @staticmethod
+    def forward(ctx, x: paddle.Tensor, kernels):
+        (x,) = _contiguous(x)
+        ctx.kernels = kernels
+        ctx.save_for_backward(x)
+        return kernels.silu_fwd(x)[0]
+
+    @staticmethod
+    def backward(ctx, grad: paddle.Tensor):
+        (x,) = ctx.saved_tensor()
+        return ctx.kernels.silu_bwd(x, *_contiguous(grad))[0]
+
+
+def silu(x: paddle.Tensor, training: bool) -> paddle.Tensor:
+    """F.silu (swish), through the compiled kernel when training on CPU."""
+    kernels = compiled_kernels(x, training)
+    if kernels is None or x.stop_gradient:
+        return F.silu(x)
+    return _SiluFn.apply(x, kernels)
+
+
+class _BiasReluFn(PyLayer):
+    @staticmethod
+    def forward(ctx, x: paddle.Tensor, bias: paddle.Tensor, kernels):
+        x, bias = _contiguous(x, bias)
+        y = kernels.bias_relu_fwd(x, bias)[0]
+        ctx.kernels = kernels
+        ctx.x_needs_grad = not x.stop_gradient
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: paddle.Tensor):
+        (y,) = ctx.saved_tensor()
+        grad_x, grad_bias = ctx.kernels.bias_relu_bwd(y, *_contiguous(grad))
+        return (grad_x if ctx.x_needs_grad else None), grad_bias
+
+
+def bias_relu(x: paddle.Tensor, bias: paddle.Tensor, training: bool) -> paddle.Tensor | None:
+    """relu(x + bias), the bias indexing axis 1 of x [B, C, ...], through the compiled kernel when
+    training on CPU; None where that kernel does not apply (the caller takes its own path)."""
+    kernels = compiled_kernels(x, training)
+    if kernels is None or bias.stop_gradient:
+        return None
+    return _BiasReluFn.apply(x, bias, kernels)
+
+
+class _DepthwiseConvFn(PyLayer):
+    @staticmethod
+    def forward(ctx, x: paddle.Tensor, weight: paddle.Tensor, bias: paddle.Tensor, pad: int, kernels):
+        channels, kernel = weight.shape[0], weight.shape[-1]
+        taps = weight.reshape([channels, kernel]).transpose([1, 0]).contiguous()  # [C, 1, K] -> [K, C]
+        (x,) = _contiguous(x)
+        ctx.kernels, ctx.pad, ctx.weight_shape = kernels, pad, weight.shape
+        ctx.save_for_backward(x, taps)
+        return kernels.depthwise_conv_fwd(x, taps, *_contiguous(bias), pad)[0]
+
+    @staticmethod
+    def backward(ctx, grad: paddle.Tensor):
+        x, taps = ctx.saved_tensor()
+        grad_x, grad_taps, grad_bias = ctx.kernels.depthwise_conv_bwd(x, taps, *_contiguous(grad), ctx.pad)
+        return grad_x, grad_taps.transpose([1, 0]).reshape(ctx.weight_shape), grad_bias
+
+
+def depthwise_conv_time_major(conv: nn.Layer, x: paddle.Tensor) -> paddle.Tensor | None:
+    """A depthwise Conv1D (groups = channels, stride 1, zero padding) applied to time-major x
+    [B, T, C] -> [B, T', C], through the compiled kernel when training on CPU: the same function as
+    transposing to [B, C, T], convolving and transposing back. None where it does not apply."""
+    kernels = compiled_kernels(x, conv.training)
+    channels = conv.weight.shape[0]
+    if (kernels is None or not isinstance(conv._padding, int) or conv.bias is None or conv._groups != channels or conv.weight.shape[1] != 1
+            or conv._padding_mode != "zeros" or list(np.ravel(conv._stride)) != [1]
+            or list(np.ravel(conv._dilation)) != [1] or x.shape[-1] != channels):
+        return None
+    return _DepthwiseConvFn.apply(x, conv.weight, conv.bias, conv._padding, kernels)
