@@ -35,5 +35,8 @@ fi
 
 # The compiled CPU training kernels (paddle_asr/models/cpu_kernels.cc), built once per machine into
 # ~/.cache/paddle_asr/kernels so that the first training step does not wait ~20 s for them. Where
-# they cannot be built, a warning says so and training runs on Paddle's kernels.
-python -W ignore -m paddle_asr.models.cpu_kernels --quiet || true
+# they cannot be built, a warning says so and training runs on Paddle's kernels. Not in an image
+# (PADDLE_ASR_PYTHON): GPU training never uses them, and CPU training builds them when it starts.
+if [ -z "${PADDLE_ASR_PYTHON:-}" ]; then
+  python -W ignore -m paddle_asr.models.cpu_kernels --quiet || true
+fi

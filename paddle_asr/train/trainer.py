@@ -27,6 +27,7 @@ import paddle
 from paddle_asr.artifacts import atomic_write_text, fingerprint, is_complete, mark_complete
 from paddle_asr.config import AsrConfig, config_to_dict, load_config, save_config
 from paddle_asr.cpu_settings import configure_cpu
+from paddle_asr.models import cpu_kernels
 from paddle_asr.data.dataset import Batch, filter_utterances, iterate_batches, make_batches
 from paddle_asr.data.loader import BatchLoader, TrainingInputs
 from paddle_asr.data.manifest import read_manifest
@@ -234,6 +235,8 @@ def run_training(recipe_dir: Path, exp_dir: Path, *, world: World | None = None,
         raise AsrError(f"training.amp: {tc.amp} runs on GPUs only; set training.amp: off for CPU training")
     say(f"stage 1: {config.model.name}, {n_params / 1e6:.2f} M parameters, {world.size} process(es) x {threads} "
         f"threads{', ' + tc.amp + ' mixed precision' if amp else ''}")
+    if not use_gpu:  # built here on first use where setup did not (every rank takes the same lock)
+        say(f"stage 1: CPU training kernels: {cpu_kernels.status()}")
 
     train_utts = _load_split(recipe_dir / config.data.train, "train", tokenizer, config, model, say)
     dev_utts = _load_split(recipe_dir / config.data.dev, "dev", tokenizer, config, model, say)
