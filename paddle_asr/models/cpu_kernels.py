@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import io
 import os
@@ -89,13 +90,15 @@ class Kernels:
         self.ops = set(re.findall(r"PD_BUILD_OP\((\w+)\)", SOURCE.read_text()))
         self.library = library
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str):  # only for names not yet cached on the instance
         op = f"paddle_asr_{name}"
         if op not in self.__dict__.get("ops", ()):
             raise AttributeError(name)
         from paddle import _C_ops
 
-        return lambda *args: _C_ops._run_custom_op(op, *args)
+        call = functools.partial(_C_ops._run_custom_op, op)
+        setattr(self, name, call)  # training calls each op thousands of times
+        return call
 
 
 def _compile(final_dir: Path, link_flags: list[str]) -> None:

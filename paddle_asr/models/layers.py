@@ -236,8 +236,9 @@ class RelPositionMultiHeadedAttention(MultiHeadedAttention):
 
 
 class PositionwiseFeedForward(nn.Layer):
-    # Swish is SiLU (beta 1); Paddle 3.0's CPU silu kernel is ~25 % faster, forward and backward.
-    ACTIVATIONS = {"swish": F.silu, "relu": F.relu}
+    # Swish is SiLU (beta 1); Paddle 3.0's CPU silu kernel is ~25 % faster, forward and backward, and
+    # fast_cpu_ops.silu takes the compiled one when training on CPU. Each takes (x, training).
+    ACTIVATIONS = {"swish": fast_cpu_ops.silu, "relu": lambda x, training: F.relu(x)}
 
     def __init__(self, idim: int, hidden: int, dropout_rate: float, activation: str = "relu") -> None:
         super().__init__()
@@ -249,9 +250,7 @@ class PositionwiseFeedForward(nn.Layer):
         self.activation = self.ACTIVATIONS[activation]
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        hidden = self.w_1(x)
-        hidden = fast_cpu_ops.silu(hidden, self.training) if self.activation is F.silu else self.activation(hidden)
-        return self.w_2(self.dropout(hidden))
+        return self.w_2(self.dropout(self.activation(self.w_1(x), self.training)))
 
 
 class ConvolutionModule(nn.Layer):
