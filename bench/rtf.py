@@ -19,8 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
@@ -117,8 +115,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     import paddle
 
-    from paddle_asr.export.inference import Predictor
     from paddle_asr.cpu_settings import configure_cpu
+    from paddle_asr.export.inference import Predictor
 
     config, model = build(Path(args.config), args.vocab)
     fp32_dir, int8_dir = work / "fp32" / "encoder", work / "int8" / "encoder"

@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from inputs import AISHELL_UNITS, random_batch  # noqa: E402
 
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=str(ROOT / "recipes/aishell/conf/conformer.yaml"))
@@ -41,9 +42,9 @@ def main(argv: list[str] | None = None) -> dict:
     import paddle
 
     from paddle_asr.config import load_config
-    from paddle_asr.models.registry import build_model
     from paddle_asr.cpu_settings import configure_cpu
     from paddle_asr.models import cpu_kernels
+    from paddle_asr.models.registry import build_model
 
     configure_cpu(args.threads)
     paddle.seed(0)

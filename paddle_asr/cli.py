@@ -36,8 +36,8 @@ def _checkpoint(args, config) -> Path:
 
 
 def _load_dygraph(exp_dir: Path, checkpoint: Path):
-    from paddle_asr.models.registry import build_model, load_weights
     from paddle_asr.cpu_settings import configure_cpu
+    from paddle_asr.models.registry import build_model, load_weights
 
     config = _exp_config(exp_dir)
     configure_cpu(config.training.num_threads)
@@ -311,12 +311,11 @@ def cmd_quantize(args) -> int:
     import shutil
 
     from paddle_asr.artifacts import atomic_directory, atomic_write_text, fingerprint, is_complete, mark_complete
+    from paddle_asr.cpu_settings import cpu_has_vnni
     from paddle_asr.data.dataset import iterate_batches, make_batches
     from paddle_asr.data.manifest import read_manifest
     from paddle_asr.export.bundle import copy_bundle_files, read_bundle
     from paddle_asr.export.quantize import quantize_ptq
-
-    from paddle_asr.cpu_settings import cpu_has_vnni
 
     fp32_dir, out = Path(args.model), Path(args.out)
     meta, features, tokenizer = read_bundle(fp32_dir)

@@ -26,9 +26,9 @@ import numpy as np
 from paddle_asr.config import DecodeConfig
 from paddle_asr.data.audio import audio_info, read_audio_resampled
 from paddle_asr.data.audio_inputs import AudioInput
+from paddle_asr.data.tokenizer import WORD_START, BpeTokenizer
 from paddle_asr.data.vad import Segment, VadConfig, split_on_silence
 from paddle_asr.decode.alignment import token_frame_spans
-from paddle_asr.data.tokenizer import WORD_START, BpeTokenizer
 from paddle_asr.decode.recognizer import Recognizer
 from paddle_asr.errors import AsrError
 from paddle_asr.export.bundle import read_bundle

@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ import pytest
 import soundfile as sf
 
 from paddle_asr.config import DataConfig, FeatureConfig, load_config
-from paddle_asr.data.corpora import aishell, librispeech
+from paddle_asr.data.corpora import aishell
 from paddle_asr.data.manifest import read_manifest
 from paddle_asr.data.prepare import prepare_data
 from paddle_asr.errors import AsrError

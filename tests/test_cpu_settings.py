@@ -9,8 +9,13 @@ from pathlib import Path
 import numpy as np
 import paddle
 
-from paddle_asr.cpu_settings import (choose_mkl_kernels, configure_cpu, cpu_has_vnni, keep_freed_memory_for_reuse,
-                                     mkl_cpu_type_for)
+from paddle_asr.cpu_settings import (
+    choose_mkl_kernels,
+    configure_cpu,
+    cpu_has_vnni,
+    keep_freed_memory_for_reuse,
+    mkl_cpu_type_for,
+)
 
 
 def test_configure_cpu_sets_threads_contiguous_transposes_and_malloc_reuse():

@@ -17,12 +17,12 @@ import pytest
 import soundfile
 
 from paddle_asr.config import AsrConfig, DeepSpeech2Config, FeatureConfig, ModelConfig
+from paddle_asr.cpu_settings import cpu_has_vnni
 from paddle_asr.decode.search import ctc_greedy_search
 from paddle_asr.errors import AsrError
 from paddle_asr.export.bundle import copy_bundle_files, write_bundle_files
 from paddle_asr.export.export import export_model
 from paddle_asr.export.inference import Predictor
-from paddle_asr.cpu_settings import cpu_has_vnni
 from paddle_asr.export.quantize import default_fp32_layers, edge_layer_weights, quantize_ptq
 from paddle_asr.export.runtime import DeepSpeech2ExportedBackend, ExportedBackend
 from paddle_asr.features import compute_fbank, load_cmvn

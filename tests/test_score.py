@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from paddle_asr.metrics.score import (ErrorCounts, ScoreError, main, read_transcripts,
-                                      score, score_files, tokenize)
+from paddle_asr.metrics.score import ErrorCounts, ScoreError, main, read_transcripts, score, score_files, tokenize
 
 RULE = "=" * 75
 

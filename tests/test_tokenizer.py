@@ -1,12 +1,11 @@
 """Character units in PaddleSpeech's layout and the encode/decode round trip."""
 
+import numpy as np
 import pytest
 
 from paddle_asr.data.tokenizer import CharTokenizer, build_char_units, write_units
 from paddle_asr.decode.search import ctc_greedy_search
 from paddle_asr.errors import AsrError
-
-import numpy as np
 
 
 def test_units_layout_blank_unk_sorted_characters_eos(tmp_path):

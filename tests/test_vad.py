@@ -18,7 +18,6 @@ import pytest
 from paddle_asr.data.audio import read_audio, resample
 from paddle_asr.data.vad import FRAME_MS, Segment, VadConfig, speech_frames, split_on_silence
 from paddle_asr.errors import AsrError
-
 from tests.conftest import real_fixture
 
 SPEECH = (0.48, 3.78)  # seconds of speech inside the fixture

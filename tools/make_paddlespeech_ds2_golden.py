@@ -46,13 +46,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # Installs the import stubs (paddlespeech_ctcdecoders, resampy, librosa) and imports paddlespeech
 # the way the U2 golden tool does; its helpers (reproducible npz, JSON layout) are reused.
-import make_paddlespeech_golden as u2g  # noqa: E402
-
 import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
 
+import make_paddlespeech_golden as u2g  # noqa: E402
 import numpy as np  # noqa: E402
 import paddle  # noqa: E402
 import paddlespeech  # noqa: E402

@@ -94,12 +94,12 @@ paddle.set_device("cpu")
 import paddlespeech  # noqa: E402
 from paddlespeech.audio.compliance import kaldi as ps_kaldi  # noqa: E402
 from paddlespeech.audio.transform.cmvn import GlobalCMVN as PipelineGlobalCMVN  # noqa: E402
+from paddlespeech.audio.transform.transformation import Transformation  # noqa: E402
 from paddlespeech.audio.utils.tensor_utils import add_sos_eos, pad_sequence  # noqa: E402
 from paddlespeech.s2t.frontend.featurizer.text_featurizer import TextFeaturizer  # noqa: E402
 from paddlespeech.s2t.models.u2 import U2Model  # noqa: E402
 from paddlespeech.s2t.modules import mask as ps_mask  # noqa: E402
 from paddlespeech.s2t.modules.mask import subsequent_mask  # noqa: E402
-from paddlespeech.audio.transform.transformation import Transformation  # noqa: E402
 from paddlespeech.s2t.utils.utility import UpdateConfig, log_add  # noqa: E402
 from yacs.config import CfgNode  # noqa: E402
 

@@ -197,9 +197,8 @@ def check_function_parity(model, fn: RuntimeFunction, program_dir: Path, feeds: 
 
 def check_streaming_parity(model, program_dir: Path, feat_dim: int) -> float:
     """Three chunks through the exported `encoder_chunk` against the dygraph `forward_encoder_chunk`."""
-    from paddle_asr.export.inference import Predictor
-
     from paddle_asr.decode.recognizer import chunk_windows
+    from paddle_asr.export.inference import Predictor
 
     enc = model.encoder
     sub, right_context, chunk = enc.embed.subsampling_rate, enc.embed.right_context, 4

@@ -19,7 +19,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from paddle_asr.artifacts import atomic_write_text
-from paddle_asr.data.tokenizer import BLANK, BPE_MODEL, EOS as UNIT_EOS, SPACE, CharTokenizer, load_tokenizer
+from paddle_asr.data.tokenizer import BLANK, BPE_MODEL, SPACE, CharTokenizer, load_tokenizer
+from paddle_asr.data.tokenizer import EOS as UNIT_EOS
 from paddle_asr.errors import AsrError
 from paddle_asr.lm.arpa import UNK, write_arpa
 from paddle_asr.lm.corpus import read_transcripts, transcript_words

@@ -27,7 +27,6 @@ import paddle
 from paddle_asr.artifacts import atomic_write_text, fingerprint, is_complete, mark_complete
 from paddle_asr.config import AsrConfig, config_to_dict, load_config, save_config
 from paddle_asr.cpu_settings import configure_cpu
-from paddle_asr.models import cpu_kernels
 from paddle_asr.data.dataset import Batch, filter_utterances, iterate_batches, make_batches
 from paddle_asr.data.loader import BatchLoader, TrainingInputs
 from paddle_asr.data.manifest import read_manifest
@@ -35,9 +34,15 @@ from paddle_asr.data.sampler import epoch_order, plan_batches, rank_part
 from paddle_asr.data.shards import read_shard_list, shard_batches
 from paddle_asr.data.tokenizer import CharTokenizer, load_tokenizer
 from paddle_asr.errors import AsrError, TrainingStopped
+from paddle_asr.models import cpu_kernels
 from paddle_asr.models.registry import build_model_for_training
-from paddle_asr.train.checkpoint import (latest_checkpoint, load_checkpoint, prune_checkpoints, remove_stale_files,
-                                         save_checkpoint)
+from paddle_asr.train.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    remove_stale_files,
+    save_checkpoint,
+)
 from paddle_asr.train.distributed import World, barrier, current_world, init_world
 from paddle_asr.train.scheduler import build_scheduler
 

@@ -36,14 +36,17 @@ import tarfile
 import time
 import wave
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from paddle_asr.data.corpora.espeak_synth import (
-    ESpeak, render_utterance, syllable_count, toneless,
+    ESpeak,
+    render_utterance,
+    syllable_count,
+    toneless,
 )
 from paddle_asr.data.corpora.generated import partial_dir, publish, reuse_complete, synthesise_speakers
 

@@ -43,10 +43,10 @@ _CALLBACK_T = ctypes.CFUNCTYPE(
 class ESpeak:
     """Process-wide handle to libespeak-ng (the C library is a singleton)."""
 
-    _instance: "ESpeak | None" = None
+    _instance: ESpeak | None = None
 
     @classmethod
-    def get(cls) -> "ESpeak":
+    def get(cls) -> ESpeak:
         if cls._instance is None:
             cls._instance = cls()
         return cls._instance
