@@ -1,5 +1,5 @@
 # GPU image: the official Paddle 3.0.0 image (CUDA 12.6, cuDNN 9.5, TensorRT 10.5, NCCL, Python 3.10)
-# plus this project and the pins of requirements.txt. README, section "Docker", has the commands:
+# plus this project and the pins of requirements.txt. docs/gpu_docker.md has the commands:
 #   docker build -t paddle-asr .
 #   docker run --gpus all --shm-size 8g -v /data/aishell:/data/aishell -v "$PWD/exp:/workspace/paddle-asr/recipes/aishell/exp" \
 #     paddle-asr bash recipes/aishell/run.sh --data_dir /data/aishell --stage 0 --stop_stage 6 --gpus 0,1,2,3
@@ -22,6 +22,7 @@ RUN python3 -m pip install --no-cache-dir --no-deps -e .
 COPY run.sh .shellcheckrc ./
 COPY local ./local
 COPY utils ./utils
+COPY conf ./conf
 COPY recipes ./recipes
 COPY docker ./docker
 # utils/setup_env.sh uses this interpreter instead of creating a virtual environment.

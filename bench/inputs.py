@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-AISHELL_UNITS = 4233  # AISHELL-1's character units (REFERENCE §3.3), blank/unk/eos included
+AISHELL_UNITS = 4233  # AISHELL-1's character units: 4230 characters + blank/unk/eos
 
 
 def random_batch(batch: int, frames: int, dim: int, vocab: int, tokens: int, seed: int = 0):

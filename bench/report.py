@@ -42,8 +42,9 @@ def main() -> None:
     if train:
         mkl = {r.get("mkl_cpu_type") for r in train if r["impl"] == "paddle-asr"} - {None}
         with_mkl = any(r["impl"] != "paddle-asr" and r.get("mkl_cpu_type") for r in train)
-        extra_head = f" | PaddleSpeech with MKL_DEBUG_CPU_TYPE={'/'.join(sorted(mkl))} (the setting ours makes) | ours/that" \
-            if with_mkl else ""
+        mkl_name = "/".join(sorted(mkl))
+        extra_head = (f" | PaddleSpeech with MKL_DEBUG_CPU_TYPE={mkl_name} (the setting ours makes) | ours/that"
+                      if with_mkl else "")
         out += ["### Training step (AISHELL Conformer, forward + backward + Adam update, random features)", "",
                 "Rounds alternate ours and theirs; each row is one round. PaddleSpeech runs as its users run it"
                 + (", and again with the MKL kernel choice that ours makes on this CPU (`paddle_asr/cpu_settings.py`)."
@@ -62,12 +63,14 @@ def main() -> None:
                 if with_mkl:
                     m = theirs_mkl[i - 1] if i <= len(theirs_mkl) else None
                     extra = f" | {fmt(m)} | {o['median_s'] / m['median_s']:.2f}" if m else " | | "
-                out.append(f"| {b[0]} x {b[1]} | {i} | {fmt(o)} | {fmt(t)} | {o['median_s'] / t['median_s']:.2f}{extra} | "
+                ratio = o["median_s"] / t["median_s"]
+                out.append(f"| {b[0]} x {b[1]} | {i} | {fmt(o)} | {fmt(t)} | {ratio:.2f}{extra} | "
                            f"{o['peak_rss_mb'] / 1024:.2f} / {t['peak_rss_mb'] / 1024:.2f} GB |")
         out.append("")
     ds2 = [r for r in rows if r["what"] == "train_step" and r.get("model") == "deepspeech2"]
     if ds2:
-        out += [f"### Training step (AISHELL DeepSpeech2, {ds2[0]['trainable_parameters'] / 1e6:.1f} M parameters, ours)", "",
+        millions = ds2[0]["trainable_parameters"] / 1e6
+        out += [f"### Training step (AISHELL DeepSpeech2, {millions:.1f} M parameters, ours)", "",
                 "| batch x frames | time | peak RSS |", "|---|---|---|"]
         out += [f"| {r['batch']} x {r['frames']} | {fmt(r)} | {r['peak_rss_mb'] / 1024:.2f} GB |" for r in ds2]
         out.append("")
@@ -76,7 +79,8 @@ def main() -> None:
         out += ["### Encoder + CTC log-probabilities, one 10 s utterance", "",
                 "| implementation | threads | time | RTF | PaddleSpeech dygraph / this |", "|---|---|---|---|---|"]
         for r in rtf:
-            peer = [p for p in rtf if p["impl"] != "paddle-asr" and p["threads"] == r["threads"] and not p.get("mkl_cpu_type")]
+            peer = [p for p in rtf
+                    if p["impl"] != "paddle-asr" and p["threads"] == r["threads"] and not p.get("mkl_cpu_type")]
             ratio = f"{peer[-1]['median_s'] / r['median_s']:.2f}x" if peer else ""
             name = f"{r['impl']} {r['mode']}"
             if r["impl"] != "paddle-asr" and r.get("mkl_cpu_type"):

@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         configure_cpu(threads)
         x, n = paddle.to_tensor(feats), paddle.to_tensor(lengths)
 
-        def dygraph():
+        def dygraph(x=x, n=n):
             with paddle.no_grad():
                 encoder_out, _ = model.encoder(x, n)
                 model.ctc.log_softmax(encoder_out).numpy()

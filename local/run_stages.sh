@@ -30,7 +30,8 @@ data_dir=""             # where the corpus is (or will be put by stage -1)
 config=conf/conformer.yaml  # training config, relative to the recipe directory
 decode_configs="conf/decode.yaml"  # space-separated decoding configs for stages 3, 5, 6
 exp_name=""             # default: the config file name without .yaml
-model=""                # shorthand: --model deepspeech2 uses conf/deepspeech2.yaml, conf/deepspeech2_decode.yaml (and _chunk_decode.yaml)
+model=""                # shorthand: --model M uses conf/M.yaml, conf/M_decode.yaml if any, and conf/M_chunk_decode.yaml
+                        # (or conf/chunk_decode.yaml for a streaming model, e.g. chunk_conformer)
 sets=""                 # stage 0: data sets as corpus subsets (LibriSpeech), e.g. "dev=dev-clean,dev-other test_clean=test-clean"
 train_set=train         # the data set training uses (data/<train_set>; must match the config's data.train)
 test_sets="test"        # space-separated data sets stages 3, 5 and 6 decode and score
@@ -66,7 +67,13 @@ if [ -n "$model" ]; then
     exit 1
   fi
   if [ -f "conf/${model}_decode.yaml" ]; then decode_configs="conf/${model}_decode.yaml"; fi
-  if [ -f "conf/${model}_chunk_decode.yaml" ]; then decode_configs="$decode_configs conf/${model}_chunk_decode.yaml"; fi
+  # A streaming model also decodes chunk by chunk: its own chunk decode config, else the recipe's.
+  streaming='import sys; from paddle_asr.config import load_config; sys.exit(0 if load_config(sys.argv[1]).model.streaming else 1)'
+  if [ -f "conf/${model}_chunk_decode.yaml" ]; then
+    decode_configs="$decode_configs conf/${model}_chunk_decode.yaml"
+  elif [ -f conf/chunk_decode.yaml ] && "${PADDLE_ASR_PYTHON:-python}" -c "$streaming" "$config" 2> /dev/null; then
+    decode_configs="$decode_configs conf/chunk_decode.yaml"
+  fi
 fi
 [ -n "$exp_name" ] || exp_name="$(basename "$config" .yaml)"
 exp="exp/$exp_name"
@@ -103,7 +110,7 @@ test_export_all() {
   shift 2
   for test_set in "${test_list[@]}"; do
     for decode_config in "${decode_list[@]}"; do
-      paddle-asr test-export --model "$bundle" --data "data/$test_set/data.list" --decode_config "$decode_config" \
+      paddle-asr test-export --bundle "$bundle" --data "data/$test_set/data.list" --decode_config "$decode_config" \
         --out_prefix "$exp/${test_set}_$suffix" --batch_size "$batch_size" "${@//"$placeholder"/$test_set}" \
         "${force_flag[@]}"
     done
@@ -123,7 +130,7 @@ fi
 
 if run_stage 0; then
   stage_banner 0 "data preparation"
-  paddle-asr prepare --corpus "$corpus" --corpus_dir "$data_dir" --data_dir data --config "$config" --nj "$nj" \
+  paddle-asr prepare --corpus "$corpus" --data_dir "$data_dir" --out_dir data --config "$config" --nj "$nj" \
     --sets "$sets" --train_set "$train_set" "${force_flag[@]}"
   if [ "$lm_order" -gt 0 ]; then
     # An n-gram of the model's units over the training transcripts, for ctc_beam_search_lm (Kaldi builds its LM in data prep too).
@@ -168,7 +175,7 @@ fi
 
 if run_stage 6; then
   stage_banner 6 "INT8 post-training quantization"
-  paddle-asr quantize --model "$exp/export/fp32" --out "$exp/export/int8" --calib "data/$train_set/data.list" \
+  paddle-asr quantize --bundle "$exp/export/fp32" --out "$exp/export/int8" --calib "data/$train_set/data.list" \
     --num_calib "$num_calib" --functions "$int8_functions" "${force_flag[@]}"
   test_export_all "$exp/export/int8" export_int8 --threads "$threads"
   tensorrt_eval int8 "$exp/export/int8" export_int8_trt_int8
@@ -180,8 +187,8 @@ if run_stage 7; then
   mapfile -t wavs < <(head -n "$num_transcribe" "data/$first_test/wav.scp" | cut -d' ' -f2-)
   for precision in int8 fp32; do
     if [ -d "$exp/export/$precision" ]; then
-      log "paddle-asr transcribe --model $exp/export/$precision (${#wavs[@]} test files; reference: data/$first_test/text)"
-      paddle-asr transcribe --model "$exp/export/$precision" --threads "$threads" "${wavs[@]}"
+      log "paddle-asr transcribe --bundle $exp/export/$precision (${#wavs[@]} test files; reference: data/$first_test/text)"
+      paddle-asr transcribe --bundle "$exp/export/$precision" --threads "$threads" "${wavs[@]}"
     fi
   done
   # Long-form: test utterances joined with silences, cut back into segments by the VAD.
@@ -189,8 +196,8 @@ if run_stage 7; then
   bundle="$exp/export/int8"
   [ -d "$bundle" ] || bundle="$exp/export/fp32"
   paddle-asr make-long-recording --data "data/$first_test/data.list" --out "$long/test_${long_seconds}s.wav" --seconds "$long_seconds"
-  log "paddle-asr transcribe --model $bundle --format json $long/test_${long_seconds}s.wav"
-  paddle-asr transcribe --model "$bundle" --threads "$threads" \
+  log "paddle-asr transcribe --bundle $bundle --format json $long/test_${long_seconds}s.wav"
+  paddle-asr transcribe --bundle "$bundle" --threads "$threads" \
     --format json --progress off "$long/test_${long_seconds}s.wav" > "$long/transcript.json.tmp"
   mv "$long/transcript.json.tmp" "$long/transcript.json"
   paddle-asr long-recording-report --parts "$long/test_${long_seconds}s.parts.json" --transcript "$long/transcript.json"

@@ -20,7 +20,7 @@ warnings.filterwarnings("ignore", message="Setuptools is replacing distutils")
 warnings.filterwarnings("ignore", message="When training, we now always track global mean and variance")
 warnings.filterwarnings("ignore", message=r"The Attr\(force_cpu\)")
 
-# MKL's AVX2 kernels on AMD processors (3x faster products there); before any Paddle kernel runs.
+# MKL's AVX2 kernels on AMD processors (its bundled MKL would run SSE code there); before any Paddle kernel runs.
 from paddle_asr.cpu_settings import choose_mkl_kernels  # noqa: E402
 
 choose_mkl_kernels()

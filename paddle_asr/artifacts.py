@@ -1,9 +1,11 @@
 """Writing outputs so that a killed stage never leaves something a re-run would trust.
 
-Files are written to a temporary sibling and renamed into place. A stage's output directory is
-complete only when its `.done` marker exists, and the marker records a fingerprint of the inputs
-and settings that produced it. A re-run either reuses a complete output with the same fingerprint
-or deletes the directory and rebuilds it whole - never a mix - and says which.
+Files are written to a temporary sibling and renamed into place. Every stage output - a directory
+(data/, an export, a result folder) or a single file (an averaged checkpoint, CMVN, an LM) - is
+complete only when its completion record exists: `<dir>/.done` or `<file>.done`, one JSON object
+whose "fingerprint" hashes the inputs and settings that produced it (plus whatever the stage adds).
+The record is written last. A re-run (`reuse_or_clear`) either reuses a complete output with the
+same fingerprint or removes it and rebuilds it whole - never a mix - and says which.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,32 +65,67 @@ def fingerprint(*parts: Any) -> str:
     return h.hexdigest()[:16]
 
 
-def is_complete(out_dir: Path, fp: str) -> bool:
-    marker = out_dir / DONE_MARKER
-    if not marker.is_file():
-        return False
+def done_marker(output: Path) -> Path:
+    """Where the completion record of `output` lives: inside a directory, beside a file (`<file>.done`)."""
+    output = Path(output)
+    return output.with_name(output.name + DONE_MARKER) if output.is_file() else output / DONE_MARKER
+
+
+def read_record(output: Path) -> dict | None:
+    """The completion record of `output`, or None when it has none (never finished, or being rebuilt)."""
+    output = Path(output)
+    if not output.exists():
+        return None
     try:
-        return json.loads(marker.read_text(encoding="utf-8")).get("fingerprint") == fp
-    except (json.JSONDecodeError, OSError):
-        return False
+        record = json.loads(done_marker(output).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
-def mark_complete(out_dir: Path, fp: str, **info: Any) -> None:
-    atomic_write_text(out_dir / DONE_MARKER, json.dumps({"fingerprint": fp, **info}, ensure_ascii=False))
+def is_complete(output: Path, fp: str) -> bool:
+    """Whether `output` (a directory or a file) was finished from the inputs and settings hashed in `fp`."""
+    record = read_record(output)
+    return record is not None and record.get("fingerprint") == fp
 
 
-def reuse_or_clear(out_dir: Path, fp: str, what: str, force: bool, log=print) -> bool:
-    """Return True when `out_dir` is complete for `fp` and may be reused; otherwise empty it.
+def mark_complete(output: Path, fp: str, **info: Any) -> None:
+    """Record that `output` is whole and was built from `fp`; call it last, once `output` is in place."""
+    atomic_write_text(done_marker(output), json.dumps({"fingerprint": fp, **info}, ensure_ascii=False, indent=1))
 
-    Prints which of the two happens, so a user re-running a stage always knows.
+
+def clear_output(output: Path) -> None:
+    """Remove `output` and its record: a directory entirely, a file with its `<file>.done` beside it."""
+    output = Path(output)
+    if output.is_dir():
+        shutil.rmtree(output)
+        return
+    # The record first, and even with no file: a half-removed output must not look complete.
+    output.with_name(output.name + DONE_MARKER).unlink(missing_ok=True)
+    output.unlink(missing_ok=True)
+
+
+def reuse_or_clear(outputs: Path | Sequence[Path], fp: str, what: str, force: bool, log: Callable[[str], None] = print,
+                   *, noun: str = "output", verify: Callable[[Path, dict], bool] | None = None) -> bool:
+    """Return True when every output is complete for `fp` and may be reused; otherwise remove them all.
+
+    The one way a stage reuses finished work: call this first, build the outputs when it returns
+    False, then `mark_complete` each. `verify(output, record)` may check more than the fingerprint
+    (e.g. that files listed in the record still have their sizes). Logs which of the two happens,
+    so a user re-running a stage always knows.
     """
-    if not force and is_complete(out_dir, fp):
-        log(f"{what}: reusing the complete output in {out_dir} (same inputs and settings; --force rebuilds)")
+    outputs = [Path(outputs)] if isinstance(outputs, (str, Path)) else [Path(o) for o in outputs]
+    records = [read_record(o) for o in outputs]
+    if not force and all(r is not None and r.get("fingerprint") == fp for r in records) and (
+            verify is None or all(verify(o, r) for o, r in zip(outputs, records))):
+        for o in outputs:
+            log(f"{what}: reusing the complete {noun} in {o} (same inputs and settings; --force rebuilds)")
         return True
-    if out_dir.exists():
-        reason = "forced" if force else "incomplete or built from other inputs"
-        log(f"{what}: rebuilding {out_dir} from scratch ({reason})")
-        shutil.rmtree(out_dir)
+    reason = "forced" if force else "incomplete or built from other inputs"
+    for o in outputs:
+        if o.exists():
+            log(f"{what}: rebuilding {o} from scratch ({reason})")
+        clear_output(o)
     return False
 
 

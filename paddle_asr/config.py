@@ -1,8 +1,24 @@
-"""Strict YAML configuration: typed sections, unknown keys are errors, `base:` files are merged.
+"""Strict YAML configuration: typed sections, allowed values, unknown keys are errors, `base:` files merged.
 
-A recipe's config names a base file (`base: conformer.yaml`) and overrides only
-what differs. After merging, every key is checked against the dataclasses below, so a typo such as
-`lerning_rate` stops the run with the file and key path instead of being silently ignored.
+Layers. A config names the files it builds on with `base:`, one path or a list of paths. They are
+merged in order, a later one winning, and the file's own keys win over all of them; a base may have
+bases of its own. A base path is relative to the file that names it, except a path that starts with
+`//`, which is relative to the repository's top folder (the one holding `paddle_asr/`), so any file,
+wherever it lies, names a shared preset the same way:
+
+    base: [//conf/model/conformer.yaml, schedule.yaml]
+
+The top-level `conf/` holds what recipes share: model presets (`conf/model/*.yaml`, networks only)
+and decoding presets (`conf/decode/*.yaml`). A recipe's `conf/` holds what is specific to its corpus
+and schedule, on top of a preset.
+
+Checks. After merging, every key is checked against the dataclasses below, so a typo such as
+`lerning_rate` stops the run with the file and key path instead of being silently ignored. Each
+value is checked against what its field allows: `Literal[...]` lists the choices, `Range` bounds a
+number, and `AsrConfig.problems` / `DecodeConfig.problems` check values that depend on each other.
+So `amp: fp61` or `beam_size: 0` stops `load_config` with the file and key path before any stage
+runs. `check_config` applies the same checks to a config built in code.
+
 The training stage writes the fully resolved config to `exp/<name>/train.yaml`; every later stage
 reads only that file.
 """
@@ -10,26 +26,72 @@ reads only that file.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import math
 import types
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
 
 from paddle_asr.errors import AsrError
 
+REPO_TOP = Path(__file__).resolve().parents[1]
+TOP_PREFIX = "//"  # a base path starting with this is relative to REPO_TOP
+
+
+@dataclass(frozen=True)
+class Range:
+    """The numbers a field allows: `ge`/`gt` below, `le` above (None: unbounded), and `also`, single
+    values with a meaning of their own outside that interval (e.g. -1: "all")."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    also: tuple[float, ...] = ()
+
+    def admits(self, value: float) -> bool:
+        if value in self.also:
+            return True
+        # Written so that NaN fails every bound.
+        return ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
+                and (self.le is None or value <= self.le) and not (isinstance(value, float) and math.isnan(value)))
+
+    def __str__(self) -> str:
+        low = f"{self.ge:g}" if self.ge is not None else f"{self.gt:g}" if self.gt is not None else None
+        if low is not None and self.le is not None:
+            text = f"in {'[' if self.ge is not None else '('}{low}, {self.le:g}]"
+        elif low is not None:
+            text = f"{'>=' if self.ge is not None else '>'} {low}"
+        else:
+            text = f"<= {self.le:g}"
+        return " or ".join([*(f"{v:g}" for v in self.also), text])
+
+
+AT_LEAST_0 = Range(ge=0)
+AT_LEAST_1 = Range(ge=1)
+POSITIVE = Range(gt=0)
+FRACTION = Range(ge=0, le=1)  # weights and dropout rates
+
+DecodeMethod = Literal["ctc_greedy_search", "ctc_prefix_beam_search", "ctc_beam_search_lm", "attention",
+                       "attention_rescoring"]
+SchedulerName = Literal["warmuplr", "exponential", "cosine_warm_restarts"]
+EncoderType = Literal["conformer", "transformer"]
+ModelName = Literal["u2", "deepspeech2"]
+
 
 @dataclass
 class FeatureConfig:
-    """Kaldi-compatible log-mel filterbank (REFERENCE §3.1)."""
+    """Kaldi-compatible log-mel filterbank, as WeNet and PaddleSpeech configure it (docs/fbank_cmvn.md)."""
 
-    sample_rate: int = 16000
-    num_mel_bins: int = 80
-    frame_length_ms: float = 25.0
-    frame_shift_ms: float = 10.0
-    dither: float = 0.1  # training only; decoding and CMVN statistics always use 0
+    sample_rate: Annotated[int, POSITIVE] = 16000
+    num_mel_bins: Annotated[int, AT_LEAST_1] = 80
+    frame_length_ms: Annotated[float, POSITIVE] = 25.0
+    frame_shift_ms: Annotated[float, POSITIVE] = 10.0
+    dither: Annotated[float, AT_LEAST_0] = 0.1  # training only; decoding and CMVN statistics always use 0
 
 
 @dataclass
@@ -37,13 +99,13 @@ class SpecAugmentConfig:
     """WeNet-style masks on the un-normalised fbank (CMVN is inside the model)."""
 
     enabled: bool = True
-    num_t_mask: int = 2
-    max_t: int = 50
-    num_f_mask: int = 2
-    max_f: int = 10
+    num_t_mask: Annotated[int, AT_LEAST_0] = 2
+    max_t: Annotated[int, AT_LEAST_0] = 50
+    num_f_mask: Annotated[int, AT_LEAST_0] = 2
+    max_f: Annotated[int, AT_LEAST_0] = 10
     # Time warp window in frames (PaddleSpeech max_time_warp 5); 0 = off, as WeNet.
-    max_w: int = 0
-    fill: str = "zero"  # masks hold zero (WeNet) or each bin's utterance mean ("mean"; DeepSpeech2)
+    max_w: Annotated[int, AT_LEAST_0] = 0
+    fill: Literal["zero", "mean"] = "zero"  # masks hold zero (WeNet) or each bin's utterance mean (DeepSpeech2)
 
 
 @dataclass
@@ -52,70 +114,72 @@ class SpeedPerturbConfig:
     from `speeds` (pitch and tempo change together), before fbank."""
 
     enabled: bool = False
-    speeds: list[float] = field(default_factory=lambda: [0.9, 1.0, 1.1])
+    speeds: list[Annotated[float, POSITIVE]] = field(default_factory=lambda: [0.9, 1.0, 1.1])
 
 
 @dataclass
 class EncoderConfig:
     """PaddleSpeech/WeNet `encoder_conf`; names kept so their YAML maps key for key."""
 
-    output_size: int = 256
-    attention_heads: int = 4
-    linear_units: int = 2048
-    num_blocks: int = 12
-    dropout_rate: float = 0.1
-    positional_dropout_rate: float = 0.1
-    attention_dropout_rate: float = 0.0
-    input_layer: str = "conv2d"  # conv2d (x4), conv2d6 (x6), conv2d8 (x8)
+    output_size: Annotated[int, AT_LEAST_1] = 256
+    attention_heads: Annotated[int, AT_LEAST_1] = 4
+    linear_units: Annotated[int, AT_LEAST_1] = 2048
+    num_blocks: Annotated[int, AT_LEAST_1] = 12
+    dropout_rate: Annotated[float, FRACTION] = 0.1
+    positional_dropout_rate: Annotated[float, FRACTION] = 0.1
+    attention_dropout_rate: Annotated[float, FRACTION] = 0.0
+    input_layer: Literal["conv2d", "conv2d6", "conv2d8"] = "conv2d"  # subsampling x4, x6, x8
     # Channels of the subsampling convolutions; None means output_size, PaddleSpeech's layout.
-    subsampling_channels: int | None = None
+    subsampling_channels: Annotated[int, AT_LEAST_1] | None = None
     normalize_before: bool = True
-    pos_enc_layer_type: str = "rel_pos"  # rel_pos (Conformer) | abs_pos (Transformer)
-    selfattention_layer_type: str = "rel_selfattn"  # rel_selfattn | selfattn; must agree with pos_enc_layer_type
-    cnn_module_kernel: int = 15
+    pos_enc_layer_type: Literal["rel_pos", "abs_pos"] = "rel_pos"  # Conformer | Transformer
+    # Must agree with pos_enc_layer_type: rel_selfattn with rel_pos, selfattn with abs_pos.
+    selfattention_layer_type: Literal["rel_selfattn", "selfattn"] = "rel_selfattn"
+    cnn_module_kernel: Annotated[int, AT_LEAST_1] = 15
     use_cnn_module: bool = True
-    activation_type: str = "swish"
-    cnn_module_norm: str = "batch_norm"  # batch_norm | layer_norm
+    activation_type: Literal["swish", "relu"] = "swish"
+    cnn_module_norm: Literal["batch_norm", "layer_norm"] = "batch_norm"
     # Streaming (U2): causal convolution and chunk-masked self-attention.
     causal: bool = False
     use_dynamic_chunk: bool = False  # train with a random chunk size per batch (1-25 frames or full)
     use_dynamic_left_chunk: bool = False  # ... and a random number of visible left chunks
-    static_chunk_size: int = 0  # >0: always train and decode with this chunk size
-    layer_norm_epsilon: float = 1e-12  # PaddleSpeech's value (WeNet uses 1e-5)
+    static_chunk_size: Annotated[int, AT_LEAST_0] = 0  # >0: always train and decode with this chunk size
+    layer_norm_epsilon: Annotated[float, POSITIVE] = 1e-12  # PaddleSpeech's value (WeNet uses 1e-5)
 
 
 @dataclass
 class DecoderConfig:
     """Transformer attention decoder (PaddleSpeech `decoder_conf`)."""
 
-    attention_heads: int = 4
-    linear_units: int = 2048
-    num_blocks: int = 6
-    dropout_rate: float = 0.1
-    positional_dropout_rate: float = 0.1
-    self_attention_dropout_rate: float = 0.0
-    src_attention_dropout_rate: float = 0.0
+    attention_heads: Annotated[int, AT_LEAST_1] = 4
+    linear_units: Annotated[int, AT_LEAST_1] = 2048
+    num_blocks: Annotated[int, AT_LEAST_1] = 6
+    dropout_rate: Annotated[float, FRACTION] = 0.1
+    positional_dropout_rate: Annotated[float, FRACTION] = 0.1
+    self_attention_dropout_rate: Annotated[float, FRACTION] = 0.0
+    src_attention_dropout_rate: Annotated[float, FRACTION] = 0.0
     normalize_before: bool = True
 
 
 @dataclass
 class DeepSpeech2Config:
-    """PaddleSpeech asr0 `DeepSpeech2Model` (REFERENCE §5.4, §8.3); keys as in its YAML, so an asr0
+    """PaddleSpeech asr0 `DeepSpeech2Model` (docs/deepspeech2.md); keys as in its YAML, so an asr0
     config maps key for key. Two 3x3 stride-2 convolutions (32 channels), RNN layers each followed
     by LayerNorm, optional ReLU Linear layers, then a CTC output layer."""
 
     # PaddleSpeech accepts this key but always builds two convolutions; only 2 is accepted here.
     num_conv_layers: int = 2
-    num_rnn_layers: int = 5
-    rnn_layer_size: int = 1024
-    rnn_direction: str = "bidirect"  # bidirect (offline) | forward (online: chunk-by-chunk streaming)
+    num_rnn_layers: Annotated[int, AT_LEAST_1] = 5
+    rnn_layer_size: Annotated[int, AT_LEAST_1] = 1024
+    # bidirect (offline) | forward (online: chunk-by-chunk streaming)
+    rnn_direction: Literal["bidirect", "forward"] = "bidirect"
     use_gru: bool = False  # False: LSTM
-    num_fc_layers: int = 0  # ReLU Linear layers after the RNN (0 in every published config)
-    fc_layers_size_list: list[int] = field(default_factory=list)
-    blank_id: int = 0
+    num_fc_layers: Annotated[int, AT_LEAST_0] = 0  # ReLU Linear layers after the RNN (0 in every published config)
+    fc_layers_size_list: list[Annotated[int, AT_LEAST_1]] = field(default_factory=list)
+    blank_id: Annotated[int, AT_LEAST_0] = 0
     # None, or "instance": warpctc divides each utterance's CTC gradient by its frame count (the
     # legacy v2.2 recipes); the loss value is the batch sum / batch size either way.
-    ctc_grad_norm_type: str | None = None
+    ctc_grad_norm_type: Literal["instance"] | None = None
 
 
 @dataclass
@@ -124,32 +188,44 @@ class ModelConfig:
     ctc_weight*CTC + (1-ctc_weight)*attention (every key below but `deepspeech2`).
     deepspeech2: conv + RNN + CTC, configured by the `deepspeech2` section alone."""
 
-    name: str = "u2"  # u2 | deepspeech2
-    encoder_type: str = "conformer"  # conformer | transformer
+    name: ModelName = "u2"
+    encoder_type: EncoderType = "conformer"
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
-    ctc_weight: float = 0.3
-    lsm_weight: float = 0.1  # label smoothing of the attention loss
+    ctc_weight: Annotated[float, FRACTION] = 0.3
+    lsm_weight: Annotated[float, FRACTION] = 0.1  # label smoothing of the attention loss
     length_normalized_loss: bool = False  # False: the attention loss is divided by the batch size
-    ctc_dropout_rate: float = 0.0
+    ctc_dropout_rate: Annotated[float, FRACTION] = 0.0
     deepspeech2: DeepSpeech2Config = field(default_factory=DeepSpeech2Config)
+
+    @property
+    def streaming(self) -> bool:
+        """Whether the network decodes chunk by chunk exactly: a forward-only DeepSpeech2, or a U2
+        encoder trained with chunk masks whose convolutions, if any, are causal (a symmetric one
+        would need frames of the next chunk); as the models' `supports_streaming`."""
+        if self.name == "deepspeech2":
+            return self.deepspeech2.rnn_direction == "forward"
+        enc = self.encoder
+        chunked = enc.use_dynamic_chunk or enc.static_chunk_size > 0
+        return chunked and (self.encoder_type == "transformer" or not enc.use_cnn_module or enc.causal)
 
 
 @dataclass
 class OptimConfig:
-    name: str = "adam"
-    lr: float = 0.002
-    weight_decay: float = 1e-6  # Paddle's float weight_decay is a coupled L2 coefficient
-    grad_clip: float = 5.0
+    name: Literal["adam", "adamw"] = "adam"
+    lr: float = 0.002  # checked with the scheduler (scheduler_problems)
+    weight_decay: Annotated[float, AT_LEAST_0] = 1e-6  # Paddle's float weight_decay is a coupled L2 coefficient
+    grad_clip: Annotated[float, AT_LEAST_0] = 5.0
 
 
 @dataclass
 class SchedulerConfig:
     # warmuplr (Noam, per update), exponential (x gamma per epoch, DeepSpeech2),
     # cosine_warm_restarts (per update: cosine from lr to eta_min over t_0 updates, periods x t_mult).
-    name: str = "warmuplr"
+    # Only the chosen scheduler's fields are checked (scheduler_problems): the others are unused.
+    name: SchedulerName = "warmuplr"
     warmup_steps: int = 25000
-    gamma: float = 0.93  # PaddleSpeech asr0 (REFERENCE §5.4)
+    gamma: float = 0.93  # per-epoch decay of PaddleSpeech asr0 conf/deepspeech2.yaml
     t_0: int = 1000
     t_mult: int = 1
     eta_min: float = 0.0
@@ -157,32 +233,32 @@ class SchedulerConfig:
 
 @dataclass
 class TrainingConfig:
-    max_epoch: int = 150
-    batch_size: int = 32
-    accum_grad: int = 1
+    max_epoch: Annotated[int, AT_LEAST_1] = 150
+    batch_size: Annotated[int, AT_LEAST_1] = 32
+    accum_grad: Annotated[int, AT_LEAST_1] = 1
     # Utterances outside these bounds are filtered before training, counted and reported by id.
-    min_duration_s: float = 0.5
-    max_duration_s: float = 20.0
+    min_duration_s: Annotated[float, AT_LEAST_0] = 0.5
+    max_duration_s: Annotated[float, POSITIVE] = 20.0
     # Token filters (WeNet token_max_length / max_output_input_ratio; 0 = off): tokens per
     # utterance, and tokens per 10 ms feature frame.
-    max_tokens: int = 0
-    max_output_input_ratio: float = 0.0
+    max_tokens: Annotated[int, AT_LEAST_0] = 0
+    max_output_input_ratio: Annotated[float, AT_LEAST_0] = 0.0
     # > 0: dynamic batches of at most this many padded feature frames (batch_size is then ignored).
-    max_frames_in_batch: int = 0
-    num_workers: int = 0  # data-loading processes (0: load in the training process)
-    log_interval: int = 50
+    max_frames_in_batch: Annotated[int, AT_LEAST_0] = 0
+    num_workers: Annotated[int, AT_LEAST_0] = 0  # data-loading processes (0: load in the training process)
+    log_interval: Annotated[int, AT_LEAST_1] = 50
     seed: int = 1
-    num_threads: int = 0  # 0: all cores
-    average_num: int = 30
-    average_mode: str = "best"  # best (lowest dev loss) or last (latest epochs)
+    num_threads: Annotated[int, AT_LEAST_0] = 0  # 0: all cores
+    average_num: Annotated[int, AT_LEAST_1] = 30
+    average_mode: Literal["best", "last"] = "best"  # best (lowest dev loss) or last (latest epochs)
     # Optimizer updates between mid-epoch checkpoints of the full state (0: end of each epoch only).
-    checkpoint_interval: int = 0
+    checkpoint_interval: Annotated[int, AT_LEAST_0] = 0
     # Epoch checkpoints kept: the best keep_checkpoints by dev loss plus the latest (0: all).
-    keep_checkpoints: int = 0
-    amp: str = "off"  # off, fp16 (with a loss scaler) or bf16; GPU only
+    keep_checkpoints: Annotated[int, AT_LEAST_0] = 0
+    amp: Literal["off", "fp16", "bf16"] = "off"  # fp16 (with a loss scaler) and bf16 run on GPUs only
     # Batches whose loss is NaN or infinite are skipped and counted; more than this many stops
     # training with the ids of the last one (a diverging run, or broken data).
-    max_nonfinite_batches: int = 20
+    max_nonfinite_batches: Annotated[int, AT_LEAST_0] = 20
 
 
 @dataclass
@@ -197,14 +273,14 @@ class DataConfig:
     # LibriSpeech). For bpe, stage 0 trains a model of bpe_size pieces on the training text, or
     # copies bpe_model (a trained sentencepiece .model, e.g. WeNet's train_960_unigram5000), to
     # `bpe.model` beside the units file.
-    units: str = "char"
-    bpe_size: int = 5000
+    units: Literal["char", "bpe"] = "char"
+    bpe_size: Annotated[int, AT_LEAST_1] = 5000
     bpe_model: str = ""
     # A shards.list from stage 0 --shards N: training then reads tar shards sequentially through a
     # shuffle and a sort buffer (for corpora too big to index); `train` still names the manifest.
     train_shards: str = ""
-    shuffle_buffer: int = 1500
-    sort_buffer: int = 500
+    shuffle_buffer: Annotated[int, AT_LEAST_1] = 1500
+    sort_buffer: Annotated[int, AT_LEAST_1] = 500
 
 
 @dataclass
@@ -218,8 +294,48 @@ class AsrConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     data: DataConfig = field(default_factory=DataConfig)
     # Derived when training starts, never set by hand: checked against the data on every load.
-    vocab_size: int | None = None
-    input_dim: int | None = None
+    vocab_size: Annotated[int, AT_LEAST_1] | None = None
+    input_dim: Annotated[int, AT_LEAST_1] | None = None
+
+    def problems(self) -> Iterator[str]:
+        """Values wrong only together with another one, as '<key path>: <what to do>'."""
+        tc, m, enc = self.training, self.model, self.model.encoder
+        if 0 < tc.keep_checkpoints < tc.average_num:
+            yield (f"training.keep_checkpoints: {tc.keep_checkpoints} would delete checkpoints stage 2 averages "
+                   f"(average_num {tc.average_num}); keep at least average_num, or 0 for all")
+        if m.name == "u2":
+            expected_attn = "rel_selfattn" if enc.pos_enc_layer_type == "rel_pos" else "selfattn"
+            if enc.selfattention_layer_type != expected_attn:
+                yield (f"model.encoder.selfattention_layer_type: must be {expected_attn} with pos_enc_layer_type "
+                       f"{enc.pos_enc_layer_type}, got {enc.selfattention_layer_type}")
+            if m.encoder_type == "transformer" and enc.pos_enc_layer_type == "rel_pos":
+                yield ("model.encoder.pos_enc_layer_type: the transformer encoder uses abs_pos; set "
+                       "pos_enc_layer_type: abs_pos, selfattention_layer_type: selfattn")
+        yield from scheduler_problems(self.optim, self.scheduler)
+
+
+def scheduler_problems(optim: OptimConfig, sched: SchedulerConfig) -> Iterator[str]:
+    """The fields the chosen scheduler uses; comparisons are written so that NaN fails too."""
+    if not optim.lr > 0 or math.isinf(optim.lr):
+        yield f"optim.lr is {optim.lr}; set it to a positive learning rate (e.g. 0.002)"
+    if sched.name == "warmuplr":
+        if not sched.warmup_steps >= 1:
+            yield (f"scheduler.warmup_steps is {sched.warmup_steps}; set it to a positive number of "
+                   f"optimizer updates (e.g. 25000)")
+    elif sched.name == "exponential":
+        if not 0 < sched.gamma <= 1:
+            yield (f"scheduler.gamma is {sched.gamma}; set it in (0, 1], the lr factor per epoch "
+                   f"(e.g. 0.83; 1 keeps the lr constant)")
+    elif sched.name == "cosine_warm_restarts":
+        if not sched.t_0 >= 1:
+            yield (f"scheduler.t_0 is {sched.t_0}; set it to the length of the first cosine period "
+                   f"in optimizer updates, at least 1 (e.g. 1000)")
+        if not sched.t_mult >= 1:
+            yield (f"scheduler.t_mult is {sched.t_mult}; set it to an integer >= 1 "
+                   f"(1: equal periods, 2: each period twice as long)")
+        if not 0 <= sched.eta_min < optim.lr:
+            yield (f"scheduler.eta_min is {sched.eta_min}; set it to the cosine floor, >= 0 and below "
+                   f"optim.lr ({optim.lr}), e.g. 0.0")
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -247,26 +363,51 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def resolve_base(name: str, including: Path) -> Path:
+    """The file a `base:` entry names: `//...` from the repository's top, anything else from the
+    folder of the file that names it (absolute paths as they are)."""
+    if name.startswith(TOP_PREFIX):
+        return (REPO_TOP / name[len(TOP_PREFIX):]).resolve()
+    return (including.parent / name).resolve()
+
+
 def load_raw(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Read a YAML config and the chain of `base:` files it names, merged (later wins)."""
-    path = path.resolve()
+    """Read a YAML config and the `base:` files it names (one path or a list), merged in order with
+    the file's own keys last: a later source wins."""
+    path = Path(path).resolve()
     if path in _seen:
         raise AsrError(f"config {path} includes itself through 'base:'")
     raw = _read_yaml(path)
-    base = raw.pop("base", None)
-    if base is None:
+    bases = raw.pop("base", None)
+    if bases is None:
         return raw
-    base_path = (path.parent / str(base)).resolve()
-    return _merge(load_raw(base_path, _seen + (path,)), raw)
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not bases or not all(isinstance(b, str) for b in bases):
+        raise AsrError(f"{path}: 'base' must be a file name or a list of file names, got {bases!r}")
+    merged: dict[str, Any] = {}
+    for base in bases:
+        merged = _merge(merged, load_raw(resolve_base(base, path), _seen + (path,)))
+    return _merge(merged, raw)
+
+
+def _without_none(hint: Any) -> tuple[Any, bool]:
+    """(hint without `| None`, whether None is allowed)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        return next(a for a in options if a is not type(None)), type(None) in options
+    return hint, False
 
 
 def _coerce(value: Any, hint: Any, where: str, source: Path) -> Any:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        hint = next(a for a in options if a is not type(None))
+    """`value` as the type `hint` names; allowed values are checked afterwards by check_config."""
+    hint, optional = _without_none(hint)
+    if value is None and optional:
+        return None
+    if typing.get_origin(hint) is Annotated:
+        hint = typing.get_args(hint)[0]
+    if typing.get_origin(hint) is Literal:
+        return value
     if typing.get_origin(hint) is list:
         if not isinstance(value, list):
             raise AsrError(f"{source}: '{where}' must be a list, got {value!r}; fix the value")
@@ -290,7 +431,7 @@ def _coerce(value: Any, hint: Any, where: str, source: Path) -> Any:
 
 
 def _build(cls: type, raw: dict[str, Any], prefix: str, source: Path) -> Any:
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - names)
     if unknown:
@@ -302,40 +443,94 @@ def _build(cls: type, raw: dict[str, Any], prefix: str, source: Path) -> Any:
     return cls(**kwargs)
 
 
+def _value_problem(value: Any, hint: Any, where: str) -> str | None:
+    """'<where>: <what is wrong>' when `value` is outside what `hint` allows, else None."""
+    hint, optional = _without_none(hint)
+    if value is None and optional:
+        return None
+    if typing.get_origin(hint) is Annotated:
+        hint, *marks = typing.get_args(hint)
+        for mark in marks:
+            if isinstance(mark, Range) and not mark.admits(value):
+                return f"{where}: {value!r} is not {mark}"
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if not any(type(value) is type(c) and value == c for c in choices):
+            return f"{where}: {value!r} is not one of {', '.join(repr(c) for c in choices)}"
+    elif origin is list:
+        (item,) = typing.get_args(hint)
+        return next(filter(None, (_value_problem(v, item, f"{where}[{i}]") for i, v in enumerate(value))), None)
+    elif dataclasses.is_dataclass(hint):
+        return next(_field_problems(value, f"{where}."), None)
+    return None
+
+
+def _field_problems(config: Any, prefix: str = "") -> Iterator[str]:
+    hints = typing.get_type_hints(type(config), include_extras=True)
+    for f in dataclasses.fields(config):
+        problem = _value_problem(getattr(config, f.name), hints[f.name], prefix + f.name)
+        if problem:
+            yield problem
+
+
+def check_config(config: Any, source: str | Path = "config", prefix: str = "") -> None:
+    """Raise an AsrError naming `source` and the key path for the first value of a config dataclass
+    (AsrConfig, DecodeConfig, or one of their sections with its `prefix`, e.g. "scheduler.") outside
+    what its field allows."""
+    problems = _field_problems(config, prefix)
+    if hasattr(config, "problems"):  # checks of values that depend on each other
+        problems = itertools.chain(problems, config.problems())
+    problem = next(problems, None)
+    if problem is not None:
+        raise AsrError(f"{source}: {problem}")
+
+
 def load_config(path: Path) -> AsrConfig:
-    """Load and validate a config file (with its `base:` chain)."""
-    return _build(AsrConfig, load_raw(Path(path)), "", Path(path))
+    """Load and check a config file (with its `base:` files)."""
+    config = _build(AsrConfig, load_raw(Path(path)), "", Path(path))
+    check_config(config, path)
+    return config
 
 
 @dataclass
 class DecodeConfig:
-    """`conf/decode.yaml`: how stages 3, 5 and 6 decode (PaddleSpeech `decode.yaml`, REFERENCE §5.5)."""
+    """`conf/decode.yaml`: how stages 3, 5 and 6 decode (PaddleSpeech conf/tuning/decode.yaml; docs/decoding.md)."""
 
-    methods: list[str] = field(default_factory=lambda: [
+    methods: list[DecodeMethod] = field(default_factory=lambda: [
         "ctc_greedy_search", "ctc_prefix_beam_search", "attention", "attention_rescoring"])
-    beam_size: int = 10
-    ctc_weight: float = 0.5  # weight of the CTC prefix score in attention rescoring
+    beam_size: Annotated[int, AT_LEAST_1] = 10
+    ctc_weight: Annotated[float, AT_LEAST_0] = 0.5  # weight of the CTC prefix score in attention rescoring
     # -1: full attention over the whole utterance. >0: streaming, the encoder runs chunk by chunk
     # with this many encoder frames per chunk and caches (the model must be trained for it).
-    decoding_chunk_size: int = -1
-    num_decoding_left_chunks: int = -1  # chunks of history kept in the attention cache; -1: all
-    batch_size: int = 16  # utterances per encoder pass (streaming decodes one at a time)
+    decoding_chunk_size: Annotated[int, Range(ge=1, also=(-1,))] = -1
+    # Chunks of history kept in the attention cache; -1: all.
+    num_decoding_left_chunks: Annotated[int, Range(ge=-1)] = -1
+    batch_size: Annotated[int, AT_LEAST_1] = 16  # utterances per encoder pass (streaming decodes one at a time)
     # Attention beam search runs at most as many steps as the encoder has frames (PaddleSpeech). A
     # ratio r > 0 also caps it at r x (CTC greedy length) + 2 tokens: a decoder that has not learnt
     # to stop otherwise runs every step, and each step re-reads the whole prefix.
-    attention_length_ratio: float = 0.0
+    attention_length_ratio: Annotated[float, AT_LEAST_0] = 0.0
     # ctc_beam_search_lm: CTC prefix beam search with an n-gram LM (ARPA or KenLM binary), ranking by
     # log P_ctc + alpha * log10 P_lm + beta * length, as PaddleSpeech's DeepSpeech2 decoder.
     lm_path: str = ""  # relative to the recipe directory, e.g. data/lm/char_5gram.arpa
     alpha: float = 2.2
     beta: float = 4.3
-    cutoff_prob: float = 1.0  # per frame, expand the fewest tokens covering this probability mass
-    cutoff_top_n: int = 0  # and at most this many (0: beam_size)
+    # Per frame, expand the fewest tokens covering this probability mass, and at most cutoff_top_n
+    # of them (0: beam_size).
+    cutoff_prob: Annotated[float, Range(gt=0, le=1)] = 1.0
+    cutoff_top_n: Annotated[int, AT_LEAST_0] = 0
+
+    def problems(self) -> Iterator[str]:
+        if not self.methods:
+            yield f"methods: name at least one of {', '.join(typing.get_args(DecodeMethod))}"
 
 
 def load_decode_config(path: Path) -> DecodeConfig:
-    """Load and validate a decoding config (`base:` chains allowed)."""
-    return _build(DecodeConfig, load_raw(Path(path)), "", Path(path))
+    """Load and check a decoding config (with its `base:` files)."""
+    config = _build(DecodeConfig, load_raw(Path(path)), "", Path(path))
+    check_config(config, path)
+    return config
 
 
 def save_decode_config(config: DecodeConfig, path: Path) -> None:

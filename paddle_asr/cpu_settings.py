@@ -21,11 +21,10 @@ def mkl_cpu_type_for(cpuinfo: str) -> str | None:
     """The MKL_DEBUG_CPU_TYPE this CPU needs, from the text of /proc/cpuinfo, or None.
 
     Paddle 3.0's CPU wheel carries MKLML 2019 (libmklml_intel.so), which picks its kernels by CPU
-    vendor: on an AMD processor it runs its SSE code even where the CPU has AVX2 and FMA. On a
-    2-core AMD EPYC (Zen 3) a [1000, 256] x [256, 2048] product took 31 ms that way and 10.7 ms
-    with the AVX2 kernels (NumPy's OpenBLAS: 10.6 ms); the Conformer training step 9.9 -> 4.9 s.
-    This MKL still honours MKL_DEBUG_CPU_TYPE (MKL 2020.1 and later dropped it). Intel CPUs, and
-    AMD CPUs without AVX2, are left to MKL's own choice."""
+    vendor: on an AMD processor it runs its SSE code even where the CPU has AVX2 and FMA, several
+    times slower than its AVX2 kernels (or OpenBLAS) on the same products (bench/RESULTS.md). This
+    MKL still honours MKL_DEBUG_CPU_TYPE (MKL 2020.1 and later dropped it). Intel CPUs, and AMD CPUs
+    without AVX2, are left to MKL's own choice."""
     vendor = flags = ""
     for line in cpuinfo.splitlines():
         key, _, value = line.partition(":")
@@ -44,9 +43,8 @@ def cpu_has_vnni(cpuinfo: str | None = None) -> bool:
 
     oneDNN's INT8 kernels need it to be both fast and exact. Without it (AVX2 CPUs such as AMD Zen 3,
     AVX-512 CPUs before Cascade Lake) they multiply 8-bit pairs with vpmaddubsw, whose 16-bit sums
-    saturate, and gain little: measured on a 2-core AMD EPYC (Zen 3), the AISHELL Conformer's INT8
-    encoder ran 1.0-1.36x the speed of FP32 (1.65-2.18x on an AVX-512 VNNI Xeon), its INT8 inner
-    products 1.33-1.44x their FP32 ones, and frame argmax agreement with FP32 fell below 0.9."""
+    saturate: INT8 then gains little speed over FP32 and loses agreement with it (bench/RESULTS.md
+    has the AMD EPYC and Xeon figures)."""
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
@@ -79,8 +77,7 @@ def keep_freed_memory_for_reuse() -> bool:
 
     Paddle's CPU allocator hands every tensor to malloc. By default glibc serves large blocks by
     mmap and trims the heap when its top is free, so each new activation page-faults its memory
-    in again: a [1000, 2048] product took 5.2 ms where the GEMM itself takes 2.9 ms, and the
-    training step went 2.83 -> 2.54 s with this. Peak RSS is unchanged (pages are counted when
+    in again, which costs nearly as much as the GEMM that fills it. Peak RSS is unchanged (pages are counted when
     touched). Returns False where the C library is not glibc (nothing is changed there)."""
     try:
         libc = ctypes.CDLL("libc.so.6")
@@ -97,9 +94,8 @@ def configure_cpu(num_threads: int) -> int:
 
     - Every core unless told otherwise: `import paddle` alone leaves CPU kernels on one thread.
     - Transposes and slices as copies, not strided views. Paddle 3.0 turns a view into the
-      contiguous tensor the next kernel needs with a slow generic copy: the subsampling output's
-      transpose + reshape, [8, 256, 124, 19], takes 53 ms that way and 7 ms through the transpose
-      kernel, and every attention layer does four such reshapes (training step 3.5 -> 3.0 s).
+      contiguous tensor the next kernel needs with a generic copy several times slower than the
+      transpose kernel, and every attention layer does four such reshapes.
       GPUs keep the views (their copies are cheap).
     - Freed memory kept for reuse (`keep_freed_memory_for_reuse`).
     (MKL's kernels are chosen earlier, at import: `choose_mkl_kernels`.)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from paddle_asr.errors import AsrError
 
 GPU_IMAGE_HINT = ("GPU features come with the Paddle 3.0 CUDA image: build this project's Dockerfile and run it "
-                  "with `docker run --gpus all` (README, section Docker)")
+                  "with `docker run --gpus all` (docs/gpu_docker.md)")
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,8 @@ def require(feature: str, purpose: str) -> None:
     if feature not in found:
         raise ValueError(f"unknown feature {feature}")
     if not found[feature].available:
-        raise AsrError(f"{purpose} needs {feature}, which is unavailable here: {found[feature].detail}. {GPU_IMAGE_HINT}")
+        raise AsrError(f"{purpose} needs {feature}, which is unavailable here: {found[feature].detail}. "
+                       f"{GPU_IMAGE_HINT}")
 
 
 def format_report(features: list[Feature]) -> str:

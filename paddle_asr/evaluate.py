@@ -13,11 +13,12 @@ import dataclasses
 import datetime
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from paddle_asr.artifacts import atomic_directory, atomic_write_text
+from paddle_asr.artifacts import atomic_directory, atomic_write_text, fingerprint, mark_complete, reuse_or_clear
 from paddle_asr.config import DecodeConfig, FeatureConfig
 from paddle_asr.data.dataset import iterate_batches, make_batches
 from paddle_asr.data.manifest import read_kaldi_table, read_manifest
@@ -54,8 +55,9 @@ def warm_up(backend: Backend, batches: list, feat_conf: FeatureConfig) -> None:
                            np.full(len(group), frames, np.int64))
 
 
-def decode_manifest(backend: Backend, conf: DecodeConfig, manifest: Path, tokenizer: CharTokenizer,
-                    feat_conf: FeatureConfig) -> tuple[dict[str, dict[str, str]], dict[str, str], dict[str, float], float]:
+def decode_manifest(
+    backend: Backend, conf: DecodeConfig, manifest: Path, tokenizer: CharTokenizer, feat_conf: FeatureConfig
+) -> tuple[dict[str, dict[str, str]], dict[str, str], dict[str, float], float]:
     """Returns ({method: {key: text}}, references, seconds spent per part, seconds of audio)."""
     utts = read_manifest(manifest)
     batches = make_batches(utts, conf.batch_size)
@@ -75,8 +77,8 @@ def decode_manifest(backend: Backend, conf: DecodeConfig, manifest: Path, tokeni
     return hyps, {u.key: u.text for u in utts}, seconds, sum(u.duration for u in utts)
 
 
-def evaluate(backend: Backend, conf: DecodeConfig, manifest: Path, tokenizer: CharTokenizer,
-             feat_conf: FeatureConfig, out_prefix: Path, *, label: str, extra: dict | None = None, log=print) -> list[dict]:
+def evaluate(backend: Backend, conf: DecodeConfig, manifest: Path, tokenizer: CharTokenizer, feat_conf: FeatureConfig,
+             out_prefix: Path, *, label: str, extra: dict | None = None, log=print) -> list[dict]:
     """Decode, then write one result directory per method; returns their result.json contents."""
     hyps, refs, seconds, audio_s = decode_manifest(backend, conf, Path(manifest), tokenizer, feat_conf)
     results = []
@@ -88,8 +90,8 @@ def evaluate(backend: Backend, conf: DecodeConfig, manifest: Path, tokenizer: Ch
             "label": label,
             "date": datetime.date.today().isoformat(),
             "search": method,
-            "metric": report.metric,
-            "cer": round(o.rate, 2),
+            "metric": report.metric,  # CER (characters) or WER (words): what error_rate counts
+            "error_rate": round(o.rate, 2),
             "n": o.n, "c": o.c, "s": o.s, "d": o.d, "i": o.i,
             "utterances": len(refs),
             "audio_seconds": round(audio_s, 2),
@@ -107,11 +109,57 @@ def evaluate(backend: Backend, conf: DecodeConfig, manifest: Path, tokenizer: Ch
             atomic_write_text(tmp / "text", text)
             atomic_write_text(tmp / "wer", report.text)
             atomic_write_text(tmp / "result.json", json.dumps(result, ensure_ascii=False, indent=1))
-        log(f"{label} {method}: {result['metric']} {o.rate:.2f} % (N={o.n} S={o.s} D={o.d} I={o.i}), RTF {result['rtf']:.4f} "
-            f"(encoder {seconds['encoder']:.1f} s + search {seconds[method]:.1f} s for {audio_s:.0f} s of audio) -> {out_dir}")
+        log(f"{label} {method}: {result['metric']} {o.rate:.2f} % (N={o.n} S={o.s} D={o.d} I={o.i}), "
+            f"RTF {result['rtf']:.4f} (encoder {seconds['encoder']:.1f} s + search {seconds[method]:.1f} s "
+            f"for {audio_s:.0f} s of audio) -> {out_dir}")
         results.append(result)
     return results
 
 
 def read_hypotheses(out_dir: Path) -> dict[str, str]:
     return read_kaldi_table(Path(out_dir) / "text")
+
+
+def evaluate_stage(label: str, make_backend: Callable[[], Backend], conf: DecodeConfig, manifest: Path,
+                   feat_conf: FeatureConfig, tokenizer: CharTokenizer, inputs: list[Path], extra: dict,
+                   base_prefix: Path, *, force: bool = False, log=print) -> Path:
+    """Stages 3, 5 and 6: decode with every method unless all of their result directories are complete
+    for these inputs and settings; returns the prefix the directories share (mode included)."""
+    prefix = base_prefix.parent / mode_prefix(base_prefix.name, conf)
+    dirs = [result_dir(prefix, m) for m in conf.methods]
+    fp = fingerprint("evaluate-v2", label, dataclasses.asdict(conf), *inputs)
+    if reuse_or_clear(dirs, fp, label, force, log, noun="result"):
+        for d in dirs:
+            r = json.loads((d / "result.json").read_text(encoding="utf-8"))
+            log(f"{label} {r['search']}: {r['metric']} {r['error_rate']:.2f} % RTF {r['rtf']:.4f} "
+                f"(reused {d}; --force redoes)")
+        return prefix
+    # The data set is the manifest's folder (data/test_clean/data.list -> test_clean).
+    extra = {"test_set": Path(manifest).parent.name, **extra}
+    evaluate(make_backend(), conf, Path(manifest), tokenizer, feat_conf, prefix, label=label, extra=extra, log=log)
+    for d in dirs:
+        mark_complete(d, fp)
+    return prefix
+
+
+def compare_with(ours_prefix: Path, theirs_prefix: Path, methods: list[str], log=print) -> int:
+    """Stage 5's promise: the exported model gives stage 3's hypothesis on every utterance, for every
+    method. Returns 1 (and logs the differences) when it does not."""
+    failed = 0
+    for method in methods:
+        theirs_dir = result_dir(theirs_prefix, method)
+        if not (theirs_dir / "text").is_file():
+            log(f"stage 5: no dynamic-graph result in {theirs_dir} to compare {method} with (run stage 3)")
+            failed += 1
+            continue
+        ours, theirs = read_hypotheses(result_dir(ours_prefix, method)), read_hypotheses(theirs_dir)
+        differ = sorted(k for k in theirs if ours.get(k) != theirs[k])
+        if differ:
+            for k in differ[:10]:
+                log(f"  {method} {k}: dynamic graph '{theirs[k]}' vs exported '{ours.get(k)}'")
+            log(f"error: {method}: the exported model differs from {theirs_dir} on {len(differ)} of {len(theirs)} "
+                "utterances")
+            failed += 1
+        else:
+            log(f"stage 5: {method}: same hypothesis as the dynamic graph on all {len(theirs)} utterances")
+    return 1 if failed else 0

@@ -1,8 +1,9 @@
 """Kaldi-compatible log-mel filterbank (kaldi-native-fbank) and global CMVN statistics.
 
-Settings follow REFERENCE §3.1: povey window, 25/10 ms, pre-emphasis 0.97, DC removal, power
-spectrum, 20 Hz to Nyquist, snip_edges, natural log. Waveforms are scaled to the int16 range
-(x 32768), as WeNet and PaddleSpeech do, so statistics and checkpoints are interchangeable.
+Settings are Kaldi compute-fbank-feats' as WeNet and PaddleSpeech set them (docs/fbank_cmvn.md):
+povey window, 25/10 ms, pre-emphasis 0.97, DC removal, power spectrum, 20 Hz to Nyquist, snip_edges,
+natural log. Waveforms are scaled to the int16 range (x 32768), as WeNet and PaddleSpeech do, so
+statistics and checkpoints are interchangeable.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from paddle_asr.errors import AsrError
 
 
 def num_frames(num_samples: int, config: FeatureConfig) -> int:
-    """Frames produced with snip_edges (REFERENCE §3.2)."""
+    """Frames produced with snip_edges: 1 + (samples - window) // shift, none below one window (Kaldi)."""
     win = int(config.sample_rate * config.frame_length_ms / 1000)
     hop = int(config.sample_rate * config.frame_shift_ms / 1000)
     return 0 if num_samples < win else 1 + (num_samples - win) // hop
@@ -134,7 +135,7 @@ class CmvnAccumulator:
         self.frames += f.shape[0]
 
     def to_json(self) -> str:
-        """The JSON layout WeNet and PaddleSpeech both read (REFERENCE §3.4)."""
+        """The JSON layout WeNet and PaddleSpeech both read: per-dimension sums, sums of squares, frame count."""
         return json.dumps(
             {"mean_stat": self.sum.tolist(), "var_stat": self.sumsq.tolist(), "frame_num": self.frames}
         )

@@ -27,7 +27,7 @@ import paddle
 import yaml
 
 from paddle_asr.artifacts import atomic_directory, atomic_write_text
-from paddle_asr.config import AsrConfig, DecoderConfig, DeepSpeech2Config, EncoderConfig, save_config
+from paddle_asr.config import AsrConfig, DecoderConfig, DeepSpeech2Config, EncoderConfig, check_config, save_config
 from paddle_asr.data.tokenizer import CharTokenizer
 from paddle_asr.errors import AsrError
 from paddle_asr.features import load_cmvn
@@ -126,8 +126,10 @@ def _convert_features(folder: Path, ps: dict, config: AsrConfig):
     rate = int(fbank.get("fs", 16000))
     return dataclasses.replace(
         config.features, sample_rate=rate, num_mel_bins=int(fbank.get("n_mels", ps.get("feat_dim", 80))),
-        frame_length_ms=float(fbank["win_length"]) * 1000 / rate if "win_length" in fbank else float(ps.get("window_ms", 25.0)),
-        frame_shift_ms=float(fbank["n_shift"]) * 1000 / rate if "n_shift" in fbank else float(ps.get("stride_ms", 10.0)),
+        frame_length_ms=(float(fbank["win_length"]) * 1000 / rate if "win_length" in fbank
+                         else float(ps.get("window_ms", 25.0))),
+        frame_shift_ms=(float(fbank["n_shift"]) * 1000 / rate if "n_shift" in fbank
+                        else float(ps.get("stride_ms", 10.0))),
         dither=float(fbank.get("dither", 0.1)))
 
 
@@ -178,7 +180,8 @@ def convert_deepspeech2_config(folder: Path, ps: dict, source: Path, vocab_size:
                                        grad_clip=float(ps.get("global_grad_clip", 3.0)))
     config.scheduler = dataclasses.replace(config.scheduler, name="exponential", gamma=float(ps.get("lr_decay", 0.93)))
     config.training = dataclasses.replace(config.training, max_epoch=int(ps.get("n_epoch", 50)),
-                                          batch_size=int(ps.get("batch_size", 64)), accum_grad=int(ps.get("accum_grad", 1)),
+                                          batch_size=int(ps.get("batch_size", 64)),
+                                          accum_grad=int(ps.get("accum_grad", 1)),
                                           max_duration_s=float(ps.get("max_input_len", config.training.max_duration_s)),
                                           average_num=1)
     return dataclasses.replace(config, vocab_size=vocab_size, input_dim=config.features.num_mel_bins)
@@ -188,13 +191,15 @@ def convert_config(folder: Path, ps: dict, source: Path, vocab_size: int) -> Asr
     """PaddleSpeech training config -> our AsrConfig (model, features, optimiser and schedule)."""
     if ps.get("decoder", "transformer") != "transformer":
         raise AsrError(f"{source}: decoder '{ps.get('decoder')}' is not supported (only transformer)")
-    encoder = _convert_section(dict(ps.get("encoder_conf", {})), EncoderConfig, _FIXED_ENCODER_KEYS, "encoder_conf", source)
+    encoder = _convert_section(dict(ps.get("encoder_conf", {})), EncoderConfig, _FIXED_ENCODER_KEYS,
+                               "encoder_conf", source)
     encoder = dataclasses.replace(encoder, subsampling_channels=None)
     if ps.get("encoder") == "transformer" and "pos_enc_layer_type" not in ps.get("encoder_conf", {}):
         # PaddleSpeech's TransformerEncoder defaults to absolute positions.
         encoder = dataclasses.replace(encoder, pos_enc_layer_type="abs_pos", selfattention_layer_type="selfattn",
                                       use_cnn_module=False)
-    decoder = _convert_section(dict(ps.get("decoder_conf", {})), DecoderConfig, _FIXED_DECODER_KEYS, "decoder_conf", source)
+    decoder = _convert_section(dict(ps.get("decoder_conf", {})), DecoderConfig, _FIXED_DECODER_KEYS,
+                               "decoder_conf", source)
     model_conf = dict(ps.get("model_conf", {}))
     unknown = set(model_conf) - {"ctc_weight", "lsm_weight", "length_normalized_loss", "ctc_dropoutrate",
                                  "ctc_grad_norm_type"} - _TRAINING_ONLY_MODEL_KEYS
@@ -211,9 +216,11 @@ def convert_config(folder: Path, ps: dict, source: Path, vocab_size: int) -> Asr
     config.optim = dataclasses.replace(config.optim, name=ps.get("optim", "adam"), lr=float(optim.get("lr", 0.002)),
                                        weight_decay=float(optim.get("weight_decay", 1e-6)),
                                        grad_clip=float(ps.get("global_grad_clip", 5.0)))
-    config.scheduler = dataclasses.replace(config.scheduler, warmup_steps=int(ps.get("scheduler_conf", {}).get("warmup_steps", 25000)))
+    warmup_steps = int(ps.get("scheduler_conf", {}).get("warmup_steps", 25000))
+    config.scheduler = dataclasses.replace(config.scheduler, warmup_steps=warmup_steps)
     config.training = dataclasses.replace(config.training, max_epoch=int(ps.get("n_epoch", 150)),
-                                          batch_size=int(ps.get("batch_size", 32)), accum_grad=int(ps.get("accum_grad", 1)),
+                                          batch_size=int(ps.get("batch_size", 32)),
+                                          accum_grad=int(ps.get("accum_grad", 1)),
                                           average_num=1)
     return dataclasses.replace(config, vocab_size=vocab_size, input_dim=config.features.num_mel_bins)
 
@@ -246,6 +253,7 @@ def import_paddlespeech(folder: Path, exp_dir: Path, *, config_path: Path | None
         state = dict(state)
         state["encoder.global_cmvn.mean"] = paddle.to_tensor(cmvn[0])
         state["encoder.global_cmvn.istd"] = paddle.to_tensor(cmvn[1])
+    check_config(config, source)  # PaddleSpeech's values, against what ours allow
     model = build_model(config)
     check_state_dict(model, state, f"{ckpt} (converted from {source})")
 
@@ -255,8 +263,8 @@ def import_paddlespeech(folder: Path, exp_dir: Path, *, config_path: Path | None
         shutil.copyfile(vocab, tmp / "vocab.txt")
         mean, istd = (np.asarray(state["encoder.global_cmvn.mean"]), np.asarray(state["encoder.global_cmvn.istd"]))
         # Our CMVN file format is statistics; from mean/istd write an equivalent one-frame form.
-        stats = {"mean_stat": mean.astype(float).tolist(), "var_stat": (mean * mean + 1.0 / (istd * istd)).astype(float).tolist(),
-                 "frame_num": 1}
+        stats = {"mean_stat": mean.astype(float).tolist(),
+                 "var_stat": (mean * mean + 1.0 / (istd * istd)).astype(float).tolist(), "frame_num": 1}
         atomic_write_text(tmp / "global_cmvn", json.dumps(stats))
         # The data paths of the resolved config are relative to the recipe directory stages run in.
         config = dataclasses.replace(config, data=dataclasses.replace(

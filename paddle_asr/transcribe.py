@@ -98,14 +98,14 @@ class _Piece:
 
 class Transcriber:
     def __init__(self, model_dir: Path, options: TranscribeOptions = TranscribeOptions()) -> None:
-        from paddle_asr.export.runtime import ExportedBackend
+        from paddle_asr.export.runtime import load_backend
 
         options.vad.check()
         if options.batch_size < 1:
             raise AsrError(f"--batch_size must be at least 1, got {options.batch_size}")
         self.options = options
         self.meta, self.features, self.tokenizer = read_bundle(Path(model_dir))
-        backend = ExportedBackend(Path(model_dir), self.meta, num_threads=options.num_threads)
+        backend = load_backend(Path(model_dir), self.meta, num_threads=options.num_threads)
         if options.method == "auto":
             options = dataclasses.replace(
                 options, method="attention_rescoring" if backend.has_decoder else "ctc_prefix_beam_search")
@@ -117,7 +117,8 @@ class Transcriber:
         self.frame_seconds = backend.subsampling_rate * self.features.frame_shift_ms / 1000
         # The fewest samples whose fbank gives the encoder one output frame.
         min_frames = int(self.meta.get("min_input_frames", 1))
-        frame_len, shift = (round(self.rate * ms / 1000) for ms in (self.features.frame_length_ms, self.features.frame_shift_ms))
+        frame_len, shift = (round(self.rate * ms / 1000)
+                            for ms in (self.features.frame_length_ms, self.features.frame_shift_ms))
         self.min_samples = frame_len + (min_frames - 1) * shift
 
     def segments_of(self, waveform: np.ndarray) -> list[Segment]:
@@ -243,7 +244,7 @@ def total_seconds(inputs: list[AudioInput]) -> float:
     return total
 
 
-def transcribe_inputs(model_dir: Path, inputs: list[AudioInput], options: TranscribeOptions = TranscribeOptions(),
+def transcribe_inputs(bundle: Path, inputs: list[AudioInput], options: TranscribeOptions = TranscribeOptions(),
                       *, output_format: str = "text", show_progress: bool | None = None,
                       out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> list[tuple[str, str]]:
     """Print each recording's transcript as it is done; return [(path, reason)] of the failures.
@@ -254,7 +255,7 @@ def transcribe_inputs(model_dir: Path, inputs: list[AudioInput], options: Transc
 
     if output_format not in ("text", "json"):
         raise AsrError(f"--format must be text or json, got {output_format!r}")
-    transcriber = Transcriber(model_dir, options)
+    transcriber = Transcriber(bundle, options)
     if show_progress is None:
         show_progress = err.isatty()
     bar = tqdm(total=total_seconds(inputs) if show_progress else 0, unit="s", unit_scale=True,
@@ -278,3 +279,22 @@ def transcribe_inputs(model_dir: Path, inputs: list[AudioInput], options: Transc
     print(f"transcribed {len(inputs) - len(failures)} of {len(inputs)} recordings ({audio_s:.1f} s of audio) in "
           f"{elapsed:.1f} s (RTF {elapsed / audio_s if audio_s else 0:.3f})", file=err, flush=True)
     return failures
+
+
+def transcribe_paths(bundle: Path, paths: list[str], options: TranscribeOptions = TranscribeOptions(), *,
+                     output_format: str = "text", show_progress: bool | None = None, err: TextIO = sys.stderr) -> int:
+    """`paddle-asr transcribe`: audio files, folders or wav.scp lists with `bundle`. Every input that
+    cannot be found, read or transcribed is named on `err`; returns 1 when there was any, else 0."""
+    from paddle_asr.data.audio_inputs import collect_inputs
+
+    inputs, problems = collect_inputs(paths)
+    for where, reason in problems:
+        print(f"error: {where}: {reason}", file=err, flush=True)
+    failures = transcribe_inputs(Path(bundle), inputs, options, output_format=output_format,
+                                 show_progress=show_progress, err=err) if inputs else []
+    bad = [where for where, _ in problems] + [path for path, _ in failures]
+    if bad:
+        shown = ", ".join(bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+        print(f"error: {len(bad)} input(s) could not be transcribed: {shown}", file=err, flush=True)
+        return 1
+    return 0

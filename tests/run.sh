@@ -9,4 +9,6 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=../utils/setup_test_tools.sh
 . "$root/utils/setup_test_tools.sh"
 cd "$root"
+# Lint and import order first (pyproject.toml [tool.ruff]): seconds, and a failure names file:line.
+ruff check --quiet .
 exec python -m pytest -q -p no:cacheprovider "$@" tests

@@ -1,4 +1,4 @@
-"""Speed perturbation and SpecAugment on a real AISHELL utterance (REFERENCE §4)."""
+"""Speed perturbation and SpecAugment on a real AISHELL utterance (WeNet's defaults; docs/training.md)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The bad-input catalogue: for every way data, disk, config or a download can go wrong, a real file
 built here, and the behaviour the user gets — a clear message naming the file, line or utterance
-and what to do, nothing lost, nothing written outside its folder. README, "Bad input", lists the
+and what to do, nothing lost, nothing written outside its folder. docs/bad_input.md lists the
 rows with the test of each."""
 
 from __future__ import annotations
@@ -147,7 +147,8 @@ def test_corrupt_and_truncated_flac_are_left_out_with_their_reason(tmp_path):
             sets={"train": ["train-clean-100"], "dev": ["dev-clean"], "test": ["dev-clean"]})
     reasons = dropped(tmp_path / "data", "train")
     for key in ("103-1241-0000", "103-1241-0001"):
-        assert re.search(rf"{key}.flac does not decode to its end \(.*\): the file is corrupt or truncated", reasons[key])
+        expected = rf"{key}.flac does not decode to its end \(.*\): the file is corrupt or truncated"
+        assert re.search(expected, reasons[key])
     assert not {"103-1241-0000", "103-1241-0001"} & {u.key for u in read_manifest(tmp_path / "data/train/data.list")}
 
 
@@ -273,7 +274,8 @@ def write_train_config(recipe: Path, name: str, *, data_train: str = "data/train
     """test_training's tiny deterministic Conformer, with the data and limits these tests change."""
     base = write_config(recipe, f"{name}_base", max_epoch=max_epoch)
     path = recipe / "conf" / f"{name}.yaml"
-    path.write_text(f"base: {Path(base).name}\ndata:\n  train: {data_train}\ntraining:\n  max_duration_s: {max_duration}\n"
+    path.write_text(f"base: {Path(base).name}\ndata:\n  train: {data_train}\n"
+                    f"training:\n  max_duration_s: {max_duration}\n"
                     f"  max_nonfinite_batches: {max_nonfinite}\n")
     return str(path.relative_to(recipe))
 
@@ -419,9 +421,9 @@ def test_a_full_disk_while_writing_a_checkpoint_keeps_the_previous_one(tiny_reci
                            str(tmp_path / "check.py"), str(saved)], cwd=tiny_recipe, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0 and "train exit 1" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert re.search(r"error: cannot write checkpoint 2 in .*exp/disk_full/checkpoints \(No space left on device\); the "
-                     r"previous checkpoint 1 is intact: free space there and run stage 1 again to resume", proc.stderr), \
-        proc.stderr[-3000:]
+    expected = (r"error: cannot write checkpoint 2 in .*exp/disk_full/checkpoints \(No space left on device\); "
+                r"the previous checkpoint 1 is intact: free space there and run stage 1 again to resume")
+    assert re.search(expected, proc.stderr), proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     listing = json.loads(proc.stdout.splitlines()[-1])
     assert listing["files"] == ["1.json", "1.pdopt", "1.pdparams"]  # no part of checkpoint 2, no temporary file
@@ -539,7 +541,7 @@ def test_model_files_come_only_from_paths_the_user_gives(tmp_path):
                ("paddle_asr/data/corpora/librispeech.py", "https://www.openslr.org/resources/12/"),
                ("paddle_asr/dashboard.py", "http://{shown}:{port}/app/scalar")}  # the dashboard's own address
     assert urls and set(urls) <= allowed, urls
-    for command in (["transcribe", "--model", "conformer_wenetspeech-zh-16k", str(REAL_WAV)],
+    for command in (["transcribe", "--bundle", "conformer_wenetspeech-zh-16k", str(REAL_WAV)],
                     ["import-paddlespeech", "asr1_conformer_aishell_ckpt_0.1.1.model", "--exp_dir", "exp/x"]):
         proc = subprocess.run([sys.executable, "-m", "paddle_asr.cli", *command], cwd=tmp_path, capture_output=True,
                               text=True, timeout=120)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from paddle_asr.config import AsrConfig, load_config, load_decode_config, save_config
+from paddle_asr.config import AsrConfig, DecodeConfig, check_config, load_config, load_decode_config, save_config
 from paddle_asr.errors import AsrError
 from paddle_asr.models.registry import build_model
 
@@ -24,6 +24,88 @@ def test_wrong_type_is_an_error(tmp_path):
     cfg.write_text("training:\n  batch_size: sixteen\n")
     with pytest.raises(AsrError, match=r"'training.batch_size' must be int"):
         load_config(cfg)
+
+
+def test_a_value_outside_its_choices_is_an_error_naming_file_and_key_path(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("training:\n  amp: fp61\n")
+    with pytest.raises(AsrError, match=r"bad.yaml: training.amp: 'fp61' is not one of 'off', 'fp16', 'bf16'"):
+        load_config(cfg)
+    cfg.write_text("model:\n  encoder:\n    input_layer: conv2d5\n")
+    with pytest.raises(AsrError, match=r"bad.yaml: model.encoder.input_layer: 'conv2d5' is not one of"):
+        load_config(cfg)
+    (tmp_path / "d.yaml").write_text("methods: [ctc_greedy_search, atention]\n")
+    with pytest.raises(AsrError, match=r"d.yaml: methods\[1\]: 'atention' is not one of 'ctc_greedy_search'"):
+        load_decode_config(tmp_path / "d.yaml")
+
+
+@pytest.mark.parametrize("text,match", [
+    ("model:\n  ctc_weight: 1.5\n", r"model.ctc_weight: 1.5 is not in \[0, 1\]"),
+    ("training:\n  accum_grad: 0\n", r"training.accum_grad: 0 is not >= 1"),
+    ("model:\n  encoder:\n    dropout_rate: -0.1\n", r"model.encoder.dropout_rate: -0.1 is not in \[0, 1\]"),
+    ("training:\n  keep_checkpoints: 2\n  average_num: 5\n", r"training.keep_checkpoints: 2 would delete"),
+    ("scheduler:\n  name: exponential\n  gamma: 1.5\n", r"scheduler.gamma is 1.5; set it in \(0, 1\]"),
+    ("model:\n  encoder:\n    pos_enc_layer_type: abs_pos\n",
+     r"model.encoder.selfattention_layer_type: must be selfattn with pos_enc_layer_type abs_pos"),
+])
+def test_a_value_out_of_range_is_an_error_naming_file_and_key_path(tmp_path, text, match):
+    (tmp_path / "bad.yaml").write_text(text)
+    with pytest.raises(AsrError, match=r"bad.yaml: " + match):
+        load_config(tmp_path / "bad.yaml")
+
+
+@pytest.mark.parametrize("text,match", [
+    ("beam_size: 0\n", r"beam_size: 0 is not >= 1"),
+    ("decoding_chunk_size: 0\n", r"decoding_chunk_size: 0 is not -1 or >= 1"),
+    ("cutoff_prob: 0.0\n", r"cutoff_prob: 0.0 is not in \(0, 1\]"),
+    ("methods: []\n", r"methods: name at least one of"),
+])
+def test_a_decode_value_out_of_range_is_an_error(tmp_path, text, match):
+    (tmp_path / "d.yaml").write_text(text)
+    with pytest.raises(AsrError, match=r"d.yaml: " + match):
+        load_decode_config(tmp_path / "d.yaml")
+
+
+def test_a_config_built_in_code_is_checked_the_same_way():
+    check_config(AsrConfig())
+    check_config(DecodeConfig())
+    bad = dataclasses.replace(AsrConfig(), training=dataclasses.replace(AsrConfig().training, amp="fp61"))
+    with pytest.raises(AsrError, match=r"here: training.amp: 'fp61' is not one of"):
+        check_config(bad, "here")
+
+
+def test_a_list_of_bases_merges_in_order_then_the_file_itself(tmp_path):
+    (tmp_path / "a.yaml").write_text("model:\n  encoder:\n    output_size: 64\n    num_blocks: 3\n"
+                                     "    linear_units: 32\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.yaml").write_text("model:\n  encoder:\n    num_blocks: 4\n    attention_heads: 2\n")
+    (tmp_path / "child.yaml").write_text("base: [a.yaml, sub/b.yaml]\nmodel:\n  encoder:\n    attention_heads: 8\n")
+    enc = load_config(tmp_path / "child.yaml").model.encoder
+    assert (enc.output_size, enc.linear_units) == (64, 32)  # only in a.yaml
+    assert enc.num_blocks == 4  # the later base wins
+    assert enc.attention_heads == 8  # the file's own keys win over every base
+    (tmp_path / "swapped.yaml").write_text("base: [sub/b.yaml, a.yaml]\n")
+    assert load_config(tmp_path / "swapped.yaml").model.encoder.num_blocks == 3
+
+
+def test_a_base_starting_with_two_slashes_is_read_from_the_repository_top(tmp_path):
+    (tmp_path / "c.yaml").write_text("base: [//conf/model/chunk_conformer.yaml, //conf/model/tiny_conformer.yaml]\n")
+    enc = load_config(tmp_path / "c.yaml").model.encoder
+    assert enc.causal and enc.cnn_module_norm == "layer_norm" and (enc.output_size, enc.num_blocks) == (64, 2)
+    (tmp_path / "bad.yaml").write_text("base: [//conf/model/nope.yaml]\n")
+    with pytest.raises(AsrError, match=r"conf/model/nope.yaml does not exist"):
+        load_config(tmp_path / "bad.yaml")
+    (tmp_path / "worse.yaml").write_text("base: {model: u2}\n")
+    with pytest.raises(AsrError, match=r"worse.yaml: 'base' must be a file name or a list of file names"):
+        load_config(tmp_path / "worse.yaml")
+
+
+@pytest.mark.parametrize("name,streaming", [("conformer", False), ("chunk_conformer", True), ("transformer", False),
+                                            ("deepspeech2", False), ("deepspeech2_online", True)])
+def test_streaming_follows_the_model_preset(name, streaming):
+    """local/run_stages.sh adds the chunk decoding config for a streaming `--model`."""
+    assert load_config(REPO / f"conf/model/{name}.yaml").model.streaming is streaming
+    assert load_config(REPO / f"recipes/aishell/conf/{name}.yaml").model.streaming is streaming
 
 
 def test_base_chain_merges_and_override_wins(tmp_path):
@@ -46,10 +128,11 @@ def test_resolved_config_round_trips(tmp_path):
 
 
 def _is_decode_config(path: Path) -> bool:
-    return "decode" in path.stem
+    return "decode" in path.stem or path.parent.name == "decode"
 
 
-SHIPPED = sorted(p for p in REPO.glob("**/conf/*.yaml") if ".venv" not in p.parts and "fixtures" not in p.parts)
+# Every recipe's configs and every shared preset of the top-level conf/.
+SHIPPED = sorted([*REPO.glob("recipes/*/conf/*.yaml"), *REPO.glob("conf/**/*.yaml")])
 
 
 def test_configs_are_shipped_for_every_recipe():
@@ -57,20 +140,27 @@ def test_configs_are_shipped_for_every_recipe():
     assert {"recipes/aishell/conf/conformer.yaml", "recipes/aishell/conf/chunk_conformer.yaml",
             "recipes/aishell/conf/decode.yaml", "recipes/aishell/conf/chunk_decode.yaml",
             "recipes/demo/conf/conformer.yaml"} <= names
+    presets = {f"conf/model/{m}.yaml" for m in ("conformer", "chunk_conformer", "transformer", "deepspeech2",
+                                                 "deepspeech2_online", "demo_conformer", "tiny_conformer")}
+    assert presets | {"conf/decode/full.yaml", "conf/decode/chunk.yaml", "conf/decode/deepspeech2.yaml"} <= names
 
 
-@pytest.mark.parametrize("path", [p for p in SHIPPED if not _is_decode_config(p)], ids=lambda p: str(p.relative_to(REPO)))
+def _name(path: Path) -> str:
+    return str(path.relative_to(REPO))
+
+
+@pytest.mark.parametrize("path", [p for p in SHIPPED if not _is_decode_config(p)], ids=_name)
 def test_every_shipped_training_config_loads_and_builds_a_model(path):
     loaded = load_config(path)
     config = dataclasses.replace(loaded, vocab_size=50, input_dim=loaded.features.num_mel_bins)
     assert isinstance(config, AsrConfig)
     model = build_model(config)
     names = set(model.state_dict())
-    if config.model.name == "deepspeech2":  # PaddleSpeech DeepSpeech2Model names (REFERENCE §8.3)
+    if config.model.name == "deepspeech2":  # PaddleSpeech DeepSpeech2Model names (docs/deepspeech2.md)
         assert config.features.num_mel_bins == 161 and config.data.cmvn.endswith("fbank161")
         assert {"encoder.conv.conv.0.weight", "encoder.rnn.0.weight_ih_l0", "decoder.ctc_lo.weight"} <= names
         return
-    # PaddleSpeech U2 parameter names (REFERENCE §8.2)
+    # PaddleSpeech U2 parameter names (docs/paddlespeech.md)
     assert "encoder.embed.conv.0.weight" in names and "ctc.ctc_lo.weight" in names
     assert "decoder.embed.0.weight" in names and "decoder.output_layer.weight" in names
     if config.model.encoder_type == "conformer":
@@ -78,7 +168,7 @@ def test_every_shipped_training_config_loads_and_builds_a_model(path):
         assert "encoder.encoders.0.conv_module.depthwise_conv.weight" in names
 
 
-@pytest.mark.parametrize("path", [p for p in SHIPPED if _is_decode_config(p)], ids=lambda p: str(p.relative_to(REPO)))
+@pytest.mark.parametrize("path", [p for p in SHIPPED if _is_decode_config(p)], ids=_name)
 def test_every_shipped_decode_config_loads(path):
     from paddle_asr.decode.recognizer import METHODS
 
@@ -98,7 +188,8 @@ def test_published_deepspeech2_settings():
         (5e-4, "exponential", 0.93, 3.0)
     assert (offline.training.max_epoch, online.training.max_epoch, offline.training.batch_size) == (50, 30, 64)
     decode = load_decode_config(REPO / "recipes/aishell/conf/deepspeech2_decode.yaml")
-    assert (decode.alpha, decode.beta, decode.beam_size, decode.cutoff_prob, decode.cutoff_top_n) == (2.2, 4.3, 500, 0.99, 40)
+    assert (decode.alpha, decode.beta, decode.beam_size, decode.cutoff_prob, decode.cutoff_top_n) == \
+        (2.2, 4.3, 500, 0.99, 40)
 
 
 def test_published_aishell_hyperparameters():

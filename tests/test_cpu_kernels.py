@@ -64,7 +64,8 @@ def test_layer_norm_matches_paddles_values_and_gradients(kernels):
     np.testing.assert_allclose(ln(x_fast).numpy(), plain[0], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("pad,length", [(7, 40), (0, 54), (2, 3)], ids=["symmetric", "causal-left-padded", "shorter-than-kernel"])
+@pytest.mark.parametrize("pad,length", [(7, 40), (0, 54), (2, 3)],
+                         ids=["symmetric", "causal-left-padded", "shorter-than-kernel"])
 def test_depthwise_convolution_matches_conv1d_values_and_gradients(kernels, pad, length):
     """[B, T, C] through the kernel against Conv1D on [B, C, T]; kernel 15 (AISHELL's), and an
     input shorter than the kernel, where most taps fall on padding."""
@@ -151,7 +152,8 @@ def test_dropout_mask_is_the_seeds_keeps_the_rate_and_is_kept_for_the_gradient(k
     # the same thread count or another: the mask is the seed's alone
     script = ("import paddle_asr, paddle, numpy as np\nfrom paddle_asr.models import fast_cpu_ops\n"
               "paddle.base.core.set_num_threads(1)\npaddle.seed(11)\n"
-              "print(int(np.flatnonzero(fast_cpu_ops.dropout(paddle.ones([256, 1000]), 0.3, training=True).numpy() == 0).sum()))")
+              "kept = fast_cpu_ops.dropout(paddle.ones([256, 1000]), 0.3, training=True).numpy()\n"
+              "print(int(np.flatnonzero(kept == 0).sum()))")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=REPO)
     assert int(out.stdout.split()[-1]) == int(np.flatnonzero(dropped).sum())
     # gradient: through the kept elements, scaled as the values are

@@ -65,7 +65,8 @@ def dashboard(demo_runs):
     port = free_port()
     env = dict(os.environ, PADDLE_ASR_PYTHON=sys.executable)
     log = (demo_runs / "visualdl_server.log").open("w")
-    proc = subprocess.Popen(["bash", str(REPO / "docker" / "visualdl.sh"), "--logdir", str(demo_runs), "--port", str(port)],
+    proc = subprocess.Popen(["bash", str(REPO / "docker" / "visualdl.sh"), "--logdir", str(demo_runs),
+                             "--port", str(port)],
                             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -106,7 +107,8 @@ def test_the_server_listens_on_the_loopback_only(dashboard):
     url, proc = dashboard
     port = int(url.rsplit(":", 1)[1])
     server_pids = {p.pid for p in psutil.Process(proc.pid).children(recursive=True)} | {proc.pid}
-    listening = [c for c in psutil.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
+    listening = [c for c in psutil.net_connections(kind="tcp")
+                 if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
     assert listening and {c.laddr.ip for c in listening} == {"127.0.0.1"}
     assert {c.pid for c in listening} <= server_pids
 
@@ -140,7 +142,8 @@ def test_the_scalar_page_lists_the_runs_and_draws_the_logged_loss(demo_runs, das
 
     url, _ = dashboard
     # VisualDL names the runs as paths from the folder above the log directory.
-    logged = {f"dashboard/{name}/visualdl": read_visualdl(demo_runs / name / "visualdl")[0]["train/loss"] for name in RUNS}
+    logged = {f"dashboard/{name}/visualdl": read_visualdl(demo_runs / name / "visualdl")[0]["train/loss"]
+              for name in RUNS}
     assert all(len(points) >= 6 for points in logged.values())  # 2 epochs x 6 updates, every one logged
 
     browser.get(f"{url}/app/scalar")

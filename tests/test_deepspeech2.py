@@ -188,7 +188,9 @@ def test_chunk_by_chunk_equals_the_full_utterance(name):
     with paddle.no_grad():
         _, full_lengths, full = m.forward_encoder(paddle.to_tensor(feats), paddle.to_tensor(lengths))
         for chunk in (1, 4, 16):
-            chunked, chunked_lengths = m.forward_chunk_by_chunk(paddle.to_tensor(feats), paddle.to_tensor(lengths), chunk)
+            chunked, chunked_lengths = m.forward_chunk_by_chunk(
+                paddle.to_tensor(feats), paddle.to_tensor(lengths), chunk
+            )
             np.testing.assert_array_equal(chunked_lengths.numpy(), full_lengths.numpy())
             for b, n in enumerate(full_lengths.numpy()):
                 np.testing.assert_allclose(chunked.numpy()[b, :n], full.numpy()[b, :n], atol=1e-5, rtol=0)
@@ -210,7 +212,7 @@ def test_output_length_is_paddlespeechs():
 
 @pytest.mark.parametrize("direction, expected, entries", [("bidirect", 128_100_873, 98), ("forward", 47_300_105, 58)])
 def test_published_size_has_paddlespeechs_parameter_count(direction, expected, entries):
-    """REFERENCE §8.3: 5 x LSTM 1024, 161-dim fbank, 4233 units."""
+    """PaddleSpeech asr0 AISHELL deepspeech2.yaml: 5 x LSTM 1024, 161-dim fbank, 4233 units."""
     m = DeepSpeech2Model(161, 4233, num_rnn_layers=5, rnn_size=1024, rnn_direction=direction)
     assert sum(int(np.prod(p.shape)) for p in m.parameters()) == expected
     state = m.state_dict()
@@ -293,7 +295,8 @@ def test_import_paddlespeech_reads_an_asr0_folder(tmp_path, name):
     m.eval()
     feats = raw_feats()[None]
     with paddle.no_grad():
-        _, lengths, log_probs = m.forward_encoder(paddle.to_tensor(feats), paddle.to_tensor([feats.shape[1]], dtype="int64"))
+        feat_lengths = paddle.to_tensor([feats.shape[1]], dtype="int64")
+        _, lengths, log_probs = m.forward_encoder(paddle.to_tensor(feats), feat_lengths)
     n = int(lengths[0])
     assert n == g["encoder_lengths"][0]
     np.testing.assert_allclose(log_probs.numpy()[0], g["ctc_log_probs"][0, :n], atol=ATOL, rtol=0)

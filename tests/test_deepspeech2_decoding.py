@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from paddle_asr.config import DecodeConfig
-from paddle_asr.decode.dygraph_backend import DeepSpeech2DygraphBackend, dygraph_backend
+from paddle_asr.decode.dygraph_backend import DeepSpeech2DygraphBackend
 from paddle_asr.decode.recognizer import Recognizer
 from paddle_asr.errors import AsrError
+from paddle_asr.families import dygraph_backend
 from paddle_asr.lm.arpa import write_arpa
 from paddle_asr.lm.kneser_ney import build_kneser_ney
 from tests.test_deepspeech2 import golden, model, raw_batch

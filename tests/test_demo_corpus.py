@@ -42,7 +42,7 @@ def test_layout_audio_and_transcripts(corpus):
     root = out / "a" / "data_aishell"
     assert not summary["reused"]
     # Nothing but the AISHELL files (and the hidden marker) in data_aishell.
-    assert sorted(p.name for p in root.iterdir()) == [".complete", "transcript", "wav"]
+    assert sorted(p.name for p in root.iterdir()) == [".done", "transcript", "wav"]
     assert [p.name for p in (root / "transcript").iterdir()] == ["aishell_transcript_v0.8.txt"]
     archives = sorted(p.name for p in (root / "wav").iterdir())
     assert len(archives) == 4 and all(re.fullmatch(r"S\d{4}\.tar\.gz", a) for a in archives)
@@ -101,7 +101,7 @@ def test_deterministic_and_reused(corpus):
     t = "transcript/aishell_transcript_v0.8.txt"
     assert (first / t).read_bytes() == (second / t).read_bytes()
 
-    # Same parameters: the .complete marker makes the call a no-op.
+    # Same parameters: the .done record makes the call a no-op.
     before = {p: p.stat().st_mtime_ns for p in (first / "wav").glob("*.tar.gz")}
     logs: list[str] = []
     reused = generate_demo_corpus(out / "a", seed=123, log=logs.append, **COUNTS)

@@ -1,6 +1,6 @@
 """The GPU image's files, checked without a Docker engine (none runs here): the Dockerfile passes
 hadolint, every file it copies exists and survives .dockerignore, every shell script passes
-shellcheck, the image's Paddle and Python get the project's pins, the README's Docker commands use
+shellcheck, the image's Paddle and Python get the project's pins, the Docker commands of the docs use
 only what these files provide, and the GPU options stop cleanly on this CPU-only Paddle."""
 
 from __future__ import annotations
@@ -73,7 +73,9 @@ def test_every_file_the_dockerfile_copies_exists_and_is_sent_to_the_build():
     copies = [shlex.split(rest) for word, rest in dockerfile() if word in ("COPY", "ADD")]
     assert copies, "the Dockerfile copies nothing"
     sources = [src for args in copies for src in [a for a in args if not a.startswith("--")][:-1]]
-    assert {"requirements.txt", "pyproject.toml", "paddle_asr", "run.sh", "local", "utils", "recipes", "docker"} <= set(sources)
+    needed = {"requirements.txt", "pyproject.toml", "paddle_asr", "run.sh", "local", "utils", "conf", "recipes",
+              "docker"}
+    assert needed <= set(sources)
     for src in sources:
         assert (REPO / src).exists(), f"the Dockerfile copies {src}, which is not in the repository"
         assert not ignored(src), f"the Dockerfile copies {src}, but .dockerignore keeps it out of the build context"
@@ -110,7 +112,7 @@ def test_the_images_paddle_is_the_pinned_paddle():
     import paddle
 
     assert paddle.__version__ == match.group(1)  # the CPU wheel the tests run on is the same release
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "docs/gpu_docker.md").read_text()  # the docs page with the Docker commands
     assert image in readme and f"CUDA {match.group(2)}" in readme and f"cuDNN {match.group(3)}" in readme
     # The build checks the image's Paddle against the pin and installs every other line of
     # requirements.txt unchanged: run its filter on the real file.
@@ -153,7 +155,7 @@ def test_requirements_resolve_for_the_images_python(tmp_path):
 
 
 def readme_docker_commands() -> list[list[str]]:
-    readme = (REPO / "README.md").read_text()
+    readme = "\n".join(p.read_text() for p in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))])
     blocks = re.findall(r"```bash\n(.*?)```", readme, flags=re.S)
     commands = []
     for block in blocks:
@@ -230,9 +232,9 @@ def paddle_asr(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     (["train", "--config", "conf.yaml", "--exp_dir", "exp/x", "--gpus", "0,1"],
      "--gpus 0,1 (training on GPUs; --nproc N trains with CPU processes) needs cuda, which is unavailable here: "
      "this Paddle 3.0.0 is a CPU build (no CUDA)"),
-    (["test-export", "--model", "m", "--data", "d", "--decode_config", "c", "--out_prefix", "o", "--trt", "fp16"],
+    (["test-export", "--bundle", "m", "--data", "d", "--decode_config", "c", "--out_prefix", "o", "--trt", "fp16"],
      "--trt fp16 runs on a GPU: add --device gpu (or gpu:N)"),
-    (["test-export", "--model", "m", "--data", "d", "--decode_config", "c", "--out_prefix", "o", "--device", "tpu"],
+    (["test-export", "--bundle", "m", "--data", "d", "--decode_config", "c", "--out_prefix", "o", "--device", "tpu"],
      "--device tpu: use cpu, gpu or gpu:N"),
     (["devices", "--require", "tensorrt"], "unavailable here: tensorrt (this Paddle 3.0.0 is a CPU build (no CUDA))"),
 ])

@@ -34,7 +34,7 @@ def test_layout_is_librispeech(corpus):
     assert sorted(p.name for p in root.iterdir() if p.is_dir()) == sorted(SUBSETS)
     flacs, lines = [], {}
     for rel in _files(root):
-        if rel == ".complete":
+        if rel == ".done":
             continue
         assert FLAC.match(rel) or TRANS.match(rel), rel
         if rel.endswith(".flac"):
@@ -75,13 +75,13 @@ def test_deterministic_and_reused(corpus, tmp_path):
     assert not again["reused"]
     # Every FLAC and transcript byte-identical (the marker holds the path and the time taken).
     ours, theirs = _files(tmp_path / "LibriSpeech"), _files(out / "LibriSpeech")
-    del ours[".complete"], theirs[".complete"]
+    del ours[".done"], theirs[".done"]
     assert ours == theirs
-    marker = (tmp_path / "LibriSpeech" / ".complete").stat().st_mtime_ns
+    marker = (tmp_path / "LibriSpeech" / ".done").stat().st_mtime_ns
     logs: list[str] = []
     third = generate_english_demo(tmp_path, log=logs.append, **SMALL)
     assert third["reused"] and "skipping generation" in logs[0]
-    assert (tmp_path / "LibriSpeech" / ".complete").stat().st_mtime_ns == marker
+    assert (tmp_path / "LibriSpeech" / ".done").stat().st_mtime_ns == marker
 
 
 def test_no_two_words_sound_alike_and_voices_are_unseen():
@@ -101,7 +101,7 @@ def test_no_two_words_sound_alike_and_voices_are_unseen():
 def test_test_voice_variants_are_not_in_training(tmp_path):
     summary = generate_english_demo(tmp_path, log=lambda *_: None, num_train_speakers=14, num_dev_speakers=2,
                                     num_test_speakers=3, utts_per_speaker=2)
-    marker = json.loads((tmp_path / "LibriSpeech" / ".complete").read_text())
+    marker = json.loads((tmp_path / "LibriSpeech" / ".done").read_text())
     voices = summary["speaker_voices"]
     variant = {spk: v.split("+")[1] for spk, v in voices.items()}
     train = {variant[p.name] for p in (tmp_path / "LibriSpeech" / "train-clean-100").iterdir()}

@@ -20,11 +20,14 @@ from paddle_asr.config import AsrConfig, DeepSpeech2Config, FeatureConfig, Model
 from paddle_asr.cpu_settings import cpu_has_vnni
 from paddle_asr.decode.search import ctc_greedy_search
 from paddle_asr.errors import AsrError
+from paddle_asr.export.backend import ExportedBackend
 from paddle_asr.export.bundle import copy_bundle_files, write_bundle_files
+from paddle_asr.export.calibrate import default_fp32_layers
+from paddle_asr.export.deepspeech2 import DeepSpeech2ExportedBackend
 from paddle_asr.export.export import export_model
 from paddle_asr.export.inference import Predictor
-from paddle_asr.export.quantize import default_fp32_layers, edge_layer_weights, quantize_ptq
-from paddle_asr.export.runtime import DeepSpeech2ExportedBackend, ExportedBackend
+from paddle_asr.export.quantize import edge_layer_weights, quantize_ptq
+from paddle_asr.export.runtime import load_backend
 from paddle_asr.features import compute_fbank, load_cmvn
 from paddle_asr.models.registry import build_model
 
@@ -71,8 +74,8 @@ def build_small_ds2(direction: str, use_gru: bool, seed: int = 0):
 
 
 def write_vocab(path: Path) -> Path:
-    path.write_text("".join(f"{u}\n" for u in ["<blank>", "<unk>"] + [chr(0x4E00 + i) for i in range(VOCAB - 3)] + ["<eos>"]),
-                    encoding="utf-8")
+    units = ["<blank>", "<unk>"] + [chr(0x4E00 + i) for i in range(VOCAB - 3)] + ["<eos>"]
+    path.write_text("".join(f"{u}\n" for u in units), encoding="utf-8")
     return path
 
 
@@ -91,14 +94,15 @@ def bundles(tmp_path_factory) -> dict[str, tuple]:
 
 
 def backend_of(bundle: Path) -> ExportedBackend:
-    return ExportedBackend(bundle, json.loads((bundle / "meta.json").read_text(encoding="utf-8")))
+    return load_backend(bundle, json.loads((bundle / "meta.json").read_text(encoding="utf-8")))
 
 
 @pytest.mark.parametrize("name", MODELS)
 def test_programs_and_meta(bundles, name):
     model, bundle, diffs = bundles[name]
     online = name in ONLINE
-    assert sorted(diffs) == (["ctc_activation", "encoder", "encoder_chunk"] if online else ["ctc_activation", "encoder"])
+    expected = ["ctc_activation", "encoder", "encoder_chunk"] if online else ["ctc_activation", "encoder"]
+    assert sorted(diffs) == expected
     assert max(diffs.values()) < ATOL
     assert not (bundle / "decoder").exists()
     for fn in diffs:
@@ -230,7 +234,8 @@ def test_int8_bundle_decodes(bundles, tmp_path):
     np.testing.assert_array_equal(got_lengths, ref_lengths)
     assert np.isfinite(got_lp).all()
     diff = max(float(np.abs(got_lp[i, :n] - ref_lp[i, :n]).max()) for i, n in enumerate(ref_lengths))
-    agree = np.mean(np.concatenate([got_lp[i, :n].argmax(-1) == ref_lp[i, :n].argmax(-1) for i, n in enumerate(ref_lengths)]))
+    agree = np.mean(np.concatenate([got_lp[i, :n].argmax(-1) == ref_lp[i, :n].argmax(-1)
+                                    for i, n in enumerate(ref_lengths)]))
     ref_hyps, got_hyps = ctc_greedy_search(ref_lp, ref_lengths), ctc_greedy_search(got_lp, got_lengths)
     assert all(len(h) > 0 for h in got_hyps)
     assert all(abs(len(a) - len(b)) <= max(1, len(b) // 10) for a, b in zip(got_hyps, ref_hyps))
@@ -242,7 +247,8 @@ def test_int8_bundle_decodes(bundles, tmp_path):
     pred_fp32, pred_int8 = Predictor(fp32_dir / "encoder"), Predictor(int8_dir / "encoder", int8=True)
     feeds = {"feats": np.concatenate([feats[:1]] * 8), "feats_lengths": np.full(8, lengths[0], np.int64)}
     t_fp32, t_int8 = _timed(pred_fp32, feeds), _timed(pred_int8, feeds)
-    print(f"\nDS2 2x32 online LSTM encoder, INT8 vs FP32: quantized {report['quantized_ops']}, FP32 {report['fp32_ops']}; "
+    print(f"\nDS2 2x32 online LSTM encoder, INT8 vs FP32: quantized {report['quantized_ops']}, "
+          f"FP32 {report['fp32_ops']}; "
           f"max |log-prob diff| {diff:.3g}, frame argmax agreement {agree:.3f}, greedy lengths "
           f"{[len(h) for h in got_hyps]} vs {[len(h) for h in ref_hyps]}; {report['fp32_bytes']} -> "
           f"{report['int8_bytes']} bytes; batch 8 x 426 frames: FP32 {t_fp32 * 1e3:.2f} ms, INT8 {t_int8 * 1e3:.2f} ms")
@@ -265,10 +271,10 @@ def test_cli_export_and_quantize_a_paddlespeech_model(tmp_path, monkeypatch, cap
     calib = tmp_path / "calib.list"
     calib.write_text("".join(json.dumps({"key": f"utt{i}", "wav": str(WAV), "duration": duration, "text": transcript},
                                         ensure_ascii=False) + "\n" for i in range(4)), encoding="utf-8")
-    assert main(["quantize", "--model", str(fp32_dir), "--out", str(exp / "export" / "int8"), "--calib", str(calib),
+    assert main(["quantize", "--bundle", str(fp32_dir), "--out", str(exp / "export" / "int8"), "--calib", str(calib),
                  "--functions", "decoder"]) == 1  # a CTC-only bundle has no decoder program
     capsys.readouterr()
-    assert main(["quantize", "--model", str(fp32_dir), "--out", str(exp / "export" / "int8"), "--calib", str(calib),
+    assert main(["quantize", "--bundle", str(fp32_dir), "--out", str(exp / "export" / "int8"), "--calib", str(calib),
                  "--num_calib", "4", "--batch_size", "2"]) == 0
     # Without VNNI the stage says what INT8 costs on this CPU; with it, it says nothing of the kind.
     assert ("this CPU has no VNNI" in capsys.readouterr().out) == (not cpu_has_vnni())

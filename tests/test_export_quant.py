@@ -15,21 +15,23 @@ from paddle_asr.config import DecodeConfig, load_config
 from paddle_asr.cpu_settings import cpu_has_vnni
 from paddle_asr.decode.dygraph_backend import DygraphBackend
 from paddle_asr.decode.recognizer import Recognizer
-
-METHODS = ("ctc_greedy_search", "ctc_prefix_beam_search", "attention", "attention_rescoring")
 from paddle_asr.export.bundle import write_bundle_files
-from paddle_asr.export.export import export_model, runtime_functions, save_function
+from paddle_asr.export.common import save_function
+from paddle_asr.export.export import export_model
 from paddle_asr.export.inference import Predictor, find_model_files
 from paddle_asr.export.quantize import quantize_ptq
-from paddle_asr.export.runtime import ExportedBackend
+from paddle_asr.export.runtime import load_backend
+from paddle_asr.export.u2 import runtime_functions
 from paddle_asr.models.registry import build_model
 
+METHODS = ("ctc_greedy_search", "ctc_prefix_beam_search", "attention", "attention_rescoring")
 REPO = Path(__file__).resolve().parents[1]
 FEAT_DIM = 80
 
 
 def build_small_u2(seed: int = 0):
-    config = dataclasses.replace(load_config(REPO / "recipes/aishell/conf/chunk_conformer.yaml"), vocab_size=60, input_dim=FEAT_DIM)
+    config = dataclasses.replace(load_config(REPO / "recipes/aishell/conf/chunk_conformer.yaml"), vocab_size=60,
+                                 input_dim=FEAT_DIM)
     config.model.encoder = dataclasses.replace(config.model.encoder, output_size=144, linear_units=288, num_blocks=2,
                                                input_layer="conv2d")
     config.model.decoder = dataclasses.replace(config.model.decoder, linear_units=288, num_blocks=1)
@@ -99,7 +101,7 @@ def test_exported_model_gives_the_dynamic_graph_hypotheses_for_every_method(expo
     meta = json.loads((out / "meta.json").read_text())
     conf = DecodeConfig(beam_size=4, decoding_chunk_size=chunk)
     feats, lens = random_batch(np.random.default_rng(4), [260, 190, 150])
-    ours = Recognizer(ExportedBackend(out, meta), conf).recognize(feats, lens)
+    ours = Recognizer(load_backend(out, meta), conf).recognize(feats, lens)
     theirs = Recognizer(DygraphBackend(model), conf).recognize(feats, lens)
     assert set(ours) == set(METHODS)
     for method in METHODS:

@@ -95,7 +95,8 @@ def test_conv_then_bias_matches_the_layer(make, functional, shape):
     conv.bias.set_value(paddle.randn(conv.bias.shape))
     x_value = np.random.default_rng(3).standard_normal(shape).astype("float32")
     params = [conv.weight, conv.bias]
-    _assert_same_values_and_gradients([(lambda x: conv_then_bias(conv, x, functional), params), (conv, params)], x_value)
+    _assert_same_values_and_gradients([(lambda x: conv_then_bias(conv, x, functional), params), (conv, params)],
+                                      x_value)
 
 
 def test_dropout_is_decided_by_the_seed_keeps_the_rate_and_scales_up():
@@ -133,8 +134,15 @@ def test_fast_log_softmax_matches_log_softmax_and_is_exact_where_paddles_floors(
 
 
 @pytest.mark.parametrize("compiled", [True, False], ids=["compiled-kernels", "paddle-ops-only"])
-@pytest.mark.parametrize("config_path", ["recipes/aishell/conf/conformer.yaml", "recipes/aishell/conf/chunk_conformer.yaml",
-                                         "recipes/demo/conf/conformer.yaml"], ids=["aishell", "chunk", "demo"])
+@pytest.mark.parametrize(
+    "config_path",
+    [
+        "recipes/aishell/conf/conformer.yaml",
+        "recipes/aishell/conf/chunk_conformer.yaml",
+        "recipes/demo/conf/conformer.yaml",
+    ],
+    ids=["aishell", "chunk", "demo"],
+)
 def test_the_conformer_trains_to_the_same_loss_and_gradients_with_and_without_them(monkeypatch, config_path, compiled):
     """One training step of a small Conformer in each recipe layout (x4 subsampling with C->C
     convolution, or the demo's x8; batch norm with symmetric, or layer norm with causal convolution

@@ -1,4 +1,4 @@
-"""Fbank and CMVN against reference values measured with PaddleSpeech/WeNet (REFERENCE §3.2, §3.4)."""
+"""Fbank and CMVN against reference values measured with PaddleSpeech/WeNet (docs/fbank_cmvn.md)."""
 
 import json
 

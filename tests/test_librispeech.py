@@ -108,8 +108,8 @@ def test_stage0_on_a_librispeech_layout_folder(tmp_path):
                       bpe_size=30)
     sets = {"train_clean_100": ["train-clean-100"], "dev": ["dev-clean"], "dev_clean": ["dev-clean"]}
     logs: list[str] = []
-    summary = prepare_data("librispeech", tmp_path / "corpus", tmp_path / "data", FeatureConfig(), conf, sets=sets, nj=1,
-                           log=logs.append)
+    summary = prepare_data("librispeech", tmp_path / "corpus", tmp_path / "data", FeatureConfig(), conf, sets=sets,
+                           nj=1, log=logs.append)
     assert summary["train_set"] == "train_clean_100" and summary["unit_type"] == "bpe"
     for name, subset in (("train_clean_100", "train-clean-100"), ("dev", "dev-clean"), ("dev_clean", "dev-clean")):
         utts = {u.key: u for u in read_manifest(tmp_path / "data" / name / "data.list")}
@@ -173,8 +173,9 @@ def test_stage0_with_the_real_bpe_model_and_archives(tmp_path):
                      sets={"train": ["train-clean-100"], "test_clean": ["test-clean"]}, nj=1, log=logs.append)
     # The config's training set must be one of the sets.
     with pytest.raises(AsrError, match="data/train_960"):
-        prepare_data("librispeech", corpus, tmp_path / "data3", FeatureConfig(), DataConfig(train="data/train_960/data.list"),
-                     sets={"train": ["train-clean-100"]}, nj=1, log=logs.append)
+        prepare_data("librispeech", corpus, tmp_path / "data3", FeatureConfig(),
+                     DataConfig(train="data/train_960/data.list"), sets={"train": ["train-clean-100"]}, nj=1,
+                     log=logs.append)
 
 
 class _RangeHandler(http.server.SimpleHTTPRequestHandler):

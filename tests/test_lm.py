@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import time
 from pathlib import Path
 
 import numpy as np
@@ -409,31 +408,3 @@ def test_kenlm_backend_decodes_identically(tmp_path, char_lm):
     b = ctc_beam_search_with_lm(lp, VOCAB, kl, 1.0, 0.5, 10)
     assert [ids for ids, _ in a] == [ids for ids, _ in b]
     assert [s for _, s in a] == pytest.approx([s for _, s in b], abs=1e-4)
-
-
-def test_speed_on_a_300_frame_utterance(char_lm):
-    """Not asserted: prints the cost of LM fusion on an AISHELL-sized vocabulary (4233 units)."""
-    rng = np.random.default_rng(3)
-    vocab = ["<blank>", "<unk>", *CHARS, *[chr(0x4E00 + i) for i in range(4233 - 3 - len(CHARS))], "<eos>"]
-    # Trained-model-like posteriors: one peak per frame (a character every 5th frame, blank between)
-    # holding 60-99 % of the mass, the rest spread over a few random competitors and a tiny floor.
-    probs = np.full((300, len(vocab)), 1e-8)
-    for t in range(300):
-        peak = vocab.index(rng.choice(CHARS)) if t % 5 == 0 else 0
-        rivals = rng.choice(len(vocab), size=4, replace=False)
-        probs[t, rivals] = rng.dirichlet(np.ones(4)) * rng.uniform(0.01, 0.4)
-        probs[t, peak] += 1.0 - probs[t].sum()
-    lp = np.log(probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)
-    for name, kwargs in [
-        ("prefix beam 10, no LM", None),
-        ("beam 10, LM", dict(alpha=2.2, beta=4.3, beam_size=10)),
-        ("beam 100, LM, cutoff 0.99/40", dict(alpha=2.2, beta=4.3, beam_size=100, cutoff_prob=0.99, cutoff_top_n=40)),
-        ("beam 500, LM, cutoff 0.99/40 (PaddleSpeech AISHELL)",
-         dict(alpha=2.2, beta=4.3, beam_size=500, cutoff_prob=0.99, cutoff_top_n=40)),
-    ]:
-        start = time.perf_counter()
-        if kwargs is None:
-            ctc_prefix_beam_search(lp, 10)
-        else:
-            ctc_beam_search_with_lm(lp, vocab, char_lm, **kwargs)
-        print(f"\n300 frames x 4233 units, {name}: {time.perf_counter() - start:.3f} s", end="")

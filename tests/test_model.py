@@ -55,12 +55,12 @@ def test_parameter_names_and_shapes_follow_paddlespeech():
     assert shapes["decoder.decoders.5.src_attn.linear_k.weight"] == [256, 256]
     assert shapes["decoder.decoders.5.concat_linear2.weight"] == [512, 256]
     assert shapes["decoder.decoders.5.feed_forward.w_1.weight"] == [256, 2048]
-    # REFERENCE §8.2: 39 tensors per BatchNorm encoder layer, 30 per decoder layer.
+    # PaddleSpeech's U2Model: 39 tensors per BatchNorm encoder layer, 30 per decoder layer (docs/paddlespeech.md).
     assert len([k for k in shapes if k.startswith("encoder.encoders.0.")]) == 39
     assert len([k for k in shapes if k.startswith("decoder.decoders.0.")]) == 30
     assert not any("pos_enc" in k or k.endswith(".pe") for k in shapes)  # positional tables are not stored
     decoder_params = sum(int(np.prod(v)) for k, v in shapes.items() if k.startswith("decoder."))
-    assert decoder_params == 13_220_489  # REFERENCE §8.2, V=4233
+    assert decoder_params == 13_220_489  # PaddleSpeech's AISHELL decoder, V=4233
 
 
 def test_chunk_model_has_layer_norm_conv_and_37_tensors_per_layer():
@@ -130,7 +130,8 @@ def _stream(model, x, chunk, left):
                                                        ("conv2d", 4, 2, "abs_pos")])
 def test_chunk_by_chunk_decoding_equals_the_chunk_masked_full_forward(input_layer, chunk, left, pos):
     model = _model("recipes/aishell/conf/chunk_conformer.yaml", num_blocks=2, output_size=64, linear_units=128,
-                   input_layer=input_layer, subsampling_channels=16, pos_enc_layer_type=pos, selfattention_layer_type="rel_selfattn" if pos == "rel_pos" else "selfattn")
+                   input_layer=input_layer, subsampling_channels=16, pos_enc_layer_type=pos,
+                   selfattention_layer_type="rel_selfattn" if pos == "rel_pos" else "selfattn")
     assert model.encoder.supports_streaming
     x = np.random.default_rng(2).normal(10, 3, (1, 411, 80)).astype("float32")
     streamed, att = _stream(model, x, chunk, left)

@@ -21,11 +21,11 @@ import pytest
 from paddle_asr.config import DecodeConfig, load_config
 from paddle_asr.decode.dygraph_backend import DygraphBackend
 from paddle_asr.decode.recognizer import Recognizer, encode_streaming
+from paddle_asr.import_paddlespeech import import_paddlespeech
+from paddle_asr.models.registry import build_model, load_weights
 
 # The U2 methods PaddleSpeech has (ctc_beam_search_lm is DeepSpeech2's, with an LM).
 METHODS = ("ctc_greedy_search", "ctc_prefix_beam_search", "attention", "attention_rescoring")
-from paddle_asr.import_paddlespeech import import_paddlespeech
-from paddle_asr.models.registry import build_model, load_weights
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "paddlespeech"
 MODELS = ("conformer", "chunk_conformer")
@@ -76,7 +76,8 @@ def test_encoder_and_ctc_match(imported, name):
     _, g = golden(name)
     feats = _feats(name)
     with paddle.no_grad():
-        enc, lengths, ctc_lp = model.forward_encoder(paddle.to_tensor(feats), paddle.to_tensor([feats.shape[1]], dtype="int64"))
+        feat_lengths = paddle.to_tensor([feats.shape[1]], dtype="int64")
+        enc, lengths, ctc_lp = model.forward_encoder(paddle.to_tensor(feats), feat_lengths)
     assert int(lengths[0]) == g["encoder_out"].shape[1]
     np.testing.assert_allclose(enc.numpy(), g["encoder_out"], atol=ATOL, rtol=0)
     np.testing.assert_allclose(ctc_lp.numpy(), g["ctc_log_probs"], atol=ATOL, rtol=0)
@@ -176,7 +177,7 @@ def exported(imported, tmp_path_factory):
 
 @pytest.mark.parametrize("name,mode", list(_golden_cases()))
 def test_exported_programs_give_paddlespeech_hypotheses(exported, name, mode):
-    from paddle_asr.export.runtime import ExportedBackend
+    from paddle_asr.export.runtime import load_backend
 
     meta, _ = golden(name)
     settings = meta["modes"][mode]
@@ -184,7 +185,7 @@ def test_exported_programs_give_paddlespeech_hypotheses(exported, name, mode):
                         decoding_chunk_size=settings["decoding_chunk_size"],
                         num_decoding_left_chunks=settings["num_decoding_left_chunks"])
     bundle = exported[name]
-    backend = ExportedBackend(bundle, json.loads((bundle / "meta.json").read_text()))
+    backend = load_backend(bundle, json.loads((bundle / "meta.json").read_text()))
     feats = _feats(name)
     got = Recognizer(backend, conf).recognize(feats, np.array([feats.shape[1]], np.int64))
     for method in METHODS:

@@ -18,16 +18,7 @@ import pytest
 from tests.conftest import REPO, real_fixture
 
 SMALL_CONFIG = f"""\
-base: {REPO}/recipes/librispeech_demo/conf/conformer.yaml
-model:
-  encoder:
-    subsampling_channels: 16
-    output_size: 64
-    linear_units: 128
-    num_blocks: 2
-  decoder:
-    linear_units: 128
-    num_blocks: 1
+base: [{REPO}/recipes/librispeech_demo/conf/conformer.yaml, //conf/model/tiny_conformer.yaml]
 training:
   max_epoch: 2
   batch_size: 8
@@ -98,7 +89,7 @@ def test_wer_for_dygraph_exported_and_int8(recipe):
 def test_transcribe_real_librispeech_speech_with_word_times(recipe, tmp_path):
     d, _ = recipe
     wav = real_fixture("librispeech-1995-1837-0001.wav")
-    proc = run([sys.executable, "-m", "paddle_asr.cli", "transcribe", "--model", "exp/train/export/int8",
+    proc = run([sys.executable, "-m", "paddle_asr.cli", "transcribe", "--bundle", "exp/train/export/int8",
                 "--format", "json", "--progress", "off", str(wav)], d)
     result = json.loads(proc.stdout.splitlines()[0])
     assert result["duration"] == pytest.approx(8.73, abs=0.01)

@@ -21,17 +21,7 @@ import soundfile as sf
 from tests.conftest import REPO, real_fixture
 
 SMALL_CONFIG = f"""\
-base: {REPO}/recipes/aishell/conf/chunk_conformer.yaml
-model:
-  encoder:
-    input_layer: conv2d8
-    subsampling_channels: 16
-    output_size: 64
-    linear_units: 128
-    num_blocks: 2
-  decoder:
-    linear_units: 128
-    num_blocks: 1
+base: [{REPO}/recipes/aishell/conf/chunk_conformer.yaml, //conf/model/tiny_conformer.yaml]
 optim:
   lr: 0.002
 scheduler:
@@ -42,7 +32,10 @@ training:
   average_num: 2
   log_interval: 2
 """
-DECODE = "methods: [ctc_greedy_search, ctc_prefix_beam_search, attention, attention_rescoring]\nbeam_size: 4\nbatch_size: 4\n"
+DECODE = (
+    "methods: [ctc_greedy_search, ctc_prefix_beam_search, attention, attention_rescoring]\n"
+    "beam_size: 4\nbatch_size: 4\n"
+)
 CHUNK_DECODE = "base: decode.yaml\ndecoding_chunk_size: 4\n"
 METHODS = ("ctc_greedy_search", "ctc_prefix_beam_search", "attention", "attention_rescoring")
 STAGE_ARGS = ["--data_dir", "corpus", "--config", "conf/train.yaml", "--decode_configs",
@@ -74,14 +67,16 @@ def recipe(tmp_path_factory) -> tuple[Path, str]:
     generate_demo_corpus(d / "corpus", num_train_speakers=3, num_dev_speakers=1, num_test_speakers=2,
                          utts_per_speaker=8, log=lambda *_: None)
     # --trt asks stages 5/6 for TensorRT runs too, which this CPU build of Paddle cannot do.
-    proc = run(["bash", str(REPO / "local/run_stages.sh"), *STAGE_ARGS, "--num_transcribe", "2", "--trt", "fp16,int8"], d)
+    stages = REPO / "local/run_stages.sh"
+    proc = run(["bash", str(stages), *STAGE_ARGS, "--num_transcribe", "2", "--trt", "fp16,int8"], d)
     return d, proc.stdout + proc.stderr
 
 
 def test_every_stage_prints_a_timestamped_banner(recipe):
     _, out = recipe
-    for n, name in [(0, "data preparation"), (1, "training"), (2, "checkpoint averaging"), (3, "test with the dynamic-graph model"),
-                    (4, "export"), (5, "test the exported model"), (6, "INT8"), (7, "transcribe")]:
+    for n, name in [(0, "data preparation"), (1, "training"), (2, "checkpoint averaging"),
+                    (3, "test with the dynamic-graph model"), (4, "export"), (5, "test the exported model"),
+                    (6, "INT8"), (7, "transcribe")]:
         assert f"Stage {n}: {name}" in out, out[-2000:]
 
 
@@ -224,7 +219,7 @@ def test_transcribe_real_speech_and_bad_files(recipe, tmp_path):
     d, _ = recipe
     model = d / "exp/train/export/int8"
     real = real_fixture("aishell-BAC009S0724W0121.wav")
-    ok = paddle_asr("transcribe", "--model", str(model), str(real), cwd=d)
+    ok = paddle_asr("transcribe", "--bundle", str(model), str(real), cwd=d)
     assert ok.stdout.startswith("aishell-BAC009S0724W0121")
 
     corrupt = tmp_path / "corrupt.wav"
@@ -232,7 +227,7 @@ def test_transcribe_real_speech_and_bad_files(recipe, tmp_path):
     missing = tmp_path / "missing.wav"
     stereo44k = tmp_path / "stereo44k.wav"
     sf.write(stereo44k, np.zeros((44100, 2), dtype=np.int16), 44100)
-    proc = paddle_asr("transcribe", "--model", str(d / "exp/train/export/fp32"), str(missing), str(corrupt),
+    proc = paddle_asr("transcribe", "--bundle", str(d / "exp/train/export/fp32"), str(missing), str(corrupt),
                       str(stereo44k), str(real), cwd=d, check=False)
     assert proc.returncode != 0
     assert str(missing) in proc.stderr and str(corrupt) in proc.stderr
@@ -252,7 +247,7 @@ def test_folder_and_wav_scp_with_a_corrupt_file(recipe, tmp_path):
     sf.write(folder / "sub" / "b.flac", np.stack([waveform, waveform], axis=1)[::2], rate // 2)  # 8 kHz stereo FLAC
     (folder / "sub" / "broken.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt \x10\x00\x00\x00truncated")
     (folder / "notes.txt").write_text("not audio")
-    proc = paddle_asr("transcribe", "--model", str(d / "exp/train/export/int8"), "--method", "ctc_greedy_search",
+    proc = paddle_asr("transcribe", "--bundle", str(d / "exp/train/export/int8"), "--method", "ctc_greedy_search",
                       str(folder), cwd=d, check=False)
     assert proc.returncode == 1
     assert [line.split()[0] for line in proc.stdout.splitlines()] == ["a", "sub/b"]
@@ -261,7 +256,7 @@ def test_folder_and_wav_scp_with_a_corrupt_file(recipe, tmp_path):
 
     scp = tmp_path / "wav.scp"
     scp.write_text(f"utt1 {folder / 'a.wav'}\nutt2\nutt3 sox x.wav -t wav - |\nutt4 {folder / 'sub' / 'b.flac'}\n")
-    proc = paddle_asr("transcribe", "--model", str(d / "exp/train/export/int8"), "--method", "ctc_greedy_search",
+    proc = paddle_asr("transcribe", "--bundle", str(d / "exp/train/export/int8"), "--method", "ctc_greedy_search",
                       str(scp), cwd=d, check=False)
     assert proc.returncode == 1
     assert [line.split()[0] for line in proc.stdout.splitlines()] == ["utt1", "utt4"]
@@ -303,7 +298,8 @@ def test_untarred_demo_archives_are_aishell_layout(recipe):
     with tarfile.open(archive) as tar:
         names = tar.getnames()
     speaker = archive.name.split(".")[0]
-    assert all(n.split("/")[1] == speaker and n.split("/")[0] in ("train", "dev", "test") for n in names if n.endswith(".wav"))
+    wavs = [n for n in names if n.endswith(".wav")]
+    assert all(n.split("/")[1] == speaker and n.split("/")[0] in ("train", "dev", "test") for n in wavs)
 
 
 def test_a_paddlespeech_model_imports_and_runs_stages_3_to_7(recipe):

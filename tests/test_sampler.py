@@ -60,7 +60,8 @@ def test_dynamic_batches_respect_the_padded_frame_budget():
     slow = plan_batches(utts, FEATS, batch_size=0, max_frames_in_batch=budget, slowest_speed=0.9)
     for b in slow.batches:
         assert max(utterance_frames(u, FEATS, 0.9) for u in b) * len(b) <= budget
-    with pytest.raises(AsrError, match=r"9 utterance\(s\) have more frames than training.max_frames_in_batch=500: u31 \(513\)"):
+    expected = r"9 utterance\(s\) have more frames than training.max_frames_in_batch=500: u31 \(513\)"
+    with pytest.raises(AsrError, match=expected):
         plan_batches(utts, FEATS, batch_size=0, max_frames_in_batch=500)
 
 
@@ -100,5 +101,6 @@ def test_an_utterance_looks_the_same_in_any_batch_but_differs_across_epochs(tiny
     assert with_others.feat_lengths[1] == n and np.array_equal(with_others.feats[1, :n], alone.feats[0, :n])
     lengths = {int(load_training_batch([utts[0]], epoch, inputs).feat_lengths[0]) for epoch in range(1, 13)}
     assert len(lengths) == 3  # speeds 0.9, 1.0 and 1.1 all occur over the epochs
-    plain = TrainingInputs(tokenizer, FeatureConfig(dither=0.0), SpecAugmentConfig(enabled=False), SpeedPerturbConfig(), 3)
+    plain = TrainingInputs(tokenizer, FeatureConfig(dither=0.0), SpecAugmentConfig(enabled=False),
+                           SpeedPerturbConfig(), 3)
     assert load_training_batch([utts[0]], 1, plain).feat_lengths[0] in lengths

@@ -231,7 +231,7 @@ COSINE = "cosine_warm_restarts"
 
 
 @pytest.mark.parametrize("lr,name,kw,match", [
-    (0.002, "noam", {}, r"scheduler.name 'noam' unknown.*warmuplr, exponential, cosine_warm_restarts"),
+    (0.002, "noam", {}, r"scheduler.name: 'noam' is not one of 'warmuplr', 'exponential', 'cosine_warm_restarts'"),
     (0.002, "warmuplr", dict(warmup_steps=0), r"scheduler.warmup_steps is 0; set it to a positive"),
     (0.002, "exponential", dict(gamma=0.0), r"scheduler.gamma is 0.0; set it in \(0, 1\]"),
     (0.002, "exponential", dict(gamma=1.5), r"scheduler.gamma is 1.5"),

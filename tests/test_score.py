@@ -1,7 +1,7 @@
 """Tests for paddle_asr.metrics.score (compute-wer.py compatible scorer).
 
-Every expectation below was worked out by hand from the rules in
-REFERENCE.md section 7.1 (tokenisation, tie-break del -> ins -> diagonal,
+Every expectation below was worked out by hand from compute-wer.py's rules (docs/scoring.md:
+tokenisation, tie-break del -> ins -> diagonal,
 padding to the wider token of each pair, wide characters counting 2).
 """
 from __future__ import annotations

@@ -64,7 +64,7 @@ def test_fixture_has_enough_pairs():
     refs, hyps = read_transcripts(REF), read_transcripts(HYP)
     assert set(refs) == set(hyps)  # the original would skip a reference without a hypothesis
     assert len(refs) >= 200
-    assert (refs["U2"], hyps["U2"]) == ("今天天气", "今天天天气")  # REFERENCE.md 7.1
+    assert (refs["U2"], hyps["U2"]) == ("今天天气", "今天天天气")  # compute-wer.py: N=4 C=4 I=1
     assert (refs["U3"], hyps["U3"]) == ("IT WAS THE FIRST", "it was a first, great")
     assert set(OPTION_SETS) >= {"char1_v1", "char1_v0", "char1_v2", "char0_v1"}
 

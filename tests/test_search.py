@@ -252,7 +252,11 @@ def test_attention_rescoring_arithmetic():
     rev[1, 0, 2], rev[1, 1, eos] = -2.0, -2.0  # r2l: -4.0
     rev[2, 0, eos] = -1.0
     idx, totals = attention_rescoring(nbest, dec, eos, 0.5, rev, reverse_weight=0.25)
-    assert totals == [0.75 * -1.75 + 0.25 * -0.5 - 0.5, 0.75 * -1.0 + 0.25 * -4.0 - 1.5, 0.75 * -2.0 + 0.25 * -1.0 - 2.0]
+    assert totals == [
+        0.75 * -1.75 + 0.25 * -0.5 - 0.5,
+        0.75 * -1.0 + 0.25 * -4.0 - 1.5,
+        0.75 * -2.0 + 0.25 * -1.0 - 2.0,
+    ]
     assert idx == 0
     # reverse_weight 0 ignores the reverse decoder entirely (PaddleSpeech does not read it then).
     assert attention_rescoring(nbest, dec, eos, 0.5, rev * np.nan, 0.0) == attention_rescoring(nbest, dec, eos, 0.5)
@@ -286,7 +290,8 @@ paddle = pytest.importorskip("paddle")
 
 
 @pytest.mark.parametrize(
-    "width,k", [(4, 1), (5, 5), (10, 3), (33, 17), (100, 10), (640, 10), (641, 10), (1000, 40), (4233, 10), (20000, 350)]
+    "width,k",
+    [(4, 1), (5, 5), (10, 3), (33, 17), (100, 10), (640, 10), (641, 10), (1000, 40), (4233, 10), (20000, 350)],
 )
 def test_paddle_topk_emulation_matches_paddle_with_ties(width, k):
     rng = np.random.default_rng(width * 7 + k)
@@ -372,7 +377,7 @@ def _ps_recognize(step, batch_size: int, beam_size: int, sos: int, eos: int, max
     scores = paddle.to_tensor([0.0] + [-float("inf")] * (beam_size - 1), dtype="float32")
     scores = scores.tile([batch_size]).unsqueeze(1)
     end_flag = paddle.zeros_like(scores, dtype="bool")
-    for i in range(1, maxlen + 1):
+    for _ in range(1, maxlen + 1):
         if end_flag.astype("int64").sum() == running_size:
             break
         logp = paddle.to_tensor(step(hyps.numpy()))

@@ -195,10 +195,10 @@ def test_sort_windows_and_dynamic_frame_budget(utts, shard_list, inputs):
 
 
 def test_prepare_writes_shards(tiny_recipe, utts, repo, tmp_path, capsys):
-    args = ["prepare", "--corpus_dir", str(tiny_recipe / "corpus"), "--data_dir", str(tmp_path / "data"),
+    args = ["prepare", "--data_dir", str(tiny_recipe / "corpus"), "--out_dir", str(tmp_path / "data"),
             "--config", str(repo / "recipes/demo/conf/conformer.yaml"), "--nj", "1", "--shards", "10"]
     assert main(args) == 0
     shards = read_shard_list(tmp_path / "data/train/shards" / SHARD_LIST)
     assert [s.count for s in shards] == sizes(len(utts), 10)
     assert f"{len(shards)} shards" in capsys.readouterr().out
-    assert (tmp_path / "data/train/global_cmvn").is_file()  # under --data_dir, not the working directory
+    assert (tmp_path / "data/train/global_cmvn").is_file()  # under --out_dir, not the working directory

@@ -2,7 +2,7 @@
 """Golden fixtures for paddle_asr.metrics.score, printed by the original compute-wer.py.
 
 Generates a deterministic set (fixed seed, Python ``random``) of reference/hypothesis pairs
-that exercises every rule of REFERENCE.md section 7.1 -- Mandarin characters, mixed-case
+that exercises every rule of compute-wer.py (docs/scoring.md) -- Mandarin characters, mixed-case
 English words, digits and number words, mixed lines, full-width and attached ASCII
 punctuation, ``<...>`` tags, U+3000 and tabs, alignment ties, insertions at both ends, empty
 references and hypotheses, identical pairs, East-Asian ambiguous/full/half-width characters,

@@ -1,11 +1,12 @@
 """Training-time augmentation: speed perturbation on the waveform, SpecAugment on the fbank.
 
 Speed perturbation follows WeNet (sox `speed` then `rate` back to the original rate; factor drawn
-uniformly from the configured speeds, REFERENCE §4.2). SpecAugment follows WeNet's masks on the
-un-normalised fbank, filled with zeros: widths uniform integers in [1, max]; starts uniform over the
-axis; masks clipped at the end; time masks first, then frequency masks (REFERENCE §4.1, WeNet
-column). The optional time warp (`max_w` > 0) is PaddleSpeech's "PIL" time warp, run before the
-masks as in PaddleSpeech's time_warp -> freq_mask -> time_mask pipeline.
+uniformly from the configured speeds, as wenet/dataset/processor.py `speed_perturb`).
+SpecAugment follows WeNet's masks on the un-normalised fbank, filled with zeros: widths uniform
+integers in [1, max]; starts uniform over the axis; masks clipped at the end; time masks first, then
+frequency masks (wenet/dataset/processor.py `spec_aug`; docs/training.md). The optional time warp
+(`max_w` > 0) is PaddleSpeech's "PIL" time warp, run before the masks as in PaddleSpeech's
+time_warp -> freq_mask -> time_mask pipeline.
 """
 
 from __future__ import annotations

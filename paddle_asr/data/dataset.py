@@ -70,10 +70,12 @@ def filter_utterances(
         elif max_tokens and tokens > max_tokens:
             reason = f"{tokens} tokens, more than max_tokens={max_tokens}"
         elif max_output_input_ratio and tokens / max(shortest, 1) > max_output_input_ratio:
-            reason = f"{tokens / max(shortest, 1):.3f} tokens per frame, above max_output_input_ratio={max_output_input_ratio}"
+            reason = (f"{tokens / max(shortest, 1):.3f} tokens per frame, "
+                      f"above max_output_input_ratio={max_output_input_ratio}")
         elif ctc_frames > subsampled_frames(shortest):
             repeats = f" ({ctc_frames - tokens} repeated, each needing a blank between)" if ctc_frames > tokens else ""
-            reason = f"{tokens} tokens{repeats} but only {subsampled_frames(shortest)} encoder frames (CTC cannot align)"
+            reason = (f"{tokens} tokens{repeats} but only {subsampled_frames(shortest)} encoder frames "
+                      "(CTC cannot align)")
         elif max_encoder_frames and subsampled_frames(longest := num_frames(
                 int(round(u.duration / longest_speed * feat_conf.sample_rate)), feat_conf)) > max_encoder_frames:
             reason = (f"{subsampled_frames(longest)} encoder frames, more than the {max_encoder_frames} the model's "

@@ -26,7 +26,8 @@ def file_md5(path: Path) -> str:
     return h.hexdigest()
 
 
-def download_archive(url: str, dest: Path, md5: str, *, log: Callable[[str], None] = print, timeout: float = 60) -> Path:
+def download_archive(url: str, dest: Path, md5: str, *, log: Callable[[str], None] = print,
+                     timeout: float = 60) -> Path:
     """Download `url` to `dest` (resuming `dest.part`), check its md5, and return `dest`."""
     dest = Path(dest)
     if dest.is_file():

@@ -44,7 +44,8 @@ def utterance_rng(seed: int, epoch: int, key: str) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, zlib.crc32(key.encode("utf-8"))])
 
 
-def utterance_features(waveform: np.ndarray, sample_rate: int, key: str, epoch: int, inputs: TrainingInputs) -> np.ndarray:
+def utterance_features(waveform: np.ndarray, sample_rate: int, key: str, epoch: int,
+                       inputs: TrainingInputs) -> np.ndarray:
     """One training utterance's fbank: speed perturbation, dither and SpecAugment, drawn in that
     order from the utterance's own generator (data.shards relies on the speed being the first draw)."""
     rng = utterance_rng(inputs.seed, epoch, key)

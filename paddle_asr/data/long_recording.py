@@ -55,7 +55,8 @@ def assemble_recording(utts: list[Utterance], seconds: float, sample_rate: int, 
     return np.concatenate(pieces), parts
 
 
-def write_long_recording(utts: list[Utterance], out_wav: Path, seconds: float, sample_rate: int, *, seed: int = 0) -> list[dict]:
+def write_long_recording(utts: list[Utterance], out_wav: Path, seconds: float, sample_rate: int, *,
+                         seed: int = 0) -> list[dict]:
     """Write `out_wav`, `<stem>.parts.json` and a one-line reference `<stem>.text` (`<stem> <all texts>`)."""
     out_wav = Path(out_wav)
     waveform, parts = assemble_recording(utts, seconds, sample_rate, seed=seed)
@@ -87,8 +88,8 @@ def compare_with_parts(parts: list[dict], transcript: dict) -> dict:
     owner = [[k for k, seg in enumerate(segments) if _overlap(part, seg) > 0] for part in parts]
     claimed = [[p for p, part in enumerate(parts) if _overlap(part, seg) > 0] for seg in segments]
     one_to_one = all(len(o) == 1 and claimed[o[0]] == [p] for p, o in enumerate(owner))
-    times = [t for seg in segments for t in [seg["start"]] + [x for tok in seg["tokens"] for x in (tok["start"], tok["end"])]
-             + [seg["end"]]]
+    times = [t for seg in segments
+             for t in [seg["start"]] + [x for tok in seg["tokens"] for x in (tok["start"], tok["end"])] + [seg["end"]]]
     pairs = [(part["key"], part["text"], join_texts(segments[k]["text"] for k in o)) for part, o in zip(parts, owner)]
     report = score({key: ref for key, ref, _ in pairs}, {key: hyp for key, _, hyp in pairs}, verbose=0)
     return {"parts": len(parts), "segments": len(segments), "one_to_one": one_to_one,

@@ -182,15 +182,12 @@ def prepare_cmvn(data_dir: Path, feat_conf: FeatureConfig, cmvn_path: Path, *, n
     DeepSpeech2's 161 bins, keep their own file beside the 80-bin one)."""
     cmvn_path = Path(cmvn_path)
     manifest = Path(data_dir) / train_set / "data.list"
-    record = cmvn_path.with_name(cmvn_path.name + ".done")
-    fp = fingerprint("cmvn-v1", manifest, feat_conf.__dict__)
-    if not force and cmvn_path.is_file() and record.is_file() and record.read_text().strip() == fp:
-        log(f"stage 0 (data): reusing {cmvn_path} (same training data and features)")
+    fp = fingerprint("cmvn-v2", manifest, feat_conf.__dict__)
+    if reuse_or_clear(cmvn_path, fp, "stage 0 (data)", force, log, noun="CMVN"):
         return
-    record.unlink(missing_ok=True)
     train = read_manifest(manifest)
     acc = compute_cmvn(train, feat_conf, max(1, min(nj, os.cpu_count() or 1)))
     atomic_write_text(cmvn_path, acc.to_json())
-    atomic_write_text(record, fp)
+    mark_complete(cmvn_path, fp)
     log(f"stage 0: CMVN of {feat_conf.num_mel_bins}-bin fbank over {acc.frames} frames of {len(train)} training "
         f"utterances -> {cmvn_path}")

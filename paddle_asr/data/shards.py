@@ -5,10 +5,11 @@ file's bytes) followed by `<key>.txt` (UTF-8 transcript). Reading whole shards f
 replaces a million small random reads with a few hundred large sequential ones.
 
 Per epoch each rank reads its share of the shards in a seeded order, then WeNet's pipeline
-(REFERENCE §4.3): a shuffle buffer (local randomness, since shards are read in order), a sort
-buffer (similar lengths per batch, little padding), then static or dynamic batches. Every random
-draw of an utterance still comes from `utterance_rng(seed, epoch, key)`, so an utterance's features
-are exactly those `load_training_batch` computes, whatever shard or rank it comes from.
+(wenet/dataset/dataset.py; docs/training.md): a shuffle buffer (local randomness, since shards are
+read in order), a sort buffer (similar lengths per batch, little padding), then static or dynamic
+batches. Every random draw of an utterance still comes from `utterance_rng(seed, epoch, key)`, so an
+utterance's features are exactly those `load_training_batch` computes, whatever shard or rank it
+comes from.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from paddle_asr.artifacts import atomic_output_file, atomic_write_text, fingerprint
+from paddle_asr.artifacts import atomic_output_file, atomic_write_text, fingerprint, mark_complete, reuse_or_clear
 from paddle_asr.data.audio import decode_audio
 from paddle_asr.data.augment import choose_speed
 from paddle_asr.data.dataset import Batch, collate
@@ -35,7 +36,6 @@ from paddle_asr.features import num_frames
 
 SHARD_LIST = "shards.list"
 AUDIO_SUFFIXES = frozenset({"wav", "flac"})  # what soundfile reads from memory without a file name
-_HEADER = "# paddle-asr shards v1"
 _REWRITE = "re-run stage 0 with --shards N (paddle-asr prepare ... --shards 1000) to rewrite the shards"
 
 
@@ -78,43 +78,31 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def _parse_header(line: str) -> dict[str, str]:
-    if not line.startswith(_HEADER):
-        return {}
-    return dict(part.split("=", 1) for part in line[len(_HEADER):].split() if "=" in part)
-
-
-def _reusable(list_path: Path, fp: str) -> bool:
-    """The list was written for these utterances and every shard it names is still whole (the total
-    size catches a truncated or deleted shard, so a plain re-run repairs it)."""
+def _shards_whole(out_dir: Path, record: dict) -> bool:
+    """Every shard the list names is still there at the size it was written (a truncated or deleted
+    shard changes the total, so a plain re-run repairs it)."""
     try:
-        with list_path.open(encoding="utf-8") as f:
-            header = _parse_header(f.readline())
-        if header.get("fingerprint") != fp:
-            return False
-        shards = read_shard_list(list_path)
-        return sum(s.path.stat().st_size for s in shards) == int(header.get("bytes", -1))
+        shards = read_shard_list(out_dir / SHARD_LIST)
+        return sum(s.path.stat().st_size for s in shards) == int(record.get("bytes", -1))
     except (OSError, ValueError, AsrError):
         return False
 
 
-def write_shards(utts: list[Utterance], out_dir: Path, per_shard: int = 1000, log=print) -> Path:
-    """Write `out_dir/shard_NNNNNN.tar` (per_shard utterances each, manifest order) and, last,
-    `out_dir/shards.list`; return the list's path. A list already written for the same utterances
-    and shard size is reused."""
+def write_shards(utts: list[Utterance], out_dir: Path, per_shard: int = 1000, *, force: bool = False,
+                 log=print) -> Path:
+    """Write `out_dir/shard_NNNNNN.tar` (per_shard utterances each, manifest order) and
+    `out_dir/shards.list`; return the list's path. A complete `out_dir` written for the same
+    utterances and shard size is reused; anything else in it is removed and rewritten."""
     if per_shard < 1:
         raise AsrError(f"--shards must be at least 1 utterance per shard, got {per_shard}")
     if not utts:
         raise AsrError(f"no utterance to write into shards in {out_dir}; check the manifest")
     out_dir = Path(out_dir)
     list_path = out_dir / SHARD_LIST
-    fp = fingerprint("shards-v1", per_shard, [[u.key, u.wav, u.duration, u.text] for u in utts])
-    if _reusable(list_path, fp):
-        log(f"stage 0: reusing the shards in {out_dir} (same utterances, {per_shard} per shard)")
+    fp = fingerprint("shards-v2", per_shard, [[u.key, u.wav, u.duration, u.text] for u in utts])
+    if reuse_or_clear(out_dir, fp, "stage 0", force, log, noun="shards", verify=_shards_whole):
         return list_path
 
-    # No list while shards are rewritten: an interrupted run never leaves a list over a mixed set.
-    list_path.unlink(missing_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     lines, total_bytes = [], 0
     for index, start in enumerate(range(0, len(utts), per_shard)):
@@ -131,15 +119,11 @@ def write_shards(utts: list[Utterance], out_dir: Path, per_shard: int = 1000, lo
                 _add_member(tar, f"{u.key}.txt", u.text.encode("utf-8"))
         total_bytes += path.stat().st_size
         lines.append(f"{path.name}\t{len(group)}\t{sum(u.duration for u in group):.3f}\n")
-    names = {line.split("\t", 1)[0] for line in lines}
-    stale = [p for p in out_dir.glob("shard_*.tar") if p.name not in names]
-    for p in stale:  # left by an earlier run with a smaller shard size
-        p.unlink()
-    header = f"{_HEADER} fingerprint={fp} utterances={len(utts)} per_shard={per_shard} bytes={total_bytes}\n"
-    atomic_write_text(list_path, header + "".join(lines))
+    atomic_write_text(list_path, "".join(lines))
+    mark_complete(out_dir, fp, utterances=len(utts), per_shard=per_shard, bytes=total_bytes)
     hours = sum(u.duration for u in utts) / 3600
     log(f"stage 0: {len(utts)} training utterances ({hours:.2f} h) -> {len(lines)} shards of at most {per_shard} "
-        f"({total_bytes / 2**20:.1f} MiB) in {out_dir}" + (f"; removed {len(stale)} stale shards" if stale else ""))
+        f"({total_bytes / 2**20:.1f} MiB) in {out_dir}")
     return list_path
 
 

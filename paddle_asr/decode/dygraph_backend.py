@@ -1,7 +1,8 @@
 """Dynamic-graph models as decoding backends (stage 3): NumPy in, NumPy out, no gradients.
 
-`dygraph_backend(model)` picks the class: U2 (CTC + attention decoder, streaming with attention
-and convolution caches) or DeepSpeech2 (CTC only, streaming with recurrent states).
+One class per model family: U2 (CTC + attention decoder, streaming with attention and convolution
+caches) and DeepSpeech2 (CTC only, streaming with recurrent states); `paddle_asr.families.dygraph_backend(model)`
+picks the one for a built network.
 """
 
 from __future__ import annotations
@@ -87,7 +88,3 @@ class DeepSpeech2DygraphBackend:
     def ctc_activation(self, encoder_out):
         with paddle.no_grad():
             return self.model.ctc_activation(paddle.to_tensor(encoder_out)).numpy()
-
-
-def dygraph_backend(model) -> DygraphBackend | DeepSpeech2DygraphBackend:
-    return DeepSpeech2DygraphBackend(model) if isinstance(model, DeepSpeech2Model) else DygraphBackend(model)

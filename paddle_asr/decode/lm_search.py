@@ -55,6 +55,83 @@ def _candidates_per_frame(top_vals: np.ndarray, cutoff_prob: float) -> list[int]
     return first.tolist()
 
 
+class _PrefixBonus:
+    """The LM-and-length bonus of a prefix, ``alpha * log10 P_lm(prefix) + beta * len(prefix)``,
+    computed incrementally with the LM state it ends in; `cache` memoises the LM look-ups."""
+
+    def __init__(self, lm: LanguageModel | None, words: list[str], alpha: float, beta: float, cache: LMCache) -> None:
+        self.use_lm = lm is not None and alpha != 0.0
+        self.lm, self.words, self.alpha, self.beta, self.cache = lm, words, alpha, beta, cache
+
+    def begin(self) -> tuple[float, Hashable]:
+        return 0.0, self.lm.begin_state() if self.use_lm else None
+
+    def extend(self, parent: tuple[float, Hashable], token: int) -> tuple[float, Hashable]:
+        """The (bonus, LM state) of a prefix extended by `token`, from its parent's."""
+        bonus, state = parent
+        if not self.use_lm:
+            return bonus + self.beta, state
+        key = (state, token)
+        hit = self.cache.get(key)
+        if hit is None:
+            hit = self.cache[key] = self.lm.score(state, self.words[token])
+        return bonus + (self.alpha * hit[0] + self.beta), hit[1]
+
+    def end(self, state: Hashable) -> float:
+        """What ``</s>`` adds to the score of a finished prefix ending in `state`."""
+        return self.alpha * self.lm.end_score(state)
+
+
+def _checked_top_n(log_probs: np.ndarray, vocab: Sequence[str], beam_size: int, cutoff_prob: float,
+                   cutoff_top_n: int | None) -> int:
+    """Validate the arguments; returns how many tokens per frame to consider at most."""
+    if log_probs.ndim != 2:
+        raise ValueError(f"log_probs must be [T, V], got shape {log_probs.shape}")
+    vocab_size = log_probs.shape[1]
+    if len(vocab) != vocab_size:
+        raise ValueError(f"vocab has {len(vocab)} entries but log_probs has {vocab_size} columns")
+    if beam_size < 1:
+        raise ValueError("beam_size must be >= 1")
+    if not 0.0 < cutoff_prob <= 1.0:
+        raise ValueError("cutoff_prob must be in (0, 1]")
+    top_n = min(beam_size if cutoff_top_n is None else cutoff_top_n, vocab_size)
+    if top_n < 1:
+        raise ValueError("cutoff_top_n must be >= 1")
+    return top_n
+
+
+def _extend_prefixes(cur_hyps: list, info: dict, tokens: list[int], values: list[float], blank: int,
+                     bonus: _PrefixBonus) -> dict[tuple[int, ...], tuple[float, float]]:
+    """One frame of the CTC prefix recursion: the (blank, non-blank) log scores of every prefix the
+    beam `cur_hyps` extends to with `tokens`; new prefixes get their bonus in `info`.
+
+    It is ctc_prefix_beam_search's recursion, statement for statement (same dict insertion order,
+    same log_add argument order), so that alpha = beta = 0 reproduces it."""
+    empty = (_NEG_INF, _NEG_INF)
+    next_hyps: dict[tuple[int, ...], tuple[float, float]] = {}
+    for s, ps in zip(tokens, values):
+        for prefix, (pb, pnb) in cur_hyps:
+            last = prefix[-1] if prefix else None
+            if s == blank:
+                n_pb, n_pnb = next_hyps.get(prefix, empty)
+                next_hyps[prefix] = (_log_add3(n_pb, pb + ps, pnb + ps), n_pnb)
+            elif s == last:
+                n_pb, n_pnb = next_hyps.get(prefix, empty)
+                next_hyps[prefix] = (n_pb, _log_add2(n_pnb, pnb + ps))
+                n_prefix = prefix + (s,)
+                if n_prefix not in info:
+                    info[n_prefix] = bonus.extend(info[prefix], s)
+                n_pb, n_pnb = next_hyps.get(n_prefix, empty)
+                next_hyps[n_prefix] = (n_pb, _log_add2(n_pnb, pb + ps))
+            else:
+                n_prefix = prefix + (s,)
+                if n_prefix not in info:
+                    info[n_prefix] = bonus.extend(info[prefix], s)
+                n_pb, n_pnb = next_hyps.get(n_prefix, empty)
+                next_hyps[n_prefix] = (n_pb, _log_add3(n_pnb, pb + ps, pnb + ps))
+    return next_hyps
+
+
 def ctc_beam_search_with_lm(
     log_probs: np.ndarray,
     vocab: Sequence[str],
@@ -82,67 +159,19 @@ def ctc_beam_search_with_lm(
     calls with the same `lm` and `vocab` reuse LM look-ups.
     """
     log_probs = np.asarray(log_probs)
-    if log_probs.ndim != 2:
-        raise ValueError(f"log_probs must be [T, V], got shape {log_probs.shape}")
-    num_frames, vocab_size = log_probs.shape
-    if len(vocab) != vocab_size:
-        raise ValueError(f"vocab has {len(vocab)} entries but log_probs has {vocab_size} columns")
-    if beam_size < 1:
-        raise ValueError("beam_size must be >= 1")
-    if not 0.0 < cutoff_prob <= 1.0:
-        raise ValueError("cutoff_prob must be in (0, 1]")
-    top_n = min(beam_size if cutoff_top_n is None else cutoff_top_n, vocab_size)
-    if top_n < 1:
-        raise ValueError("cutoff_top_n must be >= 1")
-
-    use_lm = lm is not None and alpha != 0.0
-    lm_cache: LMCache = {} if cache is None else cache
-    words = list(vocab)
-
-    def extend(parent: tuple[float, Hashable], token: int) -> tuple[float, Hashable]:
-        """The (bonus, LM state) of a prefix extended by `token`, from its parent's."""
-        bonus, state = parent
-        if not use_lm:
-            return bonus + beta, state
-        key = (state, token)
-        hit = lm_cache.get(key)
-        if hit is None:
-            hit = lm_cache[key] = lm.score(state, words[token])
-        return bonus + (alpha * hit[0] + beta), hit[1]
+    top_n = _checked_top_n(log_probs, vocab, beam_size, cutoff_prob, cutoff_top_n)
+    bonus = _PrefixBonus(lm, list(vocab), alpha, beta, {} if cache is None else cache)
 
     # Per live prefix: (alpha * LM log10 + beta * length, LM state). Scores stay pure CTC.
-    info: dict[tuple[int, ...], tuple[float, Hashable]] = {(): (0.0, lm.begin_state() if use_lm else None)}
+    info: dict[tuple[int, ...], tuple[float, Hashable]] = {(): bonus.begin()}
     cur_hyps: list[tuple[tuple[int, ...], tuple[float, float]]] = [((), (0.0, _NEG_INF))]
-    if num_frames:
+    if len(log_probs):
         top_vals, top_idx = _paddle_topk(log_probs, top_n)
         widths = _candidates_per_frame(top_vals, cutoff_prob)
         top_vals, top_idx = top_vals.tolist(), top_idx.tolist()
-    empty = (_NEG_INF, _NEG_INF)
-    for t in range(num_frames):
-        # The CTC recursion is ctc_prefix_beam_search's, statement for statement (same dict
-        # insertion order, same log_add argument order), so that alpha = beta = 0 reproduces it.
-        next_hyps: dict[tuple[int, ...], tuple[float, float]] = {}
+    for t in range(len(log_probs)):
         width = widths[t]
-        for s, ps in zip(top_idx[t][:width], top_vals[t][:width]):
-            for prefix, (pb, pnb) in cur_hyps:
-                last = prefix[-1] if prefix else None
-                if s == blank:
-                    n_pb, n_pnb = next_hyps.get(prefix, empty)
-                    next_hyps[prefix] = (_log_add3(n_pb, pb + ps, pnb + ps), n_pnb)
-                elif s == last:
-                    n_pb, n_pnb = next_hyps.get(prefix, empty)
-                    next_hyps[prefix] = (n_pb, _log_add2(n_pnb, pnb + ps))
-                    n_prefix = prefix + (s,)
-                    if n_prefix not in info:
-                        info[n_prefix] = extend(info[prefix], s)
-                    n_pb, n_pnb = next_hyps.get(n_prefix, empty)
-                    next_hyps[n_prefix] = (n_pb, _log_add2(n_pnb, pb + ps))
-                else:
-                    n_prefix = prefix + (s,)
-                    if n_prefix not in info:
-                        info[n_prefix] = extend(info[prefix], s)
-                    n_pb, n_pnb = next_hyps.get(n_prefix, empty)
-                    next_hyps[n_prefix] = (n_pb, _log_add3(n_pnb, pb + ps, pnb + ps))
+        next_hyps = _extend_prefixes(cur_hyps, info, top_idx[t][:width], top_vals[t][:width], blank, bonus)
         cur_hyps = sorted(
             next_hyps.items(), key=lambda x: _log_add2(*x[1]) + info[x[0]][0], reverse=True
         )[:beam_size]
@@ -151,12 +180,12 @@ def ctc_beam_search_with_lm(
 
     results = []
     for prefix, (pb, pnb) in cur_hyps:
-        bonus, state = info[prefix]
-        score = _log_add2(pb, pnb) + bonus
-        if score_eos and use_lm:
-            score += alpha * lm.end_score(state)
+        prefix_bonus, state = info[prefix]
+        score = _log_add2(pb, pnb) + prefix_bonus
+        if score_eos and bonus.use_lm:
+            score += bonus.end(state)
         results.append((list(prefix), score))
-    if score_eos and use_lm:
+    if score_eos and bonus.use_lm:
         results.sort(key=lambda r: r[1], reverse=True)
     return results
 

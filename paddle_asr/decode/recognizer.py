@@ -13,13 +13,14 @@ a time, exactly as a streaming server would; the searches then run on the stream
 from __future__ import annotations
 
 import time
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from paddle_asr.config import DecodeConfig
+from paddle_asr.config import DecodeConfig, DecodeMethod, check_config
 from paddle_asr.decode.search import (
     attention_beam_search,
     attention_rescoring,
@@ -29,7 +30,7 @@ from paddle_asr.decode.search import (
 )
 from paddle_asr.errors import AsrError
 
-METHODS = ("ctc_greedy_search", "ctc_prefix_beam_search", "ctc_beam_search_lm", "attention", "attention_rescoring")
+METHODS = typing.get_args(DecodeMethod)
 DECODER_METHODS = ("attention", "attention_rescoring")  # need a model with an attention decoder
 
 
@@ -61,15 +62,7 @@ class Backend(Protocol):
 
 
 def validate_decode_config(conf: DecodeConfig, backend: Backend, source: str = "decode config") -> None:
-    unknown = [m for m in conf.methods if m not in METHODS]
-    if unknown or not conf.methods:
-        raise AsrError(f"{source}: methods {unknown or conf.methods} unknown; use any of {', '.join(METHODS)}")
-    if conf.beam_size < 1:
-        raise AsrError(f"{source}: beam_size must be at least 1, got {conf.beam_size}")
-    if conf.attention_length_ratio < 0:
-        raise AsrError(f"{source}: attention_length_ratio must be 0 (off) or positive, got {conf.attention_length_ratio}")
-    if conf.decoding_chunk_size == 0 or conf.decoding_chunk_size < -1:
-        raise AsrError(f"{source}: decoding_chunk_size must be -1 (full attention) or a positive chunk size")
+    check_config(conf, source)  # the values load_decode_config checks, for a DecodeConfig built in code
     if not backend.has_decoder and any(m in DECODER_METHODS for m in conf.methods):
         raise AsrError(f"{source}: {', '.join(m for m in conf.methods if m in DECODER_METHODS)} need an attention "
                        "decoder, which this model (CTC only) lacks; use ctc_greedy_search, ctc_prefix_beam_search or "
@@ -81,8 +74,6 @@ def validate_decode_config(conf: DecodeConfig, backend: Backend, source: str = "
         if not Path(conf.lm_path).is_file():
             raise AsrError(f"{source}: lm_path {conf.lm_path} does not exist; run stage 0 (it builds the LM) or "
                            "point lm_path at an existing LM")
-        if not 0 < conf.cutoff_prob <= 1 or conf.cutoff_top_n < 0:
-            raise AsrError(f"{source}: cutoff_prob must be in (0, 1] and cutoff_top_n >= 0 (0: beam_size)")
     if conf.decoding_chunk_size > 0 and not backend.supports_streaming:
         raise AsrError(f"{source}: decoding_chunk_size {conf.decoding_chunk_size} needs a streaming model "
                        "(trained with use_dynamic_chunk and causal convolutions, e.g. chunk_conformer.yaml); "
@@ -106,7 +97,9 @@ def encode_streaming(backend: Backend, feats: np.ndarray, chunk_size: int, num_l
     and convolution caches of the backend's `initial_caches`/`encode_chunk` -> encoder_out [1, T', d]."""
     windows = chunk_windows(feats.shape[0], backend.subsampling_rate, backend.right_context, chunk_size)
     if not windows:
-        raise AsrError(f"{feats.shape[0]} frames are fewer than the {backend.right_context + 1} one encoder frame needs")
+        raise AsrError(
+            f"{feats.shape[0]} frames are fewer than the {backend.right_context + 1} one encoder frame needs"
+        )
     required = chunk_size * num_left_chunks if num_left_chunks >= 0 else -1
     att, cnn = backend.initial_caches()
     outputs, offset = [], 0
@@ -228,7 +221,8 @@ class Recognizer:
             if i > 1 and self.backend.skip_finished:
                 live = np.flatnonzero((hyps[:, -1] != eos).reshape(-1, beam).any(axis=1))
             rows = (live[:, None] * beam + np.arange(beam)).reshape(-1)
-            log_probs = self.backend.decode(hyps[rows], np.full(len(rows), i, np.int64), enc[live], enc_lengths[live])[:, i - 1]
+            hyp_lengths = np.full(len(rows), i, np.int64)
+            log_probs = self.backend.decode(hyps[rows], hyp_lengths, enc[live], enc_lengths[live])[:, i - 1]
             if len(rows) == n:
                 return log_probs
             if "row" not in filler:  # distinct values: no ties for top-k to sort out in dead rows

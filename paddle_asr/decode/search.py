@@ -398,26 +398,45 @@ def attention_beam_search(
         logp = np.asarray(step(hyps), dtype=np.float32)
         if logp.ndim != 2 or logp.shape[0] != running:
             raise ValueError(f"step returned shape {logp.shape}, expected ({running}, V)")
-        k = min(beam_size, logp.shape[1])
-        top_k_logp, top_k_index = _paddle_topk(logp, k)
-        if k < beam_size:
-            top_k_logp = np.pad(top_k_logp, ((0, 0), (0, beam_size - k)), constant_values=-np.inf)
-            top_k_index = np.pad(top_k_index, ((0, 0), (0, beam_size - k)), constant_values=eos)
-        # mask_finished_scores / mask_finished_preds
-        top_k_logp[end_flag, 0] = 0.0
-        top_k_logp[end_flag, 1:] = -np.inf
-        top_k_index[end_flag] = eos
-        cand = (scores + top_k_logp).reshape(batch_size, beam_size * beam_size)  # float32 add
-        best_scores, offset_k_index = _paddle_topk(cand, beam_size)
-        scores = best_scores.reshape(running, 1)
-        base_k_index = np.arange(batch_size, dtype=np.int64)[:, None] * beam_size * beam_size
-        best_k_index = (base_k_index + offset_k_index).reshape(-1)
-        best_k_pred = top_k_index.reshape(-1)[best_k_index]
-        best_hyps_index = best_k_index // beam_size
+        top_k_logp, top_k_index = _row_candidates(logp, beam_size, eos, end_flag)
+        scores, best_k_pred, best_hyps_index = _select_beams(scores, top_k_logp, top_k_index, batch_size, beam_size)
         hyps = np.concatenate([hyps[best_hyps_index], best_k_pred[:, None]], axis=1)
         if reorder is not None:
             reorder(best_hyps_index)
         end_flag = hyps[:, -1] == eos
+    return _best_beams(hyps, scores, batch_size, beam_size, eos)
+
+
+def _row_candidates(logp: np.ndarray, beam_size: int, eos: int,
+                    end_flag: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's `beam_size` best (log-prob, token), padded with ``(-inf, eos)`` past V; a finished
+    row keeps only ``(0, eos)`` (PaddleSpeech's ``mask_finished_scores`` / ``mask_finished_preds``)."""
+    k = min(beam_size, logp.shape[1])
+    top_k_logp, top_k_index = _paddle_topk(logp, k)
+    if k < beam_size:
+        top_k_logp = np.pad(top_k_logp, ((0, 0), (0, beam_size - k)), constant_values=-np.inf)
+        top_k_index = np.pad(top_k_index, ((0, 0), (0, beam_size - k)), constant_values=eos)
+    top_k_logp[end_flag, 0] = 0.0
+    top_k_logp[end_flag, 1:] = -np.inf
+    top_k_index[end_flag] = eos
+    return top_k_logp, top_k_index
+
+
+def _select_beams(scores: np.ndarray, top_k_logp: np.ndarray, top_k_index: np.ndarray, batch_size: int,
+                  beam_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The next beams of each utterance: the `beam_size` best of its beam_size * beam_size
+    (score + candidate); returns their scores [rows, 1], tokens, and parent rows."""
+    cand = (scores + top_k_logp).reshape(batch_size, beam_size * beam_size)  # float32 add
+    best_scores, offset_k_index = _paddle_topk(cand, beam_size)
+    base_k_index = np.arange(batch_size, dtype=np.int64)[:, None] * beam_size * beam_size
+    best_k_index = (base_k_index + offset_k_index).reshape(-1)
+    best_k_pred = top_k_index.reshape(-1)[best_k_index]
+    return best_scores.reshape(batch_size * beam_size, 1), best_k_pred, best_k_index // beam_size
+
+
+def _best_beams(hyps: np.ndarray, scores: np.ndarray, batch_size: int, beam_size: int,
+                eos: int) -> list[tuple[list[int], float]]:
+    """Per utterance its best beam (the first maximum), as tokens up to the first `eos` and score."""
     final = scores.reshape(batch_size, beam_size)
     best = _paddle_argmax(final)
     results = []

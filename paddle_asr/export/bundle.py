@@ -2,7 +2,8 @@
 
 `<dir>/<function>/model.pdmodel` + `model.pdiparams` for each runtime function (U2: encoder,
 encoder_chunk, ctc_activation, decoder; DeepSpeech2: encoder, encoder_chunk, ctc_activation; CMVN
-inside the encoders), `vocab.txt` (units) and, for BPE units, `bpe.model` (sentencepiece), `features.yaml` (fbank settings, dither 0) and
+inside the encoders), `vocab.txt` (units) and, for BPE units, `bpe.model` (sentencepiece),
+`features.yaml` (fbank settings, dither 0) and
 `meta.json` (model name, sizes, special tokens, streaming geometry and state shapes, precision,
 provenance). Transcription needs only this directory.
 """
@@ -20,32 +21,17 @@ from paddle_asr.artifacts import atomic_write_text
 from paddle_asr.config import AsrConfig, FeatureConfig
 from paddle_asr.data.tokenizer import BPE_MODEL, CharTokenizer, load_tokenizer
 from paddle_asr.errors import AsrError
-from paddle_asr.export import deepspeech2
-from paddle_asr.models.deepspeech2 import DeepSpeech2Model
+from paddle_asr.families import family
 
 META = "meta.json"
 VOCAB = "vocab.txt"
 FEATURES = "features.yaml"
 
 
-def _u2_meta(config: AsrConfig, model) -> dict:
-    enc = model.encoder
-    att_cache, cnn_cache = enc.initial_caches()
-    return {
-        "encoder_type": config.model.encoder_type,
-        "sos": model.sos,
-        "eos": model.eos,
-        "subsampling_rate": enc.embed.subsampling_rate,
-        "right_context": enc.embed.right_context,
-        "min_input_frames": enc.embed.right_context + 1,
-        "supports_streaming": enc.supports_streaming,
-        "att_cache_shape": list(att_cache.shape),
-        "cnn_cache_shape": list(cnn_cache.shape),
-    }
-
-
-def write_bundle_files(out_dir: Path, config: AsrConfig, vocab: Path, model, *, checkpoint: str, functions: list[str]) -> None:
-    model_meta = deepspeech2.bundle_meta(model) if isinstance(model, DeepSpeech2Model) else _u2_meta(config, model)
+def write_bundle_files(out_dir: Path, config: AsrConfig, vocab: Path, model, *, checkpoint: str,
+                       functions: list[str]) -> None:
+    """vocab, features and meta.json (shared keys plus the family's `bundle_meta`) beside the programs."""
+    model_meta = family(config.model.name).bundle_meta(config, model)
     meta = {
         "model": config.model.name,
         "precision": "fp32",
@@ -90,4 +76,5 @@ def read_bundle(model_dir: Path) -> tuple[dict, FeatureConfig, CharTokenizer]:
 
 def bundle_bytes(model_dir: Path) -> int:
     """Size on disk of the programs and weights (what a deployment ships)."""
-    return sum(p.stat().st_size for p in Path(model_dir).rglob("*") if p.suffix in (".pdmodel", ".pdiparams") or p.name == "model.json")
+    return sum(p.stat().st_size for p in Path(model_dir).rglob("*")
+               if p.suffix in (".pdmodel", ".pdiparams") or p.name == "model.json")

@@ -1,4 +1,4 @@
-"""What `export.export_model` writes for a DeepSpeech2 model (conv + RNN + CTC, no decoder):
+"""What export writes for a DeepSpeech2 model (conv + RNN + CTC, no decoder), and its runtime:
 
     <out>/encoder/         forward_encoder: feats [B, T, D], feats_lengths [B]
                            -> encoder_out [B, T', d], encoder_lengths [B], ctc_log_probs [B, T', V]
@@ -13,6 +13,9 @@ no `c` input or output at all rather than a dummy one: the bundle's meta lists t
 window length, like the U2 chunk program; the runtime pads the last window to full size so that
 every chunk of a given size has one shape (oneDNN builds kernels per shape).
 
+`DeepSpeech2ExportedBackend` runs such a bundle: CTC only (the recognizer offers the CTC searches),
+and for the online model chunk-by-chunk streaming with the recurrent states carried over.
+
 Chunk windows are the project's one rule (`decode.recognizer.chunk_windows`), which for this
 model's convolutions (7 input frames per output frame, stride 4) are PaddleSpeech's
 `forward_chunk_by_chunk` windows: (n - 1) * 4 + 7 input frames every 4 * n frames.
@@ -20,12 +23,19 @@ model's convolutions (7 input frames per output frame, stride 4) are PaddleSpeec
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import paddle
 from paddle import nn
 from paddle.static import InputSpec
 
-from paddle_asr.export.export import PARITY_ATOL, PARITY_LENGTHS, ExportError, RuntimeFunction
+from paddle_asr.config import AsrConfig
+from paddle_asr.decode.recognizer import chunk_windows
+from paddle_asr.errors import AsrError
+from paddle_asr.export.backend import ExportedBackend, require_meta
+from paddle_asr.export.common import PARITY_ATOL, PARITY_LENGTHS, ExportError, RuntimeFunction
+from paddle_asr.export.inference import GpuInference, Predictor
 from paddle_asr.models.deepspeech2 import DeepSpeech2Model
 
 # The chunk size (encoder frames) of the export-time streaming check: small, so that the check
@@ -101,9 +111,6 @@ def parity_inputs(model: DeepSpeech2Model, feat_dim: int, seed: int = 0) -> dict
 def check_streaming_parity(model: DeepSpeech2Model, program_dir, feat_dim: int) -> float:
     """The exported `encoder_chunk` against the dygraph encoder, chunk by chunk with carried states,
     over one utterance whose last window is partial (zero-padded, as the runtime feeds it)."""
-    from paddle_asr.decode.recognizer import chunk_windows
-    from paddle_asr.export.inference import Predictor
-
     enc = model.encoder
     feats = parity_inputs(model, feat_dim, seed=1)["encoder"]["feats"][0]  # PARITY_LENGTHS[0] frames
     windows = chunk_windows(len(feats), enc.subsampling_rate, enc.right_context, PARITY_CHUNK)
@@ -131,8 +138,9 @@ def check_streaming_parity(model: DeepSpeech2Model, program_dir, feat_dim: int) 
     return worst
 
 
-def bundle_meta(model: DeepSpeech2Model) -> dict:
-    """The meta.json entries a DeepSpeech2 runtime needs (see runtime.DeepSpeech2ExportedBackend)."""
+def bundle_meta(config: AsrConfig, model: DeepSpeech2Model) -> dict:
+    """The meta.json entries a DeepSpeech2 runtime needs (see DeepSpeech2ExportedBackend); all come
+    from the model (`config` is part of every family's signature)."""
     enc = model.encoder
     meta = {
         "encoder_type": "gru" if enc.use_gru else "lstm",
@@ -155,3 +163,63 @@ def bundle_meta(model: DeepSpeech2Model) -> dict:
         # encoder_chunk's recurrent state inputs and outputs, in program order, each [L, 1, H].
         meta.update(state_names=state_names(model), state_shape=enc.state_shape(1))
     return meta
+
+
+class DeepSpeech2ExportedBackend(ExportedBackend):
+    """A DeepSpeech2 bundle: CTC only (the recognizer offers the CTC searches), and for the online
+    model chunk-by-chunk streaming through `encoder_chunk` with the RNN states carried over."""
+
+    has_decoder = False
+    sos = eos = None
+    skip_finished = True  # only read by attention search, which needs a decoder
+
+    def __init__(self, model_dir: Path, meta: dict, *, num_threads: int = 2,
+                 gpu: GpuInference | None = None) -> None:
+        require_meta(model_dir, meta, ("functions", "subsampling_rate", "right_context", "supports_streaming"))
+        super().__init__(model_dir, meta, num_threads=num_threads, gpu=gpu)
+        self.subsampling_rate = int(meta["subsampling_rate"])
+        self.right_context = int(meta["right_context"])
+        self.supports_streaming = bool(meta["supports_streaming"]) and (self.model_dir / "encoder_chunk").is_dir()
+        self._chunk = None
+        if self.supports_streaming:
+            require_meta(model_dir, meta, ("state_names", "state_shape"))
+            self._state_names = list(meta["state_names"])
+            self._state_shape = tuple(meta["state_shape"])
+            # Not `streaming=True`: that keeps zero-size attention caches away from oneDNN, and
+            # the recurrent states are never empty.
+            self._chunk = self._load("encoder_chunk")
+
+    def initial_states(self) -> dict[str, np.ndarray]:
+        return {name: np.zeros(self._state_shape, np.float32) for name in self._state_names}
+
+    def stream_step(self, feats: np.ndarray, length: int, states: dict[str, np.ndarray]
+                    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """One chunk window [1, t, D] of which `length` frames are real -> (its valid encoder
+        frames [1, t', d], the next states)."""
+        out, out_lengths, *next_states = self._chunk.run(
+            {"feats": np.asarray(feats, np.float32), "feats_lengths": np.array([length], np.int64), **states})
+        return out[:, : int(out_lengths[0])], dict(zip(self._state_names, next_states))
+
+    def encode_stream(self, feats: np.ndarray, chunk_size: int, num_left_chunks: int) -> np.ndarray:
+        """Chunks of `chunk_size` encoder frames over the windows of `chunk_windows` (PaddleSpeech's
+        forward_chunk_by_chunk), states carried across. `num_left_chunks` does not apply: the RNN
+        state summarises all of the past. The last window is zero-padded to full size (its length
+        input masks the padding) so that every chunk has the same shape."""
+        if self._chunk is None:
+            raise AsrError(f"{self.model_dir} cannot stream: only the online DeepSpeech2 model (rnn_direction: "
+                           "forward) has an encoder_chunk program; use decoding_chunk_size: -1")
+        if chunk_size < 1:
+            raise AsrError(f"chunk_size must be a positive number of encoder frames, got {chunk_size}")
+        feats = np.asarray(feats, np.float32)
+        windows = chunk_windows(feats.shape[0], self.subsampling_rate, self.right_context, chunk_size)
+        if not windows:
+            raise AsrError(f"{feats.shape[0]} frames are fewer than the {self.right_context + 1} "
+                           "one encoder frame needs")
+        size = windows[0][1] - windows[0][0]
+        states, outputs = self.initial_states(), []
+        for start, end in windows:
+            xs = np.zeros((1, size, feats.shape[1]), np.float32)
+            xs[0, : end - start] = feats[start:end]
+            out, states = self.stream_step(xs, end - start, states)
+            outputs.append(out)
+        return np.concatenate(outputs, axis=1)

@@ -23,9 +23,9 @@ import paddle.inference as paddle_infer
 MKLDNN_CACHE_CAPACITY = 32
 # Time is padded up to a multiple of this many frames before the predictor
 # runs. Creating oneDNN primitives for a new shape costs more than running
-# them, INT8 ones most: measured on the demo Conformer (16-utterance batches),
-# INT8 was 2x SLOWER than FP32 with exact lengths and 1.3x faster with 64-frame
-# buckets. Padding is masked inside the model, so results are unchanged.
+# them, INT8 ones most, so with exact lengths INT8 lost to FP32; buckets bound
+# the number of shapes (bench/RESULTS.md, "Figures formerly in code comments").
+# Padding is masked inside the model, so results are unchanged.
 LENGTH_BUCKET = 64
 
 # Ops that oneDNN may run in INT8 (names after the fuse passes: nn.Linear ->

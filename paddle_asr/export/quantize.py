@@ -5,18 +5,16 @@ The input is the legacy ``model.pdmodel`` written by ``export.py`` (PaddleSlim
 ``quantize_linear``/``dequantize_linear`` pairs carrying the calibrated scales;
 Paddle Inference turns those into oneDNN INT8 kernels at load time
 (``InferenceModel(..., int8=True)``). Quantized weights are stored as int8
-(channel-wise scales), so the INT8 directory is ~1/3 of the FP32 one
-(conformer d=256x12: 144.5 MB -> 50.0 MB).
+(channel-wise scales), so the INT8 directory of a Conformer is about a third
+of the FP32 one.
 
 A DeepSpeech2 encoder gains next to nothing: its RNN layers (the ``rnn`` op,
 nearly all of its weights and time) have no INT8 path (``RECURRENT_OPS``), so
 only the second convolution and the CTC output layer run in INT8 (the stage
 keeps just the first convolution in FP32 for it, ``--fp32_layers auto``; on a
-CPU without VNNI the output layer too, ``default_fp32_layers``).
-Measured on the published online size (5 x LSTM 1024, 4233 units, random
-weights, 2 threads, 4.3 s utterance) with the convolution alone quantized:
-189.1 MB -> 189.1 MB and 400 ms -> 420 ms, i.e. no gain; on the demo model
-(2 x bi-GRU 256) conv + output layer: 14.73 -> 14.24 MB, encoder time equal.
+CPU without VNNI the output layer too: each family's defaults are in
+``paddle_asr.families``). Neither size nor encoder time changes measurably
+(bench/RESULTS.md, "Figures formerly in code comments").
 
 Note: the INT8 program only runs with the oneDNN INT8 configuration; the
 plain CPU kernels of ``dequantize_linear`` reject some of PaddleSlim's
@@ -34,7 +32,7 @@ import paddle
 
 from paddle_asr.artifacts import atomic_directory
 from paddle_asr.cpu_settings import cpu_has_vnni
-from paddle_asr.export.export import MODEL_FILENAME, PARAMS_FILENAME
+from paddle_asr.export.common import MODEL_FILENAME, PARAMS_FILENAME
 from paddle_asr.export.inference import quiet_output
 
 # Ops whose *weights and inputs* get INT8 scales. matmul_v2 covers every
@@ -141,20 +139,6 @@ def program_op_report(model_file: Path, op_types: Iterable[str]) -> dict:
 EDGE_LAYERS = ("first_conv", "output_layer")
 
 
-def default_fp32_layers(model: str, vnni: bool) -> tuple[str, ...]:
-    """The edge layers kept in FP32 by default (``--fp32_layers auto``).
-
-    The Conformer keeps both edges in FP32: that measured best for its CER. DeepSpeech2's RNNs stay
-    FP32 anyway (no INT8 kernel for the ``rnn`` op), so its output layer is one of the two places INT8
-    can act at all, and it is quantized where the CPU has VNNI. Without VNNI (``cpu_settings.cpu_has_vnni``)
-    oneDNN's INT8 GEMM cost that layer its accuracy: on the DS2 test model, frame argmax agreement with
-    FP32 fell from 0.99 (second convolution alone in INT8) to 0.89 (and the output layer), so there it
-    stays FP32 too."""
-    if model == "deepspeech2" and vnni:
-        return ("first_conv",)
-    return EDGE_LAYERS
-
-
 def edge_layer_weights(model_file: Path, layers: Iterable[str] = EDGE_LAYERS) -> list[str]:
     """Weights of the first convolution and/or the last matrix product (the CTC output layer).
 
@@ -208,7 +192,8 @@ def strip_activation_observers(model_file: Path, quantized_op_types: Iterable[st
 
     def is_weight(var: str) -> bool:
         # A parameter, possibly reshaped (Conv1D weights reach conv2d through unsqueeze2).
-        while var not in persistable and var in producer and producer[var].type in _SHAPE_OPS | _QUANT_OPS | _DEQUANT_OPS:
+        passthrough = _SHAPE_OPS | _QUANT_OPS | _DEQUANT_OPS
+        while var not in persistable and var in producer and producer[var].type in passthrough:
             var = x_input(producer[var])
         return var in persistable
 
@@ -267,7 +252,8 @@ class _CalibLoader:
     and calibration sets are small (tens of batches).
     """
 
-    def __init__(self, batches: Iterable[tuple[np.ndarray, np.ndarray] | dict[str, np.ndarray]], limit: int | None) -> None:
+    def __init__(self, batches: Iterable[tuple[np.ndarray, np.ndarray] | dict[str, np.ndarray]],
+                 limit: int | None) -> None:
         self.feeds = []
         for batch in batches:
             if not isinstance(batch, dict):  # (feats, lengths) of the encoder

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -26,6 +27,27 @@ from paddle_asr.lm.arpa import UNK, write_arpa
 from paddle_asr.lm.corpus import read_transcripts, transcript_words
 from paddle_asr.lm.kneser_ney import build_kneser_ney
 from paddle_asr.lm.scorer import NgramScorer, perplexity
+
+
+def _word_splitter(units: Path | None, keep_spaces: bool) -> Callable[[str], list[str]]:
+    """How a transcript becomes LM words: the sentencepiece pieces of a ``bpe.model`` beside
+    `units`, else its characters (with ``<space>`` when asked, or when `units` has it)."""
+    bpe = None
+    if units is not None and Path(units).with_name(BPE_MODEL).is_file():
+        bpe = load_tokenizer(Path(units), "bpe")
+    if units is not None and SPACE in CharTokenizer.from_file(Path(units)).units:
+        keep_spaces = True  # a character model that emits <space> (English) needs it scored
+
+    def words_of(transcript: str) -> list[str]:
+        return bpe.pieces(transcript) if bpe else transcript_words(transcript, keep_spaces)
+
+    return words_of
+
+
+def _read_sentences(path: Path, fmt: str, words_of: Callable[[str], list[str]]) -> list[list[str]]:
+    """The non-empty word sequences of the transcripts in `path`."""
+    sentences = [words_of(t) for t in read_transcripts(path, fmt)]
+    return [s for s in sentences if s]
 
 
 def build_lm(
@@ -48,15 +70,8 @@ def build_lm(
     if not 1 <= order <= 9:
         raise AsrError(f"LM order must be 1..9, got {order}")
     out = Path(out)
-    bpe = load_tokenizer(Path(units), "bpe") if units is not None and Path(units).with_name(BPE_MODEL).is_file() else None
-    if units is not None and SPACE in CharTokenizer.from_file(Path(units)).units:
-        keep_spaces = True  # a character model that emits <space> (English) needs it scored
-
-    def words_of(transcript: str) -> list[str]:
-        return bpe.pieces(transcript) if bpe else transcript_words(transcript, keep_spaces)
-
-    sentences = [words_of(t) for t in read_transcripts(Path(text), fmt)]
-    sentences = [s for s in sentences if s]
+    words_of = _word_splitter(units, keep_spaces)
+    sentences = _read_sentences(Path(text), fmt, words_of)
     if not sentences:
         raise AsrError(f"{text}: no transcripts to build a language model from")
     vocabulary: list[str] = []
@@ -82,8 +97,7 @@ def build_lm(
         log("note: too little text to estimate some discounts; used the fallback 0.5/1.0/1.5 "
             "(as lmplz --discount_fallback)")
     if dev_text is not None:
-        dev = [words_of(t) for t in read_transcripts(Path(dev_text), fmt)]
-        dev = [s for s in dev if s]
+        dev = _read_sentences(Path(dev_text), fmt, words_of)
         summary["dev_perplexity"] = perplexity(NgramScorer(model), dev)
         unigram, _ = build_kneser_ney(sentences, 1, vocabulary)
         summary["dev_perplexity_unigram"] = perplexity(NgramScorer(unigram), dev)

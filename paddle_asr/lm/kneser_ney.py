@@ -121,12 +121,7 @@ def build_kneser_ney(
     with its adjusted count, as Chen & Goodman define it.
     """
     sentences = [list(s) for s in sentences]
-    if not sentences:
-        raise AsrError("no sentences to build a language model from")
-    for s in sentences:
-        for w in s:
-            if w in (BOS, EOS) or not w or any(c.isspace() for c in w):
-                raise AsrError(f"LM words may not be empty, contain whitespace or be {BOS}/{EOS}: {w!r}")
+    _check_words(sentences)
     counts = count_ngrams(sentences, order)
     adjusted = adjust_counts(counts)
     if discounts is None:
@@ -136,37 +131,69 @@ def build_kneser_ney(
     discounts = list(discounts)
     probs: list[dict[Ngram, float]] = [dict() for _ in range(order)]
     gammas: list[dict[Ngram, float]] = [dict() for _ in range(order)]  # context (length n) -> weight
+    probs[0], predictable = _unigram_probs(adjusted[0], discounts[0], vocabulary)
+    for n in range(2, order + 1):
+        probs[n - 1], gammas[n - 2] = _interpolated_probs(adjusted[n - 1], discounts[n - 1], probs[n - 2])
+    model = NgramModel(order, _log10_entries(probs, gammas))
+    report = BuildReport(
+        order=order,
+        sentences=len(sentences),
+        tokens=sum(len(s) + 1 for s in sentences),  # words and </s>
+        vocabulary=len(predictable),
+        ngram_counts=model.counts(),
+        discounts=discounts,
+    )
+    return model, report
 
-    # Unigrams: discounted continuation counts, interpolated with the uniform distribution over
-    # every word that can be predicted (all but <s>, with </s> and <unk>).
-    uni = adjusted[0]
+
+def _check_words(sentences: list[list[str]]) -> None:
+    if not sentences:
+        raise AsrError("no sentences to build a language model from")
+    for s in sentences:
+        for w in s:
+            if w in (BOS, EOS) or not w or any(c.isspace() for c in w):
+                raise AsrError(f"LM words may not be empty, contain whitespace or be {BOS}/{EOS}: {w!r}")
+
+
+def _unigram_probs(uni: dict[Ngram, int], d: Discounts,
+                   vocabulary: Iterable[str]) -> tuple[dict[Ngram, float], set[str]]:
+    """Unigrams: discounted continuation counts, interpolated with the uniform distribution over
+    every word that can be predicted (all but <s>, with </s> and <unk>); returns them and those words."""
     predictable = {g[0] for g in uni if g[0] != BOS} | {UNK, *vocabulary}
     predictable.discard(BOS)
-    d = discounts[0]
     total = sum(c for g, c in uni.items() if g[0] != BOS)
     gamma0 = sum(d(c) for g, c in uni.items() if g[0] != BOS) / total
     uniform = gamma0 / len(predictable)
+    probs = {}
     for w in predictable:
         c = uni.get((w,), 0)
-        probs[0][(w,)] = (c - d(c)) / total + uniform
+        probs[(w,)] = (c - d(c)) / total + uniform
+    return probs, predictable
 
-    for n in range(2, order + 1):
-        table, d = adjusted[n - 1], discounts[n - 1]
-        # Per context: total count, and the summed discounts that become its interpolation weight.
-        context_total: dict[Ngram, int] = {}
-        context_discount: dict[Ngram, float] = {}
-        for gram, c in table.items():
-            h = gram[:-1]
-            context_total[h] = context_total.get(h, 0) + c
-            context_discount[h] = context_discount.get(h, 0.0) + d(c)
-        gamma = {h: context_discount[h] / context_total[h] for h in context_total}
-        lower = probs[n - 2]
-        current = probs[n - 1]
-        for gram, c in table.items():
-            h = gram[:-1]
-            current[gram] = (c - d(c)) / context_total[h] + gamma[h] * lower[gram[1:]]
-        gammas[n - 2] = gamma
 
+def _interpolated_probs(table: dict[Ngram, int], d: Discounts,
+                        lower: dict[Ngram, float]) -> tuple[dict[Ngram, float], dict[Ngram, float]]:
+    """The probabilities of one order's n-grams, interpolated with the order below, and the
+    interpolation weight of each context."""
+    # Per context: total count, and the summed discounts that become its interpolation weight.
+    context_total: dict[Ngram, int] = {}
+    context_discount: dict[Ngram, float] = {}
+    for gram, c in table.items():
+        h = gram[:-1]
+        context_total[h] = context_total.get(h, 0) + c
+        context_discount[h] = context_discount.get(h, 0.0) + d(c)
+    gamma = {h: context_discount[h] / context_total[h] for h in context_total}
+    current = {}
+    for gram, c in table.items():
+        h = gram[:-1]
+        current[gram] = (c - d(c)) / context_total[h] + gamma[h] * lower[gram[1:]]
+    return current, gamma
+
+
+def _log10_entries(probs: list[dict[Ngram, float]],
+                   gammas: list[dict[Ngram, float]]) -> list[dict[Ngram, tuple[float, float]]]:
+    """Per order, each n-gram's (log10 probability, log10 backoff weight), as ARPA lists them."""
+    order = len(probs)
     ngrams: list[dict[Ngram, tuple[float, float]]] = []
     for n in range(1, order + 1):
         gamma = gammas[n - 1] if n < order else {}
@@ -177,13 +204,4 @@ def build_kneser_ney(
             bos_gamma = gamma.get((BOS,))
             entries[(BOS,)] = (BOS_LOG10, math.log10(bos_gamma) if bos_gamma else 0.0)
         ngrams.append(entries)
-    model = NgramModel(order, ngrams)
-    report = BuildReport(
-        order=order,
-        sentences=len(sentences),
-        tokens=sum(len(s) + 1 for s in sentences),  # words and </s>
-        vocabulary=len(predictable),
-        ngram_counts=model.counts(),
-        discounts=discounts,
-    )
-    return model, report
+    return ngrams

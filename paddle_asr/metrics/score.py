@@ -2,7 +2,7 @@
 
 The report text matches ``compute-wer.py --char=1 --v=1 REF HYP`` byte for byte
 (tokenisation, normalisation, alignment tie-breaks, aligned ``lab:``/``rec:``
-lines, summary and per-cluster lines); see REFERENCE.md section 7.1.  The same holds
+lines, summary and per-cluster lines); docs/scoring.md lists the rules.  The same holds
 for ``--char=0`` and ``--v=0/2``: tests/test_score_golden.py compares against the
 original's output on generated pairs (tools/make_score_golden.py).
 

@@ -2,9 +2,9 @@
 //
 // Each replaces a Paddle 3.0 CPU kernel that profiles of the AISHELL Conformer training step showed
 // to be far slower than its arithmetic (8 x 500 frames, 2 cores; bench/RESULTS.md): the depthwise
-// convolution of the convolution module (grouped im2col, 40 ms forward + backward with its
-// transposes, here 1.4 ms), layer norm's backward (3.3 ms, here 0.2 ms), a channel bias added
-// before a ReLU on NCHW maps (a broadcast add of 53 ms on the subsampling output), SiLU, and
+// convolution of the convolution module (Paddle's grouped im2col plus the transposes around it),
+// layer norm's backward, a channel bias added before a ReLU on NCHW maps (Paddle's broadcast add),
+// SiLU, and
 // dropout (its mask drawn here instead of by NumPy and copied in).
 // float32, contiguous, row-major tensors only: the Python side checks before calling.
 // Reductions over rows (weight and bias gradients) sum per-thread partials in thread order, so a

@@ -1,4 +1,4 @@
-"""Transformer attention decoder (PaddleSpeech `TransformerDecoder` layout, REFERENCE §8.2)."""
+"""Transformer attention decoder (PaddleSpeech `TransformerDecoder` layout; docs/paddlespeech.md)."""
 
 from __future__ import annotations
 
@@ -41,7 +41,9 @@ class TransformerDecoder(nn.Layer):
         super().__init__()
         if not conf.normalize_before:
             raise AsrError("model.decoder.normalize_before: false is not supported (every published recipe uses true)")
-        self.embed = nn.Sequential(nn.Embedding(vocab_size, d), PositionalEncoding(d, conf.positional_dropout_rate, relative=False))
+        self.embed = nn.Sequential(
+            nn.Embedding(vocab_size, d), PositionalEncoding(d, conf.positional_dropout_rate, relative=False)
+        )
         self.decoders = nn.LayerList([DecoderLayer(d, conf) for _ in range(conf.num_blocks)])
         self.after_norm = LayerNorm(d, epsilon=LAYER_NORM_EPSILON)
         self.output_layer = Linear(d, vocab_size)

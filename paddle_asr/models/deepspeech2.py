@@ -1,4 +1,4 @@
-"""DeepSpeech2 (PaddleSpeech asr0 `DeepSpeech2Model`, REFERENCE §5.4, §8.3): global CMVN, two 3x3
+"""DeepSpeech2 (PaddleSpeech asr0 `DeepSpeech2Model`; docs/deepspeech2.md): global CMVN, two 3x3
 stride-2 convolutions, RNN layers (LSTM or GRU, bidirectional offline or forward-only online) each
 followed by LayerNorm, optional ReLU Linear layers, and a CTC output layer.
 
@@ -24,6 +24,7 @@ import paddle
 import paddle.nn.functional as F
 from paddle import nn
 
+from paddle_asr.config import AsrConfig
 from paddle_asr.errors import AsrError
 from paddle_asr.models.fast_cpu_ops import LayerNorm
 from paddle_asr.models.layers import Conv2dSubsampling, GlobalCMVN
@@ -237,3 +238,13 @@ class DeepSpeech2Model(nn.Layer):
         lengths = paddle.clip(self.encoder.output_length(feat_lengths), min=0)
         hs = paddle.concat(outputs, axis=1)[:, :total]
         return (hs if encoder_out else self.decoder.log_softmax(hs)), lengths
+
+
+def build_deepspeech2(config: AsrConfig, cmvn: tuple[np.ndarray, np.ndarray]) -> DeepSpeech2Model:
+    """The DeepSpeech2 network of a resolved config (the `model.deepspeech2` section alone)."""
+    ds2 = config.model.deepspeech2
+    return DeepSpeech2Model(
+        config.input_dim, config.vocab_size, num_conv_layers=ds2.num_conv_layers,
+        num_rnn_layers=ds2.num_rnn_layers, rnn_size=ds2.rnn_layer_size, rnn_direction=ds2.rnn_direction,
+        use_gru=ds2.use_gru, num_fc_layers=ds2.num_fc_layers, fc_layers_size_list=ds2.fc_layers_size_list,
+        blank_id=ds2.blank_id, ctc_grad_norm_type=ds2.ctc_grad_norm_type, cmvn=cmvn)

@@ -1,6 +1,7 @@
 """Conformer and Transformer encoders (PaddleSpeech `ConformerEncoder`/`TransformerEncoder` layout,
-REFERENCE §5.1, §8.2), with the U2 streaming machinery: chunk masks for dynamic chunk training and
-masked decoding, and `forward_chunk` with attention and convolution caches.
+paddlespeech/s2t/modules/encoder.py; docs/paddlespeech.md), with the U2 streaming machinery:
+chunk masks for dynamic chunk training and masked decoding, and `forward_chunk` with attention
+and convolution caches.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from paddle_asr.models.layers import (
 )
 
 SUBSAMPLING_RATES = {"conv2d": 4, "conv2d6": 6, "conv2d8": 8}
-ENCODER_TYPES = ("conformer", "transformer")
 
 
 class ConformerEncoderLayer(nn.Layer):
@@ -39,9 +39,13 @@ class ConformerEncoderLayer(nn.Layer):
         attention = RelPositionMultiHeadedAttention if self.relative else MultiHeadedAttention
         self.self_attn = attention(conf.attention_heads, d, conf.attention_dropout_rate)
         self.feed_forward = PositionwiseFeedForward(d, conf.linear_units, conf.dropout_rate, conf.activation_type)
-        self.feed_forward_macaron = PositionwiseFeedForward(d, conf.linear_units, conf.dropout_rate, conf.activation_type)
+        self.feed_forward_macaron = PositionwiseFeedForward(
+            d, conf.linear_units, conf.dropout_rate, conf.activation_type
+        )
         self.conv_module = (
-            ConvolutionModule(d, conf.cnn_module_kernel, conf.cnn_module_norm, conf.causal) if conf.use_cnn_module else None
+            ConvolutionModule(d, conf.cnn_module_kernel, conf.cnn_module_norm, conf.causal)
+            if conf.use_cnn_module
+            else None
         )
         self.norm_ff = LayerNorm(d, epsilon=eps)
         self.norm_mha = LayerNorm(d, epsilon=eps)
@@ -105,23 +109,14 @@ def chunk_attention_allowed(size, chunk_size: int, num_left_chunks: int) -> padd
 class Encoder(nn.Layer):
     """Global CMVN -> conv2d subsampling -> positional encoding -> N blocks -> LayerNorm."""
 
-    def __init__(self, input_dim: int, conf: EncoderConfig, encoder_type: str, cmvn: tuple[np.ndarray, np.ndarray] | None) -> None:
+    def __init__(
+        self, input_dim: int, conf: EncoderConfig, encoder_type: str, cmvn: tuple[np.ndarray, np.ndarray] | None
+    ) -> None:
         super().__init__()
-        if encoder_type not in ENCODER_TYPES:
-            raise AsrError(f"model.encoder_type '{encoder_type}' unknown; use one of {', '.join(ENCODER_TYPES)}")
-        if conf.input_layer not in SUBSAMPLING_RATES:
-            raise AsrError(f"model.encoder.input_layer '{conf.input_layer}' unknown; use one of {sorted(SUBSAMPLING_RATES)}")
+        # The allowed values of the config, and how they combine, are checked when it is loaded (config.py).
         if not conf.normalize_before:
             raise AsrError("model.encoder.normalize_before: false is not supported (every published recipe uses true)")
         relative = conf.pos_enc_layer_type == "rel_pos"
-        if conf.pos_enc_layer_type not in ("rel_pos", "abs_pos"):
-            raise AsrError(f"model.encoder.pos_enc_layer_type '{conf.pos_enc_layer_type}' unknown; use rel_pos or abs_pos")
-        expected_attn = "rel_selfattn" if relative else "selfattn"
-        if conf.selfattention_layer_type != expected_attn:
-            raise AsrError(f"model.encoder.selfattention_layer_type must be {expected_attn} with "
-                           f"pos_enc_layer_type {conf.pos_enc_layer_type}, got {conf.selfattention_layer_type}")
-        if encoder_type == "transformer" and relative:
-            raise AsrError("the transformer encoder uses abs_pos; set pos_enc_layer_type: abs_pos, selfattention_layer_type: selfattn")
         self.global_cmvn = GlobalCMVN(*cmvn) if cmvn is not None else None
         channels = conf.subsampling_channels or conf.output_size
         self.embed = Conv2dSubsampling(input_dim, conf.output_size, SUBSAMPLING_RATES[conf.input_layer], channels)

@@ -5,23 +5,23 @@ Each replacement was timed against the kernel it replaces on the AISHELL Conform
 gradients, tests/test_fast_cpu_ops.py). They only run in dynamic-graph training on CPU: evaluation,
 exported programs and GPUs use Paddle's own kernels, so checkpoints and exports are unchanged.
 
-- `fast_log_softmax`: Paddle's CPU `log_softmax` over a 4233-wide axis is ~40x slower than
+- `fast_log_softmax`: Paddle's CPU `log_softmax` over a 4233-wide axis is much slower than
   max / exp / sum / log (and floors its output at -64).
 - `dropout`: Paddle's CPU dropout draws its random numbers one at a time; NumPy's PCG64 draws the
-  mask ~7x faster (16-bit draws). The NumPy generator is seeded from Paddle's, so `paddle.seed` still decides
-  every mask and a resumed run repeats them.
+  mask faster (16-bit draws). The NumPy generator is seeded from Paddle's, so `paddle.seed` still
+  decides every mask and a resumed run repeats them.
 - `add_bias` (convolution biases) and `Linear`: the gradient of a broadcast bias add is a sum over
-  every axis but the bias's, and Paddle's CPU `reduce_sum` over a leading axis is ~60x slower than
-  the same sum as a matrix product with a vector of ones ([1000, 2048]: 12.7 ms against 0.2 ms).
+  every axis but the bias's, and Paddle's CPU `reduce_sum` over a leading axis is far slower than
+  the same sum as a matrix product with a vector of ones.
   `nn.Linear` spent more time in that sum than in its two gradient GEMMs.
 - `pointwise_conv_time_major`: a kernel-1 convolution as that `Linear` on [B, T, C].
 - Compiled kernels (cpu_kernels.cc, built once per machine by cpu_kernels.py) where Paddle's CPU
-  kernel is far slower than its arithmetic: `LayerNorm` (backward 3.3 -> 0.2 ms on [8, 124, 256]),
-  `depthwise_conv_time_major` (the convolution module's depthwise convolution on [B, T, C], 40 ms
-  -> 1.4 ms forward + backward with the transposes it saves), `bias_relu` (a convolution's bias and
-  ReLU on its NCHW output: the broadcast add alone took 53 ms on the subsampling output) and
-  `silu`, and `dropout` (its mask drawn by a hash of the element index keyed from Paddle's
-  generator, 1 byte an element kept for the backward). Where they cannot be compiled, the paths above and Paddle's own kernels run instead.
+  kernel is far slower than its arithmetic: `LayerNorm` (its backward),
+  `depthwise_conv_time_major` (the convolution module's depthwise convolution on [B, T, C], without
+  the transposes around it), `bias_relu` (a convolution's bias and ReLU on its NCHW output, where
+  Paddle's broadcast add is slow) and `silu`, and `dropout` (its mask drawn by a hash of the element
+  index keyed from Paddle's generator, 1 byte an element kept for the backward). Where they cannot
+  be compiled, the paths above and Paddle's own kernels run instead.
 """
 
 from __future__ import annotations
@@ -54,8 +54,8 @@ def _contiguous(*tensors: paddle.Tensor) -> list[paddle.Tensor]:
 
 def fast_log_softmax(x: paddle.Tensor, axis: int = -1) -> paddle.Tensor:
     """log_softmax as (x - max) - log(sum(exp(x - max))): the same values (stable: the max is
-    subtracted first), ~40x faster on CPU than Paddle 3.0's `log_softmax` kernel for a
-    4233-unit vocabulary ([8, 21, 4233]: 438 ms fwd + bwd against 10 ms). Used everywhere, the
+    subtracted first), much faster on CPU than Paddle 3.0's `log_softmax` kernel for a
+    4233-unit vocabulary. Used everywhere, the
     exported programs included."""
     shifted = x - x.max(axis=axis, keepdim=True).detach()
     return shifted - paddle.log(paddle.exp(shifted).sum(axis=axis, keepdim=True))
@@ -80,8 +80,8 @@ def dropout(x: paddle.Tensor, p: float, training: bool) -> paddle.Tensor:
 
 
 def _scaled_mask(keep: np.ndarray, scale: float) -> paddle.Tensor:
-    # np.multiply into a float32 buffer: ~0.5 ms for 2 M elements, where Paddle's bool -> float
-    # cast and scale take ~4 ms each (its same-shape multiply is fast).
+    # np.multiply into a float32 buffer: Paddle's bool -> float cast and scale are each several
+    # times slower than this (its same-shape multiply is fast).
     mask = np.empty(keep.shape, np.float32)
     np.multiply(keep, np.float32(scale), out=mask)
     return paddle.to_tensor(mask)
@@ -189,11 +189,15 @@ class _LinearFn(PyLayer):
 
 class Linear(nn.Linear):
     """nn.Linear (same parameters, names and initialisation), through `_LinearFn` when training on
-    CPU: 256 -> 2048 on [8, 125, 256], forward + backward, 26.8 ms against 21.0 ms (a plain
-    matmul without bias: 19.0 ms)."""
+    CPU: one PyLayer whose bias gradient is a GEMM, close to the cost of a plain matmul."""
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        if self.bias is None or not cpu_training(x, self.training) or self.bias.stop_gradient or self.weight.stop_gradient:
+        if (
+            self.bias is None
+            or not cpu_training(x, self.training)
+            or self.bias.stop_gradient
+            or self.weight.stop_gradient
+        ):
             return super().forward(x)
         return _LinearFn.apply(x, self.weight, self.bias)
 
@@ -317,7 +321,8 @@ def depthwise_conv_time_major(conv: nn.Layer, x: paddle.Tensor) -> paddle.Tensor
     transposing to [B, C, T], convolving and transposing back. None where it does not apply."""
     kernels = compiled_kernels(x, conv.training)
     channels = conv.weight.shape[0]
-    if (kernels is None or not isinstance(conv._padding, int) or conv.bias is None or conv._groups != channels or conv.weight.shape[1] != 1
+    if (kernels is None or not isinstance(conv._padding, int) or conv.bias is None
+            or conv._groups != channels or conv.weight.shape[1] != 1
             or conv._padding_mode != "zeros" or list(np.ravel(conv._stride)) != [1]
             or list(np.ravel(conv._dilation)) != [1] or x.shape[-1] != channels):
         return None

@@ -11,40 +11,24 @@ from paddle import nn
 from paddle_asr.config import AsrConfig
 from paddle_asr.errors import AsrError
 from paddle_asr.features import load_cmvn
-from paddle_asr.models.decoder import TransformerDecoder
-from paddle_asr.models.deepspeech2 import DeepSpeech2Model
-from paddle_asr.models.encoder import Encoder
-from paddle_asr.models.u2 import U2Model
-
-MODELS = ("u2", "deepspeech2")
 
 
-def build_model(config: AsrConfig, cmvn: tuple[np.ndarray, np.ndarray] | None = None) -> U2Model | DeepSpeech2Model:
-    """Build the network of a resolved config (vocab_size and input_dim filled by training)."""
-    m = config.model
-    if m.name not in MODELS:
-        raise AsrError(f"model.name '{m.name}' unknown; known models: {', '.join(MODELS)}")
+def build_model(config: AsrConfig, cmvn: tuple[np.ndarray, np.ndarray] | None = None) -> nn.Layer:
+    """Build the network of a resolved config (vocab_size and input_dim filled by training), by the
+    builder of its family (`paddle_asr.families`)."""
+    # Imported here: the family table builds on the model modules this package holds.
+    from paddle_asr.families import family
+
+    build = family(config.model.name).build
     if config.vocab_size is None or config.input_dim is None:
         raise AsrError("the config has no vocab_size/input_dim: use the train.yaml written by stage 1")
     if cmvn is None:
         dim = config.input_dim
         cmvn = (np.zeros(dim, np.float32), np.ones(dim, np.float32))  # overwritten by the checkpoint
-    if m.name == "deepspeech2":
-        ds2 = m.deepspeech2
-        return DeepSpeech2Model(
-            config.input_dim, config.vocab_size, num_conv_layers=ds2.num_conv_layers,
-            num_rnn_layers=ds2.num_rnn_layers, rnn_size=ds2.rnn_layer_size, rnn_direction=ds2.rnn_direction,
-            use_gru=ds2.use_gru, num_fc_layers=ds2.num_fc_layers, fc_layers_size_list=ds2.fc_layers_size_list,
-            blank_id=ds2.blank_id, ctc_grad_norm_type=ds2.ctc_grad_norm_type, cmvn=cmvn)
-    if not 0.0 <= m.ctc_weight <= 1.0:
-        raise AsrError(f"model.ctc_weight must be within [0, 1], got {m.ctc_weight}")
-    encoder = Encoder(config.input_dim, m.encoder, m.encoder_type, cmvn)
-    decoder = TransformerDecoder(config.vocab_size, m.encoder.output_size, m.decoder)
-    return U2Model(encoder, decoder, config.vocab_size, ctc_weight=m.ctc_weight, lsm_weight=m.lsm_weight,
-                   length_normalized_loss=m.length_normalized_loss, ctc_dropout_rate=m.ctc_dropout_rate)
+    return build(config, cmvn)
 
 
-def build_model_for_training(config: AsrConfig, recipe_dir: Path) -> U2Model | DeepSpeech2Model:
+def build_model_for_training(config: AsrConfig, recipe_dir: Path) -> nn.Layer:
     return build_model(config, load_cmvn(recipe_dir / config.data.cmvn))
 
 

@@ -1,20 +1,25 @@
 """U2 (WeNet/PaddleSpeech `U2Model`): shared encoder, CTC head and attention decoder.
 
 Training loss: ctc_weight * CTC + (1 - ctc_weight) * label-smoothed attention cross-entropy, both
-divided by the batch size (REFERENCE §5.1). The inference functions are what export converts and
-what the search algorithms call: `forward_encoder` (full utterance, with CTC log-probs),
-`forward_encoder_chunk` (streaming, with caches), `ctc_activation`, `forward_attention_decoder`.
+divided by the batch size (PaddleSpeech u2.py, WeNet asr_model.py: length_normalized_loss false).
+The inference functions are what export converts and what the search algorithms call:
+`forward_encoder` (full utterance, with CTC log-probs), `forward_encoder_chunk` (streaming, with
+caches), `ctc_activation`, `forward_attention_decoder`.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import paddle
 import paddle.nn.functional as F
 from paddle import nn
 
+from paddle_asr.config import AsrConfig
 from paddle_asr.data.dataset import IGNORE_ID
+from paddle_asr.models.decoder import TransformerDecoder
+from paddle_asr.models.encoder import Encoder
 from paddle_asr.models.fast_cpu_ops import Linear, dropout, fast_log_softmax
 
 
@@ -45,7 +50,9 @@ class CTC(nn.Layer):
         return fast_log_softmax(self.ctc_lo(hs))
 
 
-def label_smoothing_loss(logits: paddle.Tensor, targets: paddle.Tensor, smoothing: float, normalize_length: bool) -> paddle.Tensor:
+def label_smoothing_loss(
+    logits: paddle.Tensor, targets: paddle.Tensor, smoothing: float, normalize_length: bool
+) -> paddle.Tensor:
     """KL(smoothed one-hot || softmax(logits)) summed over non-padded positions (PaddleSpeech
     `LabelSmoothingLoss`), divided by the batch size or, with normalize_length, the token count.
 
@@ -105,10 +112,12 @@ class U2Model(nn.Layer):
         `y <eos>` padded with -1 (PaddleSpeech `add_sos_eos`)."""
         b = labels.shape[0]
         sos = paddle.full([b, 1], self.sos, dtype="int64")
-        ys_in = paddle.concat([sos, paddle.where(labels == IGNORE_ID, paddle.full_like(labels, self.eos), labels)], axis=1)
+        labels_eos = paddle.where(labels == IGNORE_ID, paddle.full_like(labels, self.eos), labels)
+        ys_in = paddle.concat([sos, labels_eos], axis=1)
         padded = paddle.concat([labels, paddle.full([b, 1], IGNORE_ID, dtype="int64")], axis=1)
         pos = paddle.arange(padded.shape[1], dtype="int64").unsqueeze(0)
-        ys_out = paddle.where(pos == label_lengths.astype("int64").unsqueeze(1), paddle.full_like(padded, self.eos), padded)
+        at_end = pos == label_lengths.astype("int64").unsqueeze(1)
+        ys_out = paddle.where(at_end, paddle.full_like(padded, self.eos), padded)
         return ys_in, ys_out
 
     # ---- inference functions (exported) ----
@@ -131,3 +140,12 @@ class U2Model(nn.Layer):
         lengths [B], N a multiple of B (N/B hypotheses per utterance, grouped by utterance)
         -> decoder log-probs [N, U, V] (row u scores the token after position u)."""
         return fast_log_softmax(self.decoder(encoder_out, encoder_lengths, hyps, hyps_lengths))
+
+
+def build_u2(config: AsrConfig, cmvn: tuple[np.ndarray, np.ndarray]) -> U2Model:
+    """The U2 network of a resolved config (`model.encoder_type`, `encoder`, `decoder` sections)."""
+    m = config.model
+    encoder = Encoder(config.input_dim, m.encoder, m.encoder_type, cmvn)
+    decoder = TransformerDecoder(config.vocab_size, m.encoder.output_size, m.decoder)
+    return U2Model(encoder, decoder, config.vocab_size, ctc_weight=m.ctc_weight, lsm_weight=m.lsm_weight,
+                   length_normalized_loss=m.length_normalized_loss, ctc_dropout_rate=m.ctc_dropout_rate)

@@ -145,11 +145,12 @@ def average_checkpoints(ckpt_dir: Path, num: int, out_path: Path, *, mode: str =
         dtype = reference[k].numpy().dtype
         mean = total / len(chosen)
         # Integer buffers (counters) are floored, not turned into floats.
-        averaged[k] = paddle.to_tensor(np.floor(mean).astype(dtype) if np.issubdtype(dtype, np.integer) else mean.astype(dtype))
+        value = np.floor(mean).astype(dtype) if np.issubdtype(dtype, np.integer) else mean.astype(dtype)
+        averaged[k] = paddle.to_tensor(value)
     with atomic_output_file(out_path) as tmp:
         paddle.save(averaged, str(tmp))
-    provenance = {"mode": mode, "num": num,
-                  "averaged": [{"epoch": r["epoch"], "dev_loss": r["dev_loss"], "dev_cer": r.get("dev_cer")} for r in chosen]}
+    averaged_from = [{"epoch": r["epoch"], "dev_loss": r["dev_loss"], "dev_cer": r.get("dev_cer")} for r in chosen]
+    provenance = {"mode": mode, "num": num, "averaged": averaged_from}
     atomic_write_text(out_path.with_suffix(".json"), json.dumps(provenance, indent=1))
     losses = [r["dev_loss"] for r in chosen]
     log(f"stage 2: averaged the {mode} {num} epochs {[r['epoch'] for r in chosen]} (dev loss {min(losses):.3f}-"

@@ -30,12 +30,12 @@ import math
 
 from paddle.optimizer.lr import LRScheduler
 
-from paddle_asr.config import OptimConfig, SchedulerConfig
+from paddle_asr.config import OptimConfig, SchedulerConfig, check_config, scheduler_problems
 from paddle_asr.errors import AsrError
 
 
 class WarmupLR(LRScheduler):
-    """lr = base * warmup^0.5 * min(step^-0.5, step * warmup^-1.5), step from 1 (REFERENCE §5.1).
+    """lr = base * warmup^0.5 * min(step^-0.5, step * warmup^-1.5), step from 1 (WeNet's and PaddleSpeech's WarmupLR).
 
     Stepped after every optimizer update; peaks at `base` when step == warmup_steps.
     """
@@ -52,7 +52,7 @@ class WarmupLR(LRScheduler):
 
 
 class ExponentialDecayLR(LRScheduler):
-    """lr = base * gamma^epoch, epoch counted from 0 (DeepSpeech2, REFERENCE §5.4).
+    """lr = base * gamma^epoch, epoch counted from 0 (PaddleSpeech's DeepSpeech2 trainer).
 
     Stepped once after every epoch: epoch 0 trains at `base`, epoch 1 at `base * gamma`, ...
     """
@@ -108,33 +108,12 @@ class CosineWarmRestartsLR(LRScheduler):
         return self.eta_min + (self.base_lr - self.eta_min) * (1 + math.cos(math.pi * t_cur / t_i)) / 2
 
 
-SCHEDULERS = ("warmuplr", "exponential", "cosine_warm_restarts")
-
-
 def _validate(optim: OptimConfig, sched: SchedulerConfig) -> None:
-    """Checks the fields the chosen scheduler uses; comparisons are written so that NaN fails too."""
-    if sched.name not in SCHEDULERS:
-        raise AsrError(f"scheduler.name '{sched.name}' unknown; use one of: {', '.join(SCHEDULERS)}")
-    if not optim.lr > 0 or math.isinf(optim.lr):
-        raise AsrError(f"optim.lr is {optim.lr}; set it to a positive learning rate (e.g. 0.002)")
-    if sched.name == "warmuplr":
-        if not sched.warmup_steps >= 1:
-            raise AsrError(f"scheduler.warmup_steps is {sched.warmup_steps}; set it to a positive number of "
-                           f"optimizer updates (e.g. 25000)")
-    elif sched.name == "exponential":
-        if not 0 < sched.gamma <= 1:
-            raise AsrError(f"scheduler.gamma is {sched.gamma}; set it in (0, 1], the lr factor per epoch "
-                           f"(e.g. 0.83; 1 keeps the lr constant)")
-    else:
-        if not sched.t_0 >= 1:
-            raise AsrError(f"scheduler.t_0 is {sched.t_0}; set it to the length of the first cosine period "
-                           f"in optimizer updates, at least 1 (e.g. 1000)")
-        if not sched.t_mult >= 1:
-            raise AsrError(f"scheduler.t_mult is {sched.t_mult}; set it to an integer >= 1 "
-                           f"(1: equal periods, 2: each period twice as long)")
-        if not 0 <= sched.eta_min < optim.lr:
-            raise AsrError(f"scheduler.eta_min is {sched.eta_min}; set it to the cosine floor, >= 0 and below "
-                           f"optim.lr ({optim.lr}), e.g. 0.0")
+    """The checks load_config makes (config.py), again for configs built in code."""
+    check_config(sched, "the scheduler config", prefix="scheduler.")
+    problem = next(scheduler_problems(optim, sched), None)
+    if problem is not None:
+        raise AsrError(problem)
 
 
 def build_scheduler(optim: OptimConfig, sched: SchedulerConfig) -> LRScheduler:

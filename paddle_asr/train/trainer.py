@@ -18,20 +18,21 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import paddle
 
 from paddle_asr.artifacts import atomic_write_text, fingerprint, is_complete, mark_complete
-from paddle_asr.config import AsrConfig, config_to_dict, load_config, save_config
+from paddle_asr.config import AsrConfig, check_config, config_to_dict, load_config, save_config
 from paddle_asr.cpu_settings import configure_cpu
 from paddle_asr.data.dataset import Batch, filter_utterances, iterate_batches, make_batches
 from paddle_asr.data.loader import BatchLoader, TrainingInputs
 from paddle_asr.data.manifest import read_manifest
-from paddle_asr.data.sampler import epoch_order, plan_batches, rank_part
-from paddle_asr.data.shards import read_shard_list, shard_batches
+from paddle_asr.data.sampler import BatchPlan, epoch_order, plan_batches, rank_part
+from paddle_asr.data.shards import ShardInfo, read_shard_list, shard_batches
 from paddle_asr.data.tokenizer import CharTokenizer, load_tokenizer
 from paddle_asr.errors import AsrError, TrainingStopped
 from paddle_asr.models import cpu_kernels
@@ -61,23 +62,6 @@ def resolve_config(config: AsrConfig, recipe_dir: Path) -> AsrConfig:
     return dataclasses.replace(config, vocab_size=tokenizer.vocab_size, input_dim=config.features.num_mel_bins)
 
 
-def check_training_config(config: AsrConfig) -> None:
-    tc = config.training
-    if tc.amp not in ("off", "fp16", "bf16"):
-        raise AsrError(f"training.amp '{tc.amp}' unknown; use off, fp16 or bf16")
-    if config.spec_augment.fill not in ("zero", "mean"):
-        raise AsrError(f"spec_augment.fill '{config.spec_augment.fill}' unknown; use zero or mean")
-    if tc.average_mode not in ("best", "last"):
-        raise AsrError(f"training.average_mode '{tc.average_mode}' unknown; use best or last")
-    if tc.accum_grad < 1 or tc.max_epoch < 1:
-        raise AsrError("training.accum_grad and training.max_epoch must be at least 1")
-    if 0 < tc.keep_checkpoints < tc.average_num:
-        raise AsrError(f"training.keep_checkpoints={tc.keep_checkpoints} would delete checkpoints stage 2 averages "
-                       f"(average_num={tc.average_num}); keep at least average_num, or 0 for all")
-    if config.optim.name not in ("adam", "adamw"):
-        raise AsrError(f"optim.name '{config.optim.name}' unknown; use adam or adamw")
-
-
 def prepare_run(config: AsrConfig, recipe_dir: Path, exp_dir: Path, *, force: bool = False, log=print) -> str | None:
     """Get exp_dir ready for `run_training`; returns the run's fingerprint, or None when a complete
     run with the same config and data can be reused."""
@@ -88,7 +72,7 @@ def prepare_run(config: AsrConfig, recipe_dir: Path, exp_dir: Path, *, force: bo
             raise AsrError(f"data.{key}: {recipe_dir / rel} does not exist; run stage 0 (data preparation) first, "
                            f"or correct data.{key} in the config")
     config = resolve_config(config, recipe_dir)
-    check_training_config(config)
+    check_config(config, "the training config")  # also for a config built in code, not loaded
     inputs = [recipe_dir / p for p in (data.train, data.dev, data.vocab, data.cmvn, data.train_shards) if p]
     # Settings that do not change what is computed may differ on resume.
     fixed = config_to_dict(config)
@@ -223,16 +207,58 @@ def _grad_norm(model) -> float:
     return float(paddle.sqrt(paddle.add_n(squares))) if squares else 0.0
 
 
-def run_training(recipe_dir: Path, exp_dir: Path, *, world: World | None = None, use_gpu: bool = False, log=print) -> None:
-    """One training process; rank 0 logs, evaluates on dev and writes checkpoints."""
-    world = world or current_world()
-    config = load_config(exp_dir / "train.yaml")
+@dataclasses.dataclass
+class TrainingData:
+    """What one process reads: the tokenizer, the training batches (a plan or shards) and the dev batches."""
+
+    tokenizer: CharTokenizer
+    inputs: TrainingInputs
+    train_keys: set[str]  # the training utterances that passed the filters
+    plan: BatchPlan | None  # the global batches, when training reads a manifest
+    shards: list[ShardInfo] | None  # the shards, when training reads shards
+    dev_batches: list
+
+
+@dataclasses.dataclass
+class TrainingState:
+    """What one process carries from update to update; the counters are what a checkpoint saves."""
+
+    config: AsrConfig
+    world: World
+    model: paddle.nn.Layer
+    optimizer: paddle.optimizer.Optimizer
+    scheduler: Any
+    scaler: paddle.amp.GradScaler | None
+    ckpt_dir: Path
+    say: Callable[[str], None]
+    train_model: paddle.nn.Layer | None = None  # `model`, or its DataParallel wrapper (set after resuming)
+    epoch: int = 1
+    first_batch: int = 0  # where `epoch` starts (after a resume, mid-epoch)
+    step: int = 0  # optimizer updates
+    epoch_loss: float = 0.0  # sum of this epoch's finite batch losses
+    epoch_batches: int = 0
+    skipped: int = 0  # batches with a non-finite loss
+    skipped_keys: list[str] = dataclasses.field(default_factory=list)
+
+    def next_epoch(self) -> None:
+        self.epoch, self.first_batch, self.epoch_loss, self.epoch_batches = self.epoch + 1, 0, 0.0, 0
+
+
+@dataclasses.dataclass
+class _Throughput:
+    """Frames trained since the last log line, for its frames/s."""
+
+    since: float = dataclasses.field(default_factory=time.time)
+    frames: float = 0.0
+
+
+def _start_process(config: AsrConfig, recipe_dir: Path, world: World, use_gpu: bool,
+                   say) -> tuple[paddle.nn.Layer, int]:
+    """Join the process group, set the threads and seeds, and build the model; returns it and its size."""
     tc = config.training
-    say = log if world.is_main else (lambda *_: None)
     init_world(world, use_gpu)
     threads = configure_cpu(tc.num_threads)
     seed_everything(tc.seed)  # the same initial parameters on every rank
-    tokenizer = load_tokenizer(recipe_dir / config.data.vocab, config.data.units)
     model = build_model_for_training(config, recipe_dir)
     n_params = sum(int(np.prod(p.shape)) for p in model.parameters())
     amp = tc.amp != "off"
@@ -242,208 +268,312 @@ def run_training(recipe_dir: Path, exp_dir: Path, *, world: World | None = None,
         f"threads{', ' + tc.amp + ' mixed precision' if amp else ''}")
     if not use_gpu:  # built here on first use where setup did not (every rank takes the same lock)
         say(f"stage 1: CPU training kernels: {cpu_kernels.status()}")
+    return model, n_params
 
+
+def _load_data(config: AsrConfig, recipe_dir: Path, tokenizer, model, world: World, say) -> TrainingData:
+    tc = config.training
     train_utts = _load_split(recipe_dir / config.data.train, "train", tokenizer, config, model, say)
     dev_utts = _load_split(recipe_dir / config.data.dev, "dev", tokenizer, config, model, say)
     slowest = min(config.speed_perturb.speeds) if config.speed_perturb.enabled else 1.0
-    per_process = (f"at most {tc.max_frames_in_batch} frames" if tc.max_frames_in_batch else f"{tc.batch_size} utterances")
+    per_process = (f"at most {tc.max_frames_in_batch} frames" if tc.max_frames_in_batch
+                   else f"{tc.batch_size} utterances")
     shards = read_shard_list(recipe_dir / config.data.train_shards) if config.data.train_shards else None
+    plan = None
     if shards is None:
         plan = plan_batches(train_utts, config.features, batch_size=tc.batch_size,
                             max_frames_in_batch=tc.max_frames_in_batch, world_size=world.size, slowest_speed=slowest)
         if plan.merged_tail:
-            say(f"stage 1: the last batch had fewer utterances than the {world.size} processes; it joined the one before")
+            say(f"stage 1: the last batch had fewer utterances than the {world.size} processes; "
+                "it joined the one before")
         say(f"stage 1: {len(plan.batches)} batches per epoch ({per_process} per process), {tc.accum_grad} per update")
     else:
         say(f"stage 1: reading {len(shards)} shards ({sum(s.count for s in shards)} utterances) of "
             f"{config.data.train_shards} sequentially, {per_process} per process and batch, {tc.accum_grad} per update")
-    dev_batches = make_batches(dev_utts, max(tc.batch_size, 1))
+    inputs = TrainingInputs(tokenizer, config.features, config.spec_augment, config.speed_perturb, tc.seed)
+    return TrainingData(tokenizer, inputs, {u.key for u in train_utts}, plan, shards,
+                        make_batches(dev_utts, max(tc.batch_size, 1)))
 
+
+def _new_state(config: AsrConfig, world: World, model, ckpt_dir: Path, say) -> TrainingState:
     scheduler = build_scheduler(config.optim, config.scheduler)
     clip = paddle.nn.ClipGradByGlobalNorm(config.optim.grad_clip)
     opt_cls = paddle.optimizer.Adam if config.optim.name == "adam" else paddle.optimizer.AdamW
     optimizer = opt_cls(learning_rate=scheduler, parameters=model.parameters(),
                         weight_decay=config.optim.weight_decay or None, grad_clip=clip)
-    scaler = paddle.amp.GradScaler(init_loss_scaling=2.0**15) if tc.amp == "fp16" else None
+    scaler = paddle.amp.GradScaler(init_loss_scaling=2.0**15) if config.training.amp == "fp16" else None
+    return TrainingState(config, world, model, optimizer, scheduler, scaler, ckpt_dir, say)
 
-    ckpt_dir = exp_dir / "checkpoints"
-    epoch, first_batch, step, epoch_loss, epoch_batches = 1, 0, 0, 0.0, 0
+
+def _resume(state: TrainingState) -> None:
+    """Continue from the latest checkpoint, if any; rank 0 first removes what an interrupted save left."""
+    world, say, ckpt_dir = state.world, state.say, state.ckpt_dir
     if world.is_main and ckpt_dir.is_dir():
         stale = remove_stale_files(ckpt_dir)
         if stale:
             say(f"stage 1: removed {len(stale)} temporary files of an interrupted save: {', '.join(stale)}")
     barrier(world)
     latest = latest_checkpoint(ckpt_dir) if ckpt_dir.is_dir() else None
-    if latest is not None:
-        load_checkpoint(latest, model, optimizer, scaler)
-        epoch, first_batch, step = latest["epoch"], latest["batch"], latest["step"]
-        epoch_loss, epoch_batches = latest.get("epoch_loss_sum", 0.0), latest.get("epoch_batches", 0)
-        if latest.get("world_size", world.size) != world.size:
-            say(f"stage 1: the checkpoint was written by {latest['world_size']} processes, this run has {world.size}: "
-                "the batches from here on differ from an uninterrupted run")
-        if latest.get("epoch_done", latest["name"].isdigit()):
-            epoch, first_batch, epoch_loss, epoch_batches = epoch + 1, 0, 0.0, 0
-        say(f"stage 1: resumed from {latest['name']} at epoch {epoch}, batch {first_batch}, update {step}, "
-            f"lr {optimizer.get_lr():.3e}")
-    # The unused concat_linear layers (kept for PaddleSpeech checkpoint compatibility) get no gradient.
-    train_model = paddle.DataParallel(model, find_unused_parameters=True) if world.size > 1 else model
+    if latest is None:
+        return
+    load_checkpoint(latest, state.model, state.optimizer, state.scaler)
+    state.epoch, state.first_batch, state.step = latest["epoch"], latest["batch"], latest["step"]
+    state.epoch_loss, state.epoch_batches = latest.get("epoch_loss_sum", 0.0), latest.get("epoch_batches", 0)
+    if latest.get("world_size", world.size) != world.size:
+        say(f"stage 1: the checkpoint was written by {latest['world_size']} processes, this run has {world.size}: "
+            "the batches from here on differ from an uninterrupted run")
+    if latest.get("epoch_done", latest["name"].isdigit()):
+        state.next_epoch()
+    say(f"stage 1: resumed from {latest['name']} at epoch {state.epoch}, batch {state.first_batch}, "
+        f"update {state.step}, lr {state.optimizer.get_lr():.3e}")
 
-    writer = None
-    if world.is_main:
-        from visualdl import LogWriter  # imported late: slow to import, and only rank 0 writes logs
 
-        writer = LogWriter(logdir=str(exp_dir / "visualdl"))
-        hparams = {"model": config.model.name, "encoder": config.model.encoder_type, "params_M": round(n_params / 1e6, 3),
-                   "lr": config.optim.lr, "scheduler": config.scheduler.name, "batch_size": tc.batch_size,
-                   "max_frames_in_batch": tc.max_frames_in_batch, "accum_grad": tc.accum_grad, "processes": world.size,
-                   "ctc_weight": config.model.ctc_weight, "amp": tc.amp, "speed_perturb": str(config.speed_perturb.enabled)}
-        writer.add_hparams(hparams, ["dev/loss", "dev/cer"])
-    inputs = TrainingInputs(tokenizer, config.features, config.spec_augment, config.speed_perturb, tc.seed)
-    keep = {u.key for u in train_utts}
+def _open_writer(exp_dir: Path, config: AsrConfig, n_params: int, world: World):
+    from visualdl import LogWriter  # imported late: slow to import, and only rank 0 writes logs
 
-    def epoch_batches_from(loader: BatchLoader, epoch: int, first: int) -> Iterator[tuple[int, Batch, float, bool]]:
-        """(index in the epoch, this process's batch, its share of the global batch x processes,
-        whether it is the epoch's last) from `first` on."""
-        if shards is None:
-            order = epoch_order(len(plan.batches), tc.seed, epoch)[first:]
-            sizes = [len(plan.batches[j]) for j in order]
-            parts = [rank_part(plan.batches[j], world.rank, world.size) for j in order]
-            for k, batch in enumerate(loader.batches(parts, epoch)):
-                yield first + k, batch, len(batch.keys) * world.size / sizes[k], first + k + 1 == len(plan.batches)
+    tc = config.training
+    writer = LogWriter(logdir=str(exp_dir / "visualdl"))
+    hparams = {"model": config.model.name, "encoder": config.model.encoder_type, "params_M": round(n_params / 1e6, 3),
+               "lr": config.optim.lr, "scheduler": config.scheduler.name, "batch_size": tc.batch_size,
+               "max_frames_in_batch": tc.max_frames_in_batch, "accum_grad": tc.accum_grad, "processes": world.size,
+               "ctc_weight": config.model.ctc_weight, "amp": tc.amp, "speed_perturb": str(config.speed_perturb.enabled)}
+    writer.add_hparams(hparams, ["dev/loss", "dev/cer"])
+    return writer
+
+
+def _epoch_batches(loader: BatchLoader, data: TrainingData, config: AsrConfig, world: World, epoch: int,
+                   first: int) -> Iterator[tuple[int, Batch, float, bool]]:
+    """(index in the epoch, this process's batch, its share of the global batch x processes,
+    whether it is the epoch's last) from `first` on."""
+    if data.shards is None:
+        yield from _planned_batches(loader, data.plan, config.training.seed, world, epoch, first)
+        return
+    tc = config.training
+    stream = shard_batches(data.shards, epoch=epoch, seed=tc.seed, rank=world.rank, world_size=world.size,
+                           inputs=data.inputs, batch_size=tc.batch_size, max_frames_in_batch=tc.max_frames_in_batch,
+                           shuffle_buffer=config.data.shuffle_buffer, sort_buffer=config.data.sort_buffer,
+                           skip=first, keep=data.train_keys)
+    yield from _agreed_batches(stream, world, first)
+
+
+def _planned_batches(loader: BatchLoader, plan: BatchPlan, seed: int, world: World, epoch: int,
+                     first: int) -> Iterator[tuple[int, Batch, float, bool]]:
+    order = epoch_order(len(plan.batches), seed, epoch)[first:]
+    sizes = [len(plan.batches[j]) for j in order]
+    parts = [rank_part(plan.batches[j], world.rank, world.size) for j in order]
+    for k, batch in enumerate(loader.batches(parts, epoch)):
+        yield first + k, batch, len(batch.keys) * world.size / sizes[k], first + k + 1 == len(plan.batches)
+
+
+def _agreed_batches(stream: Iterator[Batch], world: World, first: int) -> Iterator[tuple[int, Batch, float, bool]]:
+    """Processes read different shards and run out at different times: each step they agree on
+    the global batch size and on whether every one of them has a next batch; the epoch ends
+    for all at the first step where one has none (the others' remaining batches are not used
+    in this epoch, and their shards come in another order in the next)."""
+    batch, index = next(stream, None), first
+    while batch is not None:
+        following = next(stream, None)
+        size, ready = _global_sums([len(batch.keys), following is not None], world)
+        yield index, batch, len(batch.keys) * world.size / size, ready < world.size
+        if ready < world.size:
             return
-        stream = shard_batches(shards, epoch=epoch, seed=tc.seed, rank=world.rank, world_size=world.size, inputs=inputs,
-                               batch_size=tc.batch_size, max_frames_in_batch=tc.max_frames_in_batch,
-                               shuffle_buffer=config.data.shuffle_buffer, sort_buffer=config.data.sort_buffer,
-                               skip=first, keep=keep)
-        # Processes read different shards and run out at different times: each step they agree on
-        # the global batch size and on whether every one of them has a next batch; the epoch ends
-        # for all at the first step where one has none (the others' remaining batches are not used
-        # in this epoch, and their shards come in another order in the next).
-        batch, index = next(stream, None), first
-        while batch is not None:
-            following = next(stream, None)
-            size, ready = _global_sums([len(batch.keys), following is not None], world)
-            yield index, batch, len(batch.keys) * world.size / size, ready < world.size
-            if ready < world.size:
-                return
-            batch, index = following, index + 1
+        batch, index = following, index + 1
+
+
+def _checkpoint_record(state: TrainingState, batch: int, epoch_done: bool, **extra) -> dict:
+    """The record saved with a checkpoint: where training stands, for resuming, and `extra`."""
+    return {"epoch": state.epoch, "batch": batch, "epoch_done": epoch_done, "step": state.step,
+            "world_size": state.world.size, **extra}
+
+
+def _save(state: TrainingState, name: str, record: dict) -> None:
+    tc = state.config.training
+    save_checkpoint(state.ckpt_dir, name, state.model, state.optimizer, state.scaler, record)
+    prune_checkpoints(state.ckpt_dir, tc.keep_checkpoints)
+
+
+def _train_epoch(state: TrainingState, data: TrainingData, loader: BatchLoader, writer, stop: StopRequest) -> int:
+    """Train on `state.epoch` from `state.first_batch` on; returns the index of the last batch
+    (first_batch - 1 when none was left)."""
+    state.train_model.train()
+    meter = _Throughput()
+    index = state.first_batch - 1
+    for index, batch, share, last in _epoch_batches(loader, data, state.config, state.world, state.epoch,
+                                                    state.first_batch):
+        _train_batch(state, index, batch, share, last, meter, writer, stop)
+    return index
+
+
+def _train_batch(state: TrainingState, index: int, batch: Batch, share: float, last: bool, meter: _Throughput,
+                 writer, stop: StopRequest) -> None:
+    """Forward and backward one batch; at the end of a gradient accumulation, update, log, and
+    checkpoint or stop when it is time."""
+    tc, world = state.config.training, state.world
+    # Dynamic-chunk sizes (python random) are the same on every rank; dropout differs per rank.
+    random.seed(_step_seed(tc.seed, state.epoch, index))
+    paddle.seed(_step_seed(tc.seed, state.epoch, index, world.rank))
+    update_now = (index + 1) % tc.accum_grad == 0 or last
     amp_dtype = "bfloat16" if tc.amp == "bf16" else "float16"
-    skipped, skipped_keys = 0, []
+    with paddle.amp.auto_cast(enable=tc.amp != "off", dtype=amp_dtype, level="O1"):
+        loss, parts_loss = state.train_model(paddle.to_tensor(batch.feats), paddle.to_tensor(batch.feat_lengths),
+                                             paddle.to_tensor(batch.labels), paddle.to_tensor(batch.label_lengths))
+    value = float(loss)
+    if not _all_finite(value, world):
+        _skip_batch(state, index, batch, value)
+        return
+    # The loss is a mean over this process's utterances and data parallelism averages
+    # the gradients of the processes: weighting by the share of the global batch makes
+    # that the mean over the global batch even when its parts differ in size.
+    with contextlib.nullcontext() if update_now or world.size == 1 else state.train_model.no_sync():
+        scaled = loss * (share / tc.accum_grad)
+        (state.scaler.scale(scaled) if state.scaler else scaled).backward()
+    state.epoch_loss, state.epoch_batches = state.epoch_loss + value, state.epoch_batches + 1
+    meter.frames += float(batch.feat_lengths.sum())
+    if not update_now:
+        return
+    log_now = (state.step + 1) % tc.log_interval == 0
+    grad_norm, lr = _update(state, log_now)
+    if log_now:
+        _log_step(state, writer, meter, value, parts_loss, lr, grad_norm)
+    _checkpoint_or_stop(state, index, last, stop)
+
+
+def _skip_batch(state: TrainingState, index: int, batch: Batch, value: float) -> None:
+    """Drop a batch whose loss is not finite on some process; too many such batches stop training."""
+    tc = state.config.training
+    state.skipped += 1
+    state.skipped_keys += batch.keys
+    state.say(f"stage 1: epoch {state.epoch} batch {index}: loss {value} (non-finite on some process), batch "
+              f"skipped ({state.skipped} so far); its utterances: {' '.join(batch.keys)}")
+    state.optimizer.clear_grad()
+    if state.skipped > tc.max_nonfinite_batches:
+        raise AsrError(
+            f"{state.skipped} batches had a NaN or infinite loss, more than training.max_nonfinite_batches="
+            f"{tc.max_nonfinite_batches}: training is diverging or the data is broken. Lower optim.lr "
+            f"(now {state.config.optim.lr}) or check the utterances of the last one: {' '.join(batch.keys)}")
+
+
+def _update(state: TrainingState, log_now: bool) -> tuple[float, float]:
+    """One optimizer update; returns the gradient norm (0 unless `log_now`) and the learning rate it used."""
+    optimizer, scaler = state.optimizer, state.scaler
+    if scaler:
+        scaler.unscale_(optimizer)
+    grad_norm = _grad_norm(state.model) if log_now else 0.0
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    # One process frees the gradients until the next backward: lower peak memory,
+    # and no memset of every gradient buffer each step.
+    # Data parallelism keeps them: its reducer fuses gradients into fixed buffers.
+    optimizer.clear_grad(set_to_zero=state.world.size > 1)
+    state.step += 1
+    lr = optimizer.get_lr()
+    if not getattr(state.scheduler, "per_epoch", False):
+        state.scheduler.step()
+    return grad_norm, lr
+
+
+def _log_step(state: TrainingState, writer, meter: _Throughput, value: float, parts_loss: dict, lr: float,
+              grad_norm: float) -> None:
+    step = state.step
+    frames = _global_sums([meter.frames], state.world)[0]
+    fps = frames / max(time.time() - meter.since, 1e-9)
+    meter.since, meter.frames = time.time(), 0.0
+    if writer:
+        writer.add_scalar("train/loss", value, step)
+        for name, part in parts_loss.items():
+            writer.add_scalar(f"train/loss_{name}", float(part), step)
+        writer.add_scalar("train/lr", lr, step)
+        writer.add_scalar("train/grad_norm", grad_norm, step)
+        writer.add_scalar("train/frames_per_second", fps, step)
+    detail = " ".join(f"{k} {float(v):.3f}" for k, v in parts_loss.items())
+    state.say(f"stage 1: epoch {state.epoch} step {step} loss {value:.3f} ({detail}) lr {lr:.2e} "
+              f"grad norm {grad_norm:.2f} {fps:.0f} frames/s")
+
+
+def _checkpoint_or_stop(state: TrainingState, index: int, last: bool, stop: StopRequest) -> None:
+    """Write a mid-epoch checkpoint every checkpoint_interval updates, or on SIGTERM, then stop."""
+    tc, world = state.config.training, state.world
+    # Every process stops at the same update (a lone one would leave the others waiting in
+    # the gradient all-reduce); at the epoch's end the epoch checkpoint is written instead.
+    stopping = _global_sums([float(stop.requested)], world)[0] > 0 and not last
+    if (tc.checkpoint_interval and state.step % tc.checkpoint_interval == 0 or stopping) and not last:
+        if world.is_main:
+            _save(state, f"step_{state.step}", _checkpoint_record(
+                state, index + 1, False, epoch_loss_sum=state.epoch_loss, epoch_batches=state.epoch_batches))
+        barrier(world)
+    if stopping:
+        raise TrainingStopped(f"step_{state.step}", state.step)
+
+
+def _end_epoch(state: TrainingState, data: TrainingData, writer, stop: StopRequest, index: int,
+               started: float) -> None:
+    """Validate on dev, write the epoch checkpoint and its logs (rank 0), then stop on SIGTERM or
+    move to the next epoch."""
+    config, world = state.config, state.world
+    if state.epoch_batches == 0 and index >= state.first_batch:
+        raise AsrError(f"training diverged: every batch of epoch {state.epoch} had a non-finite loss; lower "
+                       f"optim.lr (now {config.optim.lr}) or optim.grad_clip, and check the features")
+    if getattr(state.scheduler, "per_epoch", False):
+        state.scheduler.step()
+    if world.is_main:
+        _validate_and_save(state, data, writer, index, started)
+    barrier(world)
+    if _global_sums([float(stop.requested)], world)[0] > 0 and state.epoch < config.training.max_epoch:
+        raise TrainingStopped(str(state.epoch), state.step)
+    state.next_epoch()
+
+
+def _validate_and_save(state: TrainingState, data: TrainingData, writer, index: int, started: float) -> None:
+    config, epoch = state.config, state.epoch
+    train_loss = state.epoch_loss / max(state.epoch_batches, 1)
+    dev, dev_metric = evaluate_dev(state.model, data.dev_batches, data.tokenizer, config)
+    for name, v in dev.items():
+        writer.add_scalar({"loss": "dev/loss", "cer": "dev/cer"}.get(name, f"dev/loss_{name}"), v, epoch)
+    writer.add_scalar("train/epoch_loss", train_loss, epoch)
+    _save(state, str(epoch), _checkpoint_record(state, index + 1, True, dev_loss=dev["loss"], dev_cer=dev["cer"],
+                                                train_loss=train_loss, lr=state.optimizer.get_lr()))
+    dev_detail = " ".join(f"{k} {v:.3f}" for k, v in dev.items() if k not in ("loss", "cer"))
+    state.say(f"stage 1: epoch {epoch}/{config.training.max_epoch} train loss {train_loss:.3f} "
+              f"dev loss {dev['loss']:.3f} ({dev_detail}) dev {dev_metric} {dev['cer']:.2f} % "
+              f"({time.time() - started:.0f} s, {state.step} updates)")
+
+
+def _write_summary(exp_dir: Path, state: TrainingState, n_params: int) -> None:
+    """train_summary.json, and the mark that the run is complete."""
+    summary = {"parameters": n_params, "steps": state.step, "skipped_batches": state.skipped,
+               "skipped_batch_utterances": state.skipped_keys[:1000], "processes": state.world.size}
+    atomic_write_text(exp_dir / "train_summary.json", json.dumps(summary))
+    fp = json.loads((exp_dir / RUN_RECORD).read_text(encoding="utf-8"))["fingerprint"]
+    mark_complete(exp_dir, fp, **summary)
+
+
+def run_training(recipe_dir: Path, exp_dir: Path, *, world: World | None = None, use_gpu: bool = False,
+                 log=print) -> None:
+    """One training process; rank 0 logs, evaluates on dev and writes checkpoints."""
+    world = world or current_world()
+    config = load_config(exp_dir / "train.yaml")
+    say = log if world.is_main else (lambda *_: None)
+    tokenizer = load_tokenizer(recipe_dir / config.data.vocab, config.data.units)
+    model, n_params = _start_process(config, recipe_dir, world, use_gpu, say)
+    data = _load_data(config, recipe_dir, tokenizer, model, world, say)
+    state = _new_state(config, world, model, exp_dir / "checkpoints", say)
+    _resume(state)
+    # The unused concat_linear layers (kept for PaddleSpeech checkpoint compatibility) get no gradient.
+    state.train_model = paddle.DataParallel(model, find_unused_parameters=True) if world.size > 1 else model
+    writer = _open_writer(exp_dir, config, n_params, world) if world.is_main else None
     stop = StopRequest()
     try:
-        with BatchLoader(inputs, tc.num_workers) as loader:
-            while epoch <= tc.max_epoch:
-                train_model.train()
-                t0 = t_log = time.time()
-                frames_since_log = 0.0
-                index = first_batch - 1
-                for index, batch, share, last in epoch_batches_from(loader, epoch, first_batch):
-                    # Dynamic-chunk sizes (python random) are the same on every rank; dropout differs per rank.
-                    random.seed(_step_seed(tc.seed, epoch, index))
-                    paddle.seed(_step_seed(tc.seed, epoch, index, world.rank))
-                    update_now = (index + 1) % tc.accum_grad == 0 or last
-                    sync = contextlib.nullcontext() if update_now or world.size == 1 else train_model.no_sync()
-                    with paddle.amp.auto_cast(enable=amp, dtype=amp_dtype, level="O1"):
-                        loss, parts_loss = train_model(paddle.to_tensor(batch.feats), paddle.to_tensor(batch.feat_lengths),
-                                                       paddle.to_tensor(batch.labels), paddle.to_tensor(batch.label_lengths))
-                    value = float(loss)
-                    if not _all_finite(value, world):
-                        skipped += 1
-                        skipped_keys += batch.keys
-                        say(f"stage 1: epoch {epoch} batch {index}: loss {value} (non-finite on some process), batch "
-                            f"skipped ({skipped} so far); its utterances: {' '.join(batch.keys)}")
-                        optimizer.clear_grad()
-                        if skipped > tc.max_nonfinite_batches:
-                            raise AsrError(
-                                f"{skipped} batches had a NaN or infinite loss, more than training.max_nonfinite_batches="
-                                f"{tc.max_nonfinite_batches}: training is diverging or the data is broken. Lower optim.lr "
-                                f"(now {config.optim.lr}) or check the utterances of the last one: {' '.join(batch.keys)}")
-                        continue
-                    # The loss is a mean over this process's utterances and data parallelism averages
-                    # the gradients of the processes: weighting by the share of the global batch makes
-                    # that the mean over the global batch even when its parts differ in size.
-                    with sync:
-                        scaled = loss * (share / tc.accum_grad)
-                        (scaler.scale(scaled) if scaler else scaled).backward()
-                    epoch_loss, epoch_batches = epoch_loss + value, epoch_batches + 1
-                    frames_since_log += float(batch.feat_lengths.sum())
-                    if not update_now:
-                        continue
-                    log_now = (step + 1) % tc.log_interval == 0
-                    if scaler:
-                        scaler.unscale_(optimizer)
-                    grad_norm = _grad_norm(model) if log_now else 0.0
-                    if scaler:
-                        scaler.step(optimizer)
-                        scaler.update()
-                    else:
-                        optimizer.step()
-                    # One process frees the gradients until the next backward (AISHELL Conformer,
-                    # 8 x 500 frames: peak RSS 2.82 -> 2.64 GB, and no 185 MB memset a step).
-                    # Data parallelism keeps them: its reducer fuses gradients into fixed buffers.
-                    optimizer.clear_grad(set_to_zero=world.size > 1)
-                    step += 1
-                    lr = optimizer.get_lr()
-                    if not getattr(scheduler, "per_epoch", False):
-                        scheduler.step()
-                    if log_now:
-                        frames = _global_sums([frames_since_log], world)[0]
-                        fps = frames / max(time.time() - t_log, 1e-9)
-                        t_log, frames_since_log = time.time(), 0.0
-                        if writer:
-                            writer.add_scalar("train/loss", value, step)
-                            for name, part in parts_loss.items():
-                                writer.add_scalar(f"train/loss_{name}", float(part), step)
-                            writer.add_scalar("train/lr", lr, step)
-                            writer.add_scalar("train/grad_norm", grad_norm, step)
-                            writer.add_scalar("train/frames_per_second", fps, step)
-                        detail = " ".join(f"{k} {float(v):.3f}" for k, v in parts_loss.items())
-                        say(f"stage 1: epoch {epoch} step {step} loss {value:.3f} ({detail}) lr {lr:.2e} "
-                            f"grad norm {grad_norm:.2f} {fps:.0f} frames/s")
-                    # Every process stops at the same update (a lone one would leave the others waiting in
-                    # the gradient all-reduce); at the epoch's end the epoch checkpoint is written instead.
-                    stopping = _global_sums([float(stop.requested)], world)[0] > 0 and not last
-                    if (tc.checkpoint_interval and step % tc.checkpoint_interval == 0 or stopping) and not last:
-                        if world.is_main:
-                            save_checkpoint(ckpt_dir, f"step_{step}", model, optimizer, scaler,
-                                            {"epoch": epoch, "batch": index + 1, "epoch_done": False, "step": step,
-                                             "world_size": world.size, "epoch_loss_sum": epoch_loss,
-                                             "epoch_batches": epoch_batches})
-                            prune_checkpoints(ckpt_dir, tc.keep_checkpoints)
-                        barrier(world)
-                    if stopping:
-                        raise TrainingStopped(f"step_{step}", step)
-                if epoch_batches == 0 and index >= first_batch:
-                    raise AsrError(f"training diverged: every batch of epoch {epoch} had a non-finite loss; lower "
-                                   f"optim.lr (now {config.optim.lr}) or optim.grad_clip, and check the features")
-                if getattr(scheduler, "per_epoch", False):
-                    scheduler.step()
-                train_loss = epoch_loss / max(epoch_batches, 1)
-                if world.is_main:
-                    dev, dev_metric = evaluate_dev(model, dev_batches, tokenizer, config)
-                    for name, v in dev.items():
-                        writer.add_scalar({"loss": "dev/loss", "cer": "dev/cer"}.get(name, f"dev/loss_{name}"), v, epoch)
-                    writer.add_scalar("train/epoch_loss", train_loss, epoch)
-                    save_checkpoint(ckpt_dir, str(epoch), model, optimizer, scaler,
-                                    {"epoch": epoch, "batch": index + 1, "epoch_done": True, "step": step,
-                                     "world_size": world.size,
-                                     "dev_loss": dev["loss"], "dev_cer": dev["cer"], "train_loss": train_loss,
-                                     "lr": optimizer.get_lr()})
-                    prune_checkpoints(ckpt_dir, tc.keep_checkpoints)
-                    dev_detail = " ".join(f"{k} {v:.3f}" for k, v in dev.items() if k not in ("loss", "cer"))
-                    say(f"stage 1: epoch {epoch}/{tc.max_epoch} train loss {train_loss:.3f} dev loss {dev['loss']:.3f} "
-                        f"({dev_detail}) dev {dev_metric} {dev['cer']:.2f} % ({time.time() - t0:.0f} s, {step} updates)")
-                barrier(world)
-                if _global_sums([float(stop.requested)], world)[0] > 0 and epoch < tc.max_epoch:
-                    raise TrainingStopped(str(epoch), step)
-                epoch, first_batch, epoch_loss, epoch_batches = epoch + 1, 0, 0.0, 0
+        with BatchLoader(data.inputs, config.training.num_workers) as loader:
+            while state.epoch <= config.training.max_epoch:
+                started = time.time()
+                index = _train_epoch(state, data, loader, writer, stop)
+                _end_epoch(state, data, writer, stop, index, started)
     finally:
         stop.restore()
         if writer:
             writer.close()
     if world.is_main:
-        summary = {"parameters": n_params, "steps": step, "skipped_batches": skipped,
-                   "skipped_batch_utterances": skipped_keys[:1000], "processes": world.size}
-        atomic_write_text(exp_dir / "train_summary.json", json.dumps(summary))
-        fp = json.loads((exp_dir / RUN_RECORD).read_text(encoding="utf-8"))["fingerprint"]
-        mark_complete(exp_dir, fp, **summary)
+        _write_summary(exp_dir, state, n_params)

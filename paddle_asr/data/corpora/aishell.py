@@ -1,6 +1,6 @@
 """AISHELL-1 reader: unpack the per-speaker archives and list utterances per split.
 
-Layout (REFERENCE §1.2-1.3): `data_aishell/wav/SPEAKER.tar.gz` unpack inside `wav/` to
+Layout (AISHELL-1, OpenSLR 33; docs/corpora.md): `data_aishell/wav/SPEAKER.tar.gz` unpack inside `wav/` to
 `{train,dev,test}/SPEAKER/BAC009SxxxxWyyyy.wav`; `data_aishell/transcript/aishell_transcript_v0.8.txt`
 holds `UTTID word word ...`. The split comes only from the path; spaces are removed from the text.
 Wavs without a transcript, unreadable files and wrong formats are counted and reported by id.
@@ -84,7 +84,9 @@ def unused_transcripts(root: Path) -> list[str]:
     return sorted(set(read_kaldi_table(root / TRANSCRIPT)) - audio)
 
 
-def list_split(root: Path, split: str, texts: dict[str, str], sample_rate: int) -> tuple[list[Utterance], list[tuple[str, str]]]:
+def list_split(
+    root: Path, split: str, texts: dict[str, str], sample_rate: int
+) -> tuple[list[Utterance], list[tuple[str, str]]]:
     """Utterances of one split that can be used, and (id, reason) for every one left out."""
     kept: list[Utterance] = []
     dropped: list[tuple[str, str]] = []

@@ -5,7 +5,7 @@ end-to-end on a laptop without the 15 GB corpus.  Speech is synthesised
 offline with espeak-ng (``espeakng-loader`` wheel) through
 :mod:`paddle_asr.data.corpora.espeak_synth`.
 
-Layout written (nothing else, apart from the hidden ``.complete`` marker)::
+Layout written (nothing else, apart from the hidden ``.done`` completion record)::
 
     <out_dir>/data_aishell/wav/SXXXX.tar.gz       # -> {train,dev,test}/SXXXX/BAC009SXXXXWYYYY.wav
     <out_dir>/data_aishell/transcript/aishell_transcript_v0.8.txt
@@ -36,7 +36,7 @@ import tarfile
 import time
 import wave
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -275,6 +275,53 @@ def _assign_voices(counts: dict[str, int]) -> dict[str, list[str]]:
     return voices
 
 
+def _plan_speakers(voices: dict[str, list[str]], utts_per_speaker: int, sentences: Iterator[list[str]],
+                   rng: np.random.Generator, wav_dir: Path) -> tuple[list[dict], dict[str, str], list[str]]:
+    """The synthesis job of every speaker, split by split; returns the jobs, the transcripts
+    (words joined by spaces) and the ids deliberately left without a transcript."""
+    jobs, transcripts, untranscribed = [], {}, []
+    for split in SPLITS:
+        split_ids = []
+        for k, voice in enumerate(voices[split]):
+            spk = f"S{_SPLIT_FIRST_SPEAKER[split] + k:04d}"
+            utts = _speaker_utterances(spk, utts_per_speaker, sentences, rng)
+            for utt, words in utts:
+                transcripts[utt["id"]] = " ".join(words)
+                split_ids.append(utt["id"])
+            jobs.append({"split": split, "speaker": spk, "voice": f"cmn+{voice}", "utts": [u for u, _ in utts],
+                         "archive": str(wav_dir / f"{spk}.tar.gz")})
+        # Like the real corpus, some wavs have no transcript line; prep must drop them.
+        if len(split_ids) > 1:
+            untranscribed.append(split_ids[int(rng.integers(len(split_ids)))])
+    return jobs, transcripts, untranscribed
+
+
+def _speaker_utterances(spk: str, utts_per_speaker: int, sentences: Iterator[list[str]],
+                        rng: np.random.Generator) -> list[tuple[dict, list[str]]]:
+    """One speaker's utterances to synthesise, each with its words."""
+    # Speaker identity = voice variant + its own base pitch/range/rate;
+    # per-utterance jitter of rate (+-15 %) and pitch adds variety.
+    base_pitch, base_range = rng.uniform(35, 65), rng.uniform(35, 75)
+    base_rate = rng.uniform(150, 200)
+    utts = []
+    for u in range(utts_per_speaker):
+        words = next(sentences)
+        utts.append(({"id": f"BAC009{spk}W{u + 1:04d}", "text": "".join(words),
+                      "rate": int(round(base_rate * rng.uniform(0.85, 1.15))),
+                      "pitch": int(np.clip(round(base_pitch + rng.uniform(-10, 10)), 0, 100)),
+                      "range": int(np.clip(round(base_range + rng.uniform(-10, 10)), 0, 100)),
+                      "seed": int(rng.integers(1, 2**31 - 1))}, words))
+    return utts
+
+
+def _coverage(design: TextDesign, train_text: str) -> dict:
+    """The summary's character-coverage figures: how often the training text uses each character."""
+    train_counts = [train_text.count(c) for c in design.chars]
+    return {"num_chars": len(design.chars), "vocabulary_words": len(design.words),
+            "train_char_count_min": int(min(train_counts)),
+            "train_char_count_median": float(np.median(train_counts))}
+
+
 def generate_demo_corpus(out_dir: Path, *, seed: int = 20261122, num_train_speakers: int = 14,
                          num_dev_speakers: int = 2, num_test_speakers: int = 3,
                          utts_per_speaker: int = 110, force: bool = False,
@@ -306,36 +353,10 @@ def generate_demo_corpus(out_dir: Path, *, seed: int = 20261122, num_train_speak
     log(f"[demo] charset {len(design.chars)} chars, vocabulary {len(design.words)} words, "
         f"{n_total} sentences ({time.time() - start:.1f}s)")
 
-    jobs, transcripts, untranscribed = [], {}, []
     tmp = partial_dir(root)
     (tmp / "wav").mkdir(parents=True)
     (tmp / "transcript").mkdir()
-    sent_iter = iter(sentences)
-    for split in SPLITS:
-        split_ids = []
-        for k, voice in enumerate(voices[split]):
-            spk = f"S{_SPLIT_FIRST_SPEAKER[split] + k:04d}"
-            # Speaker identity = voice variant + its own base pitch/range/rate;
-            # per-utterance jitter of rate (+-15 %) and pitch adds variety.
-            base_pitch, base_range = rng.uniform(35, 65), rng.uniform(35, 75)
-            base_rate = rng.uniform(150, 200)
-            utts = []
-            for u in range(utts_per_speaker):
-                uid = f"BAC009{spk}W{u + 1:04d}"
-                words = next(sent_iter)
-                transcripts[uid] = " ".join(words)
-                utts.append({"id": uid, "text": "".join(words),
-                             "rate": int(round(base_rate * rng.uniform(0.85, 1.15))),
-                             "pitch": int(np.clip(round(base_pitch + rng.uniform(-10, 10)), 0, 100)),
-                             "range": int(np.clip(round(base_range + rng.uniform(-10, 10)), 0, 100)),
-                             "seed": int(rng.integers(1, 2**31 - 1))})
-                split_ids.append(uid)
-            jobs.append({"split": split, "speaker": spk, "voice": f"cmn+{voice}", "utts": utts,
-                         "archive": str(tmp / "wav" / f"{spk}.tar.gz")})
-        # Like the real corpus, some wavs have no transcript line; prep must drop them.
-        if len(split_ids) > 1:
-            untranscribed.append(split_ids[int(rng.integers(len(split_ids)))])
-
+    jobs, transcripts, untranscribed = _plan_speakers(voices, utts_per_speaker, iter(sentences), rng, tmp / "wav")
     try:
         durations = synthesise_speakers(_synth_speaker, jobs, num_workers, log, "demo", start)
         with open(tmp / "transcript" / "aishell_transcript_v0.8.txt", "w", encoding="utf-8") as f:
@@ -343,7 +364,6 @@ def generate_demo_corpus(out_dir: Path, *, seed: int = 20261122, num_train_speak
                 if uid not in untranscribed:
                     f.write(f"{uid} {transcripts[uid]}\n")
         train_text = "".join("".join(words) for words in sentences[:counts["train"] * utts_per_speaker])
-        train_counts = [train_text.count(c) for c in design.chars]
         summary = {
             "path": str(root),
             "speakers": {s: counts[s] for s in SPLITS},
@@ -351,10 +371,7 @@ def generate_demo_corpus(out_dir: Path, *, seed: int = 20261122, num_train_speak
             "speakers_by_split": {s: sorted(j["speaker"] for j in jobs if j["split"] == s) for s in SPLITS},
             "utterances": {s: counts[s] * utts_per_speaker for s in SPLITS},
             "total_seconds": round(sum(durations.values()), 2),
-            "num_chars": len(design.chars),
-            "vocabulary_words": len(design.words),
-            "train_char_count_min": int(min(train_counts)),
-            "train_char_count_median": float(np.median(train_counts)),
+            **_coverage(design, train_text),
             "untranscribed_ids": sorted(untranscribed),
             "generation_seconds": round(time.time() - start, 1),
         }
@@ -381,14 +398,19 @@ def main(argv: list[str] | None = None) -> int:
         args.out_dir, seed=args.seed, num_train_speakers=args.num_train_speakers,
         num_dev_speakers=args.num_dev_speakers, num_test_speakers=args.num_test_speakers,
         utts_per_speaker=args.utts_per_speaker, force=args.force, num_workers=args.num_workers)
+    log_summary(summary)
+    return 0
+
+
+def log_summary(summary: dict, log: Callable[[str], None] = print) -> None:
+    """The voices of each split and the characters covered, from `generate_demo_corpus`'s summary."""
     voices = summary.get("speaker_voices", {})
     for split in ("train", "dev", "test"):
         ids = [s for s in sorted(voices) if s in summary.get("speakers_by_split", {}).get(split, [])]
         if ids:
-            print(f"[demo] {split} voices: {', '.join(f'{s}={voices[s]}' for s in ids)}")
-    print(f"[demo] {summary['num_chars']} characters, each heard {summary['train_char_count_min']}+ times in training; "
-          f"no transcript on purpose for {', '.join(summary['untranscribed_ids'])}")
-    return 0
+            log(f"[demo] {split} voices: {', '.join(f'{s}={voices[s]}' for s in ids)}")
+    log(f"[demo] {summary['num_chars']} characters, each heard {summary['train_char_count_min']}+ times in training; "
+        f"no transcript on purpose for {', '.join(summary['untranscribed_ids'])}")
 
 
 if __name__ == "__main__":

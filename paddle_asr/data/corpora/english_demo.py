@@ -5,7 +5,7 @@ chapters, sentencepiece units, WER) run every stage offline on a laptop. Speech 
 espeak-ng's English voices (``espeakng-loader`` wheel) through
 :mod:`paddle_asr.data.corpora.espeak_synth`.
 
-Layout written (nothing else, apart from the hidden ``.complete`` marker)::
+Layout written (nothing else, apart from the hidden ``.done`` completion record)::
 
     <out_dir>/LibriSpeech/<subset>/<SPEAKER>/<CHAPTER>/<SPEAKER>-<CHAPTER>-<UTT>.flac
     <out_dir>/LibriSpeech/<subset>/<SPEAKER>/<CHAPTER>/<SPEAKER>-<CHAPTER>.trans.txt
@@ -28,7 +28,7 @@ import functools
 import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -171,25 +171,12 @@ def _synth_speaker(job: dict) -> dict[str, float]:
     return durations
 
 
-def generate_english_demo(out_dir: Path, *, seed: int = 20261122, num_train_speakers: int = 14,
-                          num_dev_speakers: int = 2, num_test_speakers: int = 3, utts_per_speaker: int = 110,
-                          force: bool = False, log: Callable[[str], None] = print, num_workers: int = 2) -> dict:
-    """Generate (or reuse) the corpus under ``out_dir/LibriSpeech``; return a summary."""
-    out_dir = Path(out_dir)
-    root = out_dir / "LibriSpeech"
-    counts = {"train-clean-100": num_train_speakers, "dev-clean": num_dev_speakers, "test-clean": num_test_speakers}
-    if min(counts.values()) < 1 or utts_per_speaker < 2:
-        raise ValueError("need >= 1 speaker per subset and >= 2 utterances per speaker")
+def _plan_speakers(counts: dict[str, int], utts_per_speaker: int, sentences: Iterator[str], rng: np.random.Generator,
+                   tmp: Path) -> tuple[list[dict], dict[str, tuple[str, str, str, str]], list[str], dict[str, str]]:
+    """The synthesis job of every speaker, subset by subset; returns the jobs, the transcripts
+    (id -> subset, speaker, chapter, text), the ids deliberately left without a transcript, and
+    each speaker's voice."""
     variants = {"train-clean-100": _TRAIN_VARIANTS, "dev-clean": _DEV_VARIANTS, "test-clean": _TEST_VARIANTS}
-    params = {"generator_version": GENERATOR_VERSION, "seed": seed, "speakers": counts, "utts_per_speaker": utts_per_speaker}
-    reused = reuse_complete(root, params, force, log, "english demo")
-    if reused is not None:
-        return reused
-
-    start = time.time()
-    rng = np.random.default_rng(seed)
-    sentences = iter(make_sentences(sum(counts.values()) * utts_per_speaker, rng))
-    tmp = partial_dir(root)
     jobs, transcripts, untranscribed, voices = [], {}, [], {}
     for subset in SUBSETS:
         subset_ids = []
@@ -199,34 +186,70 @@ def generate_english_demo(out_dir: Path, *, seed: int = 20261122, num_train_spea
             # pools of the subsets are disjoint, so test voices are unheard in training.
             voice = f"{_ACCENTS[(k * 3 + len(subset)) % len(_ACCENTS)]}+{variants[subset][k % len(variants[subset])]}"
             voices[str(speaker)] = voice
-            base_pitch, base_range, base_rate = rng.uniform(35, 65), rng.uniform(35, 75), rng.uniform(150, 185)
-            chapters = [str(1000 + 37 * speaker + c) for c in range(1 if utts_per_speaker < 20 else 2)]
-            utts = []
-            per_chapter = {c: 0 for c in chapters}
-            for u in range(utts_per_speaker):
-                chapter = chapters[u * len(chapters) // utts_per_speaker]
-                uid = f"{speaker}-{chapter}-{per_chapter[chapter]:04d}"
-                per_chapter[chapter] += 1
-                text = next(sentences)
-                transcripts[uid] = (subset, str(speaker), chapter, text)
-                utts.append({"id": uid, "chapter": chapter, "text": text,
-                             "rate": int(round(base_rate * rng.uniform(0.88, 1.12))),
-                             "pitch": int(np.clip(round(base_pitch + rng.uniform(-10, 10)), 0, 100)),
-                             "range": int(np.clip(round(base_range + rng.uniform(-10, 10)), 0, 100)),
-                             "seed": int(rng.integers(1, 2**31 - 1))})
-                subset_ids.append(uid)
+            utts = _speaker_utterances(speaker, utts_per_speaker, sentences, rng)
+            for utt in utts:
+                transcripts[utt["id"]] = (subset, str(speaker), utt["chapter"], utt["text"])
+                subset_ids.append(utt["id"])
             jobs.append({"voice": voice, "utts": utts, "folder": str(tmp / subset / str(speaker))})
         # Like the Mandarin demo: one file per subset has no transcript line, on purpose.
         untranscribed.append(subset_ids[int(rng.integers(len(subset_ids)))])
+    return jobs, transcripts, untranscribed, voices
 
+
+def _speaker_utterances(speaker: int, utts_per_speaker: int, sentences: Iterator[str],
+                        rng: np.random.Generator) -> list[dict]:
+    """One speaker's utterances to synthesise, in one chapter, or two from 20 utterances on."""
+    base_pitch, base_range, base_rate = rng.uniform(35, 65), rng.uniform(35, 75), rng.uniform(150, 185)
+    chapters = [str(1000 + 37 * speaker + c) for c in range(1 if utts_per_speaker < 20 else 2)]
+    utts = []
+    per_chapter = {c: 0 for c in chapters}
+    for u in range(utts_per_speaker):
+        chapter = chapters[u * len(chapters) // utts_per_speaker]
+        uid = f"{speaker}-{chapter}-{per_chapter[chapter]:04d}"
+        per_chapter[chapter] += 1
+        text = next(sentences)
+        utts.append({"id": uid, "chapter": chapter, "text": text,
+                     "rate": int(round(base_rate * rng.uniform(0.88, 1.12))),
+                     "pitch": int(np.clip(round(base_pitch + rng.uniform(-10, 10)), 0, 100)),
+                     "range": int(np.clip(round(base_range + rng.uniform(-10, 10)), 0, 100)),
+                     "seed": int(rng.integers(1, 2**31 - 1))})
+    return utts
+
+
+def _write_transcripts(tmp: Path, transcripts: dict[str, tuple[str, str, str, str]], untranscribed: list[str]) -> None:
+    """One ``<speaker>-<chapter>.trans.txt`` per chapter, as LibriSpeech has."""
+    chapters: dict[tuple[str, str, str], list[str]] = {}
+    for uid, (subset, speaker, chapter, text) in sorted(transcripts.items()):
+        if uid not in untranscribed:
+            chapters.setdefault((subset, speaker, chapter), []).append(f"{uid} {text}\n")
+    for (subset, speaker, chapter), lines in chapters.items():
+        path = tmp / subset / speaker / chapter / f"{speaker}-{chapter}.trans.txt"
+        path.write_text("".join(lines), encoding="utf-8")
+
+
+def generate_english_demo(out_dir: Path, *, seed: int = 20261122, num_train_speakers: int = 14,
+                          num_dev_speakers: int = 2, num_test_speakers: int = 3, utts_per_speaker: int = 110,
+                          force: bool = False, log: Callable[[str], None] = print, num_workers: int = 2) -> dict:
+    """Generate (or reuse) the corpus under ``out_dir/LibriSpeech``; return a summary."""
+    out_dir = Path(out_dir)
+    root = out_dir / "LibriSpeech"
+    counts = {"train-clean-100": num_train_speakers, "dev-clean": num_dev_speakers, "test-clean": num_test_speakers}
+    if min(counts.values()) < 1 or utts_per_speaker < 2:
+        raise ValueError("need >= 1 speaker per subset and >= 2 utterances per speaker")
+    params = {"generator_version": GENERATOR_VERSION, "seed": seed, "speakers": counts,
+              "utts_per_speaker": utts_per_speaker}
+    reused = reuse_complete(root, params, force, log, "english demo")
+    if reused is not None:
+        return reused
+
+    start = time.time()
+    rng = np.random.default_rng(seed)
+    sentences = iter(make_sentences(sum(counts.values()) * utts_per_speaker, rng))
+    tmp = partial_dir(root)
+    jobs, transcripts, untranscribed, voices = _plan_speakers(counts, utts_per_speaker, sentences, rng, tmp)
     try:
         durations = synthesise_speakers(_synth_speaker, jobs, num_workers, log, "english demo", start)
-        chapters: dict[tuple[str, str, str], list[str]] = {}
-        for uid, (subset, speaker, chapter, text) in sorted(transcripts.items()):
-            if uid not in untranscribed:
-                chapters.setdefault((subset, speaker, chapter), []).append(f"{uid} {text}\n")
-        for (subset, speaker, chapter), lines in chapters.items():
-            (tmp / subset / speaker / chapter / f"{speaker}-{chapter}.trans.txt").write_text("".join(lines), encoding="utf-8")
+        _write_transcripts(tmp, transcripts, untranscribed)
         words = design_words()
         summary = {
             "path": str(root),
@@ -256,9 +279,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     summary = generate_english_demo(args.out_dir, seed=args.seed, utts_per_speaker=args.utts_per_speaker,
                                     force=args.force, num_workers=args.num_workers)
-    print(f"[english demo] voices: {', '.join(f'{s}={v}' for s, v in sorted(summary['speaker_voices'].items()))}")
-    print(f"[english demo] no transcript on purpose for {', '.join(summary['untranscribed_ids'])}")
+    log_summary(summary)
     return 0
+
+
+def log_summary(summary: dict, log: Callable[[str], None] = print) -> None:
+    """The speakers' voices and the files left untranscribed, from `generate_english_demo`'s summary."""
+    log(f"[english demo] voices: {', '.join(f'{s}={v}' for s, v in sorted(summary['speaker_voices'].items()))}")
+    log(f"[english demo] no transcript on purpose for {', '.join(summary['untranscribed_ids'])}")
 
 
 if __name__ == "__main__":

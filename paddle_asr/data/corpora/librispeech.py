@@ -1,6 +1,6 @@
 """LibriSpeech reader: find (or unpack) the subsets and list utterances per data set.
 
-Layout (REFERENCE §2.2): every archive `<subset>.tar.gz` unpacks to
+Layout (LibriSpeech, OpenSLR 12; docs/corpora.md): every archive `<subset>.tar.gz` unpacks to
 `LibriSpeech/<subset>/<SPEAKER>/<CHAPTER>/`, holding `<SPEAKER>-<CHAPTER>-<UTT>.flac` and one
 `<SPEAKER>-<CHAPTER>.trans.txt` with lines `SPEAKER-CHAPTER-UTT WORD WORD ...` (upper case). The
 text is kept as it is, in upper case, as WeNet does (its BPE model, the one in the fixtures, is
@@ -22,7 +22,8 @@ from paddle_asr.data.corpora.checks import usable_utterance
 from paddle_asr.data.manifest import Utterance
 from paddle_asr.errors import AsrError
 
-# md5 sums of the OpenSLR 12 archives (REFERENCE §2.1), checked by `download`.
+# md5 sums of the OpenSLR 12 archives (as PaddleSpeech's dataset/librispeech/librispeech.py lists them),
+# checked by `download`.
 SUBSET_MD5 = {
     "dev-clean": "42e2234ba48799c1f50f24a7926300a1",
     "dev-other": "c8d0bcc9cca99d4f8b62fcc847357931",
@@ -162,5 +163,6 @@ def fetch_subsets(corpus_dir: Path, subsets: list[str], *, base_url: str = BASE_
         if (corpus_dir / "LibriSpeech" / subset).is_dir():
             log(f"librispeech: {subset} is already unpacked in {corpus_dir / 'LibriSpeech'}")
             continue
-        download_archive(base_url.rstrip("/") + f"/{subset}.tar.gz", corpus_dir / f"{subset}.tar.gz", md5[subset], log=log)
+        url = base_url.rstrip("/") + f"/{subset}.tar.gz"
+        download_archive(url, corpus_dir / f"{subset}.tar.gz", md5[subset], log=log)
     return locate(corpus_dir, log)

@@ -1,0 +1,82 @@
+"""What every exported bundle (FP32 or INT8) offers as a decoding backend: the full-utterance
+encoder and the CTC activation, two programs with the same inputs and outputs for every model
+family, behind the interface the recognizer uses (`paddle_asr.decode.recognizer.Backend`).
+
+Each family's own backend (`export.u2.U2ExportedBackend`, `export.deepspeech2.DeepSpeech2ExportedBackend`)
+adds its streaming and decoder programs; `export.runtime.load_backend` picks it from the bundle's meta.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from paddle_asr.errors import AsrError
+from paddle_asr.export.inference import LENGTH_BUCKET, GpuInference, Predictor
+
+
+def pad_axis(x: np.ndarray, axis: int, multiple: int, value=0) -> np.ndarray:
+    """`x` padded with `value` along `axis` to a multiple of `multiple`."""
+    pad = -x.shape[axis] % multiple
+    if not pad:
+        return x
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, pad)
+    return np.pad(x, widths, constant_values=value)
+
+
+def require_meta(model_dir: Path, meta: dict, keys: tuple[str, ...]) -> None:
+    """An AsrError naming the missing `meta.json` keys of an outdated bundle."""
+    missing = [k for k in keys if k not in meta]
+    if missing:
+        raise AsrError(f"{model_dir}/meta.json lacks {missing}: it was exported by an older version of this "
+                       "project; export it again with stage 4")
+
+
+class ExportedBackend:
+    """The programs every family exports: `encoder` and `ctc_activation`. A family's backend
+    subclasses this and sets the attributes below."""
+
+    has_decoder: bool
+    sos: int | None
+    eos: int | None
+    subsampling_rate: int
+    right_context: int
+    supports_streaming: bool
+    skip_finished: bool
+
+    def __init__(self, model_dir: Path, meta: dict, *, num_threads: int = 2,
+                 gpu: GpuInference | None = None) -> None:
+        self.model_dir = Path(model_dir)
+        self._num_threads = num_threads
+        self._gpu = gpu
+        self._int8_functions = set(meta.get("int8_functions", []))
+        self._encoder = self._load("encoder")
+        self._ctc = self._load("ctc_activation")
+
+    def _load(self, name: str, *, streaming: bool = False, use_mkldnn: bool = True) -> Predictor:
+        if not (self.model_dir / name).is_dir():
+            raise AsrError(f"{self.model_dir} has no {name}/ program; export it again with stage 4")
+        gpu = self._gpu
+        if gpu is not None and name != "encoder":
+            # TensorRT takes the encoder, where the time goes; the small CTC, chunk and decoder
+            # programs (empty caches, changing hypothesis counts) run on the plain GPU predictor.
+            gpu = GpuInference(gpu.device_id)
+        return Predictor(self.model_dir / name, num_threads=self._num_threads, int8=name in self._int8_functions,
+                         streaming=streaming, use_mkldnn=use_mkldnn, gpu=gpu)
+
+    def encode(self, feats, lengths):
+        # Time padded to LENGTH_BUCKET frames: see inference.LENGTH_BUCKET.
+        feats = pad_axis(np.asarray(feats, np.float32), 1, LENGTH_BUCKET)
+        enc, enc_lengths, ctc_lp = self._encoder.run({"feats": feats, "feats_lengths": np.asarray(lengths, np.int64)})
+        keep = int(enc_lengths.max()) if len(enc_lengths) else 0
+        return enc[:, :keep], enc_lengths.astype(np.int64), ctc_lp[:, :keep]
+
+    def ctc_activation(self, encoder_out):
+        return self._ctc.run({"encoder_out": np.asarray(encoder_out, np.float32)})[0]
+
+    def encode_stream(self, feats: np.ndarray, chunk_size: int, num_left_chunks: int) -> np.ndarray:
+        """One utterance [T, D] through the streaming encoder, `chunk_size` encoder frames at a
+        time, as a streaming server would -> encoder_out [1, T', d]."""
+        raise NotImplementedError

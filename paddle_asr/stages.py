@@ -1,0 +1,226 @@
+"""The recipe stages behind the `paddle-asr` subcommands, one function each.
+
+A stage fingerprints its inputs and settings, reuses a complete output or rebuilds it whole
+(`artifacts.reuse_or_clear`, which says which), and calls the engine. Stages run with the recipe
+directory as the working directory; relative paths in configs are relative to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from paddle_asr.artifacts import done_marker, fingerprint, mark_complete, reuse_or_clear
+from paddle_asr.errors import AsrError
+
+Log = Callable[[str], None]
+
+
+def exp_config(exp_dir: Path):
+    """The config stage 1 saved in `exp_dir` (later stages read it, never the recipe's)."""
+    from paddle_asr.config import load_config
+
+    path = Path(exp_dir) / "train.yaml"
+    if not path.is_file():
+        raise AsrError(f"{path} does not exist; run stage 1 (training) first - later stages read the config it saved")
+    return load_config(path)
+
+
+def checkpoint_path(exp_dir: Path, config, checkpoint: str | Path | None = None) -> Path:
+    """`checkpoint` when given, else the averaged checkpoint stage 2 writes."""
+    if checkpoint:
+        return Path(checkpoint)
+    from paddle_asr.train.checkpoint import averaged_name
+
+    return Path(exp_dir) / "checkpoints" / averaged_name(config.training.average_num, config.training.average_mode)
+
+
+def load_dygraph(exp_dir: Path, checkpoint: Path):
+    """(config, model in eval mode) of an experiment, with `checkpoint`'s weights."""
+    from paddle_asr.cpu_settings import configure_cpu
+    from paddle_asr.models.registry import build_model, load_weights
+
+    config = exp_config(exp_dir)
+    configure_cpu(config.training.num_threads)
+    model = build_model(config)
+    load_weights(model, checkpoint)
+    model.eval()
+    return config, model
+
+
+def load_decode(decode_config: Path, batch_size: int = 0):
+    """The decode config, with `batch_size` (when > 0) in place of its own."""
+    from paddle_asr.config import load_decode_config
+
+    conf = load_decode_config(Path(decode_config))
+    if batch_size:
+        conf.batch_size = batch_size
+    return conf
+
+
+def prepare_stage(corpus: str, corpus_dir: Path, out_dir: Path, config_path: Path, *,
+                  sets: dict[str, list[str]] | None = None, train_set: str = "", nj: int = 2, shards: int = 0,
+                  force: bool = False, log: Log = print) -> None:
+    """Stage 0: manifests and units in `out_dir`, the training set's CMVN, and optionally tar shards."""
+    from paddle_asr.config import load_config
+    from paddle_asr.data.prepare import prepare_cmvn, prepare_data, train_set_name
+
+    if shards < 0:
+        raise AsrError(f"--shards must be 0 (no shards) or the utterances per shard, got {shards}")
+    config = load_config(Path(config_path))
+    out_dir = Path(out_dir)
+    trained_on = train_set_name(config.data)
+    if train_set and train_set != trained_on:
+        raise AsrError(f"--train_set {train_set}, but {config_path} trains on data.train: {config.data.train}; "
+                       f"set data.train: data/{train_set}/data.list (and data.cmvn beside it) in the config")
+    prepare_data(corpus, Path(corpus_dir), out_dir, config.features, config.data, sets=sets, nj=nj, force=force,
+                 log=log)
+    # The config names the file as training reads it (data/<train set>/<name>, from the recipe);
+    # stage 0 writes that name under out_dir, wherever it is.
+    prepare_cmvn(out_dir, config.features, out_dir / trained_on / Path(config.data.cmvn).name, nj=nj, force=force,
+                 log=log, train_set=trained_on)
+    if shards:
+        from paddle_asr.data.manifest import read_manifest
+        from paddle_asr.data.shards import write_shards
+
+        listing = write_shards(read_manifest(out_dir / trained_on / "data.list"), out_dir / trained_on / "shards",
+                               shards, force=force, log=log)
+        log(f"stage 0: training shard list -> {listing}")
+
+
+def train_stage(config_path: Path, exp_dir: Path, *, nproc: int = 1, gpus: str = "", ips: str = "",
+                force: bool = False, log: Log = print) -> None:
+    """Stage 1: train in this process, or start data-parallel workers (CPU processes, GPUs, machines)."""
+    import subprocess
+
+    from paddle_asr.config import load_config
+    from paddle_asr.train.distributed import launch_command
+    from paddle_asr.train.trainer import prepare_run, run_training
+
+    exp_dir = Path(exp_dir)
+    if gpus:  # before any process starts: a CPU build of Paddle cannot train on GPUs
+        from paddle_asr.devices import require
+
+        require("cuda", f"--gpus {gpus} (training on GPUs; --nproc N trains with CPU processes)")
+        if "," in gpus or ips:
+            require("nccl", "data-parallel training on several GPUs")
+    if prepare_run(load_config(Path(config_path)), Path.cwd(), exp_dir, force=force, log=log) is None:
+        return
+    if nproc <= 1 and not gpus and not ips:
+        run_training(Path.cwd(), exp_dir, log=log)
+        return
+    # Each worker runs `paddle-asr train ... --worker`, which goes straight to `run_training`.
+    train_args = ["train", "--config", str(config_path), "--exp_dir", str(exp_dir)] + (["--gpus", gpus] if gpus else [])
+    cmd = launch_command(train_args, nproc=nproc, gpus=gpus, ips=ips, log_dir=exp_dir / "launch")
+    log(f"stage 1: data-parallel training: {' '.join(cmd)}")
+    if subprocess.run(cmd).returncode != 0:
+        raise AsrError(f"data-parallel training failed; each process's output is in {exp_dir / 'launch'}/workerlog.N")
+
+
+def average_stage(exp_dir: Path, *, num: int = 0, mode: str = "", force: bool = False, log: Log = print) -> Path:
+    """Stage 2: average checkpoints (defaults: the config's training.average_num and average_mode)."""
+    from paddle_asr.train.checkpoint import average_checkpoints, averaged_name, list_checkpoints
+
+    config = exp_config(exp_dir)
+    num = num or config.training.average_num
+    mode = mode or config.training.average_mode
+    ckpt_dir = Path(exp_dir) / "checkpoints"
+    out = ckpt_dir / averaged_name(num, mode)
+    fp = fingerprint("average-v3", num, mode, [Path(r["path"]) for r in list_checkpoints(ckpt_dir)])
+    if reuse_or_clear(out, fp, "stage 2 (average)", force, log, noun="averaged checkpoint"):
+        return out
+    provenance = average_checkpoints(ckpt_dir, num, out, mode=mode, log=log)
+    mark_complete(out, fp, **provenance)
+    return out
+
+
+def test_stage(exp_dir: Path, data: Path, decode_config: Path, *, checkpoint: str = "", out_prefix: str = "",
+               batch_size: int = 0, force: bool = False, log: Log = print) -> Path:
+    """Stage 3: decode a test set with the dynamic-graph model, every method of the decode config."""
+    from paddle_asr.data.tokenizer import load_tokenizer
+    from paddle_asr.evaluate import evaluate_stage
+
+    exp_dir = Path(exp_dir)
+    config = exp_config(exp_dir)
+    ckpt = checkpoint_path(exp_dir, config, checkpoint)
+
+    def backend():
+        from paddle_asr.families import dygraph_backend
+
+        return dygraph_backend(load_dygraph(exp_dir, ckpt)[1])
+
+    tokenizer = load_tokenizer(Path(config.data.vocab), config.data.units)
+    extra = {"model": "dygraph", "checkpoint": str(ckpt), "decode_config": str(decode_config)}
+    return evaluate_stage("stage 3 (dynamic graph)", backend, load_decode(decode_config, batch_size), Path(data),
+                          config.features, tokenizer, [exp_dir / "train.yaml", ckpt, Path(data)], extra,
+                          Path(out_prefix or exp_dir / "test"), force=force, log=log)
+
+
+def export_stage(exp_dir: Path, out: Path, *, checkpoint: str = "", force: bool = False, log: Log = print) -> None:
+    """Stage 4: export the runtime programs with CMVN inside, each checked against the dynamic graph."""
+    from paddle_asr.export.bundle import write_bundle_files
+    from paddle_asr.export.export import export_model
+
+    exp_dir, out = Path(exp_dir), Path(out)
+    ckpt = checkpoint_path(exp_dir, exp_config(exp_dir), checkpoint)
+    fp = fingerprint("export-v2", exp_dir / "train.yaml", ckpt)
+    if reuse_or_clear(out, fp, "stage 4 (export)", force, log, noun="export"):
+        return
+    config, model = load_dygraph(exp_dir, ckpt)
+    # export_model writes atomically and checks every program against the dynamic graph itself.
+    diffs = export_model(model, config.input_dim, out)
+    write_bundle_files(out, config, Path(config.data.vocab), model, checkpoint=str(ckpt), functions=sorted(diffs))
+    mark_complete(out, fp)
+    log(f"stage 4 (export): {', '.join(sorted(diffs))} (CMVN inside; max |diff| vs dynamic graph "
+        f"{max(diffs.values()):.1e}) -> {out}")
+
+
+def test_export_stage(bundle: Path, data: Path, decode_config: Path, *, out_prefix: Path, compare_prefix: str = "",
+                      batch_size: int = 0, threads: int = 2, gpu=None, force: bool = False, log: Log = print) -> int:
+    """Stages 5/6: decode a test set with an exported bundle (Paddle Inference); with `compare_prefix`,
+    1 unless every hypothesis equals stage 3's."""
+    from paddle_asr.evaluate import compare_with, evaluate_stage, mode_prefix
+    from paddle_asr.export.bundle import bundle_bytes, read_bundle
+
+    bundle = Path(bundle)
+    meta, features, tokenizer = read_bundle(bundle)
+    int8 = meta.get("precision") == "int8"
+    trt = gpu.tensorrt if gpu else ""
+    if trt and trt != ("int8" if int8 else "fp16"):
+        raise AsrError(f"--trt {trt} does not fit {bundle}: TensorRT FP16 takes the FP32 export (stage 4), "
+                       "TensorRT INT8 takes the PaddleSlim INT8 bundle (stage 6), whose scales it reads")
+    decode_conf = load_decode(decode_config, batch_size)
+    engine = f", TensorRT {trt.upper()} on GPU {gpu.device_id}" if trt else (", GPU" if gpu else "")
+    label = f"stage {'6' if int8 else '5'} (exported {'INT8' if int8 else 'FP32'}{engine})"
+    extra = {"model": f"inference-{meta.get('precision')}" + (f"-tensorrt-{trt}" if trt else "-gpu" if gpu else ""),
+             "model_bytes": bundle_bytes(bundle), "threads": threads, "decode_config": str(decode_config)}
+
+    def backend():
+        from paddle_asr.export.runtime import load_backend
+
+        return load_backend(bundle, meta, num_threads=threads, gpu=gpu)
+
+    prefix = evaluate_stage(label, backend, decode_conf, Path(data), features, tokenizer,
+                            [done_marker(bundle), Path(data)], extra, Path(out_prefix), force=force, log=log)
+    if compare_prefix:
+        theirs = Path(compare_prefix)
+        return compare_with(prefix, theirs.parent / mode_prefix(theirs.name, decode_conf), decode_conf.methods, log)
+    return 0
+
+
+def build_lm_stage(text: Path, out: Path, *, order: int = 5, fmt: str = "auto", keep_spaces: bool = False,
+                   units: str = "", dev: str = "", force: bool = False, log: Log = print) -> None:
+    """Stage 0 (LM decoding): an n-gram LM from the training transcripts."""
+    from paddle_asr.lm.build import build_lm
+
+    out = Path(out)
+    inputs = [Path(p) for p in (text, units, dev) if p]
+    missing = [str(p) for p in inputs if not p.is_file()]
+    if missing:
+        raise AsrError(f"build-lm: {', '.join(missing)} not found; run stage 0 (data preparation) first")
+    fp = fingerprint("build-lm-v2", order, fmt, keep_spaces, *inputs)
+    if reuse_or_clear(out, fp, "build-lm", force, log, noun="LM"):
+        return
+    build_lm(Path(text), out, order=order, fmt=fmt, keep_spaces=keep_spaces, units=Path(units) if units else None,
+             dev_text=Path(dev) if dev else None, log=log)
+    mark_complete(out, fp)
