@@ -143,8 +143,8 @@ def test_training_saved_resolved_config_checkpoints_and_visualdl_logs(recipe):
     for tag in EPOCH_SCALARS:
         assert [s for s, _ in scalars[tag]] == [1, 2], tag
     assert all(v > 0 for _, v in scalars["train/frames_per_second"] + scalars["train/grad_norm"])
-    assert [v for _, v in scalars["dev/cer"]] == pytest.approx(  # VisualDL keeps float32
-        [json.loads((exp / f"checkpoints/{e}.json").read_text())["dev_cer"] for e in (1, 2)], rel=1e-6)
+    assert [v for _, v in scalars["dev/error_rate"]] == pytest.approx(  # VisualDL keeps float32
+        [json.loads((exp / f"checkpoints/{e}.json").read_text())["dev_error_rate"] for e in (1, 2)], rel=1e-6)
     assert {"lr", "batch_size", "processes", "params_M"} <= set(hparams)
     provenance = json.loads((exp / "checkpoints/avg_2.json").read_text())
     assert sorted(r["epoch"] for r in provenance["averaged"]) == [1, 2]

@@ -149,7 +149,8 @@ def average_checkpoints(ckpt_dir: Path, num: int, out_path: Path, *, mode: str =
         averaged[k] = paddle.to_tensor(value)
     with atomic_output_file(out_path) as tmp:
         paddle.save(averaged, str(tmp))
-    averaged_from = [{"epoch": r["epoch"], "dev_loss": r["dev_loss"], "dev_cer": r.get("dev_cer")} for r in chosen]
+    averaged_from = [{"epoch": r["epoch"], "dev_loss": r["dev_loss"], "dev_error_rate": r.get("dev_error_rate")}
+                     for r in chosen]
     provenance = {"mode": mode, "num": num, "averaged": averaged_from}
     atomic_write_text(out_path.with_suffix(".json"), json.dumps(provenance, indent=1))
     losses = [r["dev_loss"] for r in chosen]

@@ -11,7 +11,7 @@ from pathlib import Path
 # Per optimizer update, and per epoch.
 STEP_SCALARS = ("train/loss", "train/loss_ctc", "train/loss_att", "train/lr", "train/grad_norm",
                 "train/frames_per_second")
-EPOCH_SCALARS = ("dev/loss", "dev/loss_ctc", "dev/loss_att", "dev/cer", "train/epoch_loss")
+EPOCH_SCALARS = ("dev/loss", "dev/loss_ctc", "dev/loss_att", "dev/error_rate", "train/epoch_loss")
 
 
 def read_visualdl(logdir: Path) -> tuple[dict[str, list[tuple[int, float]]], list[str]]:

@@ -111,7 +111,7 @@ def train(config: AsrConfig, recipe_dir: Path, exp_dir: Path, *, force: bool = F
 # ----------------------------------------------------------------------------------- evaluation
 def evaluate_dev(model, batches, tokenizer: CharTokenizer, config: AsrConfig) -> tuple[dict[str, float], str]:
     """Utterance-weighted dev losses (non-finite batches skipped) and the error rate of CTC greedy
-    search (key "cer"), with the rate's name: CER, or WER for English."""
+    search (key "error_rate"), with the rate's name: CER, or WER for English."""
     from paddle_asr.decode.search import ctc_greedy_search
     from paddle_asr.metrics.score import score
 
@@ -135,7 +135,7 @@ def evaluate_dev(model, batches, tokenizer: CharTokenizer, config: AsrConfig) ->
     model.train()
     result = {k: v / count for k, v in totals.items()} if count else {"loss": float("inf")}
     report = score(refs, hyps, verbose=0)
-    result["cer"] = report.overall.rate
+    result["error_rate"] = report.overall.rate
     return result, report.metric
 
 
@@ -337,7 +337,7 @@ def _open_writer(exp_dir: Path, config: AsrConfig, n_params: int, world: World):
                "lr": config.optim.lr, "scheduler": config.scheduler.name, "batch_size": tc.batch_size,
                "max_frames_in_batch": tc.max_frames_in_batch, "accum_grad": tc.accum_grad, "processes": world.size,
                "ctc_weight": config.model.ctc_weight, "amp": tc.amp, "speed_perturb": str(config.speed_perturb.enabled)}
-    writer.add_hparams(hparams, ["dev/loss", "dev/cer"])
+    writer.add_hparams(hparams, ["dev/loss", "dev/error_rate"])
     return writer
 
 
@@ -531,13 +531,14 @@ def _validate_and_save(state: TrainingState, data: TrainingData, writer, index: 
     train_loss = state.epoch_loss / max(state.epoch_batches, 1)
     dev, dev_metric = evaluate_dev(state.model, data.dev_batches, data.tokenizer, config)
     for name, v in dev.items():
-        writer.add_scalar({"loss": "dev/loss", "cer": "dev/cer"}.get(name, f"dev/loss_{name}"), v, epoch)
+        writer.add_scalar({"loss": "dev/loss", "error_rate": "dev/error_rate"}.get(name, f"dev/loss_{name}"), v, epoch)
     writer.add_scalar("train/epoch_loss", train_loss, epoch)
-    _save(state, str(epoch), _checkpoint_record(state, index + 1, True, dev_loss=dev["loss"], dev_cer=dev["cer"],
-                                                train_loss=train_loss, lr=state.optimizer.get_lr()))
-    dev_detail = " ".join(f"{k} {v:.3f}" for k, v in dev.items() if k not in ("loss", "cer"))
+    record = _checkpoint_record(state, index + 1, True, dev_loss=dev["loss"], dev_error_rate=dev["error_rate"],
+                                train_loss=train_loss, lr=state.optimizer.get_lr())
+    _save(state, str(epoch), record)
+    dev_detail = " ".join(f"{k} {v:.3f}" for k, v in dev.items() if k not in ("loss", "error_rate"))
     state.say(f"stage 1: epoch {epoch}/{config.training.max_epoch} train loss {train_loss:.3f} "
-              f"dev loss {dev['loss']:.3f} ({dev_detail}) dev {dev_metric} {dev['cer']:.2f} % "
+              f"dev loss {dev['loss']:.3f} ({dev_detail}) dev {dev_metric} {dev['error_rate']:.2f} % "
               f"({time.time() - started:.0f} s, {state.step} updates)")
 
 
