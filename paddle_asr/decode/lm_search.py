@@ -28,12 +28,13 @@ it is the LM's ``<unk>`` probability unless the scorer was given ``oov_log10=-10
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Hashable, Sequence
 
 import numpy as np
 
-from paddle_asr.decode.search import _log_add2, _log_add3, _paddle_topk
+from paddle_asr.decode.search import _log_add2, _paddle_topk, ctc_prefix_step
 from paddle_asr.lm.scorer import LanguageModel
 
 _NEG_INF = -math.inf
@@ -100,36 +101,11 @@ def _checked_top_n(log_probs: np.ndarray, vocab: Sequence[str], beam_size: int, 
     return top_n
 
 
-def _extend_prefixes(cur_hyps: list, info: dict, tokens: list[int], values: list[float], blank: int,
-                     bonus: _PrefixBonus) -> dict[tuple[int, ...], tuple[float, float]]:
-    """One frame of the CTC prefix recursion: the (blank, non-blank) log scores of every prefix the
-    beam `cur_hyps` extends to with `tokens`; new prefixes get their bonus in `info`.
-
-    It is ctc_prefix_beam_search's recursion, statement for statement (same dict insertion order,
-    same log_add argument order), so that alpha = beta = 0 reproduces it."""
-    empty = (_NEG_INF, _NEG_INF)
-    next_hyps: dict[tuple[int, ...], tuple[float, float]] = {}
-    for s, ps in zip(tokens, values):
-        for prefix, (pb, pnb) in cur_hyps:
-            last = prefix[-1] if prefix else None
-            if s == blank:
-                n_pb, n_pnb = next_hyps.get(prefix, empty)
-                next_hyps[prefix] = (_log_add3(n_pb, pb + ps, pnb + ps), n_pnb)
-            elif s == last:
-                n_pb, n_pnb = next_hyps.get(prefix, empty)
-                next_hyps[prefix] = (n_pb, _log_add2(n_pnb, pnb + ps))
-                n_prefix = prefix + (s,)
-                if n_prefix not in info:
-                    info[n_prefix] = bonus.extend(info[prefix], s)
-                n_pb, n_pnb = next_hyps.get(n_prefix, empty)
-                next_hyps[n_prefix] = (n_pb, _log_add2(n_pnb, pb + ps))
-            else:
-                n_prefix = prefix + (s,)
-                if n_prefix not in info:
-                    info[n_prefix] = bonus.extend(info[prefix], s)
-                n_pb, n_pnb = next_hyps.get(n_prefix, empty)
-                next_hyps[n_prefix] = (n_pb, _log_add3(n_pnb, pb + ps, pnb + ps))
-    return next_hyps
+def _attach_bonus(info: dict, bonus: _PrefixBonus, prefix: tuple[int, ...], token: int,
+                  n_prefix: tuple[int, ...]) -> None:
+    """`ctc_prefix_step`'s hook: a prefix met for the first time gets its bonus from its parent's."""
+    if n_prefix not in info:
+        info[n_prefix] = bonus.extend(info[prefix], token)
 
 
 def ctc_beam_search_with_lm(
@@ -171,7 +147,8 @@ def ctc_beam_search_with_lm(
         top_vals, top_idx = top_vals.tolist(), top_idx.tolist()
     for t in range(len(log_probs)):
         width = widths[t]
-        next_hyps = _extend_prefixes(cur_hyps, info, top_idx[t][:width], top_vals[t][:width], blank, bonus)
+        next_hyps = ctc_prefix_step(cur_hyps, top_idx[t][:width], top_vals[t][:width], blank,
+                                    on_extend=functools.partial(_attach_bonus, info, bonus))
         cur_hyps = sorted(
             next_hyps.items(), key=lambda x: _log_add2(*x[1]) + info[x[0]][0], reverse=True
         )[:beam_size]

@@ -300,29 +300,45 @@ def ctc_prefix_beam_search(log_probs: np.ndarray, beam_size: int, blank: int = 0
         top_vals, top_idx = _paddle_topk(log_probs, min(beam_size, vocab))
         top_vals, top_idx = top_vals.tolist(), top_idx.tolist()
     for t in range(num_frames):
-        # Plain dict with get-then-set: same insertion order as PaddleSpeech's defaultdict reads.
-        next_hyps: dict[tuple[int, ...], tuple[float, float]] = {}
-        empty = (_NEG_INF, _NEG_INF)
-        for s, ps in zip(top_idx[t], top_vals[t]):
-            for prefix, (pb, pnb) in cur_hyps:
-                last = prefix[-1] if prefix else None
-                if s == blank:
-                    n_pb, n_pnb = next_hyps.get(prefix, empty)
-                    next_hyps[prefix] = (_log_add3(n_pb, pb + ps, pnb + ps), n_pnb)
-                elif s == last:
-                    # *ss -> *s (repeat collapses)
-                    n_pb, n_pnb = next_hyps.get(prefix, empty)
-                    next_hyps[prefix] = (n_pb, _log_add2(n_pnb, pnb + ps))
-                    # *s-s -> *ss (a blank separated the repeat)
-                    n_prefix = prefix + (s,)
-                    n_pb, n_pnb = next_hyps.get(n_prefix, empty)
-                    next_hyps[n_prefix] = (n_pb, _log_add2(n_pnb, pb + ps))
-                else:
-                    n_prefix = prefix + (s,)
-                    n_pb, n_pnb = next_hyps.get(n_prefix, empty)
-                    next_hyps[n_prefix] = (n_pb, _log_add3(n_pnb, pb + ps, pnb + ps))
+        next_hyps = ctc_prefix_step(cur_hyps, top_idx[t], top_vals[t], blank)
         cur_hyps = sorted(next_hyps.items(), key=lambda x: _log_add2(*x[1]), reverse=True)[:beam_size]
     return [(list(prefix), _log_add2(pb, pnb)) for prefix, (pb, pnb) in cur_hyps]
+
+
+def ctc_prefix_step(cur_hyps: list[tuple[tuple[int, ...], tuple[float, float]]], tokens: Sequence[int],
+                    values: Sequence[float], blank: int,
+                    on_extend: Callable[[tuple[int, ...], int, tuple[int, ...]], None] | None = None,
+                    ) -> dict[tuple[int, ...], tuple[float, float]]:
+    """One frame of the CTC prefix recursion: the (blank-ending, non-blank-ending) log scores of every
+    prefix the beam `cur_hyps` reaches with the frame's candidate `tokens` (log-probs `values`).
+
+    Written once for every prefix search: `on_extend(prefix, token, new_prefix)` is called before each
+    non-blank extension is scored, so a search that carries state per prefix (an LM, a context graph)
+    attaches it there without a copy of the recursion.
+    """
+    # Plain dict with get-then-set: same insertion order as PaddleSpeech's defaultdict reads.
+    next_hyps: dict[tuple[int, ...], tuple[float, float]] = {}
+    empty = (_NEG_INF, _NEG_INF)
+    for s, ps in zip(tokens, values):
+        for prefix, (pb, pnb) in cur_hyps:
+            last = prefix[-1] if prefix else None
+            if s == blank:
+                n_pb, n_pnb = next_hyps.get(prefix, empty)
+                next_hyps[prefix] = (_log_add3(n_pb, pb + ps, pnb + ps), n_pnb)
+                continue
+            n_prefix = prefix + (s,)
+            if on_extend is not None:
+                on_extend(prefix, s, n_prefix)
+            if s == last:
+                # *ss -> *s (repeat collapses), and *s-s -> *ss (a blank separated the repeat)
+                n_pb, n_pnb = next_hyps.get(prefix, empty)
+                next_hyps[prefix] = (n_pb, _log_add2(n_pnb, pnb + ps))
+                n_pb, n_pnb = next_hyps.get(n_prefix, empty)
+                next_hyps[n_prefix] = (n_pb, _log_add2(n_pnb, pb + ps))
+            else:
+                n_pb, n_pnb = next_hyps.get(n_prefix, empty)
+                next_hyps[n_prefix] = (n_pb, _log_add3(n_pnb, pb + ps, pnb + ps))
+    return next_hyps
 
 
 def ctc_prefix_beam_search_batch(
