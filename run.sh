@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run a recipe from the top of the repository:
-#   bash run.sh                                  # the embedded demo, every stage (-1..7), on CPU
+#   bash run.sh                                  # the embedded demo, every stage (-1..8), on CPU
 #   bash run.sh --recipe aishell --stage 0 --stop_stage 3 --data_dir /data/aishell
 # Creates the Python environment (.venv) on first use. Options after --recipe go to the recipe.
 set -euo pipefail

@@ -18,6 +18,9 @@
 #                        (--trt fp16,int8: stages 5/6 also through TensorRT on a GPU -> ..._trt_fp16/_trt_int8_...)
 #   stage  7  transcribe paddle-asr transcribe (attention rescoring, or CTC prefix beam for CTC-only models) on a few test files with the INT8 and FP32 models, and on
 #                        a long recording of test utterances (VAD segments, JSON) -> exp/<name>/long_recording/
+#   stage  8  serve      paddle-asr serve on the INT8 bundle (127.0.0.1, a free port); PaddleSpeech 1.5.0's own
+#                        client streams a few test files (partials, final, reference printed; a model that
+#                        cannot stream goes through the offline HTTP endpoint); the server is stopped
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -40,7 +43,7 @@ stage=0
 nproc=1                 # stage 1: data-parallel CPU processes
 gpus=""                 # stage 1: GPU ids, one training process each (e.g. 0,1,2,3); Paddle CUDA image only
 ips=""                  # stage 1: the machines of a multi-machine run (run the same command on each)
-stop_stage=7
+stop_stage=8
 nj=2                    # processes for CMVN statistics
 num_calib=64            # training utterances used to calibrate INT8
 int8_functions=encoder  # exported programs stage 6 quantizes: encoder and/or decoder (comma-separated)
@@ -48,7 +51,7 @@ batch_size=0            # decoding batch size (stages 3, 5, 6); 0: the decode co
 threads=2               # CPU threads of Paddle Inference
 trt=""                  # stages 5/6 also on GPU through TensorRT: fp16 (FP32 export), int8 (INT8 bundle), or fp16,int8
 trt_gpu=0               # the GPU TensorRT runs on
-num_transcribe=3        # test files transcribed by stage 7
+num_transcribe=3        # test files transcribed by stage 7 and streamed to the server by stage 8
 long_seconds=60         # length of the long recording stage 7 assembles from test utterances and transcribes
 force=false             # rebuild a stage's outputs even when they are complete
 __option_names="corpus data_dir config decode_configs exp_name model sets train_set test_sets lm_order stage stop_stage nproc gpus ips nj num_calib int8_functions batch_size threads trt trt_gpu num_transcribe long_seconds force"
@@ -201,6 +204,15 @@ if run_stage 7; then
     --format json --progress off "$long/test_${long_seconds}s.wav" > "$long/transcript.json.tmp"
   mv "$long/transcript.json.tmp" "$long/transcript.json"
   paddle-asr long-recording-report --parts "$long/test_${long_seconds}s.parts.json" --transcript "$long/transcript.json"
+fi
+
+if run_stage 8; then
+  stage_banner 8 "serve"
+  bundle="$exp/export/int8"
+  [ -d "$bundle" ] || bundle="$exp/export/fp32"
+  # Starts and always stops the server itself; on a failure it exits non-zero with the server's log tail.
+  "${PADDLE_ASR_PYTHON:-python}" -m paddle_asr.serve.paddlespeech_client --bundle "$bundle" --wav_scp "data/${test_list[0]}/wav.scp" \
+    --text "data/${test_list[0]}/text" --num_files "$num_transcribe" --threads "$threads" --log "$exp/serve/server.log"
 fi
 
 if [ "$stop_stage" -ge 3 ] && [ -d "$exp" ]; then

@@ -134,11 +134,18 @@ def cmd_transcribe(args) -> int:
     from paddle_asr.transcribe import TranscribeOptions, transcribe_paths
 
     options = TranscribeOptions(
-        method=args.method, chunk_size=args.chunk_size, beam_size=args.beam_size, batch_size=args.batch_size,
+        method=args.method, chunk_size=args.chunk_size, num_left_chunks=args.num_left_chunks,
+        beam_size=args.beam_size, batch_size=args.batch_size,
         segment_over=args.segment_over, num_threads=args.threads,
         vad=VadConfig(aggressiveness=args.vad_aggressiveness, max_segment=args.max_segment))
     return transcribe_paths(Path(args.bundle), args.audio, options, output_format=args.format,
                             show_progress={"auto": None, "on": True, "off": False}[args.progress])
+
+
+def cmd_serve(args) -> int:
+    from paddle_asr.serve.app import serve_from_args
+
+    return serve_from_args(args)
 
 
 def cmd_results(args) -> int:
@@ -350,6 +357,8 @@ def _transcribe_command(add: AddCommand) -> None:
                     help="auto: attention_rescoring for U2, ctc_prefix_beam_search for CTC-only models")
     sp.add_argument("--chunk_size", type=int, default=-1,
                     help=">0: streaming, encoder frames per chunk (streaming models)")
+    sp.add_argument("--num_left_chunks", type=int, default=-1,
+                    help="streaming: chunks of history the attention cache keeps (-1: all)")
     sp.add_argument("--beam_size", type=int, default=10)
     sp.add_argument("--batch_size", type=int, default=8, help="segments decoded together")
     sp.add_argument("--threads", type=int, default=2)
@@ -362,6 +371,32 @@ def _transcribe_command(add: AddCommand) -> None:
     sp.add_argument("--progress", default="auto", choices=["auto", "on", "off"],
                     help="progress bar on stderr (auto: when stderr is a terminal)")
     sp.add_argument("audio", nargs="+", help="audio files (wav, flac, ogg, mp3), folders, or Kaldi wav.scp files")
+
+
+def _serve_command(add: AddCommand) -> None:
+    """The last stage: a streaming server speaking PaddleSpeech's protocols (docs/serving.md)."""
+    sp = add("serve", cmd_serve, "serve an exported bundle with PaddleSpeech's streaming WebSocket and HTTP "
+             "protocols, the chunks of many streams batched together")
+    sp.add_argument("--model", required=True, help="exported bundle directory (FP32 or INT8)")
+    sp.add_argument("--host", default="127.0.0.1",
+                    help="address to bind; 127.0.0.1 keeps the server on this machine (0.0.0.0: the network)")
+    sp.add_argument("--port", type=int, default=8090)
+    sp.add_argument("--chunk_size", type=int, default=16, help="encoder frames per streaming chunk")
+    sp.add_argument("--num_left_chunks", type=int, default=8,
+                    help="chunks of history the attention cache keeps (-1: the whole segment); bounded, the "
+                         "chunk shapes stop changing, and oneDNN reuses its kernels")
+    sp.add_argument("--beam_size", type=int, default=10)
+    sp.add_argument("--max_streams", type=int, default=32, help="open streams; more are refused")
+    sp.add_argument("--max_batch", type=int, default=32, help="streams per batched encoder call (1: one at a time)")
+    sp.add_argument("--threads", type=int, default=2, help="CPU threads of each Paddle predictor")
+    sp.add_argument("--endpoint_silence", type=float, default=1.0,
+                    help="seconds of trailing blank that end a segment after text (0: off)")
+    sp.add_argument("--endpoint_silence_no_text", type=float, default=5.0,
+                    help="seconds of trailing blank that end a segment without text (0: off)")
+    sp.add_argument("--max_segment", type=float, default=20.0,
+                    help="seconds after which a segment ends (0: off); bounds a long stream's memory")
+    sp.add_argument("--drain_seconds", type=float, default=30.0,
+                    help="after SIGTERM, how long open streams may take to finish")
 
 
 def _report_commands(add: AddCommand) -> None:
@@ -430,7 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
         return sp
 
     for add_commands in (_corpus_commands, _training_commands, _test_and_export_commands, _quantize_command,
-                         _transcribe_command, _report_commands, _lm_command, _tool_commands):
+                         _transcribe_command, _serve_command, _report_commands, _lm_command, _tool_commands):
         add_commands(add)
     return p
 

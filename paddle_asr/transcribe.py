@@ -13,10 +13,11 @@ transcribed, and the caller gets the failures back to set a non-zero exit status
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -26,7 +27,7 @@ import numpy as np
 from paddle_asr.config import DecodeConfig
 from paddle_asr.data.audio import audio_info, read_audio_resampled
 from paddle_asr.data.audio_inputs import AudioInput
-from paddle_asr.data.tokenizer import WORD_START, BpeTokenizer
+from paddle_asr.data.tokenizer import WORD_START, BpeTokenizer, CharTokenizer
 from paddle_asr.data.vad import Segment, VadConfig, split_on_silence
 from paddle_asr.decode.alignment import token_frame_spans
 from paddle_asr.decode.recognizer import Recognizer
@@ -41,6 +42,7 @@ DEFAULT_METHOD = "auto"  # attention rescoring when the model has an attention d
 class TranscribeOptions:
     method: str = DEFAULT_METHOD
     chunk_size: int = -1          # > 0: the encoder runs chunk by chunk, as a streaming server
+    num_left_chunks: int = -1     # chunks of history the streaming attention cache keeps (-1: all)
     beam_size: int = 10
     batch_size: int = 8           # segments decoded together
     segment_over: float = 30.0    # seconds; longer recordings are cut by the VAD (0: every recording)
@@ -110,9 +112,9 @@ class Transcriber:
             options = dataclasses.replace(
                 options, method="attention_rescoring" if backend.has_decoder else "ctc_prefix_beam_search")
             self.options = options
-        self.recognizer = Recognizer(backend, DecodeConfig(methods=[options.method], beam_size=options.beam_size,
-                                                           decoding_chunk_size=options.chunk_size),
-                                     self.tokenizer.units)
+        self.recognizer = Recognizer(backend, DecodeConfig(
+            methods=[options.method], beam_size=options.beam_size, decoding_chunk_size=options.chunk_size,
+            num_decoding_left_chunks=options.num_left_chunks), self.tokenizer.units)
         self.rate = self.features.sample_rate
         self.frame_seconds = backend.subsampling_rate * self.features.frame_shift_ms / 1000
         # The fewest samples whose fbank gives the encoder one output frame.
@@ -138,6 +140,19 @@ class Transcriber:
     def transcribe(self, inputs: list[AudioInput], progress=None) -> Iterator[FileResult]:
         """FileResults in input order; a failed input has `error` set. `progress(seconds)` is
         called with the seconds of audio decoded since its last call."""
+        return self._transcribe(((FileResult(item.key, item.path), functools.partial(read_audio_resampled, item.path,
+                                                                                     self.rate)) for item in inputs),
+                                progress)
+
+    def transcribe_waveform(self, waveform: np.ndarray, key: str = "audio") -> FileResult:
+        """One recording in memory (mono float32 in the int16 range, at the model's rate), cut by the
+        VAD as files are; `error` is set when it cannot be transcribed (e.g. too short)."""
+        (result,) = self._transcribe([(FileResult(key, Path(key)), lambda: waveform)])
+        return result
+
+    def _transcribe(self, recordings: Iterable[tuple[FileResult, Callable[[], np.ndarray]]],
+                    progress=None) -> Iterator[FileResult]:
+        """`transcribe` over (result to fill, function reading its waveform) pairs."""
         results: dict[int, FileResult] = {}
         remaining: dict[int, int] = {}  # segments not yet decoded, per file
         reported: dict[int, float] = {}  # seconds of each file passed to `progress`
@@ -156,14 +171,13 @@ class Transcriber:
                 yield results.pop(emitted)
                 emitted += 1
 
-        for i, item in enumerate(inputs):
-            result = FileResult(item.key, item.path)
+        for i, (result, read) in enumerate(recordings):
             results[i] = result
             try:
-                waveform = read_audio_resampled(item.path, self.rate)
+                waveform = read()
                 result.duration = len(waveform) / self.rate
                 if len(waveform) < self.min_samples:
-                    raise AsrError(f"{item.path} is too short to transcribe ({result.duration:.3f} s)")
+                    raise AsrError(f"{result.path} is too short to transcribe ({result.duration:.3f} s)")
                 spans = self.segments_of(waveform)
             except AsrError as e:
                 result.error = str(e)
@@ -190,26 +204,32 @@ class Transcriber:
             ids = hyps[self.options.method][k]
             seg = results[p.file].segments[p.index]
             seg.text = self.tokenizer.decode(ids)
-            seg.tokens, seg.aligned = self._token_times(ids, ctc_log_probs[k, : enc_lengths[k]], seg)
+            seg.tokens, seg.aligned = token_times(self.tokenizer, ids, ctc_log_probs[k, : enc_lengths[k]],
+                                                  self.frame_seconds, seg.start, seg.end)
             if isinstance(self.tokenizer, BpeTokenizer):
                 seg.words = word_times(self.tokenizer, ids, seg.tokens)
             remaining[p.file] -= 1
             advance(p.file, seg.end)
 
-    def _token_times(self, ids: list[int], log_probs: np.ndarray, seg: SegmentResult) -> tuple[list[dict], bool]:
-        spans = token_frame_spans(log_probs, ids, self.tokenizer.blank_id)
-        aligned = spans is not None
-        if spans is None:
-            # More tokens than CTC frames can hold (possible with attention search): spread evenly.
-            step = log_probs.shape[0] / max(1, len(ids))
-            spans = [(int(u * step), int((u + 1) * step)) for u in range(len(ids))]
-        tokens = []
-        for token_id, (first, last) in zip(ids, spans):
-            text = self.tokenizer.decode([token_id])
-            if text:  # CTC may emit <sos/eos>, which is no text (the transcript drops it too)
-                tokens.append({"token": text, "start": round(min(seg.start + first * self.frame_seconds, seg.end), 3),
-                               "end": round(min(seg.start + last * self.frame_seconds, seg.end), 3)})
-        return tokens, aligned
+
+def token_times(tokenizer: CharTokenizer, ids: list[int], log_probs: np.ndarray, frame_seconds: float, start: float,
+                end: float) -> tuple[list[dict], bool]:
+    """[{"token", "start", "end"}] of the tokens of `ids` that decode to text, in seconds from the
+    recording's start, from the CTC forced alignment over the segment's log-probs [T', V] (a segment
+    from `start` to `end` s, `frame_seconds` per encoder frame); and whether the alignment succeeded."""
+    spans = token_frame_spans(log_probs, ids, tokenizer.blank_id)
+    aligned = spans is not None
+    if spans is None:
+        # More tokens than CTC frames can hold (possible with attention search): spread evenly.
+        step = log_probs.shape[0] / max(1, len(ids))
+        spans = [(int(u * step), int((u + 1) * step)) for u in range(len(ids))]
+    tokens = []
+    for token_id, (first, last) in zip(ids, spans):
+        text = tokenizer.decode([token_id])
+        if text:  # CTC may emit <sos/eos>, which is no text (the transcript drops it too)
+            tokens.append({"token": text, "start": round(min(start + first * frame_seconds, end), 3),
+                           "end": round(min(start + last * frame_seconds, end), 3)})
+    return tokens, aligned
 
 
 def word_times(tokenizer: BpeTokenizer, ids: list[int], tokens: list[dict]) -> list[dict]:

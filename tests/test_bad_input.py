@@ -539,7 +539,9 @@ def test_model_files_come_only_from_paths_the_user_gives(tmp_path):
             urls.append((path.relative_to(REPO).as_posix(), match.group(0)))
     allowed = {("paddle_asr/cli.py", "https://www.openslr.org/resources/12/"),  # get-librispeech's mirror
                ("paddle_asr/data/corpora/librispeech.py", "https://www.openslr.org/resources/12/"),
-               ("paddle_asr/dashboard.py", "http://{shown}:{port}/app/scalar")}  # the dashboard's own address
+               ("paddle_asr/dashboard.py", "http://{shown}:{port}/app/scalar"),  # the dashboard's own address
+               ("paddle_asr/serve/app.py", "http://{o.host}:{o.port}:"),  # the ASR server's own address
+               ("paddle_asr/serve/paddlespeech_client.py", "http://{self.host}:{self.port}")}  # its client
     assert urls and set(urls) <= allowed, urls
     for command in (["transcribe", "--bundle", "conformer_wenetspeech-zh-16k", str(REAL_WAV)],
                     ["import-paddlespeech", "asr1_conformer_aishell_ckpt_0.1.1.model", "--exp_dir", "exp/x"]):

@@ -154,6 +154,26 @@ def test_requirements_resolve_for_the_images_python(tmp_path):
     assert would == {canonicalize_name(r.name): str(r.specifier).removeprefix("==") for r in wheels}
 
 
+def test_the_no_deps_requirements_install_without_dependencies_for_the_images_python(tmp_path):
+    """requirements-no-deps.txt (PaddleSpeech's client) is installed with --no-deps by the image and by
+    utils/setup_env.sh, and resolves to exactly its pins for the image's Python."""
+    (install,) = [rest for word, rest in dockerfile() if word == "RUN" and "requirements-gpu.txt" in rest]
+    assert "pip install --no-cache-dir --no-deps -r requirements-no-deps.txt" in install
+    assert "--no-deps -r \"$root/requirements-no-deps.txt\"" in (REPO / "utils/setup_env.sh").read_text()
+    lines = (REPO / "requirements-no-deps.txt").read_text().splitlines()
+    wanted = {canonicalize_name(r.name): str(r.specifier).removeprefix("==")
+              for r in (Requirement(x) for x in lines if x.strip() and not x.startswith("#"))}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--disable-pip-version-check",
+         "--no-deps", "--only-binary=:all:", "--python-version", IMAGE_PYTHON, "--target", str(tmp_path / "t"),
+         "-r", str(REPO / "requirements-no-deps.txt")], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (line,) = [x for x in proc.stdout.splitlines() if x.startswith("Would install ")]
+    would = {canonicalize_name(item.rpartition("-")[0]): item.rpartition("-")[2]
+             for item in line.removeprefix("Would install ").split()}
+    assert would == wanted
+
+
 def readme_docker_commands() -> list[list[str]]:
     readme = "\n".join(p.read_text() for p in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))])
     blocks = re.findall(r"```bash\n(.*?)```", readme, flags=re.S)
@@ -180,7 +200,7 @@ def test_readme_docker_commands_are_the_ones_the_files_support():
     runs = [c for c in commands if c[1] == "run"]
     assert builds == [["docker", "build", "-t", "paddle-asr", "."]] and len(runs) >= 3
     copied = [a for word, rest in dockerfile() if word == "COPY" for a in shlex.split(rest)[:-1]]
-    seen_scripts = set()
+    seen_scripts, served = set(), []
     for run in runs:
         i, image = 2, None
         while image is None:
@@ -207,9 +227,18 @@ def test_readme_docker_commands_are_the_ones_the_files_support():
             used = {"--" + w[2:].split("=")[0].replace("-", "_") for w in command[2:] if w.startswith("--")}
             assert used <= options, f"{script} has no option {used - options}"
             seen_scripts.add(script)
+        elif command[:2] == ["paddle-asr", "serve"]:
+            options = set(re.findall(r"(--\w+)", paddle_asr("serve", "--help", cwd=REPO).stdout))
+            used = {w.split("=")[0] for w in command[2:] if w.startswith("--")}
+            assert used <= options, f"paddle-asr serve has no option {used - options}"
+            # Inside the container the server must listen on all interfaces; -p keeps it on the host's loopback.
+            assert command[command.index("--host") + 1] == "0.0.0.0", command
+            served.append([run[j + 1] for j, w in enumerate(run[:i]) if w == "-p"])
         else:
             assert command == ["true"], command  # the entry point alone (its device report)
     assert {"recipes/aishell/run.sh", "docker/visualdl.sh"} <= seen_scripts
+    exposed = {int(p) for word, rest in dockerfile() if word == "EXPOSE" for p in rest.split()}
+    assert served and all(len(p) == 1 and int(p[0].split(":")[-1]) in exposed for p in served), (served, exposed)
 
 
 def test_entrypoint_reports_the_devices_then_runs_the_command(tmp_path):

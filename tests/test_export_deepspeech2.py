@@ -18,6 +18,8 @@ import soundfile
 
 from paddle_asr.config import AsrConfig, DeepSpeech2Config, FeatureConfig, ModelConfig
 from paddle_asr.cpu_settings import cpu_has_vnni
+from paddle_asr.decode.dygraph_backend import DeepSpeech2DygraphBackend
+from paddle_asr.decode.recognizer import encode_streaming
 from paddle_asr.decode.search import ctc_greedy_search
 from paddle_asr.errors import AsrError
 from paddle_asr.export.backend import ExportedBackend
@@ -30,6 +32,7 @@ from paddle_asr.export.quantize import edge_layer_weights, quantize_ptq
 from paddle_asr.export.runtime import load_backend
 from paddle_asr.features import compute_fbank, load_cmvn
 from paddle_asr.models.registry import build_model
+from tests.test_model import check_streams_batched_equal_alone
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 WAV = FIXTURES / "aishell-BAC009S0724W0121.wav"
@@ -113,7 +116,8 @@ def test_programs_and_meta(bundles, name):
     assert meta["supports_streaming"] is online and meta["encoder_type"] == ("gru" if "gru" in name else "lstm")
     assert meta["encoder_output_size"] == (32 if online else 64)
     if online:  # the chunk program's inputs are exactly the states meta names: no dummy c for a GRU
-        assert meta["state_names"] == (["h"] if "gru" in name else ["h", "c"]) and meta["state_shape"] == [2, 1, 32]
+        assert meta["state_names"] == (["h"] if "gru" in name else ["h", "c"]) and meta["state_shape"] == [2, 32]
+        assert meta["encoder_chunk_version"] == 2
         assert Predictor(bundle / "encoder_chunk").input_names == ["feats", "feats_lengths", *meta["state_names"]]
 
 
@@ -150,18 +154,18 @@ def test_backend_interface(bundles, name):
     np.testing.assert_allclose(backend.ctc_activation(enc), log_probs, atol=ATOL, rtol=0)
     if name not in ONLINE:
         with pytest.raises(AsrError, match="cannot stream"):
-            backend.encode_stream(feats[0], 4, -1)
+            encode_streaming(backend, feats[0], 4, -1)
 
 
 @pytest.mark.parametrize("chunk", [1, 4, 16])
 @pytest.mark.parametrize("name", ONLINE)
-def test_encode_stream_equals_the_full_utterance(bundles, name, chunk):
+def test_encode_streaming_equals_the_full_utterance(bundles, name, chunk):
     model, bundle, _ = bundles[name]
     backend = backend_of(bundle)
     feats, lengths = real_batch()
     enc, enc_lengths, _ = backend.encode(feats, lengths)
     for i, n in enumerate(lengths):
-        streamed = backend.encode_stream(feats[i, :n], chunk, -1)
+        streamed = encode_streaming(backend, feats[i, :n], chunk, -1)
         assert streamed.shape == (1, enc_lengths[i], enc.shape[2])
         np.testing.assert_allclose(streamed[0], enc[i, :enc_lengths[i]], atol=ATOL, rtol=0)
         # The model's own chunk-by-chunk loop (CTC log-probs) agrees as well.
@@ -171,11 +175,27 @@ def test_encode_stream_equals_the_full_utterance(bundles, name, chunk):
         np.testing.assert_allclose(backend.ctc_activation(streamed), ref.numpy(), atol=ATOL, rtol=0)
 
 
-def test_encode_stream_rejects_too_short_input(bundles):
+def test_encode_streaming_rejects_too_short_input(bundles):
     backend = backend_of(bundles["online_lstm"][1])
-    assert backend.encode_stream(utterance()[:7], 4, -1).shape[1] == 1
+    assert encode_streaming(backend, utterance()[:7], 4, -1).shape[1] == 1
     with pytest.raises(AsrError, match="fewer than the 7"):
-        backend.encode_stream(utterance()[:6], 4, -1)
+        encode_streaming(backend, utterance()[:6], 4, -1)
+
+
+@pytest.mark.parametrize("runtime", ["exported", "dygraph"])
+@pytest.mark.parametrize("name", ONLINE)
+def test_streams_in_one_batch_equal_each_stream_alone(bundles, name, runtime):
+    """The server's batched chunk call: three streams at different points of different real audio
+    (no history, 1 chunk, 3 chunks done) in one call equal each alone; a stream's short last
+    window is padded inside and gives only its valid frames."""
+    model, bundle, _ = bundles[name]
+    backend = backend_of(bundle) if runtime == "exported" else DeepSpeech2DygraphBackend(model)
+    feats = utterance()
+    utterances = [feats[:300], feats[126:], feats[60:360]]
+    states = check_streams_batched_equal_alone(backend, utterances, 4, -1, atol=ATOL)
+    assert all(s.window == 19 for s in states)  # (4 - 1) * 4 + 7 input frames
+    out, (state,) = backend.encode_chunks(feats[None, 400:411], states[:1], -1)
+    assert out.shape[1] == 2 and state.window == 19  # 11 frames: 2 encoder frames
 
 
 def test_pir_export_loads_and_streams(tmp_path):
@@ -188,7 +208,7 @@ def test_pir_export_loads_and_streams(tmp_path):
     backend = backend_of(tmp_path / "pir")
     feats, lengths = real_batch()
     enc, enc_lengths, _ = backend.encode(feats, lengths)
-    np.testing.assert_allclose(backend.encode_stream(feats[1, :lengths[1]], 4, -1)[0], enc[1, :enc_lengths[1]],
+    np.testing.assert_allclose(encode_streaming(backend, feats[1, :lengths[1]], 4, -1)[0], enc[1, :enc_lengths[1]],
                                atol=ATOL, rtol=0)
 
 
@@ -241,7 +261,7 @@ def test_int8_bundle_decodes(bundles, tmp_path):
     assert all(abs(len(a) - len(b)) <= max(1, len(b) // 10) for a, b in zip(got_hyps, ref_hyps))
     assert agree >= 0.95
     # Streaming in the INT8 bundle uses the FP32 chunk program: still the FP32 encoder's output.
-    np.testing.assert_allclose(int8.ctc_activation(int8.encode_stream(feats[0], 4, -1))[0], ref_lp[0],
+    np.testing.assert_allclose(int8.ctc_activation(encode_streaming(int8, feats[0], 4, -1))[0], ref_lp[0],
                                atol=ATOL, rtol=0)
 
     pred_fp32, pred_int8 = Predictor(fp32_dir / "encoder"), Predictor(int8_dir / "encoder", int8=True)
@@ -264,7 +284,7 @@ def test_cli_export_and_quantize_a_paddlespeech_model(tmp_path, monkeypatch, cap
     assert main(["export", "--exp_dir", str(exp), "--out", str(exp / "export" / "fp32")]) == 0
     fp32_dir = exp / "export" / "fp32"
     meta = json.loads((fp32_dir / "meta.json").read_text(encoding="utf-8"))
-    assert meta["functions"] == ["ctc_activation", "encoder", "encoder_chunk"] and meta["state_shape"] == [2, 1, 8]
+    assert meta["functions"] == ["ctc_activation", "encoder", "encoder_chunk"] and meta["state_shape"] == [2, 8]
 
     transcript = "广州市房地产中介协会分析"
     duration = len(soundfile.read(str(WAV))[0]) / 16000

@@ -5,24 +5,31 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import paddle
 import pytest
+import soundfile
 
+from paddle_asr.artifacts import mark_complete
 from paddle_asr.config import DecodeConfig, load_config
 from paddle_asr.cpu_settings import cpu_has_vnni
 from paddle_asr.decode.dygraph_backend import DygraphBackend
-from paddle_asr.decode.recognizer import Recognizer
-from paddle_asr.export.bundle import write_bundle_files
+from paddle_asr.decode.recognizer import Recognizer, encode_streaming
+from paddle_asr.errors import AsrError
+from paddle_asr.export.bundle import read_bundle, write_bundle_files
+from paddle_asr.export.calibrate import quantize_bundle
 from paddle_asr.export.common import save_function
 from paddle_asr.export.export import export_model
 from paddle_asr.export.inference import Predictor, find_model_files
 from paddle_asr.export.quantize import quantize_ptq
 from paddle_asr.export.runtime import load_backend
 from paddle_asr.export.u2 import runtime_functions
+from paddle_asr.features import compute_fbank
 from paddle_asr.models.registry import build_model
+from tests.test_model import check_cache_stays_bounded, check_streams_batched_equal_alone
 
 METHODS = ("ctc_greedy_search", "ctc_prefix_beam_search", "attention", "attention_rescoring")
 REPO = Path(__file__).resolve().parents[1]
@@ -76,7 +83,31 @@ def test_every_runtime_function_is_exported_and_matches(exported):
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")], "temp dirs left behind"
     meta = json.loads((out / "meta.json").read_text())
     assert meta["sos"] == meta["eos"] == 59 and meta["supports_streaming"]
-    assert meta["att_cache_shape"] == [2, 4, 0, 72] and meta["cnn_cache_shape"] == [2, 1, 144, 14]
+    assert meta["att_cache_shape"] == [2, 4, 0, 72] and meta["cnn_cache_shape"] == [2, 144, 14]
+    assert meta["encoder_chunk_version"] == 2 and meta["max_encoder_frames"] == 5000
+    assert Predictor(out / "encoder_chunk").input_names == ["xs", "offsets", "att_cache", "cache_lengths", "cnn_cache"]
+
+
+@pytest.mark.parametrize("runtime", ["exported", "dygraph"])
+def test_streams_in_one_batch_equal_each_stream_alone(exported, runtime):
+    """The server's batched chunk call: three streams at different points (offsets, cache lengths,
+    one empty cache) in one call equal each alone; the cache stays at 2 chunks with left chunks 2."""
+    model, out, _ = exported
+    backend = load_backend(out, json.loads((out / "meta.json").read_text())) if runtime == "exported" else (
+        DygraphBackend(model))
+    rng = np.random.default_rng(6)
+    utterances = [random_batch(rng, [260])[0][0] for _ in range(3)]
+    for required in (-1, 8):
+        check_streams_batched_equal_alone(backend, utterances, 4, required, atol=1e-4)
+    check_cache_stays_bounded(backend, utterances[0], 4)
+
+
+def test_a_bundle_with_the_batch_1_chunk_program_must_be_exported_again(exported):
+    _, out, _ = exported
+    meta = json.loads((out / "meta.json").read_text())
+    del meta["encoder_chunk_version"]
+    with pytest.raises(AsrError, match="export it again with stage 4"):
+        load_backend(out, meta)
 
 
 @pytest.mark.parametrize("use_mkldnn", [False, True])
@@ -173,3 +204,42 @@ def test_observer_pairs_do_not_round_fp32_activations(exported, tmp_path):
     _, ol, lp = Predictor(tmp_path / "none", int8=True).run({"feats": feats, "feats_lengths": lens})
     for i, n in enumerate(ol):
         np.testing.assert_allclose(lp[i, :n], ref_lp[i, :n], atol=1e-4, rtol=0)
+
+
+def test_stage_6_quantizes_the_chunk_program_with_the_encoder(exported, tmp_path):
+    """A streaming bundle's INT8 encoder brings an INT8 `encoder_chunk` (calibrated on the chunks of
+    the calibration utterances, first convolution kept FP32 as in the encoder): streaming runs
+    INT8 too, and its hypotheses stay close to FP32 streaming."""
+    fp32_dir = tmp_path / "fp32"
+    shutil.copytree(exported[1], fp32_dir)
+    mark_complete(fp32_dir, "stage 4")  # stage 6 records which FP32 bundle it came from
+    wav = REPO / "tests" / "fixtures" / "aishell-BAC009S0724W0121.wav"
+    calib = tmp_path / "calib.list"
+    calib.write_text("".join(json.dumps({"key": f"utt{i}", "wav": str(wav), "duration": 4.3, "text": "一"}) + "\n"
+                             for i in range(4)), encoding="utf-8")
+    reports = quantize_bundle(fp32_dir, tmp_path / "int8", calib, num_calib=4, batch_size=2, fp32_layers="auto",
+                              log=lambda *_: None)
+    assert sorted(reports) == ["encoder", "encoder_chunk"]
+    chunk = reports["encoder_chunk"]
+    # The same products in INT8: the encoder's FP32 output layer is the CTC projection, which the
+    # chunk program does not have.
+    assert chunk["quantized_ops"]["matmul_v2"] == reports["encoder"]["quantized_ops"]["matmul_v2"]
+    assert chunk["quantized_ops"]["conv2d"] > 0 and len(chunk["kept_fp32_weights"]) == 1  # the first convolution
+    meta = json.loads((tmp_path / "int8" / "meta.json").read_text())
+    assert meta["int8_functions"] == ["encoder", "encoder_chunk"]
+    fp32, int8 = load_backend(fp32_dir, json.loads((fp32_dir / "meta.json").read_text())), load_backend(
+        tmp_path / "int8", meta)
+    # Crops of the calibration audio (the domain the scales were measured on).
+    _, features, _ = read_bundle(fp32_dir)
+    audio = compute_fbank(soundfile.read(str(wav), dtype="int16")[0], features)
+    crops = [audio, audio[50:350], audio[200:400]]
+    for feats in crops:
+        streamed = [encode_streaming(b, feats, 16, -1) for b in (fp32, int8)]
+        assert np.abs(streamed[0] - streamed[1]).max() > 1e-4  # the INT8 program really runs
+        ref_lp, lp = (b.ctc_activation(s) for b, s in zip((fp32, int8), streamed))
+        assert _agreement(lp, ref_lp, [lp.shape[1]]) >= INT8_AGREEMENT
+    lens = np.asarray([len(c) for c in crops], np.int64)
+    batch = np.stack([np.pad(c, ((0, len(audio) - len(c)), (0, 0))) for c in crops])
+    conf = DecodeConfig(beam_size=4, decoding_chunk_size=16)
+    hyps = Recognizer(int8, conf).recognize(batch, lens)
+    assert set(hyps) == set(METHODS) and all(len(h) > 0 for m in METHODS for h in hyps[m])

@@ -1,6 +1,7 @@
 """The U2 model: PaddleSpeech names and shapes, lengths, batch independence, the hybrid loss,
 and streaming (chunk by chunk with caches == the chunk-masked full forward)."""
 
+import copy
 import dataclasses
 from pathlib import Path
 
@@ -9,6 +10,9 @@ import paddle
 import pytest
 
 from paddle_asr.config import load_config
+from paddle_asr.decode.dygraph_backend import DygraphBackend
+from paddle_asr.decode.recognizer import chunk_windows, encode_streaming
+from paddle_asr.errors import AsrError
 from paddle_asr.models.registry import build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,18 +115,16 @@ def test_an_utterance_encodes_the_same_alone_or_padded_in_a_batch(config):
 
 
 def _stream(model, x, chunk, left):
-    enc = model.encoder
-    sub, context = enc.embed.subsampling_rate, enc.embed.right_context + 1
-    stride, window = sub * chunk, (chunk - 1) * sub + context
-    att, cnn = (paddle.to_tensor(c) for c in enc.initial_caches())
-    outs, offset = [], 0
-    with paddle.no_grad():
-        for cur in range(0, x.shape[1] - context + 1, stride):
-            y, att, cnn = model.forward_encoder_chunk(paddle.to_tensor(x[:, cur:cur + window]), offset,
-                                                      chunk * left if left >= 0 else -1, att, cnn)
-            outs.append(y.numpy())
-            offset += y.shape[1]
-    return np.concatenate(outs, axis=1), att
+    """`encode_streaming` through the dygraph backend, and the stream's attention cache at the end."""
+    backend = DygraphBackend(model)
+    windows = chunk_windows(x.shape[1], backend.subsampling_rate, backend.right_context, chunk)
+    state, outs = backend.new_stream_state(), []
+    for start, end in windows:
+        y, (state,) = backend.encode_chunks(x[:, start:end], [state], chunk * left if left >= 0 else -1)
+        outs.append(y)
+    streamed = np.concatenate(outs, axis=1)
+    np.testing.assert_array_equal(streamed, encode_streaming(backend, x[0], chunk, left))
+    return streamed, state.att_cache
 
 
 @pytest.mark.parametrize("input_layer,chunk,left,pos", [("conv2d", 16, -1, "rel_pos"), ("conv2d", 4, 2, "rel_pos"),
@@ -144,6 +146,79 @@ def test_chunk_by_chunk_decoding_equals_the_chunk_masked_full_forward(input_laye
     assert np.abs(streamed - full.numpy()).max() > 1e-2  # the chunk mask really limits the context
     if left >= 0:
         assert att.shape[2] == chunk * left  # the attention cache keeps only the requested history
+
+
+def assert_states_equal(got, expected, atol: float) -> None:
+    """Two stream states (dataclasses of arrays and ints) hold the same values."""
+    for field in dataclasses.fields(expected):
+        a, b = getattr(got, field.name), getattr(expected, field.name)
+        if isinstance(b, np.ndarray):
+            assert a.shape == b.shape, field.name
+            np.testing.assert_allclose(a, b, atol=atol, rtol=0, err_msg=field.name)
+        else:
+            assert a == b, field.name
+
+
+def check_streams_batched_equal_alone(backend, utterances: list[np.ndarray], chunk: int, required: int,
+                                      atol: float) -> list:
+    """Three streams at different points of their utterances (no history yet, 1 chunk done, 3 chunks
+    done: different offsets and cache lengths, one cache empty) take their next chunk in ONE
+    `encode_chunks` call; each stream's output and new state equal its own call alone, and the
+    states passed in are left unchanged. Returns the new states."""
+    windows = chunk_windows(min(len(u) for u in utterances), backend.subsampling_rate, backend.right_context, chunk)
+    states, nexts = [], []
+    for feats, done in zip(utterances, (0, 1, 3)):
+        state = backend.new_stream_state()
+        for start, end in windows[:done]:
+            _, (state,) = backend.encode_chunks(feats[None, start:end], [state], required)
+        states.append(state)
+        nexts.append(feats[windows[done][0]:windows[done][1]])
+    before = [copy.deepcopy(s) for s in states]
+    batched, new_states = backend.encode_chunks(np.stack(nexts), states, required)
+    assert batched.shape[0] == 3 and len(new_states) == 3
+    for b in range(3):
+        assert_states_equal(states[b], before[b], atol=0)
+        alone, (state_alone,) = backend.encode_chunks(nexts[b][None], [states[b]], required)
+        np.testing.assert_allclose(batched[b], alone[0], atol=atol, rtol=0)
+        assert_states_equal(new_states[b], state_alone, atol)
+    return new_states
+
+
+def check_cache_stays_bounded(backend, feats: np.ndarray, chunk: int) -> None:
+    """With required_cache_size = 2 * chunk, a stream's attention cache grows to 2 chunks over the
+    first chunks and stays there over 10 chunks."""
+    windows = chunk_windows(len(feats), backend.subsampling_rate, backend.right_context, chunk)
+    assert len(windows) >= 10
+    state = backend.new_stream_state()
+    for k, (start, end) in enumerate(windows[:10], 1):
+        _, (state,) = backend.encode_chunks(feats[None, start:end], [state], 2 * chunk)
+        assert state.offset == k * chunk
+        assert state.att_cache.shape[2] == min(k, 2) * chunk
+
+
+@pytest.mark.parametrize("pos", ["rel_pos", "abs_pos"])
+def test_streams_in_one_batch_equal_each_stream_alone(pos):
+    model = _model("recipes/aishell/conf/chunk_conformer.yaml", num_blocks=2, output_size=64, linear_units=128,
+                   subsampling_channels=16, pos_enc_layer_type=pos,
+                   selfattention_layer_type="rel_selfattn" if pos == "rel_pos" else "selfattn")
+    rng = np.random.default_rng(5)
+    utterances = [rng.normal(10, 3, (300, 80)).astype("float32") for _ in range(3)]
+    backend = DygraphBackend(model)
+    for required in (-1, 8):
+        states = check_streams_batched_equal_alone(backend, utterances, 4, required, atol=1e-5)
+        expected = [0 + 4, 4 + 4, 12 + 4] if required < 0 else [4, 8, 8]
+        assert [s.att_cache.shape[2] for s in states] == expected
+    check_cache_stays_bounded(backend, utterances[0], 4)
+
+
+def test_a_stream_past_the_positional_table_is_refused():
+    model = _model("recipes/aishell/conf/chunk_conformer.yaml", num_blocks=1, output_size=64, linear_units=128,
+                   subsampling_channels=16)
+    backend = DygraphBackend(model)
+    state = dataclasses.replace(backend.new_stream_state(), offset=model.encoder.max_output_frames - 2)
+    xs = np.zeros((1, 3 * 4 + 7, 80), np.float32)  # 4 encoder frames
+    with pytest.raises(AsrError, match="past the 5000 positions"):
+        backend.encode_chunks(xs, [state], -1)
 
 
 def test_streaming_needs_a_chunk_trained_causal_model():

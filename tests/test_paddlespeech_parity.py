@@ -128,17 +128,16 @@ def test_streaming_encoder_and_caches_match(imported, mode):
         masked, _ = model.encoder(paddle.to_tensor(feats), paddle.to_tensor([feats.shape[1]], dtype="int64"),
                                   decoding_chunk_size=chunk, num_decoding_left_chunks=left)
     np.testing.assert_allclose(masked.numpy(), g[f"encoder_out_{mode}_masked"], atol=ATOL, rtol=0)
-    # The caches after the first chunks, layout [layers, heads, t, 2*d_k] and [layers, 1, d, kernel-1].
-    att, cnn = backend.initial_caches()
-    offset = 0
+    # The caches after the first chunks, layout [layers, heads, t, 2*d_k] and [layers, 1, d, kernel-1]
+    # (one stream's state holds the conv cache without the batch axis).
+    state = backend.new_stream_state()
     for k, info in enumerate(settings["first_chunks"], 1):
         start, end = info["input_frames"]
         required = chunk * left if left >= 0 else -1
-        y, att, cnn = backend.encode_chunk(feats[:, start:end], offset, required, att, cnn)
-        offset += y.shape[1]
-        assert offset == info["offset_in"] + info["output_frames"]
-        np.testing.assert_allclose(att, g[f"{mode}_att_cache_{k}"], atol=ATOL, rtol=0)
-        np.testing.assert_allclose(cnn, g[f"{mode}_cnn_cache_{k}"], atol=ATOL, rtol=0)
+        _, (state,) = backend.encode_chunks(feats[:, start:end], [state], required)
+        assert state.offset == info["offset_in"] + info["output_frames"]
+        np.testing.assert_allclose(state.att_cache, g[f"{mode}_att_cache_{k}"], atol=ATOL, rtol=0)
+        np.testing.assert_allclose(state.cnn_cache[:, None], g[f"{mode}_cnn_cache_{k}"], atol=ATOL, rtol=0)
 
 
 def _golden_cases():

@@ -7,7 +7,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${PADDLE_ASR_VENV:-$root/.venv}"
 stamp="$venv/.paddle_asr_installed"
-want="$(cat "$root/requirements.txt" "$root/pyproject.toml" | sha256sum | cut -d' ' -f1)"
+want="$(cat "$root/requirements.txt" "$root/requirements-no-deps.txt" "$root/pyproject.toml" | sha256sum | cut -d' ' -f1)"
 
 if [ -n "${PADDLE_ASR_PYTHON:-}" ]; then
   python_dir="$(dirname "$(command -v "$PADDLE_ASR_PYTHON")")"
@@ -19,10 +19,12 @@ else
   python3 -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "Python >= 3.10 is required")'
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
   log_file="$venv/setup.log"
+  # requirements-no-deps.txt: PaddleSpeech's client without PaddleSpeech's dependencies (see its comments).
   # numpy is pinned below 2: paddleslim pins an OpenCV built for numpy 1, which prints an ABI
   # warning under numpy 2. The full pinned list keeps every machine on the same versions.
   if ! { "$venv/bin/python" -m pip install --disable-pip-version-check -q --upgrade pip &&
          "$venv/bin/python" -m pip install --disable-pip-version-check -q -r "$root/requirements.txt" &&
+         "$venv/bin/python" -m pip install --disable-pip-version-check -q --no-deps -r "$root/requirements-no-deps.txt" &&
          "$venv/bin/python" -m pip install --disable-pip-version-check -q --no-deps -e "$root"; } >"$log_file" 2>&1; then
     echo "[setup] installing the environment failed; the pip output is in $log_file:" >&2
     tail -n 20 "$log_file" >&2

@@ -10,7 +10,20 @@ from __future__ import annotations
 import numpy as np
 import paddle
 
-from paddle_asr.models.deepspeech2 import DeepSpeech2Model
+from paddle_asr.errors import AsrError
+from paddle_asr.models.deepspeech2 import (
+    DeepSpeech2Model,
+    DeepSpeech2StreamState,
+    gather_rnn_states,
+    scatter_rnn_states,
+)
+from paddle_asr.models.encoder import (
+    CHUNK_CACHE_INPUTS,
+    U2StreamState,
+    chunk_output_frames,
+    gather_stream_states,
+    scatter_stream_states,
+)
 from paddle_asr.models.u2 import U2Model
 
 
@@ -31,19 +44,20 @@ class DygraphBackend:
             out = self.model.forward_encoder(paddle.to_tensor(feats), paddle.to_tensor(lengths, dtype="int64"))
         return tuple(t.numpy() for t in out)
 
-    def encode_stream(self, feats: np.ndarray, chunk_size: int, num_left_chunks: int) -> np.ndarray:
-        from paddle_asr.decode.recognizer import encode_streaming
+    def new_stream_state(self) -> U2StreamState:
+        if not self.supports_streaming:
+            raise AsrError("this model cannot stream: it was not trained with chunk masks and causal convolutions")
+        return U2StreamState.new(*self.model.encoder.cache_shapes())
 
-        return encode_streaming(self, feats, chunk_size, num_left_chunks)
-
-    def encode_chunk(self, xs, offset, required_cache_size, att_cache, cnn_cache):
+    def encode_chunks(self, xs: np.ndarray, states: list[U2StreamState], required_cache_size: int
+                      ) -> tuple[np.ndarray, list[U2StreamState]]:
+        enc = self.model.encoder
+        frames = chunk_output_frames(xs.shape[1], self.subsampling_rate, self.right_context)
+        feeds = gather_stream_states(states, frames, enc.max_output_frames)
         with paddle.no_grad():
-            out = self.model.forward_encoder_chunk(paddle.to_tensor(xs), int(offset), int(required_cache_size),
-                                                   paddle.to_tensor(att_cache), paddle.to_tensor(cnn_cache))
-        return tuple(t.numpy() for t in out)
-
-    def initial_caches(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.model.encoder.initial_caches()
+            y, att, cnn = self.model.forward_encoder_chunk(
+                paddle.to_tensor(np.asarray(xs, np.float32)), *(paddle.to_tensor(feeds[k]) for k in CHUNK_CACHE_INPUTS))
+        return y.numpy(), scatter_stream_states(states, y.shape[1], att.numpy(), cnn.numpy(), required_cache_size)
 
     def ctc_activation(self, encoder_out):
         with paddle.no_grad():
@@ -76,14 +90,17 @@ class DeepSpeech2DygraphBackend:
             out = self.model.forward_encoder(paddle.to_tensor(feats), paddle.to_tensor(lengths, dtype="int64"))
         return tuple(t.numpy() for t in out)
 
-    def encode_stream(self, feats: np.ndarray, chunk_size: int, num_left_chunks: int) -> np.ndarray:
-        """Chunks of `chunk_size` output frames with the recurrent states carried over (the RNN
-        keeps all of its history: num_left_chunks does not apply)."""
+    def new_stream_state(self) -> DeepSpeech2StreamState:
+        return self.model.new_stream_state()
+
+    def encode_chunks(self, xs: np.ndarray, states: list[DeepSpeech2StreamState], required_cache_size: int
+                      ) -> tuple[np.ndarray, list[DeepSpeech2StreamState]]:
+        """The RNN keeps all of its history in fixed-size states: required_cache_size does not apply."""
+        feats, lengths, h, c = gather_rnn_states(xs, states)
         with paddle.no_grad():
-            hs, _ = self.model.forward_chunk_by_chunk(paddle.to_tensor(feats[None]),
-                                                      paddle.to_tensor([feats.shape[0]], dtype="int64"),
-                                                      chunk_size, encoder_out=True)
-        return hs.numpy()
+            out, out_lengths, h, c = self.model.encoder(*(paddle.to_tensor(a) for a in (feats, lengths, h, c)))
+        out = out.numpy()[:, : int(out_lengths.numpy().max())]
+        return out, scatter_rnn_states(feats, h.numpy(), None if self.model.encoder.use_gru else c.numpy())
 
     def ctc_activation(self, encoder_out):
         with paddle.no_grad():

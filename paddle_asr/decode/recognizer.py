@@ -6,8 +6,9 @@ log-probs, attention rescoring re-scores the prefix-beam n-best with the decoder
 beam search runs the decoder step by step. Because the dynamic-graph and exported backends run the
 same search code, their hypotheses can be compared one to one (stage 5).
 
-Streaming (decoding_chunk_size > 0): the encoder runs chunk by chunk with caches, one utterance at
-a time, exactly as a streaming server would; the searches then run on the streamed encoder output.
+Streaming (decoding_chunk_size > 0): `encode_streaming` runs the encoder chunk by chunk through the
+backend's `encode_chunks` with per-stream states, one utterance at a time: the program a streaming
+server runs for many streams at once; the searches then run on the streamed encoder output.
 """
 
 from __future__ import annotations
@@ -48,10 +49,16 @@ class Backend(Protocol):
     def encode(self, feats: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """feats [B, T, D], lengths [B] -> encoder_out [B, T', d], lengths [B], CTC log-probs [B, T', V]."""
 
-    def encode_stream(self, feats: np.ndarray, chunk_size: int, num_left_chunks: int) -> np.ndarray:
-        """One utterance [T, D] through the encoder chunk by chunk, as a streaming server would
-        (U2: `encode_streaming` with attention and convolution caches; DeepSpeech2: recurrent
-        states) -> encoder_out [1, T', d]."""
+    def new_stream_state(self) -> object:
+        """A fresh per-stream encoder state (U2: offset 0, empty attention cache, zero conv cache;
+        DeepSpeech2: zero recurrent states). Opaque to callers. AsrError when the model cannot stream."""
+
+    def encode_chunks(self, xs: np.ndarray, states: list, required_cache_size: int) -> tuple[np.ndarray, list]:
+        """B streams' next chunk windows at once: xs [B, W, D] raw fbank (the same W for all; a
+        stream's shorter last window comes with B == 1), states: the B streams' states ->
+        (encoder_out [B, t', d], the B new states). required_cache_size = chunk_size *
+        num_left_chunks (< 0: keep all): the attention frames each stream keeps (U2; an RNN's
+        state is fixed-size and ignores it)."""
 
     def ctc_activation(self, encoder_out: np.ndarray) -> np.ndarray: ...
 
@@ -93,20 +100,23 @@ def chunk_windows(num_frames: int, subsampling_rate: int, right_context: int, ch
 
 
 def encode_streaming(backend: Backend, feats: np.ndarray, chunk_size: int, num_left_chunks: int) -> np.ndarray:
-    """One utterance [T, D] through a U2 encoder chunk by chunk (`chunk_windows`), with the attention
-    and convolution caches of the backend's `initial_caches`/`encode_chunk` -> encoder_out [1, T', d]."""
+    """One utterance [T, D] through the streaming encoder chunk by chunk (`chunk_windows`), one
+    stream (B == 1) through `encode_chunks`, exactly as a streaming server runs it ->
+    encoder_out [1, T', d]."""
+    state = backend.new_stream_state()
+    if chunk_size < 1:
+        raise AsrError(f"chunk_size must be a positive number of encoder frames, got {chunk_size}")
+    feats = np.asarray(feats, np.float32)
     windows = chunk_windows(feats.shape[0], backend.subsampling_rate, backend.right_context, chunk_size)
     if not windows:
         raise AsrError(
             f"{feats.shape[0]} frames are fewer than the {backend.right_context + 1} one encoder frame needs"
         )
     required = chunk_size * num_left_chunks if num_left_chunks >= 0 else -1
-    att, cnn = backend.initial_caches()
-    outputs, offset = [], 0
+    outputs = []
     for start, end in windows:
-        y, att, cnn = backend.encode_chunk(feats[None, start:end], offset, required, att, cnn)
+        y, (state,) = backend.encode_chunks(feats[None, start:end], [state], required)
         outputs.append(y)
-        offset += y.shape[1]
     return np.concatenate(outputs, axis=1)
 
 
@@ -132,7 +142,7 @@ class Recognizer:
         c = self.conf
         if c.decoding_chunk_size < 0:
             return self.backend.encode(feats, lengths)
-        outs = [self.backend.encode_stream(feats[i, :n], c.decoding_chunk_size, c.num_decoding_left_chunks)
+        outs = [encode_streaming(self.backend, feats[i, :n], c.decoding_chunk_size, c.num_decoding_left_chunks)
                 for i, n in enumerate(lengths)]
         enc_lengths = np.asarray([o.shape[1] for o in outs], np.int64)
         enc = np.zeros((len(outs), int(enc_lengths.max()), outs[0].shape[2]), np.float32)
@@ -181,7 +191,7 @@ class Recognizer:
                     cutoff_prob=c.cutoff_prob, cutoff_top_n=c.cutoff_top_n or None, cache=self.lm_cache)
                 results[method] = [n[0][0] if n else [] for n in nbest]
             elif method == "attention_rescoring":
-                results[method] = self._rescore(prefix_nbest(), enc, enc_lengths)
+                results[method] = self.rescore(prefix_nbest(), enc, enc_lengths)
             else:
                 limit = enc_lengths
                 if c.attention_length_ratio > 0:
@@ -195,7 +205,7 @@ class Recognizer:
             self.seconds[method] += elapsed
         return results, ctc_lp, enc_lengths
 
-    def _rescore(self, nbest: list, enc: np.ndarray, enc_lengths: np.ndarray) -> list[list[int]]:
+    def rescore(self, nbest: list, enc: np.ndarray, enc_lengths: np.ndarray) -> list[list[int]]:
         """One decoder call for the n-best of every utterance in the batch: each utterance's list is
         padded to beam_size rows (the decoder reads N/B hypotheses per utterance)."""
         beam = self.conf.beam_size

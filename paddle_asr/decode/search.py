@@ -289,20 +289,44 @@ def ctc_prefix_beam_search(log_probs: np.ndarray, beam_size: int, blank: int = 0
     fill the tail of the n-best when few real ones exist. ``beam_size > V`` (which PaddleSpeech's topk
     would reject) uses all V tokens per frame.
     """
-    log_probs = np.asarray(log_probs)
-    if log_probs.ndim != 2:
-        raise ValueError(f"log_probs must be [T, V], got shape {log_probs.shape}")
-    if beam_size < 1:
-        raise ValueError("beam_size must be >= 1")
-    num_frames, vocab = log_probs.shape
-    cur_hyps: list[tuple[tuple[int, ...], tuple[float, float]]] = [((), (0.0, _NEG_INF))]
-    if num_frames:
-        top_vals, top_idx = _paddle_topk(log_probs, min(beam_size, vocab))
-        top_vals, top_idx = top_vals.tolist(), top_idx.tolist()
-    for t in range(num_frames):
-        next_hyps = ctc_prefix_step(cur_hyps, top_idx[t], top_vals[t], blank)
-        cur_hyps = sorted(next_hyps.items(), key=lambda x: _log_add2(*x[1]), reverse=True)[:beam_size]
-    return [(list(prefix), _log_add2(pb, pnb)) for prefix, (pb, pnb) in cur_hyps]
+    beam = CtcPrefixBeam(beam_size, blank)
+    beam.advance(log_probs)
+    return beam.nbest()
+
+
+class CtcPrefixBeam:
+    """:func:`ctc_prefix_beam_search` fed frame block by frame block, as a streaming decoder needs:
+    `advance` with each chunk's CTC log-probs [t, V]; `nbest()` at any point equals the whole search
+    over every frame advanced so far (each frame's top-k and recursion only read that frame)."""
+
+    def __init__(self, beam_size: int, blank: int = 0) -> None:
+        if beam_size < 1:
+            raise ValueError("beam_size must be >= 1")
+        self.beam_size, self.blank = beam_size, blank
+        self.hyps: list[tuple[tuple[int, ...], tuple[float, float]]] = [((), (0.0, _NEG_INF))]
+        self.frames = 0
+
+    def advance(self, log_probs: np.ndarray) -> None:
+        log_probs = np.asarray(log_probs)
+        if log_probs.ndim != 2:
+            raise ValueError(f"log_probs must be [T, V], got shape {log_probs.shape}")
+        if not log_probs.shape[0]:
+            return
+        top_vals, top_idx = _paddle_topk(log_probs, min(self.beam_size, log_probs.shape[1]))
+        cur_hyps = self.hyps
+        for tokens, values in zip(top_idx.tolist(), top_vals.tolist()):
+            next_hyps = ctc_prefix_step(cur_hyps, tokens, values, self.blank)
+            cur_hyps = sorted(next_hyps.items(), key=lambda x: _log_add2(*x[1]), reverse=True)[: self.beam_size]
+        self.hyps = cur_hyps
+        self.frames += log_probs.shape[0]
+
+    def best(self) -> list[int]:
+        """The best prefix so far (a streaming partial result)."""
+        return list(self.hyps[0][0])
+
+    def nbest(self) -> list[tuple[list[int], float]]:
+        """Up to beam_size (tokens, log_add(pb, pnb)) pairs, best first."""
+        return [(list(prefix), _log_add2(pb, pnb)) for prefix, (pb, pnb) in self.hyps]
 
 
 def ctc_prefix_step(cur_hyps: list[tuple[tuple[int, ...], tuple[float, float]]], tokens: Sequence[int],

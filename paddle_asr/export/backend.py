@@ -3,15 +3,18 @@ encoder and the CTC activation, two programs with the same inputs and outputs fo
 family, behind the interface the recognizer uses (`paddle_asr.decode.recognizer.Backend`).
 
 Each family's own backend (`export.u2.U2ExportedBackend`, `export.deepspeech2.DeepSpeech2ExportedBackend`)
-adds its streaming and decoder programs; `export.runtime.load_backend` picks it from the bundle's meta.
+adds its streaming program (`new_stream_state`, `encode_chunks`) and decoder; `export.runtime.load_backend`
+picks it from the bundle's meta.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
+from paddle_asr.decode.recognizer import encode_streaming
 from paddle_asr.errors import AsrError
 from paddle_asr.export.inference import LENGTH_BUCKET, GpuInference, Predictor
 
@@ -34,6 +37,31 @@ def require_meta(model_dir: Path, meta: dict, keys: tuple[str, ...]) -> None:
                        "project; export it again with stage 4")
 
 
+# The format of every family's `encoder_chunk` program, in meta.json: 2 takes a batch of streams
+# (U2: offsets and left-padded caches with their lengths; DeepSpeech2: states [L, B, H]). A
+# streaming bundle without it has the batch-1 program of earlier versions.
+ENCODER_CHUNK_VERSION = 2
+
+
+def require_chunk_version(model_dir: Path, meta: dict) -> None:
+    """An AsrError for a streaming bundle whose `encoder_chunk` is not this version's format."""
+    require_meta(model_dir, meta, ("encoder_chunk_version",))
+    if meta["encoder_chunk_version"] != ENCODER_CHUNK_VERSION:
+        raise AsrError(f"{model_dir}/meta.json: encoder_chunk_version {meta['encoder_chunk_version']}, this version "
+                       f"of the project runs {ENCODER_CHUNK_VERSION}; export it again with stage 4")
+
+
+class _RecordingPredictor:
+    """A predictor that keeps a copy of every feed it runs."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        self.predictor, self.feeds = predictor, []
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        self.feeds.append({k: np.array(v) for k, v in feeds.items()})
+        return self.predictor.run(feeds)
+
+
 class ExportedBackend:
     """The programs every family exports: `encoder` and `ctc_activation`. A family's backend
     subclasses this and sets the attributes below."""
@@ -45,6 +73,8 @@ class ExportedBackend:
     right_context: int
     supports_streaming: bool
     skip_finished: bool
+    # The family's streaming program (`.predictor` runs `encoder_chunk`), None when it cannot stream.
+    _chunk = None
 
     def __init__(self, model_dir: Path, meta: dict, *, num_threads: int = 2,
                  gpu: GpuInference | None = None) -> None:
@@ -76,7 +106,24 @@ class ExportedBackend:
     def ctc_activation(self, encoder_out):
         return self._ctc.run({"encoder_out": np.asarray(encoder_out, np.float32)})[0]
 
-    def encode_stream(self, feats: np.ndarray, chunk_size: int, num_left_chunks: int) -> np.ndarray:
-        """One utterance [T, D] through the streaming encoder, `chunk_size` encoder frames at a
-        time, as a streaming server would -> encoder_out [1, T', d]."""
+    def new_stream_state(self) -> object:
+        """A fresh per-stream state for `encode_chunks` (see decode.recognizer.Backend)."""
         raise NotImplementedError
+
+    def encode_chunks(self, xs: np.ndarray, states: list, required_cache_size: int) -> tuple[np.ndarray, list]:
+        """B streams' next chunk windows through the streaming encoder at once (see decode.recognizer.Backend)."""
+        raise NotImplementedError
+
+    def chunk_program_feeds(self, utterances: Iterable[np.ndarray], chunk_size: int) -> list[dict[str, np.ndarray]]:
+        """The inputs `encoder_chunk` meets when each utterance [T, D] streams alone, `chunk_size`
+        encoder frames at a time (stage 6 calibrates the INT8 chunk program on them)."""
+        if self._chunk is None:
+            raise AsrError(f"{self.model_dir} has no streaming encoder_chunk program")
+        recorder = _RecordingPredictor(self._chunk.predictor)
+        self._chunk.predictor = recorder
+        try:
+            for feats in utterances:
+                encode_streaming(self, feats, chunk_size, -1)
+        finally:
+            self._chunk.predictor = recorder.predictor
+        return recorder.feeds

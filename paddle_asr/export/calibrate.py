@@ -30,8 +30,12 @@ from paddle_asr.export.quantize import EDGE_LAYERS, quantize_ptq
 from paddle_asr.export.runtime import load_backend
 from paddle_asr.families import bundle_family, family
 
-# Programs stage 6 can quantize (a bundle may lack some: DeepSpeech2 has no decoder).
+# Programs stage 6 can be asked to quantize (a bundle may lack some: DeepSpeech2 has no decoder).
+# A streaming bundle's `encoder_chunk` comes with the encoder (see `chunk_follows_encoder`).
 QUANTIZABLE = ("encoder", "decoder")
+# Chunk size (encoder frames) at which the calibration utterances stream through the FP32 chunk
+# program to record its calibration inputs: the recipes' chunk decoding size.
+CALIBRATION_CHUNK = 16
 NO_VNNI_WARNING = (
     "warning: this CPU has no VNNI (AVX-512 VNNI, AVX-VNNI or AMX). oneDNN's INT8 kernels here sum 8-bit "
     "products in 16 bits, which saturate, and gain little over FP32 (measured on an AMD EPYC Zen 3: 1.0-1.4x). "
@@ -71,6 +75,21 @@ def quantized_functions(option: str, bundle: Path, meta: dict) -> list[str]:
     return functions
 
 
+def chunk_follows_encoder(names: list[str], meta: dict, fam) -> bool:
+    """Whether the streaming `encoder_chunk` is quantized too: when the encoder is, the bundle streams
+    and its family says so (`QuantDefaults.quantize_chunk`), so that streaming runs what the
+    full-utterance encoder runs in INT8."""
+    return ("encoder" in names and "encoder_chunk" in meta.get("functions", []) and bool(meta.get("supports_streaming"))
+            and fam.quantization.quantize_chunk)
+
+
+def chunk_fp32_layers(layers: tuple[str, ...]) -> tuple[str, ...]:
+    """The encoder's FP32 edge layers, as found in the chunk program: the first convolution. The
+    encoder's output layer is the CTC projection, which the chunk program lacks (it is in the FP32
+    `ctc_activation`); the chunk program's last product is an encoder layer's, INT8 in the encoder."""
+    return tuple(layer for layer in layers if layer != "output_layer")
+
+
 def calibration_utterances(manifest: Path, num: int) -> list:
     """`num` utterances of a training manifest (never test), spread over it in key order."""
     utts = read_manifest(Path(manifest))
@@ -101,7 +120,13 @@ def calibration_feeds(fp32_dir: Path, meta: dict, utts: list, batch_size: int) -
             hyps, lengths = pad_hypotheses(rows, backend.sos, backend.eos)
             yield {"hyps": hyps, "hyps_lengths": lengths, "encoder_out": enc, "encoder_lengths": enc_lengths}
 
-    return {"encoder": encoder_batches, "decoder": decoder_batches}
+    def chunk_batches():
+        # Each utterance streamed alone through the FP32 chunk program: batch 1, as transcribe runs it.
+        backend = load_backend(fp32_dir, meta)
+        for b in batches():
+            yield from backend.chunk_program_feeds((f[:n] for f, n in zip(b.feats, b.feat_lengths)), CALIBRATION_CHUNK)
+
+    return {"encoder": encoder_batches, "decoder": decoder_batches, "encoder_chunk": chunk_batches}
 
 
 def quantize_bundle(fp32_dir: Path, out: Path, calib: Path | str, *, num_calib: int = 64, batch_size: int = 8,
@@ -116,20 +141,22 @@ def quantize_bundle(fp32_dir: Path, out: Path, calib: Path | str, *, num_calib: 
         log(f"stage 6 (INT8): {NO_VNNI_WARNING}")
     fam = bundle_family(fp32_dir, meta)
     layers = fp32_layers_option(fp32_layers, fam.name)
-    fp = fingerprint("quantize-v3", done_marker(fp32_dir), Path(calib), num_calib, batch_size, functions,
+    fp = fingerprint("quantize-v4", done_marker(fp32_dir), Path(calib), num_calib, batch_size, functions,
                      ",".join(layers))
     if reuse_or_clear(out, fp, "stage 6 (INT8)", force, log, noun="INT8 model"):
         return {}
     utts = calibration_utterances(calib, num_calib)
     names = quantized_functions(functions, fp32_dir, meta)
+    if chunk_follows_encoder(names, meta, fam):
+        names.append("encoder_chunk")
     feeds = calibration_feeds(fp32_dir, meta, utts, batch_size)
     reports = {}
     with atomic_directory(out) as tmp:
         for name in meta.get("functions", []):
             if name in names:
-                reports[name] = quantize_ptq(fp32_dir / name, tmp / name, feeds[name], fp32_layers=layers,
-                                             algo=fam.quantization.algo,
-                                             quantizable_op_type=fam.quantization.op_types)
+                edges = chunk_fp32_layers(layers) if name == "encoder_chunk" else layers
+                reports[name] = quantize_ptq(fp32_dir / name, tmp / name, feeds[name], fp32_layers=edges,
+                                             algo=fam.quantization.algo, quantizable_op_type=fam.quantization.op_types)
             else:
                 shutil.copytree(fp32_dir / name, tmp / name)
         copy_bundle_files(fp32_dir, tmp, precision="int8", int8_functions=names,

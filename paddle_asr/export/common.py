@@ -17,6 +17,7 @@ after ``import paddle`` is not enough.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,6 +118,40 @@ def _valid_max_diff(name: str, ref: list[np.ndarray], got: list[np.ndarray], fee
         rows = list(zip(ref, got))
     diffs = [float(np.abs(r - g[tuple(slice(0, s) for s in r.shape)]).max()) for r, g in rows if r.size]
     return max(diffs) if diffs else 0.0
+
+
+def stream_state_diff(a, b) -> float:
+    """Largest difference between two streams' states (dataclasses of arrays and counters); an
+    ExportError when their counters or array shapes differ."""
+    worst = 0.0
+    for field in dataclasses.fields(a):
+        x, y = getattr(a, field.name), getattr(b, field.name)
+        if not isinstance(x, np.ndarray):
+            if x != y:
+                raise ExportError(f"stream states differ: {field.name} {x} vs {y}")
+        elif x.shape != y.shape:
+            raise ExportError(f"stream states differ: {field.name} shape {x.shape} vs {y.shape}")
+        else:
+            worst = max(worst, float(np.abs(x - y).max(initial=0.0)))
+    return worst
+
+
+def batched_chunk_diff(program, new_state, utterances: np.ndarray, windows: list, required: int) -> float:
+    """Three streams at different points of their utterances [3, T, D] (no history, 1 chunk and 3
+    chunks done: different offsets and cache lengths) take their next chunk in ONE
+    `program.encode_chunks` call -> the largest difference from each stream's own call alone."""
+    alone, states, nexts = [], [], []
+    for b, done in enumerate((0, 1, 3)):
+        state = new_state()
+        for start, end in windows[:done]:
+            _, (state,) = program.encode_chunks(utterances[b:b + 1, start:end], [state], required)
+        start, end = windows[done]
+        alone.append(program.encode_chunks(utterances[b:b + 1, start:end], [state], required))
+        states.append(state)
+        nexts.append(utterances[b, start:end])
+    batched, new_states = program.encode_chunks(np.stack(nexts), states, required)
+    return max(max(float(np.abs(batched[b] - y[0]).max()), stream_state_diff(new_states[b], s))
+               for b, (y, (s,)) in enumerate(alone))
 
 
 def check_function_parity(model, fn: RuntimeFunction, program_dir: Path, feeds: dict[str, np.ndarray]) -> float:

@@ -2,16 +2,17 @@
 
     <out>/encoder/         forward_encoder: feats [B, T, D], feats_lengths [B]
                            -> encoder_out [B, T', d], encoder_lengths [B], ctc_log_probs [B, T', V]
-    <out>/encoder_chunk/   (online model only) the encoder on one chunk window with its recurrent
-                           states: feats [1, t, D], feats_lengths [1], h [L, 1, H], c [L, 1, H]
-                           -> encoder_out [1, t', d], encoder_lengths [1], h, c
+    <out>/encoder_chunk/   (online model only) the encoder on the chunk windows of B streams with
+                           their recurrent states: feats [B, t, D], feats_lengths [B], h [L, B, H],
+                           c [L, B, H] -> encoder_out [B, t', d], encoder_lengths [B], h, c
     <out>/ctc_activation/  encoder_out [B, T', d] -> ctc_log_probs [B, T', V]
 
 CMVN is inside both encoders (raw fbank in). A GRU has no cell state, so its `encoder_chunk` has
 no `c` input or output at all rather than a dummy one: the bundle's meta lists the state names
-(`state_names`), and the runtime carries exactly those. `encoder_chunk` is batch 1 with a dynamic
-window length, like the U2 chunk program; the runtime pads the last window to full size so that
-every chunk of a given size has one shape (oneDNN builds kernels per shape).
+(`state_names`), and the runtime carries exactly those. `encoder_chunk` has a dynamic batch and
+window length, like the U2 chunk program; the runtime pads a stream's last window to full size so
+that every chunk of a given size has one shape (oneDNN builds kernels per shape;
+`models.deepspeech2.DeepSpeech2StreamState`).
 
 `DeepSpeech2ExportedBackend` runs such a bundle: CTC only (the recognizer offers the CTC searches),
 and for the online model chunk-by-chunk streaming with the recurrent states carried over.
@@ -26,17 +27,29 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import paddle
 from paddle import nn
 from paddle.static import InputSpec
 
 from paddle_asr.config import AsrConfig
+from paddle_asr.decode.dygraph_backend import DeepSpeech2DygraphBackend
 from paddle_asr.decode.recognizer import chunk_windows
 from paddle_asr.errors import AsrError
-from paddle_asr.export.backend import ExportedBackend, require_meta
-from paddle_asr.export.common import PARITY_ATOL, PARITY_LENGTHS, ExportError, RuntimeFunction
+from paddle_asr.export.backend import ENCODER_CHUNK_VERSION, ExportedBackend, require_chunk_version, require_meta
+from paddle_asr.export.common import (
+    PARITY_ATOL,
+    PARITY_LENGTHS,
+    ExportError,
+    RuntimeFunction,
+    batched_chunk_diff,
+    stream_state_diff,
+)
 from paddle_asr.export.inference import GpuInference, Predictor
-from paddle_asr.models.deepspeech2 import DeepSpeech2Model
+from paddle_asr.models.deepspeech2 import (
+    DeepSpeech2Model,
+    DeepSpeech2StreamState,
+    gather_rnn_states,
+    scatter_rnn_states,
+)
 
 # The chunk size (encoder frames) of the export-time streaming check: small, so that the check
 # crosses several chunk boundaries and ends on a partial window.
@@ -80,11 +93,11 @@ def runtime_functions(model: DeepSpeech2Model, feat_dim: int) -> list[RuntimeFun
                         (InputSpec([None, None, enc.output_size], "float32", "encoder_out"),)),
     ]
     if enc.supports_streaming:
-        states = tuple(InputSpec(enc.state_shape(1), "float32", name) for name in state_names(model))
+        states = tuple(InputSpec(enc.state_shape(None), "float32", name) for name in state_names(model))
         chunk = _GruChunk(model) if enc.use_gru else _LstmChunk(model)
         fns.append(RuntimeFunction("encoder_chunk", "forward", (
-            InputSpec([1, None, feat_dim], "float32", "feats"), InputSpec([1], "int64", "feats_lengths"), *states),
-            layer=chunk))
+            InputSpec([None, None, feat_dim], "float32", "feats"), InputSpec([None], "int64", "feats_lengths"),
+            *states), layer=chunk))
     return fns
 
 
@@ -108,33 +121,48 @@ def parity_inputs(model: DeepSpeech2Model, feat_dim: int, seed: int = 0) -> dict
     return {"encoder": {"feats": feats, "feats_lengths": lengths}, "ctc_activation": {"encoder_out": enc_out}}
 
 
+class DeepSpeech2ChunkProgram:
+    """The exported `encoder_chunk` behind `encode_chunks`: B streams' windows and states stacked
+    on the batch axis, one call, the states split back."""
+
+    def __init__(self, predictor: Predictor, names: list[str]) -> None:
+        self.predictor, self.names = predictor, names
+
+    def encode_chunks(self, xs: np.ndarray, states: list[DeepSpeech2StreamState], required_cache_size: int
+                      ) -> tuple[np.ndarray, list[DeepSpeech2StreamState]]:
+        """required_cache_size does not apply: the RNN state summarises all of the past."""
+        feats, lengths, h, c = gather_rnn_states(xs, states)
+        out, out_lengths, *next_states = self.predictor.run(
+            {"feats": feats, "feats_lengths": lengths, **dict(zip(self.names, (h, c)))})
+        next_c = next_states[1] if len(next_states) > 1 else None
+        return out[:, : int(out_lengths.max())], scatter_rnn_states(feats, next_states[0], next_c)
+
+
 def check_streaming_parity(model: DeepSpeech2Model, program_dir, feat_dim: int) -> float:
     """The exported `encoder_chunk` against the dygraph encoder, chunk by chunk with carried states,
-    over one utterance whose last window is partial (zero-padded, as the runtime feeds it)."""
+    over one utterance whose last window is partial (zero-padded, as the runtime feeds it); and a
+    batch of three streams at different points against each stream alone."""
     enc = model.encoder
-    feats = parity_inputs(model, feat_dim, seed=1)["encoder"]["feats"][0]  # PARITY_LENGTHS[0] frames
-    windows = chunk_windows(len(feats), enc.subsampling_rate, enc.right_context, PARITY_CHUNK)
-    size = windows[0][1] - windows[0][0]
-    names = state_names(model)
-    states = dict(zip(names, model.initial_states(1)))
-    predictor = Predictor(program_dir)
-    worst = 0.0
+    feats = parity_inputs(model, feat_dim, seed=1)["encoder"]["feats"]  # PARITY_LENGTHS[0] frames
+    windows = chunk_windows(feats.shape[1], enc.subsampling_rate, enc.right_context, PARITY_CHUNK)
+    program = DeepSpeech2ChunkProgram(Predictor(program_dir), state_names(model))
+    dygraph = DeepSpeech2DygraphBackend(model)
+    state, worst = model.new_stream_state(), 0.0
     for start, end in windows:
-        xs = np.zeros((1, size, feat_dim), np.float32)
-        xs[0, : end - start] = feats[start:end]
-        n = np.array([end - start], np.int64)
-        got = predictor.run({"feats": xs, "feats_lengths": n, **states})
-        with paddle.no_grad():
-            ref = enc(paddle.to_tensor(xs), paddle.to_tensor(n), *(paddle.to_tensor(states[s]) for s in names))
-        ref = [t.numpy() for t in ref[: 2 + len(names)]]
-        if not np.array_equal(got[1], ref[1]):
-            raise ExportError(f"{program_dir}: chunk lengths {got[1]} vs {ref[1]} at frame {start}")
-        valid = int(ref[1][0])
-        worst = max(worst, float(np.abs(got[0][:, :valid] - ref[0][:, :valid]).max(initial=0.0)),
-                    *(float(np.abs(g - r).max()) for g, r in zip(got[2:], ref[2:])))
-        states = dict(zip(names, got[2:]))  # carry the exported states, as a server would
+        got, (next_state,) = program.encode_chunks(feats[:1, start:end], [state], -1)
+        # The dygraph encoder from the exported states, as a server carries them.
+        ref, (ref_state,) = dygraph.encode_chunks(feats[:1, start:end], [state], -1)
+        if got.shape != ref.shape:
+            raise ExportError(f"{program_dir}: chunk output {got.shape} vs {ref.shape} at frame {start}")
+        worst = max(worst, float(np.abs(got - ref).max(initial=0.0)), stream_state_diff(next_state, ref_state))
+        state = next_state
+    # Three different utterances (the parity batch's rows are one utterance and its padding).
+    rng = np.random.default_rng(2)
+    batch = np.stack([feats[0], feats[0, ::-1], feats[0, rng.permutation(feats.shape[1])]])
+    worst = max(worst, batched_chunk_diff(program, model.new_stream_state, batch, windows, -1))
     if not np.isfinite(worst) or worst >= PARITY_ATOL:
-        raise ExportError(f"{program_dir} disagrees with the dynamic graph chunk by chunk: max |diff| = {worst:.3g}")
+        raise ExportError(f"{program_dir} disagrees with the dynamic graph chunk by chunk, or a stream's chunk in "
+                          f"a batch with its own: max |diff| = {worst:.3g}")
     return worst
 
 
@@ -160,8 +188,10 @@ def bundle_meta(config: AsrConfig, model: DeepSpeech2Model) -> dict:
         "supports_streaming": enc.supports_streaming,
     }
     if enc.supports_streaming:
-        # encoder_chunk's recurrent state inputs and outputs, in program order, each [L, 1, H].
-        meta.update(state_names=state_names(model), state_shape=enc.state_shape(1))
+        # encoder_chunk's recurrent state inputs and outputs, in program order; one stream's [L, H].
+        shape = enc.state_shape(1)
+        meta.update(state_names=state_names(model), state_shape=[shape[0], shape[2]],
+                    encoder_chunk_version=ENCODER_CHUNK_VERSION)
     return meta
 
 
@@ -182,44 +212,22 @@ class DeepSpeech2ExportedBackend(ExportedBackend):
         self.supports_streaming = bool(meta["supports_streaming"]) and (self.model_dir / "encoder_chunk").is_dir()
         self._chunk = None
         if self.supports_streaming:
+            require_chunk_version(model_dir, meta)
             require_meta(model_dir, meta, ("state_names", "state_shape"))
-            self._state_names = list(meta["state_names"])
             self._state_shape = tuple(meta["state_shape"])
             # Not `streaming=True`: that keeps zero-size attention caches away from oneDNN, and
             # the recurrent states are never empty.
-            self._chunk = self._load("encoder_chunk")
+            self._chunk = DeepSpeech2ChunkProgram(self._load("encoder_chunk"), list(meta["state_names"]))
 
-    def initial_states(self) -> dict[str, np.ndarray]:
-        return {name: np.zeros(self._state_shape, np.float32) for name in self._state_names}
-
-    def stream_step(self, feats: np.ndarray, length: int, states: dict[str, np.ndarray]
-                    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """One chunk window [1, t, D] of which `length` frames are real -> (its valid encoder
-        frames [1, t', d], the next states)."""
-        out, out_lengths, *next_states = self._chunk.run(
-            {"feats": np.asarray(feats, np.float32), "feats_lengths": np.array([length], np.int64), **states})
-        return out[:, : int(out_lengths[0])], dict(zip(self._state_names, next_states))
-
-    def encode_stream(self, feats: np.ndarray, chunk_size: int, num_left_chunks: int) -> np.ndarray:
-        """Chunks of `chunk_size` encoder frames over the windows of `chunk_windows` (PaddleSpeech's
-        forward_chunk_by_chunk), states carried across. `num_left_chunks` does not apply: the RNN
-        state summarises all of the past. The last window is zero-padded to full size (its length
-        input masks the padding) so that every chunk has the same shape."""
+    def new_stream_state(self) -> DeepSpeech2StreamState:
         if self._chunk is None:
             raise AsrError(f"{self.model_dir} cannot stream: only the online DeepSpeech2 model (rnn_direction: "
                            "forward) has an encoder_chunk program; use decoding_chunk_size: -1")
-        if chunk_size < 1:
-            raise AsrError(f"chunk_size must be a positive number of encoder frames, got {chunk_size}")
-        feats = np.asarray(feats, np.float32)
-        windows = chunk_windows(feats.shape[0], self.subsampling_rate, self.right_context, chunk_size)
-        if not windows:
-            raise AsrError(f"{feats.shape[0]} frames are fewer than the {self.right_context + 1} "
-                           "one encoder frame needs")
-        size = windows[0][1] - windows[0][0]
-        states, outputs = self.initial_states(), []
-        for start, end in windows:
-            xs = np.zeros((1, size, feats.shape[1]), np.float32)
-            xs[0, : end - start] = feats[start:end]
-            out, states = self.stream_step(xs, end - start, states)
-            outputs.append(out)
-        return np.concatenate(outputs, axis=1)
+        zeros = np.zeros(self._state_shape, np.float32)
+        return DeepSpeech2StreamState(zeros, zeros.copy())
+
+    def encode_chunks(self, xs: np.ndarray, states: list[DeepSpeech2StreamState], required_cache_size: int
+                      ) -> tuple[np.ndarray, list[DeepSpeech2StreamState]]:
+        """Chunk windows of `chunk_windows` (PaddleSpeech's forward_chunk_by_chunk), states carried
+        across; `required_cache_size` does not apply (the RNN state summarises all of the past)."""
+        return self._chunk.encode_chunks(xs, states, required_cache_size)

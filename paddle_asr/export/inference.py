@@ -93,10 +93,11 @@ def find_model_files(model_dir: Path) -> tuple[Path, Path]:
     )
 
 
-# oneDNN cannot build primitives for zero-size tensors ("could not construct a sub-memory"), and the
-# first streaming chunk has an empty attention cache [L, H, 0, 2*d_k]. For the chunk encoder the
-# ops that touch the cache (slice, split, concat, stack) run on Paddle's plain CPU kernels; every
-# compute op still runs in oneDNN.
+# oneDNN cannot build primitives for zero-size tensors ("could not construct a sub-memory"), and a
+# streaming batch whose streams all start has an empty attention cache [L, B, H, 0, 2*d_k]. For the
+# chunk encoder the ops that touch the cache (slice, split, concat, stack) and the position and
+# padding bookkeeping on int64 (gather_nd, compare, cast) run on Paddle's plain CPU kernels; every
+# compute op still runs in oneDNN (the INT8 ones too).
 STREAMING_MKLDNN_OPS: frozenset[str] = frozenset({
     "matmul_v2", "matmul", "fc", "conv2d", "fused_conv2d", "depthwise_conv2d", "layer_norm", "softmax",
     "elementwise_add", "elementwise_sub", "elementwise_mul", "elementwise_div", "swish", "relu", "sigmoid",

@@ -2,15 +2,17 @@
 
     <out>/encoder/         forward_encoder: feats [B, T, D], feats_lengths [B]
                            -> encoder_out [B, T', d], encoder_lengths [B], ctc_log_probs [B, T', V]
-    <out>/encoder_chunk/   forward_encoder_chunk (streaming models only): xs [1, T, D], offset [1],
-                           required_cache_size [1], att_cache [L, H, t, 2*d_k], cnn_cache [L, 1, d, k-1]
-                           -> chunk_out [1, t', d], att_cache, cnn_cache
+    <out>/encoder_chunk/   forward_encoder_chunk (streaming models only), the next chunk of B streams:
+                           xs [B, W, D], offsets [B], att_cache [L, B, H, C, 2*d_k] (each stream's
+                           cache right-aligned, left-padded), cache_lengths [B], cnn_cache [L, B, d, k-1]
+                           -> chunk_out [B, t', d], att_cache [L, B, H, C + t', 2*d_k] (untrimmed), cnn_cache
     <out>/ctc_activation/  encoder_out [B, T', d] -> ctc_log_probs [B, T', V]
     <out>/decoder/         forward_attention_decoder: hyps [N, U], hyps_lengths [N], encoder_out
                            [N, T', d], encoder_lengths [N] -> decoder log-probs [N, U, V]
 
 CMVN is inside both encoders (raw fbank in). `U2ExportedBackend` runs such a bundle: CTC and
-attention decoder, streaming with attention and convolution caches.
+attention decoder, streaming with per-stream attention and convolution caches that it gathers into
+one `encoder_chunk` call for many streams and scatters back (`models.encoder.U2StreamState`).
 """
 
 from __future__ import annotations
@@ -18,14 +20,29 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import paddle
 from paddle.static import InputSpec
 
 from paddle_asr.config import AsrConfig
-from paddle_asr.decode.recognizer import chunk_windows, encode_streaming
-from paddle_asr.export.backend import ExportedBackend, pad_axis, require_meta
-from paddle_asr.export.common import PARITY_ATOL, PARITY_LENGTHS, ExportError, RuntimeFunction
+from paddle_asr.decode.dygraph_backend import DygraphBackend
+from paddle_asr.decode.recognizer import chunk_windows
+from paddle_asr.errors import AsrError
+from paddle_asr.export.backend import (
+    ENCODER_CHUNK_VERSION,
+    ExportedBackend,
+    pad_axis,
+    require_chunk_version,
+    require_meta,
+)
+from paddle_asr.export.common import (
+    PARITY_ATOL,
+    PARITY_LENGTHS,
+    ExportError,
+    RuntimeFunction,
+    batched_chunk_diff,
+    stream_state_diff,
+)
 from paddle_asr.export.inference import GpuInference, Predictor
+from paddle_asr.models.encoder import U2StreamState, chunk_output_frames, gather_stream_states, scatter_stream_states
 from paddle_asr.models.u2 import U2Model
 
 # Decoder inputs are padded too (hypothesis length to 8 tokens, encoder frames to 16): every new
@@ -49,10 +66,10 @@ def runtime_functions(model, feat_dim: int) -> list[RuntimeFunction]:
     ]
     if enc.supports_streaming:
         fns.append(RuntimeFunction("encoder_chunk", "forward_encoder_chunk", (
-            InputSpec([1, None, feat_dim], "float32", "xs"), InputSpec([1], "int64", "offset"),
-            InputSpec([1], "int64", "required_cache_size"),
-            InputSpec([layers, heads, None, 2 * (d // heads)], "float32", "att_cache"),
-            InputSpec([layers, 1, d, max(enc.cnn_cache_frames, 1)], "float32", "cnn_cache"))))
+            InputSpec([None, None, feat_dim], "float32", "xs"), InputSpec([None], "int64", "offsets"),
+            InputSpec([layers, None, heads, None, 2 * (d // heads)], "float32", "att_cache"),
+            InputSpec([None], "int64", "cache_lengths"),
+            InputSpec([layers, None, d, max(enc.cnn_cache_frames, 1)], "float32", "cnn_cache"))))
     return fns
 
 
@@ -79,35 +96,50 @@ def parity_inputs(model, feat_dim: int, seed: int = 0) -> dict[str, dict[str, np
     }
 
 
+class U2ChunkProgram:
+    """The exported `encoder_chunk` behind `encode_chunks`: B streams' states gathered into one call
+    (caches left-padded to the longest) and scattered back, trimmed to the required cache size."""
+
+    def __init__(self, predictor: Predictor, subsampling_rate: int, right_context: int, max_positions: int) -> None:
+        self.predictor = predictor
+        self.subsampling_rate, self.right_context = subsampling_rate, right_context
+        self.max_positions = max_positions
+
+    def encode_chunks(self, xs: np.ndarray, states: list[U2StreamState], required_cache_size: int
+                      ) -> tuple[np.ndarray, list[U2StreamState]]:
+        frames = chunk_output_frames(xs.shape[1], self.subsampling_rate, self.right_context)
+        feeds = gather_stream_states(states, frames, self.max_positions)
+        y, att, cnn = self.predictor.run({"xs": np.asarray(xs, np.float32), **feeds})
+        return y, scatter_stream_states(states, y.shape[1], att, cnn, required_cache_size)
+
+
 def check_streaming_parity(model, program_dir: Path, feat_dim: int) -> float:
-    """Three chunks through the exported `encoder_chunk` against the dygraph `forward_encoder_chunk`."""
+    """The exported `encoder_chunk` against the dygraph `forward_encoder_chunk`, one stream over
+    four chunks, and a batch of three streams at different points against each stream alone."""
     enc = model.encoder
     sub, right_context, chunk = enc.embed.subsampling_rate, enc.embed.right_context, 4
     rng = np.random.default_rng(1)
-    num_frames = 3 * chunk * sub + right_context + 1  # three chunks
-    feats = (rng.standard_normal((1, num_frames, feat_dim)) * 3 + 10).astype(np.float32)
-    predictor = Predictor(program_dir, streaming=True)
-    att, cnn = enc.initial_caches()
-    att_d, cnn_d = paddle.to_tensor(att), paddle.to_tensor(cnn)
-    offset, worst = 0, 0.0
-    for start, end in chunk_windows(num_frames, sub, right_context, chunk):
-        xs = feats[:, start:end]
-        y, att, cnn = predictor.run({"xs": xs, "offset": np.array([offset], np.int64),
-                                     "required_cache_size": np.array([-1], np.int64),
-                                     "att_cache": att, "cnn_cache": cnn})
-        with paddle.no_grad():
-            y_d, att_d, cnn_d = model.forward_encoder_chunk(paddle.to_tensor(xs), offset, -1, att_d, cnn_d)
-        worst = max(worst, float(np.abs(y - y_d.numpy()).max()), float(np.abs(att - att_d.numpy()).max()))
-        offset += y.shape[1]
+    num_frames = 4 * chunk * sub + right_context + 1  # four whole chunks
+    feats = (rng.standard_normal((3, num_frames, feat_dim)) * 3 + 10).astype(np.float32)
+    program = U2ChunkProgram(Predictor(program_dir, streaming=True), sub, right_context, enc.max_output_frames)
+    dygraph = DygraphBackend(model)
+    windows = chunk_windows(num_frames, sub, right_context, chunk)
+    state, state_d, worst = dygraph.new_stream_state(), dygraph.new_stream_state(), 0.0
+    for start, end in windows:
+        y, (state,) = program.encode_chunks(feats[:1, start:end], [state], 2 * chunk)
+        y_d, (state_d,) = dygraph.encode_chunks(feats[:1, start:end], [state_d], 2 * chunk)
+        worst = max(worst, float(np.abs(y - y_d).max()), stream_state_diff(state, state_d))
+    worst = max(worst, batched_chunk_diff(program, dygraph.new_stream_state, feats, windows, 2 * chunk))
     if not np.isfinite(worst) or worst >= PARITY_ATOL:
-        raise ExportError(f"{program_dir} disagrees with the dynamic graph chunk by chunk: max |diff| = {worst:.3g}")
+        raise ExportError(f"{program_dir} disagrees with the dynamic graph chunk by chunk, or a stream's chunk in "
+                          f"a batch with its own: max |diff| = {worst:.3g}")
     return worst
 
 
 def bundle_meta(config: AsrConfig, model: U2Model) -> dict:
     """The meta.json entries a U2 runtime needs (see U2ExportedBackend)."""
     enc = model.encoder
-    att_cache, cnn_cache = enc.initial_caches()
+    att_cache, cnn_cache = enc.cache_shapes()
     return {
         "encoder_type": config.model.encoder_type,
         "sos": model.sos,
@@ -116,21 +148,24 @@ def bundle_meta(config: AsrConfig, model: U2Model) -> dict:
         "right_context": enc.embed.right_context,
         "min_input_frames": enc.embed.right_context + 1,
         "supports_streaming": enc.supports_streaming,
-        "att_cache_shape": list(att_cache.shape),
-        "cnn_cache_shape": list(cnn_cache.shape),
+        "encoder_chunk_version": ENCODER_CHUNK_VERSION,
+        "max_encoder_frames": enc.max_output_frames,
+        # One stream's caches: attention [L, H, 0, 2*d_k] (empty at the start), conv [L, d, k-1].
+        "att_cache_shape": att_cache,
+        "cnn_cache_shape": cnn_cache,
     }
 
 
 class U2ExportedBackend(ExportedBackend):
-    """A U2 bundle: CTC and attention decoder, and for a streaming model chunk-by-chunk encoding
-    through `encoder_chunk` with attention and convolution caches."""
+    """A U2 bundle: CTC and attention decoder, and for a streaming model many streams' chunks at a
+    time through `encoder_chunk` with per-stream attention and convolution caches."""
 
     has_decoder = True
 
     def __init__(self, model_dir: Path, meta: dict, *, num_threads: int = 2,
                  gpu: GpuInference | None = None) -> None:
         require_meta(model_dir, meta, ("functions", "sos", "eos", "subsampling_rate", "right_context",
-                                   "att_cache_shape", "cnn_cache_shape"))
+                                       "att_cache_shape", "cnn_cache_shape"))
         super().__init__(model_dir, meta, num_threads=num_threads, gpu=gpu)
         self.sos, self.eos = int(meta["sos"]), int(meta["eos"])
         self.subsampling_rate = int(meta["subsampling_rate"])
@@ -141,24 +176,24 @@ class U2ExportedBackend(ExportedBackend):
         # running them (bench/RESULTS.md, "Figures formerly in code comments"). So the FP32 decoder
         # runs on Paddle's plain CPU kernels, and utterances whose beams all ended leave the batch.
         self.skip_finished = True
-        self._att_cache_shape = tuple(meta["att_cache_shape"])
-        self._cnn_cache_shape = tuple(meta["cnn_cache_shape"])
         self._decoder = self._load("decoder", use_mkldnn="decoder" in self._int8_functions)
-        self._chunk = self._load("encoder_chunk", streaming=True) if self.supports_streaming else None
+        self._chunk = None
+        if self.supports_streaming:
+            require_chunk_version(model_dir, meta)
+            require_meta(model_dir, meta, ("max_encoder_frames",))
+            self._cache_shapes = (meta["att_cache_shape"], meta["cnn_cache_shape"])
+            self._chunk = U2ChunkProgram(self._load("encoder_chunk", streaming=True), self.subsampling_rate,
+                                         self.right_context, int(meta["max_encoder_frames"]))
 
-    def encode_stream(self, feats: np.ndarray, chunk_size: int, num_left_chunks: int) -> np.ndarray:
-        """`chunk_windows` through `encoder_chunk` with attention and convolution caches."""
-        return encode_streaming(self, feats, chunk_size, num_left_chunks)
+    def new_stream_state(self) -> U2StreamState:
+        if self._chunk is None:
+            raise AsrError(f"{self.model_dir} cannot stream: its model was not trained with chunk masks and causal "
+                           "convolutions (e.g. chunk_conformer.yaml); use decoding_chunk_size: -1")
+        return U2StreamState.new(*self._cache_shapes)
 
-    def encode_chunk(self, xs, offset, required_cache_size, att_cache, cnn_cache):
-        return tuple(self._chunk.run({
-            "xs": np.asarray(xs, np.float32), "offset": np.array([offset], np.int64),
-            "required_cache_size": np.array([required_cache_size], np.int64),
-            "att_cache": att_cache, "cnn_cache": cnn_cache}))
-
-    def initial_caches(self) -> tuple[np.ndarray, np.ndarray]:
-        layers, heads, _, width = self._att_cache_shape
-        return np.zeros((layers, heads, 0, width), np.float32), np.zeros(self._cnn_cache_shape, np.float32)
+    def encode_chunks(self, xs: np.ndarray, states: list[U2StreamState], required_cache_size: int
+                      ) -> tuple[np.ndarray, list[U2StreamState]]:
+        return self._chunk.encode_chunks(xs, states, required_cache_size)
 
     def decode(self, hyps, hyps_lengths, encoder_out, encoder_lengths):
         u = hyps.shape[1]

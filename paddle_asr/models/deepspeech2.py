@@ -19,6 +19,8 @@ the full-utterance output exactly (PaddleSpeech `forward_chunk_by_chunk` / its i
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import paddle
 import paddle.nn.functional as F
@@ -93,7 +95,7 @@ class DeepSpeech2Encoder(nn.Layer):
         ((T - 1) // 2 - 1) // 2, the same integers as two (T - 3) // 2 + 1 steps."""
         return self.conv.output_length(lengths)
 
-    def state_shape(self, batch: int) -> list[int]:
+    def state_shape(self, batch: int | None) -> list[int | None]:
         """[num_rnn_layers * directions, batch, rnn_size]: PaddleSpeech's h/c state boxes."""
         return [self.num_rnn_layers * self.num_directions, batch, self.rnn_size]
 
@@ -187,6 +189,14 @@ class DeepSpeech2Model(nn.Layer):
     def ctc_activation(self, encoder_out: paddle.Tensor) -> paddle.Tensor:
         return self.decoder.log_softmax(encoder_out)
 
+    def new_stream_state(self) -> DeepSpeech2StreamState:
+        """Zero recurrent states for a new stream (online model only)."""
+        if not self.encoder.supports_streaming:
+            raise AsrError("this DeepSpeech2 model cannot stream: only the online model (rnn_direction: forward) "
+                           "runs chunk by chunk; use decoding_chunk_size: -1")
+        h, c = self.initial_states(1)
+        return DeepSpeech2StreamState(h[:, 0], c[:, 0])
+
     def initial_states(self, batch: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """Zero h and c states for the first chunk ([L, B, H] each; c is passed through by a GRU)."""
         shape = self.encoder.state_shape(batch)
@@ -238,6 +248,40 @@ class DeepSpeech2Model(nn.Layer):
         lengths = paddle.clip(self.encoder.output_length(feat_lengths), min=0)
         hs = paddle.concat(outputs, axis=1)[:, :total]
         return (hs if encoder_out else self.decoder.log_softmax(hs)), lengths
+
+
+@dataclass
+class DeepSpeech2StreamState:
+    """One online DeepSpeech2 stream between chunks: the RNN states h and c [layers, rnn_size]
+    (c stays zero for a GRU) and the stream's chunk window in input frames (0 before its first
+    chunk). A shorter last window is zero-padded to that window, its length masking the padding,
+    so every chunk of a stream has one shape (oneDNN builds kernels per shape)."""
+
+    h: np.ndarray
+    c: np.ndarray
+    window: int = 0
+
+
+def gather_rnn_states(xs: np.ndarray, states: list[DeepSpeech2StreamState]
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """B streams' chunk windows xs [B, W, D] and states -> (feats [B, W', D] zero-padded to the
+    streams' window, feats_lengths [B], h and c [layers, B, rnn_size])."""
+    if not states:
+        raise AsrError("encode_chunks needs at least one stream state")
+    xs = np.asarray(xs, np.float32)
+    lengths = np.full(len(states), xs.shape[1], np.int64)
+    width = max(xs.shape[1], *(s.window for s in states))
+    if width > xs.shape[1]:
+        xs = np.pad(xs, ((0, 0), (0, width - xs.shape[1]), (0, 0)))
+    return xs, lengths, np.stack([s.h for s in states], axis=1), np.stack([s.c for s in states], axis=1)
+
+
+def scatter_rnn_states(feats: np.ndarray, h: np.ndarray, c: np.ndarray | None) -> list[DeepSpeech2StreamState]:
+    """The B streams' next states from the chunk's padded feats [B, W', D] and final h, c [layers,
+    B, rnn_size] (c None: a GRU, zeros kept)."""
+    c = np.zeros_like(h) if c is None else c
+    return [DeepSpeech2StreamState(np.ascontiguousarray(h[:, b]), np.ascontiguousarray(c[:, b]), feats.shape[1])
+            for b in range(h.shape[1])]
 
 
 def build_deepspeech2(config: AsrConfig, cmvn: tuple[np.ndarray, np.ndarray]) -> DeepSpeech2Model:

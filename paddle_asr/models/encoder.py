@@ -1,12 +1,14 @@
 """Conformer and Transformer encoders (PaddleSpeech `ConformerEncoder`/`TransformerEncoder` layout,
 paddlespeech/s2t/modules/encoder.py; docs/paddlespeech.md), with the U2 streaming machinery:
-chunk masks for dynamic chunk training and masked decoding, and `forward_chunk` with attention
-and convolution caches.
+chunk masks for dynamic chunk training and masked decoding, and `forward_chunk`: the next chunk of
+a batch of streams with their attention and convolution caches, which `U2StreamState`,
+`gather_stream_states` and `scatter_stream_states` keep per stream between chunks.
 """
 
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
 import numpy as np
 import paddle
@@ -194,45 +196,106 @@ class Encoder(nn.Layer):
             x, _, _ = layer(x, pos_emb, att_bias, pad_mask)
         return self.after_norm(x), out_lengths
 
-    def forward_chunk(self, xs: paddle.Tensor, offset, required_cache_size, att_cache: paddle.Tensor,
-                      cnn_cache: paddle.Tensor) -> tuple[paddle.Tensor, paddle.Tensor, paddle.Tensor]:
-        """One streaming chunk (batch 1), PaddleSpeech/WeNet `forward_chunk`.
+    def forward_chunk(self, xs: paddle.Tensor, offsets: paddle.Tensor, att_cache: paddle.Tensor,
+                      cache_lengths: paddle.Tensor, cnn_cache: paddle.Tensor
+                      ) -> tuple[paddle.Tensor, paddle.Tensor, paddle.Tensor]:
+        """The next chunk of B streams at once (PaddleSpeech/WeNet `forward_chunk`, batched).
 
-        xs [1, (chunk-1)*subsampling + right_context + 1, D] raw features; offset: encoder frames
-        already emitted; required_cache_size: attention frames to keep for the next chunk (<0: all);
-        att_cache [layers, heads, cache_t, 2*d_k] (cache_t 0 at the start); cnn_cache
-        [layers, 1, d_model, kernel-1] (zeros at the start = the causal conv's zero padding).
-        offset and required_cache_size may be int64 tensors of shape [1] (the exported program).
-        Returns (output [1, chunk, d_model], next att_cache, next cnn_cache).
+        xs [B, (chunk-1)*subsampling + right_context + 1, D] raw features; offsets [B] int64:
+        encoder frames each stream already emitted; att_cache [layers, B, heads, C, 2*d_k] with
+        stream b's cache_lengths[b] valid frames RIGHT-aligned (the C - cache_lengths[b] frames on
+        the left are padding, masked); cnn_cache [layers, B, d_model, kernel-1] (zeros at the start
+        = the causal conv's zero padding). Returns (output [B, chunk, d_model], the untrimmed next
+        att_cache [layers, B, heads, C + chunk, 2*d_k], next cnn_cache); `U2StreamState` gathers
+        and trims the caches per stream.
         """
         x = self.global_cmvn(xs) if self.global_cmvn is not None else xs
         x = self.embed(x)
-        cache_t = paddle.shape(att_cache)[2]
-        chunk = paddle.shape(x)[1]
-        x, _ = self.pos_enc(x, offset)
-        # Keys are the cached frames then this chunk: positions offset - cache_t ... offset + chunk.
-        pos_emb = self.pos_enc.position_encoding(offset - cache_t, cache_t + chunk)
-        key_size = cache_t + chunk
-        if isinstance(required_cache_size, int):
-            start = 0 if required_cache_size < 0 else max(int(key_size) - required_cache_size, 0)
-        else:
-            start = paddle.where(required_cache_size < 0, paddle.zeros_like(required_cache_size),
-                                 paddle.maximum(key_size.astype("int64") - required_cache_size,
-                                                paddle.zeros_like(required_cache_size)))
+        cache_size = paddle.shape(att_cache)[3]
+        x, pos_emb = self.pos_enc.forward_chunk(x, offsets, cache_size)
+        # Key j of stream b is padding while j < C - cache_lengths[b]; the chunk's own keys are all valid.
+        keys = paddle.arange(cache_size + paddle.shape(x)[1], dtype="int64").unsqueeze(0)
+        padding = (keys < (cache_size - cache_lengths).unsqueeze(1)).astype(x.dtype)
+        att_bias = (padding * NEG_INF).unsqueeze(1).unsqueeze(1)  # [B, 1, 1, C + chunk]
         new_att, new_cnn = [], []
         for i, layer in enumerate(self.encoders):
             layer_cnn_cache = cnn_cache[i] if self.cnn_cache_frames > 0 else None
-            x, layer_att, layer_cnn = layer(x, pos_emb, None, None, att_cache[i:i + 1], layer_cnn_cache)
-            new_att.append(paddle.slice(layer_att, axes=[2], starts=[start], ends=[key_size]))
+            x, layer_att, layer_cnn = layer(x, pos_emb, att_bias, None, att_cache[i], layer_cnn_cache)
+            new_att.append(layer_att)
             if layer_cnn is not None:
                 new_cnn.append(layer_cnn)
         next_cnn = paddle.stack(new_cnn, axis=0) if new_cnn else cnn_cache
-        return self.after_norm(x), paddle.concat(new_att, axis=0), next_cnn
+        return self.after_norm(x), paddle.stack(new_att, axis=0), next_cnn
 
-    def initial_caches(self) -> tuple[np.ndarray, np.ndarray]:
-        """Zero caches for the first chunk: attention [layers, heads, 0, 2*d_k], conv [layers, 1, d, kernel-1]."""
+    def cache_shapes(self) -> tuple[list[int], list[int]]:
+        """One stream's cache shapes: attention [layers, heads, 0, 2*d_k] (empty at the start),
+        conv [layers, d_model, kernel-1] (1 frame, unused, without a causal conv)."""
         layers, heads = len(self.encoders), self.conf.attention_heads
         d_k = self.output_size // heads
-        att = np.zeros((layers, heads, 0, 2 * d_k), np.float32)
-        cnn = np.zeros((layers, 1, self.output_size, max(self.cnn_cache_frames, 1)), np.float32)
-        return att, cnn
+        return [layers, heads, 0, 2 * d_k], [layers, self.output_size, max(self.cnn_cache_frames, 1)]
+
+
+# The chunk program's inputs after xs, in order: what `gather_stream_states` builds.
+CHUNK_CACHE_INPUTS = ("offsets", "att_cache", "cache_lengths", "cnn_cache")
+
+
+@dataclass
+class U2StreamState:
+    """One U2 stream between chunks: encoder frames emitted, its attention cache [layers, heads, t,
+    2*d_k] (t bounded by the required cache size) and conv cache [layers, d_model, kernel-1]."""
+
+    offset: int
+    att_cache: np.ndarray
+    cnn_cache: np.ndarray
+
+    @classmethod
+    def new(cls, att_shape, cnn_shape) -> U2StreamState:
+        """Offset 0, an empty attention cache, a zero conv cache (shapes from `Encoder.cache_shapes`)."""
+        att_shape = list(att_shape)
+        att_shape[2] = 0
+        return cls(0, np.zeros(att_shape, np.float32), np.zeros(cnn_shape, np.float32))
+
+
+def chunk_output_frames(window: int, subsampling_rate: int, right_context: int) -> int:
+    """Encoder frames a chunk window of `window` feature frames gives (Conv2dSubsampling.output_length
+    in closed form, for callers that only know the bundle's geometry)."""
+    return (window - right_context - 1) // subsampling_rate + 1
+
+
+def gather_stream_states(states: list[U2StreamState], chunk_frames: int, max_positions: int
+                         ) -> dict[str, np.ndarray]:
+    """The chunk program's cache inputs for B streams about to emit `chunk_frames` encoder frames
+    each: offsets [B], att_cache [L, B, H, C, 2*d_k] left-padded to the longest cache C,
+    cache_lengths [B], cnn_cache [L, B, d, k-1]. A stream whose frames would pass the positional
+    table (`max_positions` encoder frames) is an AsrError: a longer stream must be cut into
+    segments, each from a new state."""
+    if not states:
+        raise AsrError("encode_chunks needs at least one stream state")
+    end = max(s.offset for s in states) + chunk_frames
+    if end > max_positions:
+        raise AsrError(f"a stream would reach encoder frame {end}, past the {max_positions} positions the model "
+                       "encodes; end the segment and continue from a new stream state")
+    lengths = np.asarray([s.att_cache.shape[2] for s in states], np.int64)
+    first = states[0].att_cache
+    att = np.zeros((first.shape[0], len(states), first.shape[1], int(lengths.max()), first.shape[3]), np.float32)
+    for b, s in enumerate(states):
+        if lengths[b]:
+            att[:, b, :, att.shape[3] - lengths[b]:] = s.att_cache
+    return {"offsets": np.asarray([s.offset for s in states], np.int64), "att_cache": att,
+            "cache_lengths": lengths, "cnn_cache": np.stack([s.cnn_cache for s in states], axis=1)}
+
+
+def scatter_stream_states(states: list[U2StreamState], chunk_frames: int, att_cache: np.ndarray,
+                          cnn_cache: np.ndarray, required_cache_size: int) -> list[U2StreamState]:
+    """The B streams' next states from the chunk program's outputs (untrimmed att_cache [L, B, H,
+    C + t', 2*d_k], cnn_cache [L, B, d, k-1]): each keeps its last min(length + t', required) cache
+    frames (all when required < 0), so a stream's memory stays bounded."""
+    total = att_cache.shape[3]
+    out = []
+    for b, s in enumerate(states):
+        keep = s.att_cache.shape[2] + chunk_frames
+        if required_cache_size >= 0:
+            keep = min(keep, required_cache_size)
+        out.append(U2StreamState(s.offset + chunk_frames, np.ascontiguousarray(att_cache[:, b, :, total - keep:]),
+                                 np.ascontiguousarray(cnn_cache[:, b])))
+    return out

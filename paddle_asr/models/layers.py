@@ -140,24 +140,42 @@ class PositionalEncoding(nn.Layer):
         self.dropout = Dropout(dropout_rate)
         self.register_buffer("pe", paddle.to_tensor(_sinusoid_table(max_len, d_model)), persistable=False)
 
-    def position_encoding(self, offset, size) -> paddle.Tensor:
-        """pe[offset : offset + size]; offset and size may be ints or int64 tensors (streaming export)."""
-        if isinstance(offset, int) and offset == 0:
-            return self.pe[:, :size]
-        return paddle.slice(self.pe, axes=[1], starts=[offset], ends=[offset + size])
+    def at(self, positions: paddle.Tensor) -> paddle.Tensor:
+        """pe at int64 positions [B, N] -> [B, N, d] (each in [0, max_len))."""
+        return paddle.gather_nd(self.pe[0], positions.unsqueeze(-1))
 
-    def forward(self, x: paddle.Tensor, offset=0) -> tuple[paddle.Tensor, paddle.Tensor]:
-        pos_emb = self.position_encoding(offset, paddle.shape(x)[1])
+    def forward(self, x: paddle.Tensor) -> tuple[paddle.Tensor, paddle.Tensor]:
+        """x [B, T, d] from position 0 -> (scaled x, plus pe when absolute; pe [1, T, d])."""
+        pos_emb = self.pe[:, : paddle.shape(x)[1]]
         x = x * self.xscale
         if not self.relative:
             x = x + pos_emb
         return self.dropout(x), self.dropout(pos_emb)
 
+    def forward_chunk(self, x: paddle.Tensor, offsets: paddle.Tensor, cache_size
+                      ) -> tuple[paddle.Tensor, paddle.Tensor]:
+        """A streaming chunk of B streams: x [B, t, d], whose first frame is frame offsets[b] [B]
+        of stream b, attending to `cache_size` cached keys then the chunk's own. -> (scaled x, plus
+        its pe when absolute; pe of the keys [B, cache_size + t, d]: key j of stream b sits at
+        position offsets[b] - cache_size + j, clamped at 0 where that is cache padding)."""
+        chunk = paddle.shape(x)[1]
+        steps = paddle.arange(cache_size + chunk, dtype="int64").unsqueeze(0)
+        keys = offsets.unsqueeze(1) - cache_size + steps
+        # maximum, not clip: oneDNN's fuse passes fold a clip into the elementwise op before it and
+        # then need oneDNN for both, which the streaming predictor's op list
+        # (export.inference.STREAMING_MKLDNN_OPS) does not allow ("oneDNN activation fuses require
+        # use_mkldnn=True" at load).
+        keys = paddle.maximum(keys, paddle.zeros_like(keys))
+        x = x * self.xscale
+        if not self.relative:
+            x = x + self.at(offsets.unsqueeze(1) + steps[:, :chunk])
+        return self.dropout(x), self.dropout(self.at(keys))
+
 
 class MultiHeadedAttention(nn.Layer):
     """Scaled dot-product attention over `h` heads; `cache` holds earlier keys/values for streaming.
 
-    cache layout (PaddleSpeech/WeNet): [1, h, cache_t, 2*d_k], keys then values on the last axis.
+    cache layout (PaddleSpeech/WeNet): [B, h, cache_t, 2*d_k], keys then values on the last axis.
     """
 
     def __init__(self, n_head: int, n_feat: int, dropout_rate: float) -> None:
@@ -231,7 +249,7 @@ class RelPositionMultiHeadedAttention(MultiHeadedAttention):
 
     def forward(self, x, pos_emb, bias=None, cache=None) -> tuple[paddle.Tensor, paddle.Tensor]:
         q, k, v, new_cache = self._qkv(x, x, x, cache)
-        p = self._heads(self.linear_pos(pos_emb))  # [1, H, T_k, d_k]
+        p = self._heads(self.linear_pos(pos_emb))  # [1 or B, H, T_k, d_k]
         q_u = q + self.pos_bias_u.unsqueeze(1)
         q_v = q + self.pos_bias_v.unsqueeze(1)
         content = paddle.matmul(q_u, k, transpose_y=True)

@@ -128,8 +128,9 @@ class U2Model(nn.Layer):
         hs, hs_lengths = self.encoder(feats, feat_lengths, decoding_chunk_size=-1)
         return hs, hs_lengths, self.ctc.log_softmax(hs)
 
-    def forward_encoder_chunk(self, xs, offset, required_cache_size, att_cache, cnn_cache):
-        return self.encoder.forward_chunk(xs, offset, required_cache_size, att_cache, cnn_cache)
+    def forward_encoder_chunk(self, xs, offsets, att_cache, cache_lengths, cnn_cache):
+        """The next chunk of B streams with their caches (`Encoder.forward_chunk`)."""
+        return self.encoder.forward_chunk(xs, offsets, att_cache, cache_lengths, cnn_cache)
 
     def ctc_activation(self, encoder_out: paddle.Tensor) -> paddle.Tensor:
         return self.ctc.log_softmax(encoder_out)

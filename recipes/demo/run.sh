@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The embedded demo: a synthetic Mandarin corpus in AISHELL-1's exact layout, generated offline by
 # stage -1, then the real AISHELL preparation and every later stage, on a CPU in minutes.
-#   bash run.sh                      # stages -1..7
+#   bash run.sh                      # stages -1..8
 #   bash run.sh --stage 3 --stop_stage 3
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"

@@ -2,7 +2,7 @@
 # The embedded English demo: a synthetic corpus in LibriSpeech's exact layout (FLAC, SPEAKER/CHAPTER
 # folders, .trans.txt), generated offline by stage -1 with espeak-ng English voices, then the real
 # LibriSpeech preparation (sentencepiece units) and every later stage, scored in WER, on a CPU.
-#   bash run.sh                      # stages -1..7
+#   bash run.sh                      # stages -1..8
 #   bash run.sh --stage 3 --stop_stage 3
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"

@@ -1,0 +1,299 @@
+"""Streams per CPU of `paddle-asr serve`: K real-time clients against one server, with the chunks of
+all streams batched and one stream at a time (--max_batch 1), FP32 and INT8, in the same run.
+
+The model is the AISHELL-size streaming Conformer (`recipes/aishell/conf/chunk_conformer.yaml`,
+4233 units) with random weights (timing does not depend on them), exported once to
+exp/bench/serve/fp32 and quantized to exp/bench/serve/int8 (stage 6, calibrated on the fixture
+recordings). The server runs on 127.0.0.1 in a process of its own; each client streams a real
+recording as PaddleSpeech's client does: 85 ms frames of 16-bit PCM, each sent when its audio would
+have been spoken (real time) and answered by a partial result before the next; clients start at
+random moments within the first second. Per K it reports the partial-reply latency (frame sent ->
+reply) p50/p95 over every frame of every stream, the final latency (end sent -> finished) p50/max,
+the server's CPU use (cores) and its peak RSS. A configuration keeps up with K streams when the p95
+partial latency is <= 200 ms and every final <= 500 ms; K grows until it does not.
+    python bench/serve.py [--streams 1,2,4,8,12,16,20,24,28,32] [--precisions fp32,int8] [--seconds 10]
+Prints one JSON line per (precision, mode, K), then a table naming the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from inputs import AISHELL_UNITS  # noqa: E402
+
+FIXTURES = ROOT / "tests" / "fixtures"
+WAVS = [FIXTURES / "aishell-BAC009S0724W0121.wav", FIXTURES / "librispeech-1995-1837-0001.wav"]
+FRAME_S = 0.085  # PaddleSpeech's client frame
+PARTIAL_BOUND_S, FINAL_BOUND_S = 0.200, 0.500
+MODES = {"batched": None, "one at a time": 1}  # --max_batch (None: as many as there are streams)
+
+
+def cpu_description() -> str:
+    """lscpu's model name, the core count and whether it has AVX-512 VNNI / AVX2."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        model = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    except (OSError, subprocess.CalledProcessError, StopIteration):
+        model = "unknown CPU"
+    flags = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").exists() else set()
+    isa = [name for name in ("avx512_vnni", "avx_vnni", "avx2") if name in flags] or ["no AVX2"]
+    return f"{model}, {os.cpu_count()} cores ({', '.join(isa)})"
+
+
+# ------------------------------------------------------------------------------------ bundles
+def prepare(work: Path, log) -> None:
+    """exp/bench/serve/fp32 (export of the random-weight model) and int8 (stage 6), made once."""
+    import paddle
+
+    from paddle_asr.artifacts import fingerprint, mark_complete
+    from paddle_asr.config import load_config
+    from paddle_asr.export.bundle import write_bundle_files
+    from paddle_asr.export.calibrate import quantize_bundle
+    from paddle_asr.export.export import export_model
+    from paddle_asr.models.registry import build_model
+
+    fp32, int8 = work / "fp32", work / "int8"
+    if not (fp32 / ".done").is_file():
+        log(f"exporting the random-weight AISHELL chunk_conformer to {fp32}")
+        paddle.seed(0)
+        config = load_config(ROOT / "recipes/aishell/conf/chunk_conformer.yaml")
+        config = dataclasses.replace(config, vocab_size=AISHELL_UNITS, input_dim=config.features.num_mel_bins)
+        model = build_model(config)
+        model.eval()
+        emit_like_a_trained_model(model, config)
+        units = ["<blank>", "<unk>"] + [chr(0x4E00 + i) for i in range(AISHELL_UNITS - 3)] + ["<eos>"]
+        vocab = work / "vocab.txt"
+        work.mkdir(parents=True, exist_ok=True)
+        vocab.write_text("".join(f"{u}\n" for u in units), encoding="utf-8")
+        diffs = export_model(model, config.input_dim, fp32)
+        write_bundle_files(fp32, config, vocab, model, checkpoint="random weights", functions=sorted(diffs))
+        mark_complete(fp32, fingerprint("bench-serve-random-weights"))  # stage 6 reads this record
+    if not (int8 / "meta.json").is_file():
+        import soundfile
+
+        text = "".join(chr(0x4E00 + i) for i in range(8))  # any units: only the encoder is calibrated
+        lines = [{"key": w.stem, "wav": str(w), "duration": soundfile.info(str(w)).duration, "text": text}
+                 for w in WAVS]
+        manifest = work / "calib.list"
+        manifest.write_text("".join(json.dumps(x) + "\n" for x in lines), encoding="utf-8")
+        quantize_bundle(fp32, int8, manifest, num_calib=len(WAVS), batch_size=1, log=log)
+
+
+def emit_like_a_trained_model(model, config, speech_share: float = 0.1) -> None:
+    """Make the CTC posteriors peaky and raise the blank's bias so that a non-blank unit wins in
+    `speech_share` of the frames of the fixture recordings (a trained Mandarin model emits ~4
+    characters a second, 1 encoder frame in 6): with raw random weights the posteriors are flat and
+    the prefix search emits a unit nearly every other frame, so the search, the rescoring and the
+    alignment, whose costs grow with the hypotheses' length, would be timed on hypotheses several
+    times too long."""
+    import paddle
+    import soundfile
+
+    from paddle_asr.features import compute_fbank
+
+    ctc_lo = model.ctc.ctc_lo
+    ctc_lo.weight.set_value(ctc_lo.weight.numpy() * 8)  # peaky posteriors, as after training
+    margins = []
+    for wav in WAVS:
+        feats = compute_fbank(soundfile.read(str(wav), dtype="int16")[0], config.features)
+        with paddle.no_grad():  # chunk masks: the encoder output the server's streams see
+            enc, _ = model.encoder(paddle.to_tensor(feats[None]), paddle.to_tensor([len(feats)], dtype="int64"),
+                                   decoding_chunk_size=16, num_decoding_left_chunks=8)
+            lp = model.ctc_activation(enc).numpy()[0]
+        margins.append(lp[:, 1:].max(axis=1) - lp[:, 0])
+    bias = ctc_lo.bias
+    shifted = bias.numpy()
+    shifted[0] += float(np.quantile(np.concatenate(margins), 1.0 - speech_share))
+    bias.set_value(shifted)
+
+
+# ------------------------------------------------------------------------------------- server
+class Server:
+    """`paddle-asr serve` in a process of its own; its CPU time and RSS sampled while clients run."""
+
+    def __init__(self, bundle: Path, port: int, options: list[str]) -> None:
+        cmd = [sys.executable, "-m", "paddle_asr.cli", "serve", "--model", str(bundle), "--port", str(port), *options]
+        self.port, self.log = port, open(bundle.parent / f"server_{port}.log", "w")  # noqa: SIM115
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                self.health = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2))
+                break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the server did not start; see {self.log.name}") from None
+                time.sleep(0.5)
+        import psutil
+
+        self.ps = psutil.Process(self.proc.pid)
+
+    def cpu_seconds(self) -> float:
+        t = self.ps.cpu_times()
+        return t.user + t.system
+
+    def rss_mb(self) -> float:
+        return self.ps.memory_info().rss / 2**20
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
+        self.log.close()
+
+
+# ------------------------------------------------------------------------------------ clients
+def load_audio(seconds: float) -> bytes:
+    """The fixture recordings one after the other, repeated to `seconds`, as 16-bit PCM."""
+    import soundfile
+
+    parts = [soundfile.read(str(w), dtype="int16")[0] for w in WAVS]
+    audio = np.concatenate(parts * (1 + int(seconds // (sum(len(p) for p in parts) / 16000))))
+    return audio[: int(seconds * 16000)].astype("<i2").tobytes()
+
+
+async def client(port: int, pcm: bytes, delay: float) -> dict:
+    """One real-time stream: frame latencies, the final latency, and whether every reply was right."""
+    import websockets
+
+    await asyncio.sleep(delay)
+    frame = int(FRAME_S * 16000) * 2
+    latencies, ok = [], True
+    async with websockets.connect(f"ws://127.0.0.1:{port}/paddlespeech/asr/streaming", max_size=None) as ws:
+        await ws.send(json.dumps({"name": "bench.wav", "signal": "start", "nbest": 1}))
+        ok &= json.loads(await ws.recv()).get("signal") == "server_ready"
+        start = time.perf_counter()
+        for i in range(0, len(pcm), frame):
+            await asyncio.sleep(max(0.0, start + (i // frame) * FRAME_S - time.perf_counter()))
+            sent = time.perf_counter()
+            await ws.send(pcm[i: i + frame])
+            ok &= "result" in json.loads(await ws.recv())
+            latencies.append(time.perf_counter() - sent)
+        sent = time.perf_counter()
+        await ws.send(json.dumps({"name": "bench.wav", "signal": "end", "nbest": 1}))
+        ok &= json.loads(await ws.recv()).get("signal") == "finished"
+        return {"latencies": latencies, "final": time.perf_counter() - sent, "ok": ok}
+
+
+async def sample(server: Server, peak: list[float], stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        peak[0] = max(peak[0], server.rss_mb())
+        await asyncio.sleep(0.2)
+
+
+async def run_clients(server: Server, k: int, pcm: bytes, seed: int) -> dict:
+    rng = random.Random(seed)
+    peak, stop = [server.rss_mb()], asyncio.Event()
+    sampler = asyncio.create_task(sample(server, peak, stop))
+    cpu0, t0 = server.cpu_seconds(), time.perf_counter()
+    results = await asyncio.gather(*(client(server.port, pcm, rng.uniform(0, 1.0)) for _ in range(k)),
+                                   return_exceptions=True)
+    wall, cpu = time.perf_counter() - t0, server.cpu_seconds() - cpu0
+    stop.set()
+    await sampler
+    failed = [r for r in results if isinstance(r, BaseException) or not r["ok"]]
+    done = [r for r in results if not isinstance(r, BaseException)]
+    lat = sorted(x for r in done for x in r["latencies"]) or [float("inf")]
+    finals = sorted(r["final"] for r in done) or [float("inf")]
+    return {"p50_partial_ms": 1000 * statistics.median(lat), "p95_partial_ms": 1000 * lat[int(0.95 * (len(lat) - 1))],
+            "p50_final_ms": 1000 * statistics.median(finals), "max_final_ms": 1000 * finals[-1],
+            "cpu_cores": cpu / wall, "peak_rss_mb": peak[0], "failed_streams": len(failed)}
+
+
+def keeps_up(row: dict) -> bool:
+    return (not row["failed_streams"] and row["p95_partial_ms"] <= 1000 * PARTIAL_BOUND_S
+            and row["max_final_ms"] <= 1000 * FINAL_BOUND_S)
+
+
+# -------------------------------------------------------------------------------------- driver
+def sweep(bundle: Path, precision: str, mode: str, args, pcm: bytes) -> list[dict]:
+    """K = each of --streams until the server no longer keeps up (that K is reported too)."""
+    ks = [int(k) for k in args.streams.split(",")]
+    server = Server(bundle, args.port, ["--max_batch", str(MODES[mode] or max(ks)), "--max_streams", str(max(ks)),
+                                        "--threads", str(args.threads), "--chunk_size", str(args.chunk_size),
+                                        "--num_left_chunks", str(args.num_left_chunks)])
+    rows = []
+    try:
+        # Warm-up: one stream long enough for its attention cache to reach its bound, so that oneDNN
+        # has built the kernels of every cache length before the timed runs.
+        asyncio.run(run_clients(server, 1, pcm, seed=0))
+        for k in ks:
+            row = {"bench": "serve", "precision": precision, "mode": mode, "streams": k, "audio_s": args.seconds,
+                   **asyncio.run(run_clients(server, k, pcm, seed=k))}
+            row["keeps_up"] = keeps_up(row)
+            print(json.dumps({key: round(v, 1) if isinstance(v, float) else v for key, v in row.items()}), flush=True)
+            rows.append(row)
+            if not row["keeps_up"]:
+                break
+    finally:
+        server.stop()
+    return rows
+
+
+def table(rows: list[dict], cpu: str, int8_functions: list[str], args) -> str:
+    lines = [f"CPU: {cpu}; INT8 bundle quantizes {', '.join(int8_functions) or 'nothing'}; "
+             f"chunk {args.chunk_size}, {args.num_left_chunks} left chunks, {args.threads} threads, "
+             f"{args.seconds:.0f} s of audio per stream",
+             "", "| precision | mode | K | p50 / p95 partial (ms) | p50 / max final (ms) | CPU (cores) | "
+             "peak RSS (MB) | keeps up |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['precision']} | {r['mode']} | {r['streams']} | {r['p50_partial_ms']:.0f} / "
+                     f"{r['p95_partial_ms']:.0f} | {r['p50_final_ms']:.0f} / {r['max_final_ms']:.0f} | "
+                     f"{r['cpu_cores']:.2f} | {r['peak_rss_mb']:.0f} | {'yes' if r['keeps_up'] else 'no'} |")
+    lines.append("")
+    for precision in sorted({r["precision"] for r in rows}):
+        best = {m: max([r["streams"] for r in rows if r["precision"] == precision and r["mode"] == m
+                        and r["keeps_up"]] or [0]) for m in MODES}
+        ratio = f"{best['batched'] / best['one at a time']:.1f}x" if best["one at a time"] else "n/a"
+        lines.append(f"{precision}: {best['batched']} real-time streams batched, {best['one at a time']} one at a "
+                     f"time ({ratio}), p95 partial <= {PARTIAL_BOUND_S * 1000:.0f} ms, final <= "
+                     f"{FINAL_BOUND_S * 1000:.0f} ms")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--streams", default="1,2,4,8,12,16,20,24,28,32", help="K values, increasing")
+    ap.add_argument("--precisions", default="fp32,int8")
+    ap.add_argument("--seconds", type=float, default=10.0, help="audio per stream")
+    ap.add_argument("--threads", type=int, default=2, help="the server's --threads")
+    ap.add_argument("--chunk_size", type=int, default=16, help="the server's --chunk_size")
+    ap.add_argument("--num_left_chunks", type=int, default=8, help="the server's --num_left_chunks")
+    ap.add_argument("--port", type=int, default=18790)
+    ap.add_argument("--work", default=str(ROOT / "exp" / "bench" / "serve"))
+    ap.add_argument("--prepare_only", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    work = Path(args.work)
+    log = lambda msg: print(f"[serve] {msg}", file=sys.stderr, flush=True)  # noqa: E731
+    if args.prepare_only:
+        prepare(work, log)
+        return []
+    if not (work / "int8" / "meta.json").is_file():  # PaddleSlim in a process of its own
+        subprocess.run([sys.executable, __file__, "--prepare_only", "--work", args.work], check=True)
+    cpu, pcm, rows = cpu_description(), load_audio(args.seconds), []
+    log(f"CPU: {cpu}")
+    for precision in args.precisions.split(","):
+        for mode in MODES:
+            rows += sweep(work / precision, precision, mode, args, pcm)
+    int8_meta = json.loads((work / "int8" / "meta.json").read_text(encoding="utf-8"))
+    print(table(rows, cpu, int8_meta.get("int8_functions", []), args), flush=True)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

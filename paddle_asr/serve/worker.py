@@ -1,0 +1,224 @@
+"""The one inference thread of `paddle-asr serve`: every stream's chunks go through it together.
+
+The web front end (asyncio, `serve.app`) cuts each stream's audio into chunk windows itself
+(`engine.ChunkCutter`, cheap) and answers a frame that completes no window at once with the latest
+partial result. Everything else goes to the worker through a bounded queue, as jobs whose futures
+the front end awaits: a stream's new windows (reply: the partial result once they are encoded),
+its end (reply: the final result), its disconnection, and offline requests (a function run on this
+thread, so that the Paddle predictors, which are not thread-safe, are only ever used here).
+
+Each tick takes the jobs that arrived, then gathers one ready chunk window from every stream that
+has one (at most `max_batch`, streams served round-robin) and runs them as ONE `encode_chunks` call
+and ONE `ctc_activation` call (`StreamingModel.encode`); each stream's state is gathered from and
+scattered back to its session. Then every stream whose audio is all encoded gets its reply; a
+finished stream is rescored here too. The cost of a tick grows far less than linearly with the
+batch, which is what lets one CPU serve many real-time streams (bench/serve.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+from paddle_asr.errors import AsrError
+from paddle_asr.serve.engine import ChunkCutter, StreamingModel, StreamingSession, Window
+
+log = logging.getLogger("paddle_asr.serve")
+
+# Batch sizes the chunk program runs at (a batch is padded up to the next one, at most 25 % more rows):
+# oneDNN builds kernels per input shape and keeps 32 shapes per program, so every number of streams
+# from 1 to 64 must not be a shape of its own.
+BATCH_SIZES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64)
+
+
+def padded_batch(rows: int, max_batch: int) -> int:
+    """The batch size `rows` windows run at: the next of BATCH_SIZES, or `rows` past them or `max_batch`."""
+    size = next((b for b in BATCH_SIZES if b >= rows), rows)
+    return size if size <= max_batch else rows
+
+
+class ServerBusy(AsrError):
+    """The job queue is full: the server is overloaded; the client should retry later."""
+
+
+@dataclass(eq=False)
+class Stream:
+    """One stream: its audio side (the front end's), its recognition side and the reply it owes
+    (the worker's)."""
+    cutter: ChunkCutter
+    session: StreamingSession
+    reply: Future | None = None
+
+
+@dataclass(eq=False)
+class _Job:
+    kind: str  # "windows", "end", "drop" or "call"
+    stream: Stream | None = None
+    payload: object = None
+    future: Future = field(default_factory=Future)
+
+
+class InferenceWorker:
+    def __init__(self, model: StreamingModel, *, max_batch: int = 32, queue_size: int = 64) -> None:
+        if max_batch < 1 or queue_size < 1:
+            raise AsrError(f"--max_batch ({max_batch}) and the queue size ({queue_size}) must be at least 1")
+        self.model, self.max_batch, self.queue_size = model, max_batch, queue_size
+        self._jobs: deque[_Job] = deque()
+        self._wake = threading.Condition()
+        self._streams: dict[Stream, None] = {}  # insertion order = round-robin order
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="inference-worker", daemon=True)
+        self.ticks = 0
+        self.batched_windows = 0
+
+    # ------------------------------------------------------------------ the front end's side
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Finish the jobs already queued, then end the thread."""
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        self._thread.join(timeout)
+
+    def open_stream(self) -> Stream:
+        return Stream(ChunkCutter(self.model), self.model.new_session())
+
+    def audio(self, stream: Stream, pcm: bytes) -> Future:
+        """On the front end's thread: cut the stream's new PCM into chunk windows (AsrError when it
+        is not whole 16-bit samples) -> the partial result (str) once they are encoded; at once when
+        the audio completes no window."""
+        windows = stream.cutter.accept_pcm(pcm)
+        if windows:
+            return self.windows(stream, windows)
+        done: Future = Future()
+        done.set_result(stream.session.partial_text)
+        return done
+
+    def windows(self, stream: Stream, windows: list[Window]) -> Future:
+        """-> the partial result (str) once these chunk windows of the stream are encoded."""
+        return self._submit(_Job("windows", stream, windows))
+
+    def end(self, stream: Stream) -> Future:
+        """-> the final result ({"result", "times"}) after the stream's last windows."""
+        return self._submit(_Job("end", stream, (stream.cutter.finish(), stream.cutter.samples / self.model.rate)))
+
+    def drop(self, stream: Stream) -> None:
+        """Forget a stream whose client went away; never refused, so no stream is left behind."""
+        self._submit(_Job("drop", stream), bounded=False)
+
+    def call(self, fn: Callable[[], object]) -> Future:
+        """-> fn()'s result, run on the inference thread between ticks (offline requests)."""
+        return self._submit(_Job("call", payload=fn))
+
+    def _submit(self, job: _Job, bounded: bool = True) -> Future:
+        with self._wake:
+            if self._stopping and job.kind != "drop":
+                raise ServerBusy("the server is shutting down")
+            if bounded and len(self._jobs) >= self.queue_size:
+                raise ServerBusy(f"the server is overloaded ({self.queue_size} requests waiting); retry later")
+            self._jobs.append(job)
+            self._wake.notify()
+        return job.future
+
+    # ------------------------------------------------------------------ the inference thread
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._jobs and not self._has_work() and not self._stopping:
+                    self._wake.wait()
+                if self._stopping and not self._jobs and not self._has_work():
+                    break
+                jobs = list(self._jobs)
+                self._jobs.clear()
+            for job in jobs:
+                self._handle(job)
+            self._tick()
+            self._reply()
+        for stream in self._streams:  # only streams whose clients never came back
+            if stream.reply is not None:
+                stream.reply.cancel()
+
+    def _has_work(self) -> bool:
+        return any(s.reply is not None for s in self._streams)
+
+    def _handle(self, job: _Job) -> None:
+        if job.kind == "call":
+            _settle(job.future, job.payload)
+            return
+        stream = job.stream
+        if job.kind == "drop":
+            self._streams.pop(stream, None)
+            if stream.reply is not None:
+                stream.reply.cancel()
+            return
+        self._streams[stream] = None
+        if job.kind == "end":
+            windows, stream.session.end_s = job.payload
+            stream.session.finishing = True
+        else:
+            windows = job.payload
+        stream.session.pending.extend(windows)
+        stream.reply = job.future
+
+    def _tick(self) -> None:
+        """One batched encoder call over the streams with a ready window."""
+        ready = [(s, w.shape[0]) for s in self._streams if (w := s.session.next_window()) is not None]
+        if not ready:
+            return
+        width = ready[0][1]  # full windows go together; a stream's shorter last window goes alone
+        batch = [s for s, n in ready if n == width][: self.max_batch if width == self.model.window else 1]
+        try:
+            self.model.encode([s.session for s in batch], padded_batch(len(batch), self.max_batch))
+            for s in batch:
+                if s.session.endpoint_reached():
+                    s.session.end_segment()
+        except Exception as e:  # a failing batch ends its streams, never the server
+            log.exception("encoder failed for %d stream(s)", len(batch))
+            for s in batch:
+                self._fail(s, e)
+            return
+        self.ticks += 1
+        self.batched_windows += len(batch)
+        for s in batch:  # to the back of the round-robin order
+            self._streams.pop(s, None)
+            self._streams[s] = None
+
+    def _reply(self) -> None:
+        for stream in [s for s in self._streams if s.reply is not None and s.session.next_window() is None]:
+            reply, stream.reply = stream.reply, None
+            if not stream.session.finishing:
+                _settle(reply, lambda s=stream.session: s.partial_text)
+                continue
+            del self._streams[stream]
+            _settle(reply, stream.session.final)
+
+    def _fail(self, stream: Stream, error: Exception) -> None:
+        self._streams.pop(stream, None)
+        if stream.reply is not None:
+            _settle(stream.reply, _raiser(error))
+            stream.reply = None
+
+
+def _settle(future: Future, fn: Callable[[], object]) -> None:
+    """future <- fn() or the exception it raised; the worker thread carries on either way. A
+    future its waiter cancelled (the client went away) is left alone."""
+    if not future.set_running_or_notify_cancel():
+        return
+    try:
+        future.set_result(fn())
+    except Exception as e:
+        if not isinstance(e, AsrError):
+            log.exception("request failed")
+        future.set_exception(e)
+
+
+def _raiser(error: Exception) -> Callable[[], object]:
+    def fail():
+        raise error
+    return fail
