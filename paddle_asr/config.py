@@ -259,6 +259,12 @@ class TrainingConfig:
     # Batches whose loss is NaN or infinite are skipped and counted; more than this many stops
     # training with the ids of the last one (a diverging run, or broken data).
     max_nonfinite_batches: Annotated[int, AT_LEAST_0] = 20
+    # U2: the first ctc_only_updates optimizer updates train the encoder on the CTC loss alone, and
+    # the attention decoder joins when the encoder output carries the audio (a decoder trained on a
+    # still-blank encoder learns to guess from the text alone). The decoder is not run meanwhile:
+    # a zero loss weight would leave it the optimizer's weight decay alone, which Adam normalises
+    # into full-size steps towards zero.
+    ctc_only_updates: Annotated[int, AT_LEAST_0] = 0
 
 
 @dataclass
@@ -303,6 +309,9 @@ class AsrConfig:
         if 0 < tc.keep_checkpoints < tc.average_num:
             yield (f"training.keep_checkpoints: {tc.keep_checkpoints} would delete checkpoints stage 2 averages "
                    f"(average_num {tc.average_num}); keep at least average_num, or 0 for all")
+        if tc.ctc_only_updates and m.name != "u2":
+            yield (f"training.ctc_only_updates: {tc.ctc_only_updates} applies to U2 models (a CTC loss and an "
+                   f"attention decoder); {m.name} has no decoder: set it to 0")
         if m.name == "u2":
             expected_attn = "rel_selfattn" if enc.pos_enc_layer_type == "rel_pos" else "selfattn"
             if enc.selfattention_layer_type != expected_attn:

@@ -197,3 +197,28 @@ def test_sharded_data_trains_data_parallel_and_resumes_exactly(tiny_recipe):
     a = params(tiny_recipe / "exp/shards_reference/checkpoints/2.pdparams")
     b = params(tiny_recipe / "exp/shards_killed/checkpoints/2.pdparams")
     assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_ctc_only_updates_train_the_encoder_and_leave_the_decoder_as_initialised(tiny_recipe):
+    """training.ctc_only_updates: the decoder is not run, so not even the weight decay moves it (a zero
+    loss weight would let Adam turn that decay into full-size steps); it trains once they are over."""
+    from paddle_asr.config import load_config
+    from paddle_asr.models.registry import build_model_for_training
+    from paddle_asr.train.trainer import seed_everything
+
+    config = write_config(tiny_recipe, "ctc_only", max_epoch=2, batch_size=4)
+    path = tiny_recipe / config
+    path.write_text(path.read_text() + "  ctc_only_updates: 6\n")  # epoch 1's 6 updates
+    out = run_train(tiny_recipe, config, "exp/ctc_only")
+    assert " step 6 " in out and " step 7 " in out
+    assert "att" not in next(line for line in out.splitlines() if " step 6 " in line)
+    assert "att" in next(line for line in out.splitlines() if " step 7 " in line)
+    resolved = load_config(tiny_recipe / "exp/ctc_only/train.yaml")
+    seed_everything(resolved.training.seed)  # as training does before building the model
+    initial = {k: v.numpy() for k, v in build_model_for_training(resolved, tiny_recipe).state_dict().items()}
+    epoch1 = params(tiny_recipe / "exp/ctc_only/checkpoints/1.pdparams")
+    epoch2 = params(tiny_recipe / "exp/ctc_only/checkpoints/2.pdparams")
+    decoder = [k for k in initial if k.startswith("decoder.")]
+    assert decoder and all(np.array_equal(initial[k], epoch1[k]) for k in decoder)
+    assert not np.array_equal(initial["ctc.ctc_lo.weight"], epoch1["ctc.ctc_lo.weight"])
+    assert not np.array_equal(epoch1["decoder.output_layer.weight"], epoch2["decoder.output_layer.weight"])

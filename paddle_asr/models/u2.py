@@ -86,19 +86,20 @@ class U2Model(nn.Layer):
         self.lsm_weight = lsm_weight
         self.length_normalized_loss = length_normalized_loss
 
-    def forward(self, feats, feat_lengths, labels, label_lengths,
-                decoding_chunk_size: int | None = None) -> tuple[paddle.Tensor, dict[str, paddle.Tensor]]:
+    def forward(self, feats, feat_lengths, labels, label_lengths, decoding_chunk_size: int | None = None,
+                ctc_only: bool = False) -> tuple[paddle.Tensor, dict[str, paddle.Tensor]]:
         """Training loss (mean over the batch) and its parts {"ctc", "att"} for logging.
 
         The encoder draws random chunks while training (decoding_chunk_size 0) and attends to the
         whole utterance otherwise (the dev loss); pass decoding_chunk_size to fix the mask.
+        ctc_only: the CTC loss alone, without running the decoder (training.ctc_only_updates).
         """
         if decoding_chunk_size is None:
             decoding_chunk_size = 0 if self.training else -1
         hs, hs_lengths = self.encoder(feats, feat_lengths, decoding_chunk_size=decoding_chunk_size)
         batch = feats.shape[0]
         loss_ctc = self.ctc.loss(hs, hs_lengths, labels, label_lengths).sum() / batch
-        if self.ctc_weight == 1.0:
+        if ctc_only or self.ctc_weight == 1.0:
             return loss_ctc, {"ctc": loss_ctc}
         labels = labels.astype("int64")
         ys_in, ys_out = self.add_sos_eos(labels, label_lengths)

@@ -414,9 +414,12 @@ def _train_batch(state: TrainingState, index: int, batch: Batch, share: float, l
     paddle.seed(_step_seed(tc.seed, state.epoch, index, world.rank))
     update_now = (index + 1) % tc.accum_grad == 0 or last
     amp_dtype = "bfloat16" if tc.amp == "bf16" else "float16"
+    # Keyword given only when set: DeepSpeech2's forward has no such argument (the config refuses it there).
+    ctc_only = {"ctc_only": True} if state.step < tc.ctc_only_updates else {}
     with paddle.amp.auto_cast(enable=tc.amp != "off", dtype=amp_dtype, level="O1"):
         loss, parts_loss = state.train_model(paddle.to_tensor(batch.feats), paddle.to_tensor(batch.feat_lengths),
-                                             paddle.to_tensor(batch.labels), paddle.to_tensor(batch.label_lengths))
+                                             paddle.to_tensor(batch.labels), paddle.to_tensor(batch.label_lengths),
+                                             **ctc_only)
     value = float(loss)
     if not _all_finite(value, world):
         _skip_batch(state, index, batch, value)
