@@ -143,6 +143,10 @@ class EncoderConfig:
     causal: bool = False
     use_dynamic_chunk: bool = False  # train with a random chunk size per batch (1-25 frames or full)
     use_dynamic_left_chunk: bool = False  # ... and a random number of visible left chunks
+    # The range of those random chunk sizes, in encoder frames (PaddleSpeech and WeNet: 1-25, i.e.
+    # 40 ms-1 s at x4). A small model gains by training only on the chunks it will decode with.
+    dynamic_chunk_min: Annotated[int, AT_LEAST_1] = 1
+    dynamic_chunk_max: Annotated[int, AT_LEAST_1] = 25
     static_chunk_size: Annotated[int, AT_LEAST_0] = 0  # >0: always train and decode with this chunk size
     layer_norm_epsilon: Annotated[float, POSITIVE] = 1e-12  # PaddleSpeech's value (WeNet uses 1e-5)
 
@@ -159,6 +163,15 @@ class DecoderConfig:
     self_attention_dropout_rate: Annotated[float, FRACTION] = 0.0
     src_attention_dropout_rate: Annotated[float, FRACTION] = 0.0
     normalize_before: bool = True
+    # Add sinusoid absolute positions to the encoder output before the decoder attends to it. A
+    # rel_pos encoder's output carries no absolute position, so on little data the source attention
+    # cannot learn where in the audio the next token lies and falls back on memorised text. Off in
+    # the published configs (PaddleSpeech and WeNet have no such option: their checkpoints load as is).
+    memory_positions: bool = False
+    # Training: each decoder input token after <sos> is replaced by a random token with this
+    # probability, so that the next token cannot be read off the previous ones alone (on little
+    # text the decoder memorises the training sentences and then ignores the audio). 0: off, as published.
+    input_noise: Annotated[float, FRACTION] = 0.0
 
 
 @dataclass
@@ -309,6 +322,9 @@ class AsrConfig:
         if 0 < tc.keep_checkpoints < tc.average_num:
             yield (f"training.keep_checkpoints: {tc.keep_checkpoints} would delete checkpoints stage 2 averages "
                    f"(average_num {tc.average_num}); keep at least average_num, or 0 for all")
+        if enc.dynamic_chunk_min > enc.dynamic_chunk_max:
+            yield (f"model.encoder.dynamic_chunk_min: {enc.dynamic_chunk_min} is above dynamic_chunk_max "
+                   f"{enc.dynamic_chunk_max}; the training chunk size is drawn between the two")
         if tc.ctc_only_updates and m.name != "u2":
             yield (f"training.ctc_only_updates: {tc.ctc_only_updates} applies to U2 models (a CTC loss and an "
                    f"attention decoder); {m.name} has no decoder: set it to 0")

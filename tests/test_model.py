@@ -273,3 +273,67 @@ def test_first_convolution_as_a_matrix_product_matches_conv2d():
     for a, b in zip(results[True], results[False]):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
+
+
+def _decoder(**options):
+    from paddle_asr.config import DecoderConfig
+    from paddle_asr.models.decoder import TransformerDecoder
+
+    paddle.seed(0)
+    decoder = TransformerDecoder(40, 64, DecoderConfig(attention_heads=4, linear_units=128, num_blocks=2, **options))
+    randomise_biases(decoder)
+    decoder.eval()
+    return decoder
+
+
+def test_memory_positions_break_the_source_attentions_indifference_to_frame_order():
+    """model.decoder.memory_positions: without it the decoder cannot tell where in the audio a frame
+    lies (permuting the encoder frames leaves its output unchanged); with it, it can. The parameters
+    are the same either way, so checkpoints load both ways."""
+    plain, positioned = _decoder(), _decoder(memory_positions=True)
+    assert plain.state_dict().keys() == positioned.state_dict().keys()
+    positioned.set_state_dict(plain.state_dict())
+    rng = np.random.default_rng(1)
+    memory = rng.normal(0, 1, (1, 30, 64)).astype("float32")
+    shuffled = memory[:, rng.permutation(30)]
+    ys = paddle.to_tensor([[39, 3, 4, 5, 6]], dtype="int64")
+    lengths, ys_lengths = paddle.to_tensor([30], dtype="int64"), paddle.to_tensor([5], dtype="int64")
+
+    def logits(decoder, mem):
+        with paddle.no_grad():
+            return decoder(paddle.to_tensor(mem), lengths, ys, ys_lengths).numpy()
+
+    np.testing.assert_allclose(logits(plain, memory), logits(plain, shuffled), atol=1e-5)
+    assert np.abs(logits(positioned, memory) - logits(positioned, shuffled)).max() > 1e-2
+
+
+def test_input_noise_replaces_tokens_after_sos_by_real_tokens_at_the_configured_rate():
+    ys = paddle.full([64, 100], 7, dtype="int64")
+    ys[:, 0] = 39
+    assert (_decoder().noisy_inputs(ys).numpy() == ys.numpy()).all()
+    paddle.seed(5)
+    noisy = _decoder(input_noise=0.3).noisy_inputs(ys).numpy()
+    assert (noisy[:, 0] == 39).all()
+    changed = noisy[:, 1:] != 7
+    assert 0.27 < changed.mean() < 0.31  # 0.3 less the 1-in-38 draws of token 7 itself
+    assert noisy[:, 1:].min() >= 1 and noisy[:, 1:].max() <= 38
+
+
+def test_training_chunks_are_drawn_from_the_configured_range():
+    import random
+
+    model = _model("recipes/aishell/conf/chunk_conformer.yaml", num_blocks=1, output_size=64, linear_units=64,
+                   dynamic_chunk_min=8, dynamic_chunk_max=12)
+    random.seed(0)
+    drawn = [model.encoder._chunking(0, -1, 200) for _ in range(2000)]
+    sizes = {d[0] for d in drawn if d is not None}
+    assert sizes == set(range(8, 13))
+    assert 0.4 < sum(d is None for d in drawn) / len(drawn) < 0.6  # half the batches: full context
+
+
+def test_a_chunk_range_upside_down_is_refused(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(f"base: {REPO}/conf/model/chunk_conformer.yaml\n"
+                      "model:\n  encoder:\n    dynamic_chunk_min: 9\n    dynamic_chunk_max: 4\n")
+    with pytest.raises(AsrError, match="dynamic_chunk_min: 9 is above dynamic_chunk_max 4"):
+        load_config(config)

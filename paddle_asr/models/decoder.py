@@ -8,9 +8,16 @@ from paddle import nn
 from paddle_asr.config import DecoderConfig
 from paddle_asr.errors import AsrError
 from paddle_asr.models.fast_cpu_ops import Dropout, LayerNorm, Linear
-from paddle_asr.models.layers import NEG_INF, MultiHeadedAttention, PositionalEncoding, PositionwiseFeedForward
+from paddle_asr.models.layers import (
+    NEG_INF,
+    MultiHeadedAttention,
+    PositionalEncoding,
+    PositionwiseFeedForward,
+    sinusoid_table,
+)
 
 LAYER_NORM_EPSILON = 1e-12  # PaddleSpeech's decoder norms
+MAX_MEMORY_FRAMES = 5000  # as the encoder's positional table (meta.json max_encoder_frames)
 
 
 class DecoderLayer(nn.Layer):
@@ -47,6 +54,23 @@ class TransformerDecoder(nn.Layer):
         self.decoders = nn.LayerList([DecoderLayer(d, conf) for _ in range(conf.num_blocks)])
         self.after_norm = LayerNorm(d, epsilon=LAYER_NORM_EPSILON)
         self.output_layer = Linear(d, vocab_size)
+        # model.decoder.memory_positions; a non-persistable buffer, so checkpoints are unchanged.
+        self.vocab_size = vocab_size
+        self.input_noise = conf.input_noise
+        self.memory_positions = conf.memory_positions
+        if conf.memory_positions:
+            self.register_buffer("memory_pe", paddle.to_tensor(sinusoid_table(MAX_MEMORY_FRAMES, d)),
+                                 persistable=False)
+
+    def noisy_inputs(self, ys_in: paddle.Tensor) -> paddle.Tensor:
+        """Training inputs `<sos> y` [B, U] with tokens after <sos> replaced at random
+        (model.decoder.input_noise) by ids 1..V-2: neither blank (0) nor <sos/eos> (V-1)."""
+        if not self.input_noise:
+            return ys_in
+        replace = paddle.rand(ys_in.shape) < self.input_noise
+        replace[:, 0] = False
+        noise = paddle.randint(1, self.vocab_size - 1, ys_in.shape, dtype="int64")
+        return paddle.where(replace, noise, ys_in)
 
     def forward(self, memory: paddle.Tensor, memory_lengths: paddle.Tensor, ys_in: paddle.Tensor,
                 ys_in_lengths: paddle.Tensor) -> paddle.Tensor:
@@ -62,6 +86,8 @@ class TransformerDecoder(nn.Layer):
         t = paddle.shape(memory)[1]
         mem_valid = (paddle.arange(t, dtype="int64").unsqueeze(0) < memory_lengths.unsqueeze(1)).astype("float32")
         memory_bias = ((1.0 - mem_valid) * NEG_INF).unsqueeze(1).unsqueeze(1)  # [B, 1, 1, T]
+        if self.memory_positions:
+            memory = memory + self.memory_pe[:, :t]
         x, _ = self.embed(ys_in)
         tgt_bias = tgt_bias.unsqueeze(1)  # [B, 1, U, U]
         for layer in self.decoders:

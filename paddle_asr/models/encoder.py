@@ -158,13 +158,13 @@ class Encoder(nn.Layer):
                 return None
             if decoding_chunk_size > 0:
                 return decoding_chunk_size, num_decoding_left_chunks
-            # Training: half the batches see full context, the rest a chunk of 1-25 frames (up to
-            # 1 s of delay at x4 subsampling). Python's `random` (seeded by the trainer) keeps
-            # training reproducible.
+            # Training: half the batches see full context, the rest a chunk of dynamic_chunk_min-max
+            # frames (published: 1-25, up to 1 s of delay at x4 subsampling). Python's `random`
+            # (seeded by the trainer) keeps training reproducible.
             chunk = random.randint(1, max(num_frames - 1, 1))
             if chunk > num_frames // 2:
                 return None
-            chunk = chunk % 25 + 1
+            chunk = chunk % (c.dynamic_chunk_max - c.dynamic_chunk_min + 1) + c.dynamic_chunk_min
             left = -1
             if c.use_dynamic_left_chunk:
                 left = random.randint(0, max((num_frames - 1) // chunk, 0))

@@ -118,7 +118,7 @@ class Conv2dSubsampling(nn.Layer):
         return self.out(x) if self.subsampling_rate == 4 else self.linear(x)
 
 
-def _sinusoid_table(max_len: int, d_model: int) -> np.ndarray:
+def sinusoid_table(max_len: int, d_model: int) -> np.ndarray:
     pos = np.arange(max_len, dtype=np.float32)[:, None]
     div = np.exp(np.arange(0, d_model, 2, dtype=np.float32) * -(math.log(10000.0) / d_model))
     pe = np.zeros((max_len, d_model), dtype=np.float32)
@@ -138,7 +138,7 @@ class PositionalEncoding(nn.Layer):
         self.xscale = math.sqrt(d_model)
         self.relative = relative
         self.dropout = Dropout(dropout_rate)
-        self.register_buffer("pe", paddle.to_tensor(_sinusoid_table(max_len, d_model)), persistable=False)
+        self.register_buffer("pe", paddle.to_tensor(sinusoid_table(max_len, d_model)), persistable=False)
 
     def at(self, positions: paddle.Tensor) -> paddle.Tensor:
         """pe at int64 positions [B, N] -> [B, N, d] (each in [0, max_len))."""

@@ -103,7 +103,8 @@ class U2Model(nn.Layer):
             return loss_ctc, {"ctc": loss_ctc}
         labels = labels.astype("int64")
         ys_in, ys_out = self.add_sos_eos(labels, label_lengths)
-        logits = self.decoder(hs, hs_lengths, ys_in, label_lengths + 1)
+        logits = self.decoder(hs, hs_lengths, self.decoder.noisy_inputs(ys_in) if self.training else ys_in,
+                              label_lengths + 1)
         loss_att = label_smoothing_loss(logits, ys_out, self.lsm_weight, self.length_normalized_loss)
         loss = self.ctc_weight * loss_ctc + (1.0 - self.ctc_weight) * loss_att
         return loss, {"ctc": loss_ctc, "att": loss_att}
