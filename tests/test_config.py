@@ -139,9 +139,10 @@ def test_configs_are_shipped_for_every_recipe():
     names = {str(p.relative_to(REPO)) for p in SHIPPED}
     assert {"recipes/aishell/conf/conformer.yaml", "recipes/aishell/conf/chunk_conformer.yaml",
             "recipes/aishell/conf/decode.yaml", "recipes/aishell/conf/chunk_decode.yaml",
-            "recipes/demo/conf/conformer.yaml"} <= names
+            "recipes/demo/conf/conformer.yaml", "recipes/demo/conf/chunk_decode.yaml"} <= names
     presets = {f"conf/model/{m}.yaml" for m in ("conformer", "chunk_conformer", "transformer", "deepspeech2",
-                                                 "deepspeech2_online", "demo_conformer", "tiny_conformer")}
+                                                 "deepspeech2_online", "demo_conformer", "demo_chunk_conformer",
+                                                 "tiny_conformer")}
     assert presets | {"conf/decode/full.yaml", "conf/decode/chunk.yaml", "conf/decode/deepspeech2.yaml"} <= names
 
 

@@ -22,6 +22,10 @@ from tests.conftest import REPO, real_fixture
 
 SMALL_CONFIG = f"""\
 base: [{REPO}/recipes/aishell/conf/chunk_conformer.yaml, //conf/model/tiny_conformer.yaml]
+model:                # the demo's decoder options, so that export and streaming parity cover them
+  decoder:
+    memory_positions: true
+    input_noise: 0.15
 optim:
   lr: 0.002
 scheduler:
