@@ -11,12 +11,32 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from paddle_asr.errors import AsrError
 from paddle_asr.export.backend import ExportedBackend
+from paddle_asr.export.bundle import read_bundle
 from paddle_asr.export.inference import GpuInference
+from paddle_asr.export.onnx_backend import OnnxU2Backend, is_onnx_export, onnx_export_of
 from paddle_asr.families import bundle_family
 
+RUNTIMES = ("paddle", "onnx")
 
-def load_backend(model_dir: Path, meta: dict, *, num_threads: int = 2,
-                 gpu: GpuInference | None = None) -> ExportedBackend:
-    """The Paddle Inference runtime of the bundle in `model_dir` whose meta.json is `meta`."""
+
+def load_backend(model_dir: Path, meta: dict, *, num_threads: int = 2, gpu: GpuInference | None = None,
+                 runtime: str = "") -> ExportedBackend | OnnxU2Backend:
+    """The runtime of the exported model in `model_dir` whose meta.json is `meta`: Paddle Inference,
+    or ONNX Runtime (`runtime="onnx"`: the ONNX export beside a Paddle bundle, or an ONNX export
+    directory itself). No `runtime`: the one the directory holds."""
+    if runtime not in ("", *RUNTIMES):
+        raise AsrError(f"--runtime {runtime}: use one of {', '.join(RUNTIMES)}")
+    onnx_dir = is_onnx_export(model_dir)
+    if runtime == "onnx" or (onnx_dir and not runtime):
+        if gpu is not None:
+            raise AsrError("--runtime onnx runs on the CPU here; drop --device/--trt, or use --runtime paddle")
+        if bundle_family(model_dir, meta).name != "u2":
+            raise AsrError(f"{model_dir}: --runtime onnx runs U2 models; {meta.get('model')} is not exported to ONNX")
+        target = onnx_export_of(model_dir, meta)
+        return OnnxU2Backend(target, read_bundle(target)[0], num_threads=num_threads)
+    if onnx_dir:
+        raise AsrError(f"{model_dir} holds an ONNX export: run it with --runtime onnx, or pass the Paddle bundle "
+                       "beside it (export/fp32 or export/int8) with --runtime paddle")
     return bundle_family(model_dir, meta).runtime_backend(model_dir, meta, num_threads=num_threads, gpu=gpu)

@@ -1,0 +1,228 @@
+"""ONNX export (paddle2onnx) of a small U2 streaming model: ONNX Runtime against Paddle Inference
+(outputs within 1e-4, the same hypotheses for every method, full and chunk by chunk), sherpa-onnx
+reading the export unmodified, and a conversion that fails."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import paddle
+import pytest
+import soundfile
+from paddle.static import InputSpec
+
+from paddle_asr.config import DecodeConfig, FeatureConfig
+from paddle_asr.decode.recognizer import Recognizer, encode_streaming
+from paddle_asr.decode.search import ctc_greedy_search
+from paddle_asr.errors import AsrError
+from paddle_asr.export.bundle import write_bundle_files
+from paddle_asr.export.common import RuntimeFunction, save_function
+from paddle_asr.export.export import export_model
+from paddle_asr.export.inference import Predictor
+from paddle_asr.export.onnx import OFFLINE_MODEL, STREAMING_MODEL, export_onnx
+from paddle_asr.export.onnx_backend import OnnxU2Backend
+from paddle_asr.export.runtime import load_backend
+from paddle_asr.export.sherpa import sherpa_recognizer
+from paddle_asr.features import compute_fbank
+from tests.conftest import real_fixture
+from tests.test_export_quant import FEAT_DIM, METHODS, build_small_u2, random_batch
+from tests.test_model import check_streams_batched_equal_alone
+
+WAVS = ("aishell-BAC009S0724W0121.wav", "librispeech-1995-1837-0001.wav")
+ATOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    config, model = build_small_u2()
+    root = tmp_path_factory.mktemp("export")
+    diffs = export_model(model, FEAT_DIM, root / "fp32")
+    vocab = root / "vocab.txt"
+    vocab.write_text("".join(f"{u}\n" for u in ["<blank>", "<unk>"] + [chr(0x4E00 + i) for i in range(57)] + ["<eos>"]))
+    write_bundle_files(root / "fp32", config, vocab, model, checkpoint="test", functions=sorted(diffs))
+    export_onnx(root / "fp32", root / "onnx", model, log=lambda *_: None)
+    return model, root / "fp32", root / "onnx"
+
+
+@pytest.fixture(scope="module")
+def backends(exported):
+    _, fp32, onnx_dir = exported
+    return load_backend(fp32, json.loads((fp32 / "meta.json").read_text())), OnnxU2Backend(onnx_dir)
+
+
+def _io(path: Path) -> tuple[list[str], list[str], dict[str, str]]:
+    m = onnx.load(str(path))
+    return ([v.name for v in m.graph.input], [v.name for v in m.graph.output],
+            {p.key: p.value for p in m.metadata_props})
+
+
+def test_layout_names_and_wenet_metadata(exported):
+    _, _, out = exported
+    assert sorted(p.name for p in out.iterdir()) == [
+        "ctc_activation.onnx", "decoder.onnx", "encoder_chunk.onnx", "features.yaml", "meta.json",
+        "model-streaming.onnx", "model.onnx", "tokens.txt", "vocab.txt"]
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")], "temp dirs left behind"
+    inputs, outputs, meta = _io(out / OFFLINE_MODEL)
+    assert (inputs, outputs) == (["x", "x_lens"], ["log_probs", "log_probs_lens", "encoder_out"])
+    assert meta["model_type"] == "wenet_ctc" and meta["vocab_size"] == "60" and meta["subsampling_factor"] == "4"
+    inputs, outputs, meta = _io(out / STREAMING_MODEL)
+    assert inputs == ["x", "offset", "required_cache_size", "attn_cache", "conv_cache", "attn_mask"]
+    assert outputs == ["log_probs", "next_att_cache", "next_conv_cache"]
+    assert {k: meta[k] for k in ("head", "num_blocks", "output_size", "cnn_module_kernel", "right_context")} == {
+        "head": "4", "num_blocks": "2", "output_size": "144", "cnn_module_kernel": "15", "right_context": "6"}
+    lines = (out / "tokens.txt").read_text(encoding="utf-8").splitlines()
+    assert lines[0] == "<blank> 0" and lines[-1] == "<eos> 59" and len(lines) == 60
+    assert json.loads((out / "meta.json").read_text())["runtime"] == "onnx"
+
+
+def test_every_program_agrees_with_paddle_inference(exported, backends):
+    """Encoder outputs (padded batches), CTC and decoder log-probs within 1e-4 of Paddle Inference."""
+    _, fp32, _ = exported
+    paddle_backend, onnx_backend = backends
+    rng = np.random.default_rng(1)
+    for lengths in ([120], [211, 64, 150]):
+        feats, lens = random_batch(rng, lengths)
+        ref, got = paddle_backend.encode(feats, lens), onnx_backend.encode(feats, lens)
+        np.testing.assert_array_equal(got[1], ref[1])
+        for i, n in enumerate(ref[1]):
+            np.testing.assert_allclose(got[0][i, :n], ref[0][i, :n], atol=ATOL, rtol=0)
+            np.testing.assert_allclose(got[2][i, :n], ref[2][i, :n], atol=ATOL, rtol=0)
+        np.testing.assert_allclose(onnx_backend.ctc_activation(ref[0]), paddle_backend.ctc_activation(ref[0]),
+                                   atol=ATOL, rtol=0)
+    hyps = rng.integers(1, 59, (6, 5)).astype(np.int64)
+    hyps[:, 0] = 59
+    hyp_lens = np.asarray([5, 3, 1, 5, 2, 4], np.int64)
+    feats, lens = random_batch(rng, [150, 97])
+    enc, enc_lens, _ = paddle_backend.encode(feats, lens)
+    ref = Predictor(fp32 / "decoder", use_mkldnn=False).run(
+        {"hyps": hyps, "hyps_lengths": hyp_lens, "encoder_out": enc, "encoder_lengths": enc_lens})[0]
+    got = onnx_backend.decode(hyps, hyp_lens, enc, enc_lens)
+    for i, n in enumerate(hyp_lens):
+        np.testing.assert_allclose(got[i, :n], ref[i, :n], atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("chunk", [-1, 4])
+def test_onnx_runtime_gives_the_paddle_inference_hypotheses_for_every_method(backends, chunk):
+    conf = DecodeConfig(beam_size=4, decoding_chunk_size=chunk)
+    feats, lens = random_batch(np.random.default_rng(4), [260, 190, 150])
+    theirs = Recognizer(backends[0], conf).recognize(feats, lens)
+    ours = Recognizer(backends[1], conf).recognize(feats, lens)
+    assert set(ours) == set(METHODS)
+    for method in METHODS:
+        assert ours[method] == theirs[method], method
+        assert all(len(h) > 0 for h in ours[method])
+
+
+def test_streams_in_one_batch_equal_each_stream_alone(backends):
+    rng = np.random.default_rng(6)
+    utterances = [random_batch(rng, [260])[0][0] for _ in range(3)]
+    for required in (-1, 8):
+        check_streams_batched_equal_alone(backends[1], utterances, 4, required, atol=ATOL)
+
+
+def test_runtime_option_finds_the_onnx_export_beside_the_bundle(exported):
+    _, fp32, out = exported
+    meta = json.loads((fp32 / "meta.json").read_text())
+    assert isinstance(load_backend(fp32, meta, runtime="onnx"), OnnxU2Backend)
+    assert isinstance(load_backend(out, json.loads((out / "meta.json").read_text())), OnnxU2Backend)
+    with pytest.raises(AsrError, match="no ONNX export"):
+        load_backend(fp32, {**meta, "precision": "int8"}, runtime="onnx")
+
+
+def _wav(name: str, gain: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """(samples in [-1, 1] times gain, our fbank of them)."""
+    samples, rate = soundfile.read(real_fixture(name), dtype="float32")
+    assert rate == 16000
+    samples = samples * gain
+    return samples, compute_fbank(samples * 32768, FeatureConfig())
+
+
+def _greedy_text(log_probs: np.ndarray, units: list[str]) -> str:
+    return "".join(units[t] for t in ctc_greedy_search(log_probs, np.asarray([log_probs.shape[1]]))[0])
+
+
+def _units(onnx_dir: Path) -> list[str]:
+    return [line.rsplit(" ", 1)[0] for line in (onnx_dir / "tokens.txt").read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.mark.parametrize("wav", WAVS)
+def test_sherpa_onnx_streaming_gives_our_streaming_greedy_hypothesis(exported, backends, wav):
+    """OnlineRecognizer.from_wenet_ctc on model-streaming.onnx (chunk 16, 4 left chunks), with our
+    fbank settings: the text of our chunk-by-chunk CTC greedy search over the frames it decoded
+    (sherpa-onnx runs whole chunks only)."""
+    _, _, out = exported
+    samples, feats = _wav(wav)
+    rec = sherpa_recognizer(out, streaming=True, chunk_size=16, num_left_chunks=4)
+    stream = rec.create_stream()
+    stream.accept_waveform(16000, samples)
+    stream.input_finished()
+    chunks = 0
+    while rec.is_ready(stream):
+        rec.decode_stream(stream)
+        chunks += 1
+    backend = backends[1]
+    frames = (chunks - 1) * 16 * backend.subsampling_rate + 15 * backend.subsampling_rate + backend.right_context + 1
+    ours = _greedy_text(backend.ctc_activation(encode_streaming(backend, feats[:frames], 16, 4)), _units(out))
+    assert chunks >= 5 and ours
+    assert rec.get_result(stream) == ours
+
+
+@pytest.mark.parametrize("wav", WAVS)
+def test_sherpa_onnx_offline_gives_our_greedy_hypothesis(exported, backends, wav):
+    """OfflineRecognizer.from_wenet_ctc on model.onnx, with our fbank settings: our CTC greedy
+    text. sherpa-onnx always dithers a WeNet model's input by 1 int16 step, so the audio is 40 dB
+    louder on both sides, which leaves the dither no weight (an untrained model is that fragile)."""
+    _, _, out = exported
+    samples, feats = _wav(wav, gain=100.0)
+    rec = sherpa_recognizer(out)
+    stream = rec.create_stream()
+    stream.accept_waveform(16000, samples)
+    rec.decode_stream(stream)
+    _, _, log_probs = backends[1].encode(feats[None], np.asarray([len(feats)]))
+    ours = _greedy_text(log_probs, _units(out))
+    assert ours and stream.result.text == ours
+
+
+def test_from_wenet_ctc_reads_the_export_unmodified(exported):
+    """sherpa-onnx's own constructors, nothing changed: both files load and decode."""
+    _, _, out = exported
+    samples, _ = _wav(WAVS[0])
+    offline = sherpa_recognizer(out, our_features=False)
+    stream = offline.create_stream()
+    stream.accept_waveform(16000, samples)
+    offline.decode_stream(stream)
+    online = sherpa_recognizer(out, streaming=True, our_features=False)
+    ostream = online.create_stream()
+    ostream.accept_waveform(16000, samples)
+    ostream.input_finished()
+    while online.is_ready(ostream):
+        online.decode_stream(ostream)
+    assert stream.result.text and online.get_result(ostream)
+
+
+class _Determinant(paddle.nn.Layer):
+    """A program with an operator paddle2onnx cannot convert (pd_op.det)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = paddle.nn.Linear(4, 4)
+
+    def forward_encoder(self, feats, feats_lengths):
+        return paddle.linalg.det(self.linear(feats[:, :4, :4].reshape([-1, 4, 4]))), feats_lengths + 1
+
+
+def test_a_failed_conversion_names_the_operator_and_leaves_no_export(exported, tmp_path):
+    _, fp32, _ = exported
+    bundle = tmp_path / "fp32"
+    shutil.copytree(fp32, bundle)
+    shutil.rmtree(bundle / "encoder")
+    save_function(_Determinant(), RuntimeFunction("encoder", "forward_encoder", (
+        InputSpec([None, None, FEAT_DIM], "float32", "feats"), InputSpec([None], "int64", "feats_lengths"))),
+        bundle / "encoder")
+    with pytest.raises(AsrError, match=r"pd_op\.det"):
+        export_onnx(bundle, tmp_path / "onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fp32"]
