@@ -10,7 +10,7 @@ from paddle_asr.artifacts import atomic_write_text
 
 HEADER = ("| model | params | test set | decoding | mode | runtime | {metric} % | N | S | D | I | RTF | encoder RTF "
           "| size MB | date | config |")
-RUNTIME_ORDER = {"dygraph": 0, "inference-fp32": 1, "inference-int8": 2}
+RUNTIME_ORDER = {"dygraph": 0, "inference-fp32": 1, "onnxruntime-fp32": 2, "inference-int8": 3, "onnxruntime-int8": 4}
 METHOD_ORDER = {"ctc_greedy_search": 0, "ctc_prefix_beam_search": 1, "ctc_beam_search_lm": 2, "attention": 3,
                 "attention_rescoring": 4}
 

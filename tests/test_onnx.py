@@ -23,7 +23,7 @@ from paddle_asr.export.bundle import write_bundle_files
 from paddle_asr.export.common import RuntimeFunction, save_function
 from paddle_asr.export.export import export_model
 from paddle_asr.export.inference import Predictor
-from paddle_asr.export.onnx import OFFLINE_MODEL, STREAMING_MODEL, export_onnx
+from paddle_asr.export.onnx import OFFLINE_MODEL, STREAMING_MODEL, export_onnx, quantize_onnx_export
 from paddle_asr.export.onnx_backend import OnnxU2Backend
 from paddle_asr.export.runtime import load_backend
 from paddle_asr.export.sherpa import sherpa_recognizer
@@ -44,7 +44,7 @@ def exported(tmp_path_factory):
     vocab = root / "vocab.txt"
     vocab.write_text("".join(f"{u}\n" for u in ["<blank>", "<unk>"] + [chr(0x4E00 + i) for i in range(57)] + ["<eos>"]))
     write_bundle_files(root / "fp32", config, vocab, model, checkpoint="test", functions=sorted(diffs))
-    export_onnx(root / "fp32", root / "onnx", model, log=lambda *_: None)
+    export_onnx(root / "fp32", root / "onnx", model)
     return model, root / "fp32", root / "onnx"
 
 
@@ -226,3 +226,27 @@ def test_a_failed_conversion_names_the_operator_and_leaves_no_export(exported, t
     with pytest.raises(AsrError, match=r"pd_op\.det"):
         export_onnx(bundle, tmp_path / "onnx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fp32"]
+
+
+def test_int8_export_quantizes_the_encoder_matmuls_and_decodes(exported, backends, tmp_path):
+    """Stage 6's ONNX INT8: dynamic INT8 MatMul in the encoder files (WeNet's metadata kept), the
+    decoder left FP32; ONNX Runtime and sherpa-onnx decode it, close to FP32."""
+    _, _, out = exported
+    int8 = tmp_path / "onnx_int8"
+    assert quantize_onnx_export(out, int8, ["encoder"]) == [OFFLINE_MODEL, STREAMING_MODEL, "encoder_chunk.onnx"]
+    for name in (OFFLINE_MODEL, STREAMING_MODEL, "encoder_chunk.onnx"):
+        assert "MatMulInteger" in {n.op_type for n in onnx.load(str(int8 / name)).graph.node}, name
+    assert _io(out / OFFLINE_MODEL)[2].items() <= _io(int8 / OFFLINE_MODEL)[2].items()
+    assert (int8 / "decoder.onnx").read_bytes() == (out / "decoder.onnx").read_bytes()
+    assert json.loads((int8 / "meta.json").read_text())["precision"] == "int8"
+    feats, lens = random_batch(np.random.default_rng(7), [260, 190])
+    ref = backends[1].encode(feats, lens)[2].argmax(-1)
+    got = OnnxU2Backend(int8).encode(feats, lens)[2].argmax(-1)
+    agree = np.mean([np.mean(ref[i, :n] == got[i, :n]) for i, n in enumerate(backends[1].encode(feats, lens)[1])])
+    assert agree > 0.8, agree
+    samples, _ = _wav(WAVS[0])
+    rec = sherpa_recognizer(int8)
+    stream = rec.create_stream()
+    stream.accept_waveform(16000, samples)
+    rec.decode_stream(stream)
+    assert stream.result.text

@@ -22,6 +22,7 @@ lacks.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -233,7 +234,7 @@ def _convert_streaming(model, feat_dim: int, tmp: Path) -> Path:
     return tmp / STREAMING_MODEL
 
 
-def export_onnx(bundle: Path, out: Path, model=None, *, log=print) -> list[str]:
+def export_onnx(bundle: Path, out: Path, model=None) -> list[str]:
     """The ONNX export of the FP32 U2 bundle `bundle` in `out` (layout in the module docstring);
     `model` (the dynamic graph the bundle came from) adds sherpa-onnx's streaming model when the
     bundle streams. Written to a temporary directory and renamed into place: a conversion that
@@ -245,11 +246,9 @@ def export_onnx(bundle: Path, out: Path, model=None, *, log=print) -> list[str]:
     if meta.get("model", "u2") != "u2":
         raise AsrError(f"{bundle}: ONNX export covers U2 models; {meta.get('model')} is not exported to ONNX yet")
     try:
-        files = _write_onnx(bundle, out, meta, model)
+        return _write_onnx(bundle, out, meta, model)
     except ExportError as e:
         raise AsrError(f"ONNX export of {bundle} failed, {out} not written: {e}") from None
-    log(f"ONNX export: {', '.join(f for f in files if f.endswith('.onnx'))} (paddle2onnx, opset {OPSET}) -> {out}")
-    return files
 
 
 def _write_onnx(bundle: Path, out: Path, meta: dict, model) -> list[str]:
@@ -273,3 +272,28 @@ def _write_onnx(bundle: Path, out: Path, meta: dict, model) -> list[str]:
 
 if __name__ == "__main__":  # the child process of convert_program
     _convert_here(Path(sys.argv[1]), Path(sys.argv[2]))
+
+
+# The files stage 6 quantizes for each program name of `paddle-asr quantize --functions` (the
+# encoder brings its streaming forms along, as the Paddle INT8 bundle's encoder_chunk).
+INT8_FILES = {"encoder": (OFFLINE_MODEL, STREAMING_MODEL, "encoder_chunk.onnx"), "decoder": ("decoder.onnx",)}
+
+
+def quantize_onnx_export(src: Path, out: Path, functions: list[str]) -> list[str]:
+    """The INT8 ONNX export of the FP32 one in `src`: ONNX Runtime's dynamic quantization of every
+    MatMul (INT8 weights, activations quantized per call), as WeNet's sherpa-onnx models are, for
+    the files of `functions`; the others are copied. Returns the quantized files."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    src, out = Path(src), Path(out)
+    names = [f for fn in functions for f in INT8_FILES.get(fn, ()) if (src / f).is_file()]
+    with atomic_directory(out) as tmp:
+        for path in sorted(src.iterdir()):
+            if path.name in names:
+                with quiet_output():
+                    quantize_dynamic(str(path), str(tmp / path.name), op_types_to_quantize=["MatMul"],
+                                     weight_type=QuantType.QInt8)
+            elif path.is_file() and not path.name.startswith("."):  # not the FP32 export's completion record
+                shutil.copyfile(path, tmp / path.name)
+        copy_bundle_files(src, tmp, precision="int8", int8_functions=functions, onnx_int8_files=names)
+    return names
