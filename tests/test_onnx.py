@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -250,3 +252,23 @@ def test_int8_export_quantizes_the_encoder_matmuls_and_decodes(exported, backend
     stream.accept_waveform(16000, samples)
     rec.decode_stream(stream)
     assert stream.result.text
+
+
+def test_transcribe_runs_the_onnx_export(exported):
+    """`paddle-asr transcribe` on the ONNX directory (ONNX Runtime), and on the Paddle bundle with
+    --runtime onnx: the same transcript, streaming too."""
+    _, fp32, out = exported
+    wav = str(real_fixture(WAVS[0]))
+
+    def transcribe(*args: str) -> str:
+        proc = subprocess.run([sys.executable, "-m", "paddle_asr.cli", "transcribe", *args, wav],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc.stdout.strip()
+
+    direct = transcribe("--bundle", str(out), "--method", "ctc_greedy_search")
+    assert direct.split(maxsplit=1)[1] and direct == transcribe("--bundle", str(fp32), "--runtime", "onnx",
+                                                                "--method", "ctc_greedy_search")
+    streamed = transcribe("--bundle", str(out), "--method", "attention_rescoring", "--chunk_size", "4")
+    assert streamed == transcribe("--bundle", str(fp32), "--runtime", "paddle", "--method", "attention_rescoring",
+                                  "--chunk_size", "4")
