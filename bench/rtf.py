@@ -63,19 +63,19 @@ def exported(model, config, work: Path, log) -> tuple[Path, Path]:
 
 
 def onnx_files(encoder: Path, work: Path, log) -> tuple[Path, Path]:
-    """exp/bench/<name>/onnx/model.onnx (paddle2onnx, named as stage 4 names it) and its dynamic INT8
-    MatMul form onnx_int8/model.onnx, made once."""
+    """exp/bench/<name>/onnx/encoder.onnx (paddle2onnx, named as stage 4 names it) and its dynamic
+    INT8 MatMul form onnx_int8/encoder.onnx, made once."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from paddle_asr.export.onnx import OFFLINE_IO, OFFLINE_MODEL, OFFLINE_OUTPUT_ORDER, convert_program, name_io
+    from paddle_asr.export.onnx import ENCODER, PROGRAM_IO, convert_program, name_io
 
-    fp32, int8 = work / "onnx" / OFFLINE_MODEL, work / "onnx_int8" / OFFLINE_MODEL
+    fp32, int8 = work / "onnx" / ENCODER, work / "onnx_int8" / ENCODER
     if not fp32.is_file():
         log(f"converting {encoder} to {fp32}")
         fp32.parent.mkdir(parents=True, exist_ok=True)
         convert_program(encoder, fp32)
-        name_io(fp32, dict(zip(("feats", "feats_lengths"), OFFLINE_IO[0])), OFFLINE_IO[1],
-                output_order=OFFLINE_OUTPUT_ORDER)
+        inputs, outputs = PROGRAM_IO["encoder"]
+        name_io(fp32, {n: n for n in inputs}, outputs)
     if not int8.is_file():
         int8.parent.mkdir(parents=True, exist_ok=True)
         quantize_dynamic(str(fp32), str(int8), op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8)
@@ -160,8 +160,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             predictor = Predictor(program_dir, num_threads=threads, int8=int8)
             runs[name] = lambda p=predictor: p.run({"feats": feats, "feats_lengths": lengths})
         for name, sub in (("onnxruntime_fp32", "onnx"), ("onnxruntime_int8", "onnx_int8")):
-            program = OrtProgram(work / sub / "model.onnx", num_threads=threads)
-            runs[name] = lambda p=program: p.run({"x": feats, "x_lens": lengths})
+            program = OrtProgram(work / sub / "encoder.onnx", num_threads=threads)
+            runs[name] = lambda p=program: p.run({"feats": feats, "feats_lengths": lengths})
         for name, run in runs.items():
             result = {"what": "encoder_ctc", "impl": "paddle-asr", "mode": name, "config": Path(args.config).name,
                       "seconds": args.seconds, "threads": threads, **timed(run, args.warmup, args.repeats),

@@ -192,7 +192,7 @@ def onnx_export_stage(exp_dir: Path, bundle: Path, out: Path, ckpt: Path, model=
     if meta.get("model", "u2") != "u2":
         log(f"stage 4 (ONNX): skipped, {meta.get('model')} models are not exported to ONNX (docs/onnx.md)")
         return
-    fp = fingerprint("export-onnx-v1", done_marker(bundle))
+    fp = fingerprint("export-onnx-v2", done_marker(bundle))
     if reuse_or_clear(out, fp, "stage 4 (ONNX)", force, log, noun="ONNX export"):
         return
     if model is None and meta.get("supports_streaming"):
@@ -236,7 +236,7 @@ def test_export_stage(bundle: Path, data: Path, decode_config: Path, *, out_pref
     if runtime == "onnx":
         from paddle_asr.export.onnx_backend import onnx_export_of
 
-        inputs.append(onnx_export_of(bundle, meta) / "model.onnx")
+        inputs.append(onnx_export_of(bundle, meta) / "encoder.onnx")
     prefix = evaluate_stage(label, backend, decode_conf, Path(data), features, tokenizer, inputs, extra,
                             Path(out_prefix), force=force, log=log)
     if compare_prefix:
@@ -257,7 +257,7 @@ def onnx_int8_stage(fp32_bundle: Path, int8_bundle: Path, functions: str, *, for
         log(f"stage 6 (ONNX INT8): skipped, no ONNX export in {src} (stage 4 writes it for U2 models)")
         return
     names = [f for f in functions.split(",") if f]
-    fp = fingerprint("onnx-int8-v1", src / "model.onnx", names)
+    fp = fingerprint("onnx-int8-v1", src / "encoder.onnx", names)
     if reuse_or_clear(out, fp, "stage 6 (ONNX INT8)", force, log, noun="ONNX INT8 export"):
         return
     files = quantize_onnx_export(src, out, names)

@@ -10,10 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import kaldi_native_fbank as knf
 import numpy as np
 import onnx
 import paddle
 import pytest
+import sherpa_onnx
 import soundfile
 from paddle.static import InputSpec
 
@@ -25,11 +27,17 @@ from paddle_asr.export.bundle import write_bundle_files
 from paddle_asr.export.common import RuntimeFunction, save_function
 from paddle_asr.export.export import export_model
 from paddle_asr.export.inference import Predictor
-from paddle_asr.export.onnx import OFFLINE_MODEL, STREAMING_MODEL, export_onnx, quantize_onnx_export
+from paddle_asr.export.onnx import (
+    ENERGY_FLOOR,
+    OFFLINE_MODEL,
+    STREAMING_MODEL,
+    TOKENS,
+    export_onnx,
+    quantize_onnx_export,
+)
 from paddle_asr.export.onnx_backend import OnnxU2Backend
 from paddle_asr.export.runtime import load_backend
-from paddle_asr.export.sherpa import sherpa_recognizer
-from paddle_asr.features import compute_fbank
+from paddle_asr.features import compute_fbank, mel_bank_map
 from tests.conftest import real_fixture
 from tests.test_export_quant import FEAT_DIM, METHODS, build_small_u2, random_batch
 from tests.test_model import check_streams_batched_equal_alone
@@ -65,11 +73,13 @@ def _io(path: Path) -> tuple[list[str], list[str], dict[str, str]]:
 def test_layout_names_and_wenet_metadata(exported):
     _, _, out = exported
     assert sorted(p.name for p in out.iterdir()) == [
-        "ctc_activation.onnx", "decoder.onnx", "encoder_chunk.onnx", "features.yaml", "meta.json",
+        "ctc_activation.onnx", "decoder.onnx", "encoder.onnx", "encoder_chunk.onnx", "features.yaml", "meta.json",
         "model-streaming.onnx", "model.onnx", "tokens.txt", "vocab.txt"]
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")], "temp dirs left behind"
     inputs, outputs, meta = _io(out / OFFLINE_MODEL)
-    assert (inputs, outputs) == (["x", "x_lens"], ["log_probs", "log_probs_lens", "encoder_out"])
+    assert (inputs, outputs) == (["x", "x_lens"], ["log_probs", "log_probs_lens"])
+    assert _io(out / "encoder.onnx")[:2] == (["feats", "feats_lengths"], ["encoder_out", "encoder_lengths",
+                                                                          "ctc_log_probs"])
     assert meta["model_type"] == "wenet_ctc" and meta["vocab_size"] == "60" and meta["subsampling_factor"] == "4"
     inputs, outputs, meta = _io(out / STREAMING_MODEL)
     assert inputs == ["x", "offset", "required_cache_size", "attn_cache", "conv_cache", "attn_mask"]
@@ -135,12 +145,25 @@ def test_runtime_option_finds_the_onnx_export_beside_the_bundle(exported):
         load_backend(fp32, {**meta, "precision": "int8"}, runtime="onnx")
 
 
-def _wav(name: str, gain: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """(samples in [-1, 1] times gain, our fbank of them)."""
+def _samples(name: str, gain: float = 1.0) -> np.ndarray:
+    """A fixture recording in [-1, 1], times `gain`."""
     samples, rate = soundfile.read(real_fixture(name), dtype="float32")
     assert rate == 16000
-    samples = samples * gain
-    return samples, compute_fbank(samples * 32768, FeatureConfig())
+    return samples * gain
+
+
+def _sherpa_fbank_mapped(samples: np.ndarray) -> np.ndarray:
+    """The fbank sherpa-onnx computes for a WeNet model (kaldi-native-fbank with its defaults: mel
+    banks to 7600 Hz, no snip_edges), mapped to our bank as model.onnx does inside."""
+    opts = knf.FbankOptions()
+    opts.frame_opts.dither, opts.frame_opts.snip_edges = 0.0, False
+    opts.mel_opts.num_bins, opts.mel_opts.low_freq, opts.mel_opts.high_freq = FEAT_DIM, 20.0, -400.0
+    fbank = knf.OnlineFbank(opts)
+    fbank.accept_waveform(16000.0, samples * 32768)
+    fbank.input_finished()
+    feats = np.stack([fbank.get_frame(i) for i in range(fbank.num_frames_ready)]).astype(np.float32)
+    bank_map = mel_bank_map(FeatureConfig(), 7600.0)
+    return np.log(np.maximum(np.exp(feats) @ bank_map.T, ENERGY_FLOOR)).astype(np.float32)
 
 
 def _greedy_text(log_probs: np.ndarray, units: list[str]) -> str:
@@ -151,14 +174,28 @@ def _units(onnx_dir: Path) -> list[str]:
     return [line.rsplit(" ", 1)[0] for line in (onnx_dir / "tokens.txt").read_text(encoding="utf-8").splitlines()]
 
 
-@pytest.mark.parametrize("wav", WAVS)
-def test_sherpa_onnx_streaming_gives_our_streaming_greedy_hypothesis(exported, backends, wav):
-    """OnlineRecognizer.from_wenet_ctc on model-streaming.onnx (chunk 16, 4 left chunks), with our
-    fbank settings: the text of our chunk-by-chunk CTC greedy search over the frames it decoded
-    (sherpa-onnx runs whole chunks only)."""
-    _, _, out = exported
-    samples, feats = _wav(wav)
-    rec = sherpa_recognizer(out, streaming=True, chunk_size=16, num_left_chunks=4)
+def test_the_bank_map_gives_our_fbank_from_sherpa_onnx_s(exported):
+    """Our log-mel energies from sherpa-onnx's (banks to 7600 Hz), on real speech and our frames:
+    a quarter of the distance between the two banks (median 0.11 against 0.43 in the log domain;
+    each of our triangles is approximated, and those above 7600 Hz are extrapolated)."""
+    samples = _samples(WAVS[0])
+    opts = knf.FbankOptions()
+    opts.frame_opts.dither, opts.mel_opts.num_bins, opts.mel_opts.high_freq = 0.0, FEAT_DIM, -400.0
+    fbank = knf.OnlineFbank(opts)
+    fbank.accept_waveform(16000.0, samples * 32768)
+    fbank.input_finished()
+    theirs = np.stack([fbank.get_frame(i) for i in range(fbank.num_frames_ready)]).astype(np.float64)
+    ours = compute_fbank(samples * 32768, FeatureConfig())
+    mapped = np.log(np.maximum(np.exp(theirs) @ mel_bank_map(FeatureConfig(), 7600.0).T, ENERGY_FLOOR))
+    mapped_diff, diff = np.median(np.abs(mapped - ours)), np.median(np.abs(theirs - ours))
+    assert mapped_diff < 0.15 and mapped_diff < diff / 3
+
+
+def _sherpa_streaming(out: Path, samples: np.ndarray) -> tuple[str, int]:
+    """OnlineRecognizer.from_wenet_ctc (chunk 16, 4 left chunks) on model-streaming.onnx -> (text,
+    chunks decoded)."""
+    rec = sherpa_onnx.OnlineRecognizer.from_wenet_ctc(model=str(out / STREAMING_MODEL), tokens=str(out / TOKENS),
+                                                      chunk_size=16, num_left_chunks=4)
     stream = rec.create_stream()
     stream.accept_waveform(16000, samples)
     stream.input_finished()
@@ -166,44 +203,43 @@ def test_sherpa_onnx_streaming_gives_our_streaming_greedy_hypothesis(exported, b
     while rec.is_ready(stream):
         rec.decode_stream(stream)
         chunks += 1
+    return rec.get_result(stream), chunks
+
+
+def _sherpa_offline(out: Path, samples: np.ndarray) -> str:
+    rec = sherpa_onnx.OfflineRecognizer.from_wenet_ctc(model=str(out / OFFLINE_MODEL), tokens=str(out / TOKENS))
+    stream = rec.create_stream()
+    stream.accept_waveform(16000, samples)
+    rec.decode_stream(stream)
+    return stream.result.text
+
+
+@pytest.mark.parametrize("wav", WAVS)
+def test_sherpa_onnx_streaming_gives_our_streaming_greedy_hypothesis(exported, backends, wav):
+    """OnlineRecognizer.from_wenet_ctc, unmodified, on model-streaming.onnx: the text of our
+    chunk-by-chunk CTC greedy search (same chunk and cache) on the same fbank, over the frames it
+    decoded (sherpa-onnx runs whole chunks only)."""
+    _, _, out = exported
+    samples = _samples(wav)
+    text, chunks = _sherpa_streaming(out, samples)
     backend = backends[1]
     frames = (chunks - 1) * 16 * backend.subsampling_rate + 15 * backend.subsampling_rate + backend.right_context + 1
-    ours = _greedy_text(backend.ctc_activation(encode_streaming(backend, feats[:frames], 16, 4)), _units(out))
-    assert chunks >= 5 and ours
-    assert rec.get_result(stream) == ours
+    feats = _sherpa_fbank_mapped(samples)[:frames]
+    ours = _greedy_text(backend.ctc_activation(encode_streaming(backend, feats, 16, 4)), _units(out))
+    assert chunks >= 5 and ours and text == ours
 
 
 @pytest.mark.parametrize("wav", WAVS)
 def test_sherpa_onnx_offline_gives_our_greedy_hypothesis(exported, backends, wav):
-    """OfflineRecognizer.from_wenet_ctc on model.onnx, with our fbank settings: our CTC greedy
-    text. sherpa-onnx always dithers a WeNet model's input by 1 int16 step, so the audio is 40 dB
-    louder on both sides, which leaves the dither no weight (an untrained model is that fragile)."""
+    """OfflineRecognizer.from_wenet_ctc, unmodified, on model.onnx: our CTC greedy text on the
+    same fbank. sherpa-onnx always dithers a WeNet model's input by 1 int16 step, so the audio is
+    40 dB louder, which leaves the dither no weight (an untrained model is that fragile)."""
     _, _, out = exported
-    samples, feats = _wav(wav, gain=100.0)
-    rec = sherpa_recognizer(out)
-    stream = rec.create_stream()
-    stream.accept_waveform(16000, samples)
-    rec.decode_stream(stream)
+    samples = _samples(wav, gain=100.0)
+    feats = _sherpa_fbank_mapped(samples)
     _, _, log_probs = backends[1].encode(feats[None], np.asarray([len(feats)]))
     ours = _greedy_text(log_probs, _units(out))
-    assert ours and stream.result.text == ours
-
-
-def test_from_wenet_ctc_reads_the_export_unmodified(exported):
-    """sherpa-onnx's own constructors, nothing changed: both files load and decode."""
-    _, _, out = exported
-    samples, _ = _wav(WAVS[0])
-    offline = sherpa_recognizer(out, our_features=False)
-    stream = offline.create_stream()
-    stream.accept_waveform(16000, samples)
-    offline.decode_stream(stream)
-    online = sherpa_recognizer(out, streaming=True, our_features=False)
-    ostream = online.create_stream()
-    ostream.accept_waveform(16000, samples)
-    ostream.input_finished()
-    while online.is_ready(ostream):
-        online.decode_stream(ostream)
-    assert stream.result.text and online.get_result(ostream)
+    assert ours and _sherpa_offline(out, samples) == ours
 
 
 class _Determinant(paddle.nn.Layer):
@@ -235,8 +271,9 @@ def test_int8_export_quantizes_the_encoder_matmuls_and_decodes(exported, backend
     decoder left FP32; ONNX Runtime and sherpa-onnx decode it, close to FP32."""
     _, _, out = exported
     int8 = tmp_path / "onnx_int8"
-    assert quantize_onnx_export(out, int8, ["encoder"]) == [OFFLINE_MODEL, STREAMING_MODEL, "encoder_chunk.onnx"]
-    for name in (OFFLINE_MODEL, STREAMING_MODEL, "encoder_chunk.onnx"):
+    files = ["encoder.onnx", "encoder_chunk.onnx", OFFLINE_MODEL, STREAMING_MODEL]
+    assert quantize_onnx_export(out, int8, ["encoder"]) == files
+    for name in files:
         assert "MatMulInteger" in {n.op_type for n in onnx.load(str(int8 / name)).graph.node}, name
     assert _io(out / OFFLINE_MODEL)[2].items() <= _io(int8 / OFFLINE_MODEL)[2].items()
     assert (int8 / "decoder.onnx").read_bytes() == (out / "decoder.onnx").read_bytes()
@@ -246,12 +283,8 @@ def test_int8_export_quantizes_the_encoder_matmuls_and_decodes(exported, backend
     got = OnnxU2Backend(int8).encode(feats, lens)[2].argmax(-1)
     agree = np.mean([np.mean(ref[i, :n] == got[i, :n]) for i, n in enumerate(backends[1].encode(feats, lens)[1])])
     assert agree > 0.8, agree
-    samples, _ = _wav(WAVS[0])
-    rec = sherpa_recognizer(int8)
-    stream = rec.create_stream()
-    stream.accept_waveform(16000, samples)
-    rec.decode_stream(stream)
-    assert stream.result.text
+    samples = _samples(WAVS[0])
+    assert _sherpa_offline(int8, samples) and _sherpa_streaming(int8, samples)[0]
 
 
 def test_transcribe_runs_the_onnx_export(exported):

@@ -173,7 +173,8 @@ def test_export_reproduces_the_dynamic_graph_and_int8_decodes(recipe):
     for name in ("encoder", "encoder_chunk", "ctc_activation", "decoder"):
         assert (exp / f"export/fp32/{name}/model.pdmodel").is_file()
     assert (exp / "export/fp32/vocab.txt").is_file()
-    for name in ("model.onnx", "model-streaming.onnx", "encoder_chunk.onnx", "decoder.onnx", "tokens.txt"):
+    for name in ("model.onnx", "model-streaming.onnx", "encoder.onnx", "encoder_chunk.onnx", "decoder.onnx",
+                 "tokens.txt"):
         assert (exp / f"export/onnx/{name}").is_file()
     int8 = json.loads((exp / "test_export_int8_attention_rescoring/result.json").read_text())
     fp32 = json.loads((exp / "test_export_fp32_attention_rescoring/result.json").read_text())

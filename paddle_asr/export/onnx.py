@@ -1,22 +1,22 @@
 """ONNX export of a U2 bundle with paddle2onnx, laid out for sherpa-onnx and for our own ONNX Runtime backend.
 
-    <onnx>/model.onnx            the encoder (`encoder` program, CMVN inside): x [N, T, D], x_lens [N]
-                                 -> log_probs [N, T', V], log_probs_lens [N], encoder_out [N, T', d];
-                                 sherpa-onnx's WeNet CTC model (`OfflineRecognizer.from_wenet_ctc`)
+    <onnx>/model.onnx            sherpa-onnx's WeNet CTC model (`OfflineRecognizer.from_wenet_ctc`): x [N, T, D]
+                                 (sherpa-onnx's fbank), x_lens [N] -> log_probs [N, T', V], log_probs_lens [N]
     <onnx>/model-streaming.onnx  one stream's next chunk in WeNet's interface (`OnlineRecognizer.from_wenet_ctc`):
                                  x [1, W, D], offset [1], required_cache_size [1], attn_cache [L, H, R, 2*d_k],
                                  conv_cache [L, 1, d, k-1], attn_mask [1, 1, R + chunk] -> log_probs,
                                  next_att_cache [L, H, R, 2*d_k], next_conv_cache (streaming models only)
-    <onnx>/encoder_chunk.onnx    our batched chunk program (export.u2), for our server and stages 5/6
-    <onnx>/ctc_activation.onnx, decoder.onnx   the other programs, inputs and outputs as in export.u2
+    <onnx>/encoder.onnx, encoder_chunk.onnx, ctc_activation.onnx, decoder.onnx
+                                 the bundle's programs (export.u2: our fbank, batched streams), for our runtime
     <onnx>/tokens.txt            `unit id` lines (sherpa-onnx); vocab.txt, features.yaml, meta.json as the bundle's
 
-Every file comes from a Paddle program through paddle2onnx; what is done to its graph afterwards is
-only naming (inputs, outputs and their order, which sherpa-onnx reads by position) and metadata.
-WeNet's streaming interface has no counterpart among the bundle's programs, so it is traced from
-the dynamic-graph model (`WenetChunk`, around the same `forward_encoder_chunk`) and converted the
-same way. A conversion that fails leaves no output directory and names the operators paddle2onnx
-lacks.
+Our runtime's files come from the bundle's programs through paddle2onnx; afterwards their graphs are
+only renamed (inputs, outputs and their order). sherpa-onnx's two files have no counterpart among
+the programs: they are traced from the dynamic-graph model (`WenetOffline`, `WenetChunk`, around the
+same `forward_encoder` and `forward_encoder_chunk`) and converted the same way. Both read the fbank
+sherpa-onnx computes, whose mel banks stop at 7600 Hz where ours reach 8000 Hz: a fixed map
+(`features.mel_bank_map`, `SherpaFbank`) turns its mel energies into ours before the model. A
+conversion that fails leaves no output directory and names the operators paddle2onnx lacks.
 """
 
 from __future__ import annotations
@@ -32,28 +32,62 @@ import paddle
 from paddle.static import InputSpec
 
 from paddle_asr.artifacts import atomic_directory, atomic_write_text
+from paddle_asr.config import FeatureConfig
 from paddle_asr.errors import AsrError
-from paddle_asr.export.bundle import META, VOCAB, copy_bundle_files
+from paddle_asr.export.bundle import META, VOCAB, copy_bundle_files, read_bundle
 from paddle_asr.export.common import ExportError, RuntimeFunction, save_function
 from paddle_asr.export.inference import find_model_files, quiet_output
+from paddle_asr.features import mel_bank_map
 
 OPSET = 17
 OFFLINE_MODEL = "model.onnx"
 STREAMING_MODEL = "model-streaming.onnx"
+ENCODER = "encoder.onnx"
 TOKENS = "tokens.txt"
-# ONNX names of each converted program's inputs and outputs, in the order sherpa-onnx and our
-# backend pass and read them (paddle2onnx names outputs fetch_name_<i> and orders inputs its own way).
-# The offline model's outputs in the encoder program's return order, then in sherpa-onnx's.
-OFFLINE_IO = (("x", "x_lens"), ("encoder_out", "log_probs_lens", "log_probs"))
-OFFLINE_OUTPUT_ORDER = ("log_probs", "log_probs_lens", "encoder_out")
+# sherpa-onnx's fbank for WeNet models (its FeatureExtractorConfig defaults): mel banks up to
+# Nyquist - 400 Hz, no snip_edges; otherwise Kaldi's, as ours (docs/onnx.md has the table).
+SHERPA_HIGH_FREQ_OFFSET = -400.0
+# ONNX names of each converted program's inputs and outputs, in the order our backend passes and
+# reads them (paddle2onnx names outputs fetch_name_<i> and orders inputs its own way).
 PROGRAM_IO = {
+    "encoder": (("feats", "feats_lengths"), ("encoder_out", "encoder_lengths", "ctc_log_probs")),
     "encoder_chunk": (("xs", "offsets", "att_cache", "cache_lengths", "cnn_cache"),
                       ("chunk_out", "att_cache_out", "cnn_cache_out")),
     "ctc_activation": (("encoder_out",), ("ctc_log_probs",)),
     "decoder": (("hyps", "hyps_lengths", "encoder_out", "encoder_lengths"), ("decoder_log_probs",)),
 }
+# sherpa-onnx's files: passed and read by position, in this order.
+OFFLINE_IO = (("x", "x_lens"), ("log_probs", "log_probs_lens"))
 STREAMING_IO = (("x", "offset", "required_cache_size", "attn_cache", "conv_cache", "attn_mask"),
                 ("log_probs", "next_att_cache", "next_conv_cache"))
+# Kaldi's floor on mel energies (float epsilon), as kaldi-native-fbank takes the log.
+ENERGY_FLOOR = 1.1920929e-07
+
+
+class SherpaFbank(paddle.nn.Layer):
+    """sherpa-onnx's log-mel fbank [.., T, bins] -> ours: exp, the fixed bank map, log."""
+
+    def __init__(self, features: FeatureConfig) -> None:
+        super().__init__()
+        bank_map = mel_bank_map(features, features.sample_rate / 2 + SHERPA_HIGH_FREQ_OFFSET)
+        self.bank_map = self.create_parameter(list(bank_map.T.shape), dtype="float32",
+                                              default_initializer=paddle.nn.initializer.Assign(bank_map.T))
+        self.bank_map.stop_gradient = True
+
+    def forward(self, x):
+        return paddle.log(paddle.clip(paddle.matmul(paddle.exp(x), self.bank_map), min=ENERGY_FLOOR))
+
+
+class WenetOffline(paddle.nn.Layer):
+    """WeNet's offline ONNX interface (what sherpa-onnx feeds and reads) on our `forward_encoder`."""
+
+    def __init__(self, model: paddle.nn.Layer, features: FeatureConfig) -> None:
+        super().__init__()
+        self.model, self.fbank = model, SherpaFbank(features)
+
+    def forward(self, x, x_lens):
+        _, lengths, log_probs = self.model.forward_encoder(self.fbank(x), x_lens)
+        return log_probs, lengths
 
 
 class WenetChunk(paddle.nn.Layer):
@@ -62,28 +96,34 @@ class WenetChunk(paddle.nn.Layer):
     its first frames masked out by `attn_mask` until that many have been emitted, and an `offset`
     that starts at R. Our program takes the same right-aligned cache with its valid length."""
 
-    def __init__(self, model: paddle.nn.Layer) -> None:
+    def __init__(self, model: paddle.nn.Layer, features: FeatureConfig) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.fbank = model, SherpaFbank(features)
 
     def forward(self, x, offset, required_cache_size, attn_cache, conv_cache, attn_mask):
         cache = paddle.shape(attn_cache)[2]
         valid = paddle.sum(paddle.cast(attn_mask[:, 0, :cache], "int64"), axis=-1)
-        y, att, cnn = self.model.forward_encoder_chunk(x, offset - required_cache_size, attn_cache.unsqueeze(1),
-                                                       valid, conv_cache)
+        y, att, cnn = self.model.forward_encoder_chunk(self.fbank(x), offset - required_cache_size,
+                                                       attn_cache.unsqueeze(1), valid, conv_cache)
         total = paddle.shape(att)[3]
         return self.model.ctc_activation(y), att[:, 0, :, total - cache:, :], cnn
 
 
-def wenet_chunk_function(model, feat_dim: int) -> RuntimeFunction:
-    enc = model.encoder
+def sherpa_functions(model, features: FeatureConfig, streaming: bool) -> list[tuple[str, RuntimeFunction]]:
+    """(file, function) of sherpa-onnx's offline model and, when the model streams, its streaming one."""
+    enc, dim = model.encoder, features.num_mel_bins
     d, layers, heads = enc.output_size, len(enc.encoders), enc.conf.attention_heads
-    return RuntimeFunction("model_streaming", "forward", (
-        InputSpec([1, None, feat_dim], "float32", "x"), InputSpec([1], "int64", "offset"),
-        InputSpec([1], "int64", "required_cache_size"),
-        InputSpec([layers, heads, None, 2 * (d // heads)], "float32", "attn_cache"),
-        InputSpec([layers, 1, d, max(enc.cnn_cache_frames, 1)], "float32", "conv_cache"),
-        InputSpec([1, 1, None], "bool", "attn_mask")), layer=WenetChunk(model))
+    fns = [(OFFLINE_MODEL, RuntimeFunction("model", "forward", (
+        InputSpec([None, None, dim], "float32", "x"), InputSpec([None], "int64", "x_lens")),
+        layer=WenetOffline(model, features)))]
+    if streaming:
+        fns.append((STREAMING_MODEL, RuntimeFunction("model_streaming", "forward", (
+            InputSpec([1, None, dim], "float32", "x"), InputSpec([1], "int64", "offset"),
+            InputSpec([1], "int64", "required_cache_size"),
+            InputSpec([layers, heads, None, 2 * (d // heads)], "float32", "attn_cache"),
+            InputSpec([layers, 1, d, max(enc.cnn_cache_frames, 1)], "float32", "conv_cache"),
+            InputSpec([1, 1, None], "bool", "attn_mask")), layer=WenetChunk(model, features))))
+    return fns
 
 
 # PIR operator names paddle2onnx lists under another name in get_all_supported_operators_pir().
@@ -128,6 +168,7 @@ def convert_program(program_dir: Path, out_file: Path) -> None:
     env = dict(os.environ)
     root = str(Path(paddle_asr.__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    env["POLYGRAPHY_AUTOINSTALL_DEPS"] = "0"  # see _fold_and_save
     proc = subprocess.run([sys.executable, "-m", "paddle_asr.export.onnx", str(program_dir), str(out_file)],
                           capture_output=True, text=True, env=env)
     if proc.returncode == 0:
@@ -176,11 +217,10 @@ def _rename_graph(graph, mapping: dict[str, str]) -> None:
         value.name = mapping.get(value.name, value.name)
 
 
-def name_io(onnx_file: Path, inputs: dict[str, str], outputs: tuple[str, ...], metadata: dict | None = None,
-            output_order: tuple[str, ...] | None = None) -> None:
+def name_io(onnx_file: Path, inputs: dict[str, str], outputs: tuple[str, ...], metadata: dict | None = None) -> None:
     """Rename and order a converted graph's inputs ({Paddle name: ONNX name}, in the wanted order)
-    and outputs (names for paddle2onnx's fetch_name_<i>, in the program's return order; then put in
-    `output_order` when given), and set its metadata."""
+    and outputs (names for paddle2onnx's fetch_name_<i>, in the program's return order), and set
+    its metadata."""
     import onnx
 
     model = onnx.load(str(onnx_file))
@@ -191,10 +231,10 @@ def name_io(onnx_file: Path, inputs: dict[str, str], outputs: tuple[str, ...], m
                           f"{list(inputs)} and outputs {list(outputs)}")
     mapping = {**inputs, **{v.name: new for v, new in zip(graph.output, outputs)}}
     _rename_graph(graph, mapping)
-    for values, names in ((graph.input, list(inputs.values())), (graph.output, list(output_order or outputs))):
-        ordered = sorted(values, key=lambda v: names.index(v.name))
-        del values[:]
-        values.extend(ordered)
+    order = list(inputs.values())
+    ordered = sorted(graph.input, key=lambda v: order.index(v.name))
+    del graph.input[:]
+    graph.input.extend(ordered)
     del model.metadata_props[:]
     for key, value in (metadata or {}).items():
         model.metadata_props.add(key=key, value=str(value))
@@ -207,10 +247,9 @@ def wenet_metadata(meta: dict, streaming: bool) -> dict:
     data = {"model_type": "wenet_ctc", "version": "1", "model_author": "paddle_asr",
             "comment": "streaming" if streaming else "non-streaming", "vocab_size": meta["vocab_size"],
             "subsampling_factor": meta["subsampling_rate"],
-            # Informative (sherpa-onnx reads none of it): the fbank the model was trained on, which
-            # export.sherpa.sherpa_recognizer sets; from_wenet_ctc uses 20-7600 Hz, no snip_edges.
-            "fbank": "kaldi-native-fbank povey 25/10 ms, samples x 32768, mel 20 Hz to Nyquist, snip_edges, "
-                     "dither 0, CMVN inside the model"}
+            # Informative (sherpa-onnx reads none of it): the fbank this file expects.
+            "fbank": "sherpa-onnx's for WeNet models (kaldi-native-fbank, mel 20-7600 Hz, no snip_edges); mapped "
+                     "inside to the model's own (mel 20 Hz to Nyquist), CMVN inside"}
     if streaming:
         layers, heads, _, _ = meta["att_cache_shape"]
         _, d, k1 = meta["cnn_cache_shape"]
@@ -225,20 +264,18 @@ def write_tokens(vocab: Path, out: Path) -> None:
     atomic_write_text(out, "".join(f"{u} {i}\n" for i, u in enumerate(units)))
 
 
-def _convert_streaming(model, feat_dim: int, tmp: Path) -> Path:
-    """Trace `WenetChunk` as a Paddle program in `tmp` and convert it."""
-    fn = wenet_chunk_function(model, feat_dim)
-    with tempfile.TemporaryDirectory(prefix="wenet_chunk_", dir=tmp) as program_dir:
+def _convert_traced(model, fn: RuntimeFunction, out_file: Path) -> None:
+    """Trace `fn` as a Paddle program beside `out_file` and convert it."""
+    with tempfile.TemporaryDirectory(prefix=f".{fn.name}_", dir=out_file.parent) as program_dir:
         save_function(model, fn, Path(program_dir))
-        convert_program(Path(program_dir), tmp / STREAMING_MODEL)
-    return tmp / STREAMING_MODEL
+        convert_program(Path(program_dir), out_file)
 
 
 def export_onnx(bundle: Path, out: Path, model=None) -> list[str]:
     """The ONNX export of the FP32 U2 bundle `bundle` in `out` (layout in the module docstring);
-    `model` (the dynamic graph the bundle came from) adds sherpa-onnx's streaming model when the
-    bundle streams. Written to a temporary directory and renamed into place: a conversion that
-    fails leaves no `out`. Returns the files written."""
+    `model` (the dynamic graph the bundle came from) adds sherpa-onnx's files. Written to a
+    temporary directory and renamed into place: a conversion that fails leaves no `out`. Returns
+    the files written."""
     import json
 
     bundle, out = Path(bundle), Path(out)
@@ -252,31 +289,25 @@ def export_onnx(bundle: Path, out: Path, model=None) -> list[str]:
 
 
 def _write_onnx(bundle: Path, out: Path, meta: dict, model) -> list[str]:
-    feeds = ("feats", "feats_lengths")
     with atomic_directory(out) as tmp:
-        convert_program(bundle / "encoder", tmp / OFFLINE_MODEL)
-        name_io(tmp / OFFLINE_MODEL, dict(zip(feeds, OFFLINE_IO[0])), OFFLINE_IO[1], wenet_metadata(meta, False),
-                OFFLINE_OUTPUT_ORDER)
         for name, (inputs, outputs) in PROGRAM_IO.items():
             if (bundle / name).is_dir():
                 convert_program(bundle / name, tmp / f"{name}.onnx")
                 name_io(tmp / f"{name}.onnx", {n: n for n in inputs}, outputs)
-        if model is not None and meta.get("supports_streaming"):
-            _convert_streaming(model, int(meta["input_dim"]), tmp)
-            name_io(tmp / STREAMING_MODEL, {n: n for n in STREAMING_IO[0]}, STREAMING_IO[1],
-                    wenet_metadata(meta, True))
+        if model is not None:
+            _, features, _ = read_bundle(bundle)
+            for file, fn in sherpa_functions(model, features, bool(meta.get("supports_streaming"))):
+                _convert_traced(model, fn, tmp / file)
+                io = STREAMING_IO if file == STREAMING_MODEL else OFFLINE_IO
+                name_io(tmp / file, {n: n for n in io[0]}, io[1], wenet_metadata(meta, file == STREAMING_MODEL))
         write_tokens(bundle / VOCAB, tmp / TOKENS)
         copy_bundle_files(bundle, tmp, runtime="onnx", onnx_opset=OPSET)
         return sorted(p.name for p in tmp.iterdir())
 
 
-if __name__ == "__main__":  # the child process of convert_program
-    _convert_here(Path(sys.argv[1]), Path(sys.argv[2]))
-
-
 # The files stage 6 quantizes for each program name of `paddle-asr quantize --functions` (the
 # encoder brings its streaming forms along, as the Paddle INT8 bundle's encoder_chunk).
-INT8_FILES = {"encoder": (OFFLINE_MODEL, STREAMING_MODEL, "encoder_chunk.onnx"), "decoder": ("decoder.onnx",)}
+INT8_FILES = {"encoder": (ENCODER, "encoder_chunk.onnx", OFFLINE_MODEL, STREAMING_MODEL), "decoder": ("decoder.onnx",)}
 
 
 def quantize_onnx_export(src: Path, out: Path, functions: list[str]) -> list[str]:
@@ -297,3 +328,7 @@ def quantize_onnx_export(src: Path, out: Path, functions: list[str]) -> list[str
                 shutil.copyfile(path, tmp / path.name)
         copy_bundle_files(src, tmp, precision="int8", int8_functions=functions, onnx_int8_files=names)
     return names
+
+
+if __name__ == "__main__":  # the child process of convert_program
+    _convert_here(Path(sys.argv[1]), Path(sys.argv[2]))

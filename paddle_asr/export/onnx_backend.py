@@ -17,7 +17,7 @@ import numpy as np
 from paddle_asr.errors import AsrError
 from paddle_asr.export.backend import require_chunk_version, require_meta
 from paddle_asr.export.bundle import META
-from paddle_asr.export.onnx import OFFLINE_MODEL
+from paddle_asr.export.onnx import ENCODER
 from paddle_asr.export.u2 import U2ChunkProgram
 from paddle_asr.models.encoder import U2StreamState
 
@@ -46,7 +46,7 @@ class OrtProgram:
 
 
 def is_onnx_export(model_dir: Path) -> bool:
-    return (Path(model_dir) / OFFLINE_MODEL).is_file()
+    return (Path(model_dir) / ENCODER).is_file()
 
 
 def onnx_export_of(bundle: Path, meta: dict) -> Path:
@@ -76,7 +76,7 @@ class OnnxU2Backend:
                                             "att_cache_shape", "cnn_cache_shape"))
         self.sos, self.eos = int(meta["sos"]), int(meta["eos"])
         self.subsampling_rate, self.right_context = int(meta["subsampling_rate"]), int(meta["right_context"])
-        self._encoder = OrtProgram(self.model_dir / OFFLINE_MODEL, num_threads)
+        self._encoder = OrtProgram(self.model_dir / ENCODER, num_threads)
         self._ctc = OrtProgram(self.model_dir / "ctc_activation.onnx", num_threads)
         self._decoder = OrtProgram(self.model_dir / "decoder.onnx", num_threads)
         chunk_file = self.model_dir / "encoder_chunk.onnx"
@@ -89,8 +89,8 @@ class OnnxU2Backend:
                                          self.right_context, int(meta["max_encoder_frames"]))
 
     def encode(self, feats, lengths):
-        log_probs, enc_lengths, enc = self._encoder.run({"x": np.asarray(feats, np.float32),
-                                                         "x_lens": np.asarray(lengths, np.int64)})
+        enc, enc_lengths, log_probs = self._encoder.run({"feats": np.asarray(feats, np.float32),
+                                                         "feats_lengths": np.asarray(lengths, np.int64)})
         keep = int(enc_lengths.max()) if len(enc_lengths) else 0
         return enc[:, :keep], enc_lengths.astype(np.int64), log_probs[:, :keep]
 
