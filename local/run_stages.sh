@@ -12,7 +12,7 @@
 #   stage  3  test       dynamic graph, every method of each decode  -> exp/<name>/<test set>[_chunkN]_<method>/
 #                        config (full, and streaming for chunk models)
 #   stage  4  export     the runtime programs for Paddle Inference   -> exp/<name>/export/fp32/
-#                        and their ONNX export (U2; sherpa-onnx reads it) -> exp/<name>/export/onnx/
+#                        and their ONNX export (sherpa-onnx reads a U2 one) -> exp/<name>/export/onnx/
 #   stage  5  test export same hypotheses as stage 3, every method   -> exp/<name>/<test set>_export_fp32[_chunkN]_<method>/
 #                        (Paddle Inference, and ONNX Runtime on export/onnx -> ..._export_fp32_onnx_...)
 #   stage  6  int8       PaddleSlim PTQ of the encoder on training   -> exp/<name>/export/int8/,

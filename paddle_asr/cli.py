@@ -320,7 +320,7 @@ def _test_and_export_commands(add: AddCommand) -> None:
     sp.add_argument("--checkpoint", default="", help="default: exp_dir/checkpoints/avg_<average_num>.pdparams")
     sp.add_argument("--out", required=True, help="the bundle directory to write, e.g. exp/<name>/export/fp32")
     sp.add_argument("--onnx_out", default="",
-                    help="where the ONNX export goes (U2 models; default: onnx/ beside --out; none: no ONNX)")
+                    help="where the ONNX export goes (default: onnx/ beside --out; none: no ONNX)")
     sp.add_argument("--force", action="store_true")
 
     sp = add("test-export", cmd_test_export, "stages 5/6: decode a test set with an exported model (Paddle Inference)")

@@ -182,20 +182,17 @@ def export_stage(exp_dir: Path, out: Path, *, checkpoint: str = "", onnx_out: Pa
 
 def onnx_export_stage(exp_dir: Path, bundle: Path, out: Path, ckpt: Path, model=None, *, force: bool = False,
                       log: Log = print) -> None:
-    """Stage 4's ONNX export of the FP32 bundle (U2 models); the dynamic graph `model` (loaded when
-    None) gives sherpa-onnx's streaming model."""
+    """Stage 4's ONNX export of the FP32 bundle; for U2 models the dynamic graph `model` (loaded
+    when None) gives sherpa-onnx's files."""
     import json
 
     from paddle_asr.export.onnx import export_onnx
 
     meta = json.loads((bundle / "meta.json").read_text(encoding="utf-8"))
-    if meta.get("model", "u2") != "u2":
-        log(f"stage 4 (ONNX): skipped, {meta.get('model')} models are not exported to ONNX (docs/onnx.md)")
-        return
     fp = fingerprint("export-onnx-v2", done_marker(bundle))
     if reuse_or_clear(out, fp, "stage 4 (ONNX)", force, log, noun="ONNX export"):
         return
-    if model is None and meta.get("supports_streaming"):
+    if model is None and meta.get("model", "u2") == "u2":  # sherpa-onnx's files are traced from it
         model = load_dygraph(exp_dir, ckpt)[1]
     files = export_onnx(bundle, out, model)
     mark_complete(out, fp)
@@ -254,7 +251,7 @@ def onnx_int8_stage(fp32_bundle: Path, int8_bundle: Path, functions: str, *, for
 
     src, out = Path(fp32_bundle).parent / "onnx", Path(int8_bundle).parent / "onnx_int8"
     if not is_onnx_export(src):
-        log(f"stage 6 (ONNX INT8): skipped, no ONNX export in {src} (stage 4 writes it for U2 models)")
+        log(f"stage 6 (ONNX INT8): skipped, no ONNX export in {src} (stage 4 writes it)")
         return
     names = [f for f in functions.split(",") if f]
     fp = fingerprint("onnx-int8-v1", src / "encoder.onnx", names)

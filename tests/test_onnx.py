@@ -305,3 +305,54 @@ def test_transcribe_runs_the_onnx_export(exported):
     streamed = transcribe("--bundle", str(out), "--method", "attention_rescoring", "--chunk_size", "4")
     assert streamed == transcribe("--bundle", str(fp32), "--runtime", "paddle", "--method", "attention_rescoring",
                                   "--chunk_size", "4")
+
+
+DS2_MODELS = {"offline_gru": ("bidirect", True), "online_lstm": ("forward", False), "online_gru": ("forward", True)}
+
+
+@pytest.fixture(scope="module")
+def ds2_exports(tmp_path_factory) -> dict[str, tuple]:
+    """{name: (Paddle Inference backend, ONNX Runtime backend)} of small DeepSpeech2 models."""
+    from tests.test_export_deepspeech2 import FEAT_DIM as DS2_DIM
+    from tests.test_export_deepspeech2 import build_small_ds2, write_vocab
+
+    vocab = write_vocab(tmp_path_factory.mktemp("ds2_vocab") / "vocab.txt")
+    out = {}
+    for name, (direction, use_gru) in DS2_MODELS.items():
+        config, model = build_small_ds2(direction, use_gru)
+        root = tmp_path_factory.mktemp(name)
+        diffs = export_model(model, DS2_DIM, root / "fp32")
+        write_bundle_files(root / "fp32", config, vocab, model, checkpoint="test", functions=sorted(diffs))
+        assert not {"model.onnx", "model-streaming.onnx"} & set(export_onnx(root / "fp32", root / "onnx"))
+        meta = json.loads((root / "fp32" / "meta.json").read_text())
+        out[name] = (load_backend(root / "fp32", meta), load_backend(root / "fp32", meta, runtime="onnx"))
+    return out
+
+
+@pytest.mark.parametrize("name", DS2_MODELS)
+def test_deepspeech2_on_onnx_runtime_agrees_with_paddle_inference(ds2_exports, name):
+    """Encoder outputs within 1e-4 on a padded batch of real speech (a bidirectional RNN runs one
+    utterance at a time), and the same CTC hypotheses, full and (online models) chunk by chunk."""
+    from tests.test_export_deepspeech2 import real_batch
+
+    paddle_backend, onnx_backend = ds2_exports[name]
+    feats, lens = real_batch()
+    ref, got = paddle_backend.encode(feats, lens), onnx_backend.encode(feats, lens)
+    np.testing.assert_array_equal(got[1], ref[1])
+    for i, n in enumerate(ref[1]):
+        np.testing.assert_allclose(got[0][i, :n], ref[0][i, :n], atol=ATOL, rtol=0)
+        np.testing.assert_allclose(got[2][i, :n], ref[2][i, :n], atol=ATOL, rtol=0)
+    for chunk in (-1, 4) if onnx_backend.supports_streaming else (-1,):
+        conf = DecodeConfig(methods=["ctc_greedy_search", "ctc_prefix_beam_search"], beam_size=4,
+                            decoding_chunk_size=chunk)
+        ours, theirs = (Recognizer(b, conf).recognize(feats, lens) for b in (onnx_backend, paddle_backend))
+        assert ours == theirs and all(ours["ctc_greedy_search"])
+
+
+@pytest.mark.parametrize("name", ["online_lstm", "online_gru"])
+def test_deepspeech2_streams_in_one_batch_equal_each_stream_alone(ds2_exports, name):
+    from tests.test_export_deepspeech2 import utterance
+
+    feats = utterance()
+    check_streams_batched_equal_alone(ds2_exports[name][1], [feats[:300], feats[126:], feats[60:360]], 4, -1,
+                                      atol=ATOL)

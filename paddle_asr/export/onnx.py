@@ -48,7 +48,8 @@ TOKENS = "tokens.txt"
 # Nyquist - 400 Hz, no snip_edges; otherwise Kaldi's, as ours (docs/onnx.md has the table).
 SHERPA_HIGH_FREQ_OFFSET = -400.0
 # ONNX names of each converted program's inputs and outputs, in the order our backend passes and
-# reads them (paddle2onnx names outputs fetch_name_<i> and orders inputs its own way).
+# reads them (paddle2onnx names outputs fetch_name_<i> and orders inputs its own way); a
+# DeepSpeech2 encoder_chunk's are `program_io`'s.
 PROGRAM_IO = {
     "encoder": (("feats", "feats_lengths"), ("encoder_out", "encoder_lengths", "ctc_log_probs")),
     "encoder_chunk": (("xs", "offsets", "att_cache", "cache_lengths", "cnn_cache"),
@@ -272,29 +273,36 @@ def _convert_traced(model, fn: RuntimeFunction, out_file: Path) -> None:
 
 
 def export_onnx(bundle: Path, out: Path, model=None) -> list[str]:
-    """The ONNX export of the FP32 U2 bundle `bundle` in `out` (layout in the module docstring);
-    `model` (the dynamic graph the bundle came from) adds sherpa-onnx's files. Written to a
-    temporary directory and renamed into place: a conversion that fails leaves no `out`. Returns
+    """The ONNX export of the FP32 bundle `bundle` in `out` (layout in the module docstring); for a
+    U2 model, `model` (the dynamic graph the bundle came from) adds sherpa-onnx's files. Written to
+    a temporary directory and renamed into place: a conversion that fails leaves no `out`. Returns
     the files written."""
     import json
 
     bundle, out = Path(bundle), Path(out)
     meta = json.loads((bundle / META).read_text(encoding="utf-8"))
-    if meta.get("model", "u2") != "u2":
-        raise AsrError(f"{bundle}: ONNX export covers U2 models; {meta.get('model')} is not exported to ONNX yet")
     try:
         return _write_onnx(bundle, out, meta, model)
     except ExportError as e:
         raise AsrError(f"ONNX export of {bundle} failed, {out} not written: {e}") from None
 
 
+def program_io(meta: dict, name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(inputs, outputs) of the bundle program `name` (meta.json `meta`) in its ONNX file."""
+    if meta.get("model") == "deepspeech2" and name == "encoder_chunk":
+        states = tuple(meta["state_names"])
+        return ("feats", "feats_lengths", *states), ("encoder_out", "encoder_lengths", *(f"{s}_out" for s in states))
+    return PROGRAM_IO[name]
+
+
 def _write_onnx(bundle: Path, out: Path, meta: dict, model) -> list[str]:
     with atomic_directory(out) as tmp:
-        for name, (inputs, outputs) in PROGRAM_IO.items():
+        for name in PROGRAM_IO:
             if (bundle / name).is_dir():
+                inputs, outputs = program_io(meta, name)
                 convert_program(bundle / name, tmp / f"{name}.onnx")
                 name_io(tmp / f"{name}.onnx", {n: n for n in inputs}, outputs)
-        if model is not None:
+        if model is not None and meta.get("model", "u2") == "u2":  # sherpa-onnx has no DeepSpeech2 model
             _, features, _ = read_bundle(bundle)
             for file, fn in sherpa_functions(model, features, bool(meta.get("supports_streaming"))):
                 _convert_traced(model, fn, tmp / file)

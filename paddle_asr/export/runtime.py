@@ -15,14 +15,14 @@ from paddle_asr.errors import AsrError
 from paddle_asr.export.backend import ExportedBackend
 from paddle_asr.export.bundle import read_bundle
 from paddle_asr.export.inference import GpuInference
-from paddle_asr.export.onnx_backend import OnnxU2Backend, is_onnx_export, onnx_export_of
+from paddle_asr.export.onnx_backend import OnnxBackend, is_onnx_export, load_onnx_backend, onnx_export_of
 from paddle_asr.families import bundle_family
 
 RUNTIMES = ("paddle", "onnx")
 
 
 def load_backend(model_dir: Path, meta: dict, *, num_threads: int = 2, gpu: GpuInference | None = None,
-                 runtime: str = "") -> ExportedBackend | OnnxU2Backend:
+                 runtime: str = "") -> ExportedBackend | OnnxBackend:
     """The runtime of the exported model in `model_dir` whose meta.json is `meta`: Paddle Inference,
     or ONNX Runtime (`runtime="onnx"`: the ONNX export beside a Paddle bundle, or an ONNX export
     directory itself). No `runtime`: the one the directory holds."""
@@ -32,10 +32,8 @@ def load_backend(model_dir: Path, meta: dict, *, num_threads: int = 2, gpu: GpuI
     if runtime == "onnx" or (onnx_dir and not runtime):
         if gpu is not None:
             raise AsrError("--runtime onnx runs on the CPU here; drop --device/--trt, or use --runtime paddle")
-        if bundle_family(model_dir, meta).name != "u2":
-            raise AsrError(f"{model_dir}: --runtime onnx runs U2 models; {meta.get('model')} is not exported to ONNX")
         target = onnx_export_of(model_dir, meta)
-        return OnnxU2Backend(target, read_bundle(target)[0], num_threads=num_threads)
+        return load_onnx_backend(target, read_bundle(target)[0], num_threads=num_threads)
     if onnx_dir:
         raise AsrError(f"{model_dir} holds an ONNX export: run it with --runtime onnx, or pass the Paddle bundle "
                        "beside it (export/fp32 or export/int8) with --runtime paddle")
