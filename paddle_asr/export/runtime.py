@@ -1,6 +1,7 @@
 """An exported model bundle (FP32 or INT8) as a decoding backend: `load_backend(model_dir, meta)`
 gives the Paddle Inference runtime of the bundle's family (`meta["model"]`, see
-`paddle_asr.families`), behind the interface the recognizer uses
+`paddle_asr.families`), or with `runtime="onnx"` the ONNX Runtime one of its ONNX export
+(`export.onnx_backend`), behind the interface the recognizer uses
 (`paddle_asr.decode.recognizer.Backend`). Callers need not know which kind of model a bundle holds.
 
 What every family's runtime shares is `export.backend.ExportedBackend`; each family's own backend
