@@ -14,7 +14,8 @@
 #   stage  4  export     the runtime programs for Paddle Inference   -> exp/<name>/export/fp32/
 #                        and their ONNX export (sherpa-onnx reads a U2 one) -> exp/<name>/export/onnx/
 #   stage  5  test export same hypotheses as stage 3, every method   -> exp/<name>/<test set>_export_fp32[_chunkN]_<method>/
-#                        (Paddle Inference, and ONNX Runtime on export/onnx -> ..._export_fp32_onnx_...)
+#                        (Paddle Inference, and ONNX Runtime on export/onnx -> ..._export_fp32_onnx_...);
+#                        sherpa-onnx on export/onnx beside our greedy search -> exp/<name>/<test set>_sherpa_onnx.json
 #   stage  6  int8       PaddleSlim PTQ of the encoder on training   -> exp/<name>/export/int8/,
 #                        data, then every method                        <test set>_export_int8[_chunkN]_<method>/
 #                        and ONNX Runtime's INT8 MatMul on export/onnx -> exp/<name>/export/onnx_int8/, ..._export_int8_onnx_...
@@ -179,6 +180,12 @@ if run_stage 5; then
   if [ -d "$exp/export/onnx" ]; then
     test_export_all "$exp/export/fp32" export_fp32_onnx --compare_prefix "$exp/{test_set}" --threads "$threads" \
       --runtime onnx
+  fi
+  if [ -f "$exp/export/onnx/model.onnx" ]; then
+    for test_set in "${test_list[@]}"; do
+      paddle-asr sherpa-check --onnx "$exp/export/onnx" --data "data/$test_set/data.list" \
+        --out "$exp/${test_set}_sherpa_onnx.json"
+    done
   fi
   tensorrt_eval fp16 "$exp/export/fp32" export_fp32_trt_fp16
 fi

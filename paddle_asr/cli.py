@@ -100,6 +100,14 @@ def cmd_test_export(args) -> int:
                              runtime=args.runtime, force=args.force, log=log)
 
 
+def cmd_sherpa_check(args) -> int:
+    from paddle_asr.export.sherpa_check import sherpa_check
+
+    sherpa_check(Path(args.onnx), Path(args.data), chunk_size=args.chunk_size, num_left_chunks=args.num_left_chunks,
+                 out=Path(args.out) if args.out else None, log=lambda msg: log(f"stage 5 (sherpa-onnx): {msg}"))
+    return 0
+
+
 def _gpu_inference(args):
     """`--device`/`--trt` as GpuInference (None: CPU), refused up front when this Paddle cannot."""
     from paddle_asr.export.inference import GpuInference, require_gpu_inference
@@ -340,6 +348,16 @@ def _test_and_export_commands(add: AddCommand) -> None:
     sp.add_argument("--force", action="store_true")
 
 
+def _sherpa_check_command(add: AddCommand) -> None:
+    sp = add("sherpa-check", cmd_sherpa_check, "stage 5: a test set through sherpa-onnx on the ONNX export (its own "
+             "fbank) beside our CTC greedy search on ONNX Runtime, offline and streaming; error rates side by side")
+    sp.add_argument("--onnx", required=True, help="the ONNX export of a U2 model, e.g. exp/<name>/export/onnx")
+    sp.add_argument("--data", required=True, help="manifest (data.list) of the test set")
+    sp.add_argument("--chunk_size", type=int, default=16)
+    sp.add_argument("--num_left_chunks", type=int, default=4)
+    sp.add_argument("--out", default="", help="JSON file for the figures")
+
+
 def _quantize_command(add: AddCommand) -> None:
     """Stage 6."""
     sp = add("quantize", cmd_quantize, "stage 6: PaddleSlim post-training INT8 quantization of the encoder")
@@ -480,8 +498,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=func)
         return sp
 
-    for add_commands in (_corpus_commands, _training_commands, _test_and_export_commands, _quantize_command,
-                         _transcribe_command, _serve_command, _report_commands, _lm_command, _tool_commands):
+    for add_commands in (_corpus_commands, _training_commands, _test_and_export_commands, _sherpa_check_command,
+                         _quantize_command, _transcribe_command, _serve_command, _report_commands, _lm_command,
+                         _tool_commands):
         add_commands(add)
     return p
 

@@ -356,3 +356,22 @@ def test_deepspeech2_streams_in_one_batch_equal_each_stream_alone(ds2_exports, n
     feats = utterance()
     check_streams_batched_equal_alone(ds2_exports[name][1], [feats[:300], feats[126:], feats[60:360]], 4, -1,
                                       atol=ATOL)
+
+
+def test_sherpa_check_reports_sherpa_onnx_beside_our_search(exported, tmp_path):
+    """Stage 5's `paddle-asr sherpa-check` on two real recordings: sherpa-onnx offline and streaming
+    beside our greedy search, full and chunk by chunk, in the log and a JSON file."""
+    _, _, out = exported
+    manifest = tmp_path / "data.list"
+    manifest.write_text("".join(json.dumps({"key": f"u{i}", "wav": str(real_fixture(w)), "text": "一丁七"}) + "\n"
+                                for i, w in enumerate(WAVS)), encoding="utf-8")
+    proc = subprocess.run([sys.executable, "-m", "paddle_asr.cli", "sherpa-check", "--onnx", str(out), "--data",
+                           str(manifest), "--out", str(tmp_path / "sherpa.json")], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "stage 5 (sherpa-onnx): offline: sherpa-onnx CER" in proc.stdout
+    assert "stage 5 (sherpa-onnx): streaming, chunk 16, 4 left chunks: sherpa-onnx CER" in proc.stdout
+    report = json.loads((tmp_path / "sherpa.json").read_text())
+    assert report["utterances"] == 2
+    assert set(report["results"]) == {"ours_full", "ours_streaming", "sherpa_offline", "sherpa_streaming"}
+    assert all(r["n"] == 6 and r["metric"] == "CER" for r in report["results"].values())

@@ -176,6 +176,8 @@ def test_export_reproduces_the_dynamic_graph_and_int8_decodes(recipe):
     for name in ("model.onnx", "model-streaming.onnx", "encoder.onnx", "encoder_chunk.onnx", "decoder.onnx",
                  "tokens.txt"):
         assert (exp / f"export/onnx/{name}").is_file()
+    sherpa = json.loads((exp / "test_sherpa_onnx.json").read_text())["results"]
+    assert sherpa["sherpa_offline"]["n"] == sherpa["ours_full"]["n"] > 0 and "stage 5 (sherpa-onnx): offline" in out
     int8 = json.loads((exp / "test_export_int8_attention_rescoring/result.json").read_text())
     fp32 = json.loads((exp / "test_export_fp32_attention_rescoring/result.json").read_text())
     assert int8["model_bytes"] < fp32["model_bytes"]
