@@ -1,9 +1,11 @@
 """Real-time factor of encoder + CTC log-probabilities on one utterance: the dynamic graph, the
-exported FP32 program (Paddle Inference, oneDNN) and the PaddleSlim INT8 program, at 1 and 2 threads,
-each thread count in a process of its own.
+exported FP32 program (Paddle Inference, oneDNN), the PaddleSlim INT8 program, and the ONNX export
+of the FP32 program on ONNX Runtime, FP32 and with dynamic INT8 MatMul (export.onnx), at 1 and 2
+threads, each thread count in a process of its own.
 
 The model is the AISHELL Conformer with random weights (timing does not depend on them), exported
-once to exp/bench/<config>/ (FP32, then INT8 calibrated on random feature batches).
+once to exp/bench/<config>/ (FP32, then INT8 calibrated on random feature batches; the ONNX files
+converted from the FP32 encoder program).
     python bench/rtf.py --seconds 10 --threads 1,2
 Prints one JSON line per (implementation, threads).
 """
@@ -56,7 +58,28 @@ def exported(model, config, work: Path, log) -> tuple[Path, Path]:
                 feats, lengths, _, _ = random_batch(4, 600, config.input_dim, 10, 1, seed=100 + seed)
                 yield feats, lengths
         quantize_ptq(fp32 / "encoder", int8 / "encoder", calib)
+    onnx_files(fp32 / "encoder", work, log)
     return fp32 / "encoder", int8 / "encoder"
+
+
+def onnx_files(encoder: Path, work: Path, log) -> tuple[Path, Path]:
+    """exp/bench/<name>/onnx/encoder.onnx (paddle2onnx, named as stage 4 names it) and its dynamic
+    INT8 MatMul form onnx_int8/encoder.onnx, made once."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from paddle_asr.export.onnx import ENCODER, PROGRAM_IO, convert_program, name_io
+
+    fp32, int8 = work / "onnx" / ENCODER, work / "onnx_int8" / ENCODER
+    if not fp32.is_file():
+        log(f"converting {encoder} to {fp32}")
+        fp32.parent.mkdir(parents=True, exist_ok=True)
+        convert_program(encoder, fp32)
+        inputs, outputs = PROGRAM_IO["encoder"]
+        name_io(fp32, {n: n for n in inputs}, outputs)
+    if not int8.is_file():
+        int8.parent.mkdir(parents=True, exist_ok=True)
+        quantize_dynamic(str(fp32), str(int8), op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8)
+    return fp32, int8
 
 
 def timed(run, warmup: int, repeats: int) -> dict:
@@ -86,7 +109,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         config, model = build(Path(args.config), args.vocab)
         exported(model, config, work, lambda msg: print(f"[rtf] {msg}", file=sys.stderr, flush=True))
         return []
-    if not (work / "int8" / "encoder" / "model.pdmodel").is_file():
+    if not (work / "int8" / "encoder" / "model.pdmodel").is_file() or not (work / "onnx_int8").is_dir():
         # In a process of its own: after PaddleSlim has run, the dynamic graph of the same process
         # measured 3x slower (1.14 s against 0.39 s), which would be the harness's error, not the model's.
         import subprocess
@@ -117,6 +140,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     from paddle_asr.cpu_settings import configure_cpu
     from paddle_asr.export.inference import Predictor
+    from paddle_asr.export.onnx_backend import OrtProgram
 
     config, model = build(Path(args.config), args.vocab)
     fp32_dir, int8_dir = work / "fp32" / "encoder", work / "int8" / "encoder"
@@ -135,6 +159,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for name, program_dir, int8 in (("export_fp32", fp32_dir, False), ("export_int8", int8_dir, True)):
             predictor = Predictor(program_dir, num_threads=threads, int8=int8)
             runs[name] = lambda p=predictor: p.run({"feats": feats, "feats_lengths": lengths})
+        for name, sub in (("onnxruntime_fp32", "onnx"), ("onnxruntime_int8", "onnx_int8")):
+            program = OrtProgram(work / sub / "encoder.onnx", num_threads=threads)
+            runs[name] = lambda p=program: p.run({"feats": feats, "feats_lengths": lengths})
         for name, run in runs.items():
             result = {"what": "encoder_ctc", "impl": "paddle-asr", "mode": name, "config": Path(args.config).name,
                       "seconds": args.seconds, "threads": threads, **timed(run, args.warmup, args.repeats),

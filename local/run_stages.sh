@@ -12,9 +12,13 @@
 #   stage  3  test       dynamic graph, every method of each decode  -> exp/<name>/<test set>[_chunkN]_<method>/
 #                        config (full, and streaming for chunk models)
 #   stage  4  export     the runtime programs for Paddle Inference   -> exp/<name>/export/fp32/
+#                        and their ONNX export (sherpa-onnx reads a U2 one) -> exp/<name>/export/onnx/
 #   stage  5  test export same hypotheses as stage 3, every method   -> exp/<name>/<test set>_export_fp32[_chunkN]_<method>/
+#                        (Paddle Inference, and ONNX Runtime on export/onnx -> ..._export_fp32_onnx_...);
+#                        sherpa-onnx on export/onnx beside our greedy search -> exp/<name>/<test set>_sherpa_onnx.json
 #   stage  6  int8       PaddleSlim PTQ of the encoder on training   -> exp/<name>/export/int8/,
 #                        data, then every method                        <test set>_export_int8[_chunkN]_<method>/
+#                        and ONNX Runtime's INT8 MatMul on export/onnx -> exp/<name>/export/onnx_int8/, ..._export_int8_onnx_...
 #                        (--trt fp16,int8: stages 5/6 also through TensorRT on a GPU -> ..._trt_fp16/_trt_int8_...)
 #   stage  7  transcribe paddle-asr transcribe (attention rescoring, or CTC prefix beam for CTC-only models) on a few test files with the INT8 and FP32 models, and on
 #                        a long recording of test utterances (VAD segments, JSON) -> exp/<name>/long_recording/
@@ -166,13 +170,23 @@ if run_stage 3; then
 fi
 
 if run_stage 4; then
-  stage_banner 4 "export for Paddle Inference"
+  stage_banner 4 "export for Paddle Inference and ONNX"
   paddle-asr export --exp_dir "$exp" --out "$exp/export/fp32" "${force_flag[@]}"
 fi
 
 if run_stage 5; then
   stage_banner 5 "test the exported model"
   test_export_all "$exp/export/fp32" export_fp32 --compare_prefix "$exp/{test_set}" --threads "$threads"
+  if [ -d "$exp/export/onnx" ]; then
+    test_export_all "$exp/export/fp32" export_fp32_onnx --compare_prefix "$exp/{test_set}" --threads "$threads" \
+      --runtime onnx
+  fi
+  if [ -f "$exp/export/onnx/model.onnx" ]; then
+    for test_set in "${test_list[@]}"; do
+      paddle-asr sherpa-check --onnx "$exp/export/onnx" --data "data/$test_set/data.list" \
+        --out "$exp/${test_set}_sherpa_onnx.json"
+    done
+  fi
   tensorrt_eval fp16 "$exp/export/fp32" export_fp32_trt_fp16
 fi
 
@@ -181,6 +195,9 @@ if run_stage 6; then
   paddle-asr quantize --bundle "$exp/export/fp32" --out "$exp/export/int8" --calib "data/$train_set/data.list" \
     --num_calib "$num_calib" --functions "$int8_functions" "${force_flag[@]}"
   test_export_all "$exp/export/int8" export_int8 --threads "$threads"
+  if [ -d "$exp/export/onnx_int8" ]; then
+    test_export_all "$exp/export/int8" export_int8_onnx --threads "$threads" --runtime onnx
+  fi
   tensorrt_eval int8 "$exp/export/int8" export_int8_trt_int8
 fi
 

@@ -85,7 +85,9 @@ def cmd_test(args) -> int:
 def cmd_export(args) -> int:
     from paddle_asr.stages import export_stage
 
-    export_stage(Path(args.exp_dir), Path(args.out), checkpoint=args.checkpoint, force=args.force, log=log)
+    onnx_out = None if args.onnx_out == "none" else Path(args.onnx_out or Path(args.out).parent / "onnx")
+    export_stage(Path(args.exp_dir), Path(args.out), checkpoint=args.checkpoint, onnx_out=onnx_out, force=args.force,
+                 log=log)
     return 0
 
 
@@ -95,7 +97,15 @@ def cmd_test_export(args) -> int:
     return test_export_stage(Path(args.bundle), Path(args.data), Path(args.decode_config),
                              out_prefix=Path(args.out_prefix), compare_prefix=args.compare_prefix,
                              batch_size=args.batch_size, threads=args.threads, gpu=_gpu_inference(args),
-                             force=args.force, log=log)
+                             runtime=args.runtime, force=args.force, log=log)
+
+
+def cmd_sherpa_check(args) -> int:
+    from paddle_asr.export.sherpa_check import sherpa_check
+
+    sherpa_check(Path(args.onnx), Path(args.data), chunk_size=args.chunk_size, num_left_chunks=args.num_left_chunks,
+                 out=Path(args.out) if args.out else None, log=lambda msg: log(f"stage 5 (sherpa-onnx): {msg}"))
+    return 0
 
 
 def _gpu_inference(args):
@@ -115,9 +125,11 @@ def _gpu_inference(args):
 
 def cmd_quantize(args) -> int:
     from paddle_asr.export.calibrate import quantize_bundle
+    from paddle_asr.stages import onnx_int8_stage
 
     quantize_bundle(Path(args.bundle), Path(args.out), args.calib, num_calib=args.num_calib, batch_size=args.batch_size,
                     functions=args.functions, fp32_layers=args.fp32_layers, force=args.force, log=log)
+    onnx_int8_stage(Path(args.bundle), Path(args.out), args.functions, force=args.force, log=log)
     return 0
 
 
@@ -137,7 +149,8 @@ def cmd_transcribe(args) -> int:
         method=args.method, chunk_size=args.chunk_size, num_left_chunks=args.num_left_chunks,
         beam_size=args.beam_size, batch_size=args.batch_size,
         segment_over=args.segment_over, num_threads=args.threads,
-        vad=VadConfig(aggressiveness=args.vad_aggressiveness, max_segment=args.max_segment))
+        vad=VadConfig(aggressiveness=args.vad_aggressiveness, max_segment=args.max_segment),
+        runtime="" if args.runtime == "auto" else args.runtime)
     return transcribe_paths(Path(args.bundle), args.audio, options, output_format=args.format,
                             show_progress={"auto": None, "on": True, "off": False}[args.progress])
 
@@ -314,6 +327,8 @@ def _test_and_export_commands(add: AddCommand) -> None:
     sp.add_argument("--exp_dir", required=True)
     sp.add_argument("--checkpoint", default="", help="default: exp_dir/checkpoints/avg_<average_num>.pdparams")
     sp.add_argument("--out", required=True, help="the bundle directory to write, e.g. exp/<name>/export/fp32")
+    sp.add_argument("--onnx_out", default="",
+                    help="where the ONNX export goes (default: onnx/ beside --out; none: no ONNX)")
     sp.add_argument("--force", action="store_true")
 
     sp = add("test-export", cmd_test_export, "stages 5/6: decode a test set with an exported model (Paddle Inference)")
@@ -327,7 +342,20 @@ def _test_and_export_commands(add: AddCommand) -> None:
     sp.add_argument("--device", default="cpu", help="cpu (oneDNN), gpu or gpu:N (Paddle Inference on CUDA)")
     sp.add_argument("--trt", default="", choices=["", "fp16", "int8"],
                     help="with --device gpu: TensorRT FP16 (FP32 export) or INT8 (the PaddleSlim INT8 bundle)")
+    sp.add_argument("--runtime", default="paddle", choices=["paddle", "onnx"],
+                    help="paddle: Paddle Inference on the bundle; onnx: ONNX Runtime on the ONNX export beside it "
+                         "(export/onnx for fp32, export/onnx_int8 for int8)")
     sp.add_argument("--force", action="store_true")
+
+
+def _sherpa_check_command(add: AddCommand) -> None:
+    sp = add("sherpa-check", cmd_sherpa_check, "stage 5: a test set through sherpa-onnx on the ONNX export (its own "
+             "fbank) beside our CTC greedy search on ONNX Runtime, offline and streaming; error rates side by side")
+    sp.add_argument("--onnx", required=True, help="the ONNX export of a U2 model, e.g. exp/<name>/export/onnx")
+    sp.add_argument("--data", required=True, help="manifest (data.list) of the test set")
+    sp.add_argument("--chunk_size", type=int, default=16)
+    sp.add_argument("--num_left_chunks", type=int, default=4)
+    sp.add_argument("--out", default="", help="JSON file for the figures")
 
 
 def _quantize_command(add: AddCommand) -> None:
@@ -362,6 +390,9 @@ def _transcribe_command(add: AddCommand) -> None:
     sp.add_argument("--beam_size", type=int, default=10)
     sp.add_argument("--batch_size", type=int, default=8, help="segments decoded together")
     sp.add_argument("--threads", type=int, default=2)
+    sp.add_argument("--runtime", default="auto", choices=["auto", "paddle", "onnx"],
+                    help="paddle: Paddle Inference; onnx: ONNX Runtime on the ONNX export (the directory itself, "
+                         "or export/onnx beside an export/fp32 bundle); auto: what the directory holds")
     sp.add_argument("--format", default="text", choices=["text", "json"],
                     help="text: 'key transcript' lines; json: one object per recording with segment and token times")
     sp.add_argument("--segment_over", type=float, default=30.0,
@@ -388,7 +419,10 @@ def _serve_command(add: AddCommand) -> None:
     sp.add_argument("--beam_size", type=int, default=10)
     sp.add_argument("--max_streams", type=int, default=32, help="open streams; more are refused")
     sp.add_argument("--max_batch", type=int, default=32, help="streams per batched encoder call (1: one at a time)")
-    sp.add_argument("--threads", type=int, default=2, help="CPU threads of each Paddle predictor")
+    sp.add_argument("--threads", type=int, default=2, help="CPU threads of each predictor (Paddle or ONNX Runtime)")
+    sp.add_argument("--runtime", default="auto", choices=["auto", "paddle", "onnx"],
+                    help="paddle: Paddle Inference; onnx: ONNX Runtime on the ONNX export (the directory itself, "
+                         "or export/onnx beside an export/fp32 bundle); auto: what the directory holds")
     sp.add_argument("--endpoint_silence", type=float, default=1.0,
                     help="seconds of trailing blank that end a segment after text (0: off)")
     sp.add_argument("--endpoint_silence_no_text", type=float, default=5.0,
@@ -464,8 +498,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=func)
         return sp
 
-    for add_commands in (_corpus_commands, _training_commands, _test_and_export_commands, _quantize_command,
-                         _transcribe_command, _serve_command, _report_commands, _lm_command, _tool_commands):
+    for add_commands in (_corpus_commands, _training_commands, _test_and_export_commands, _sherpa_check_command,
+                         _quantize_command, _transcribe_command, _serve_command, _report_commands, _lm_command,
+                         _tool_commands):
         add_commands(add)
     return p
 

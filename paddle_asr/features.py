@@ -86,10 +86,11 @@ def _mel(freq):
     return 1127.0 * np.log(1.0 + np.asarray(freq, dtype=np.float64) / 700.0)
 
 
-def _mel_banks(config: FeatureConfig) -> np.ndarray:
-    """[num_mel_bins, fft/2] triangular weights, Kaldi's formula (20 Hz to Nyquist, equal mel spacing)."""
+def _mel_banks(config: FeatureConfig, high_hz: float | None = None) -> np.ndarray:
+    """[num_mel_bins, fft/2] triangular weights, Kaldi's formula (20 Hz to `high_hz`, by default
+    Nyquist, equal mel spacing)."""
     _, _, n_fft = _window_sizes(config)
-    low, high = _mel(20.0), _mel(config.sample_rate / 2.0)
+    low, high = _mel(20.0), _mel(config.sample_rate / 2.0 if high_hz is None else high_hz)
     delta = (high - low) / (config.num_mel_bins + 1)
     left = low + delta * np.arange(config.num_mel_bins)[:, None]
     center, right = left + delta, left + 2.0 * delta
@@ -118,6 +119,18 @@ def _fbank_numpy(samples: np.ndarray, config: FeatureConfig) -> np.ndarray:
     power = np.abs(np.fft.rfft(frames, n=n_fft, axis=1)) ** 2
     energies = power[:, : n_fft // 2] @ _mel_banks(config).T  # the Nyquist bin has no weight
     return np.log(np.maximum(energies, PADDLESPEECH_ENERGY_FLOOR)).astype(np.float32)
+
+
+def mel_bank_map(config: FeatureConfig, high_hz: float) -> np.ndarray:
+    """[bins, bins] non-negative weights M such that M @ (mel energies of a bank from 20 Hz to
+    `high_hz`) approximates our mel energies (20 Hz to Nyquist): each of our triangles as the
+    least-squares non-negative mix of the other bank's. It lets a model trained on our fbank read a
+    fbank computed with another upper edge (sherpa-onnx's 7600 Hz, docs/onnx.md); the bins above
+    `high_hz` are extrapolated from the highest ones."""
+    from scipy.optimize import nnls
+
+    ours, theirs = _mel_banks(config), _mel_banks(config, high_hz)
+    return np.stack([nnls(theirs.T, row)[0] for row in ours]).astype(np.float32)
 
 
 class CmvnAccumulator:

@@ -10,7 +10,7 @@ from paddle_asr.artifacts import atomic_write_text
 
 HEADER = ("| model | params | test set | decoding | mode | runtime | {metric} % | N | S | D | I | RTF | encoder RTF "
           "| size MB | date | config |")
-RUNTIME_ORDER = {"dygraph": 0, "inference-fp32": 1, "inference-int8": 2}
+RUNTIME_ORDER = {"dygraph": 0, "inference-fp32": 1, "onnxruntime-fp32": 2, "inference-int8": 3, "onnxruntime-int8": 4}
 METHOD_ORDER = {"ctc_greedy_search": 0, "ctc_prefix_beam_search": 1, "ctc_beam_search_lm": 2, "attention": 3,
                 "attention_rescoring": 4}
 
@@ -96,12 +96,16 @@ def _log_figures(rows: list[dict], log) -> None:
             f"{r['metric']} {r['error_rate']:6.2f} %  RTF {r['rtf']:.4f}"
             + (f"  size {r['model_bytes'] / 1e6:.2f} MB" if r.get("model_bytes") else ""))
     full = {(r.get("test_set", "test"), r.get("model"), r.get("search")): r for r in rows if _mode(r) == "full"}
+    pairs = (("inference-int8", "inference-fp32", "INT8 vs FP32", "Paddle Inference"),
+             ("onnxruntime-int8", "inference-int8", "ONNX Runtime INT8 vs Paddle INT8", "INT8"),
+             ("onnxruntime-fp32", "inference-fp32", "ONNX Runtime FP32 vs Paddle FP32", "FP32"))
     for test_set, model, method in sorted(full):
-        fp32, int8 = full.get((test_set, "inference-fp32", method)), full.get((test_set, "inference-int8", method))
-        if model == "inference-fp32" and fp32 and int8 and int8["encoder_seconds"]:
-            a, b = int8["error_rate"], fp32["error_rate"]
-            log(f"  INT8 vs FP32 {test_set} {method} (Paddle Inference, {fp32.get('threads')} threads): "
-                f"{fp32['metric']} {a:.2f} vs {b:.2f} % ({a - b:+.2f} points), encoder time "
-                f"{int8['encoder_seconds']:.2f} vs {fp32['encoder_seconds']:.2f} s "
-                f"({fp32['encoder_seconds'] / int8['encoder_seconds']:.2f}x faster), "
-                f"size {int8['model_bytes'] / 1e6:.2f} vs {fp32['model_bytes'] / 1e6:.2f} MB")
+        for new, old, label, what in pairs:
+            a, b = full.get((test_set, new, method)), full.get((test_set, old, method))
+            if model == old and a and b and a["encoder_seconds"]:
+                log(f"  {label} {test_set} {method} ({what}, {b.get('threads')} threads): "
+                    f"{b['metric']} {a['error_rate']:.2f} vs {b['error_rate']:.2f} % "
+                    f"({a['error_rate'] - b['error_rate']:+.2f} points), encoder time "
+                    f"{a['encoder_seconds']:.2f} vs {b['encoder_seconds']:.2f} s "
+                    f"({b['encoder_seconds'] / a['encoder_seconds']:.2f}x faster), "
+                    f"size {a['model_bytes'] / 1e6:.2f} vs {b['model_bytes'] / 1e6:.2f} MB")

@@ -156,31 +156,57 @@ def test_stage(exp_dir: Path, data: Path, decode_config: Path, *, checkpoint: st
                           Path(out_prefix or exp_dir / "test"), force=force, log=log)
 
 
-def export_stage(exp_dir: Path, out: Path, *, checkpoint: str = "", force: bool = False, log: Log = print) -> None:
-    """Stage 4: export the runtime programs with CMVN inside, each checked against the dynamic graph."""
+def export_stage(exp_dir: Path, out: Path, *, checkpoint: str = "", onnx_out: Path | None = None,
+                 force: bool = False, log: Log = print) -> None:
+    """Stage 4: export the runtime programs with CMVN inside, each checked against the dynamic graph;
+    then, unless `onnx_out` is None, their ONNX export (`export.onnx`) into `onnx_out`."""
     from paddle_asr.export.bundle import write_bundle_files
     from paddle_asr.export.export import export_model
 
     exp_dir, out = Path(exp_dir), Path(out)
     ckpt = checkpoint_path(exp_dir, exp_config(exp_dir), checkpoint)
     fp = fingerprint("export-v2", exp_dir / "train.yaml", ckpt)
-    if reuse_or_clear(out, fp, "stage 4 (export)", force, log, noun="export"):
+    loaded = {}
+    if not reuse_or_clear(out, fp, "stage 4 (export)", force, log, noun="export"):
+        config, loaded["model"] = load_dygraph(exp_dir, ckpt)
+        # export_model writes atomically and checks every program against the dynamic graph itself.
+        diffs = export_model(loaded["model"], config.input_dim, out)
+        write_bundle_files(out, config, Path(config.data.vocab), loaded["model"], checkpoint=str(ckpt),
+                           functions=sorted(diffs))
+        mark_complete(out, fp)
+        log(f"stage 4 (export): {', '.join(sorted(diffs))} (CMVN inside; max |diff| vs dynamic graph "
+            f"{max(diffs.values()):.1e}) -> {out}")
+    if onnx_out is not None:
+        onnx_export_stage(exp_dir, out, Path(onnx_out), ckpt, loaded.get("model"), force=force, log=log)
+
+
+def onnx_export_stage(exp_dir: Path, bundle: Path, out: Path, ckpt: Path, model=None, *, force: bool = False,
+                      log: Log = print) -> None:
+    """Stage 4's ONNX export of the FP32 bundle; for U2 models the dynamic graph `model` (loaded
+    when None) gives sherpa-onnx's files."""
+    import json
+
+    from paddle_asr.export.onnx import export_onnx
+
+    meta = json.loads((bundle / "meta.json").read_text(encoding="utf-8"))
+    fp = fingerprint("export-onnx-v2", done_marker(bundle))
+    if reuse_or_clear(out, fp, "stage 4 (ONNX)", force, log, noun="ONNX export"):
         return
-    config, model = load_dygraph(exp_dir, ckpt)
-    # export_model writes atomically and checks every program against the dynamic graph itself.
-    diffs = export_model(model, config.input_dim, out)
-    write_bundle_files(out, config, Path(config.data.vocab), model, checkpoint=str(ckpt), functions=sorted(diffs))
+    if model is None and meta.get("model", "u2") == "u2":  # sherpa-onnx's files are traced from it
+        model = load_dygraph(exp_dir, ckpt)[1]
+    files = export_onnx(bundle, out, model)
     mark_complete(out, fp)
-    log(f"stage 4 (export): {', '.join(sorted(diffs))} (CMVN inside; max |diff| vs dynamic graph "
-        f"{max(diffs.values()):.1e}) -> {out}")
+    log(f"stage 4 (ONNX): {', '.join(f for f in files if f.endswith('.onnx'))} (paddle2onnx) -> {out}")
 
 
 def test_export_stage(bundle: Path, data: Path, decode_config: Path, *, out_prefix: Path, compare_prefix: str = "",
-                      batch_size: int = 0, threads: int = 2, gpu=None, force: bool = False, log: Log = print) -> int:
-    """Stages 5/6: decode a test set with an exported bundle (Paddle Inference); with `compare_prefix`,
-    1 unless every hypothesis equals stage 3's."""
+                      batch_size: int = 0, threads: int = 2, gpu=None, runtime: str = "paddle", force: bool = False,
+                      log: Log = print) -> int:
+    """Stages 5/6: decode a test set with an exported bundle (Paddle Inference, or ONNX Runtime on
+    its ONNX export with `runtime="onnx"`); with `compare_prefix`, 1 unless every hypothesis equals
+    stage 3's."""
     from paddle_asr.evaluate import compare_with, evaluate_stage, mode_prefix
-    from paddle_asr.export.bundle import bundle_bytes, read_bundle
+    from paddle_asr.export.bundle import read_bundle
 
     bundle = Path(bundle)
     meta, features, tokenizer = read_bundle(bundle)
@@ -191,21 +217,62 @@ def test_export_stage(bundle: Path, data: Path, decode_config: Path, *, out_pref
                        "TensorRT INT8 takes the PaddleSlim INT8 bundle (stage 6), whose scales it reads")
     decode_conf = load_decode(decode_config, batch_size)
     engine = f", TensorRT {trt.upper()} on GPU {gpu.device_id}" if trt else (", GPU" if gpu else "")
+    engine += ", ONNX Runtime" if runtime == "onnx" else ""
     label = f"stage {'6' if int8 else '5'} (exported {'INT8' if int8 else 'FP32'}{engine})"
-    extra = {"model": f"inference-{meta.get('precision')}" + (f"-tensorrt-{trt}" if trt else "-gpu" if gpu else ""),
-             "model_bytes": bundle_bytes(bundle), "threads": threads, "decode_config": str(decode_config)}
+    kind = "onnxruntime" if runtime == "onnx" else "inference"
+    extra = {"model": f"{kind}-{meta.get('precision')}" + (f"-tensorrt-{trt}" if trt else "-gpu" if gpu else ""),
+             "model_bytes": _model_bytes(bundle, meta, runtime), "threads": threads,
+             "decode_config": str(decode_config)}
 
     def backend():
         from paddle_asr.export.runtime import load_backend
 
-        return load_backend(bundle, meta, num_threads=threads, gpu=gpu)
+        return load_backend(bundle, meta, num_threads=threads, gpu=gpu, runtime=runtime)
 
-    prefix = evaluate_stage(label, backend, decode_conf, Path(data), features, tokenizer,
-                            [done_marker(bundle), Path(data)], extra, Path(out_prefix), force=force, log=log)
+    inputs = [done_marker(bundle), Path(data)]
+    if runtime == "onnx":
+        from paddle_asr.export.onnx_backend import onnx_export_of
+
+        inputs.append(onnx_export_of(bundle, meta) / "encoder.onnx")
+    prefix = evaluate_stage(label, backend, decode_conf, Path(data), features, tokenizer, inputs, extra,
+                            Path(out_prefix), force=force, log=log)
     if compare_prefix:
         theirs = Path(compare_prefix)
         return compare_with(prefix, theirs.parent / mode_prefix(theirs.name, decode_conf), decode_conf.methods, log)
     return 0
+
+
+def onnx_int8_stage(fp32_bundle: Path, int8_bundle: Path, functions: str, *, force: bool = False,
+                    log: Log = print) -> None:
+    """Stage 6's ONNX INT8 export (export/onnx_int8 beside the INT8 bundle) from stage 4's ONNX
+    export (export/onnx beside the FP32 one), when there is one."""
+    from paddle_asr.export.onnx import quantize_onnx_export
+    from paddle_asr.export.onnx_backend import is_onnx_export
+
+    src, out = Path(fp32_bundle).parent / "onnx", Path(int8_bundle).parent / "onnx_int8"
+    if not is_onnx_export(src):
+        log(f"stage 6 (ONNX INT8): skipped, no ONNX export in {src} (stage 4 writes it)")
+        return
+    names = [f for f in functions.split(",") if f]
+    fp = fingerprint("onnx-int8-v1", src / "encoder.onnx", names)
+    if reuse_or_clear(out, fp, "stage 6 (ONNX INT8)", force, log, noun="ONNX INT8 export"):
+        return
+    files = quantize_onnx_export(src, out, names)
+    mark_complete(out, fp)
+    size = sum(p.stat().st_size for p in out.glob("*.onnx")) / 1e6
+    log(f"stage 6 (ONNX INT8): {', '.join(files)} with INT8 MatMul weights (ONNX Runtime dynamic quantization), "
+        f"{size:.2f} MB in all -> {out}")
+
+
+def _model_bytes(bundle: Path, meta: dict, runtime: str) -> int:
+    """What a deployment ships: the Paddle programs, or the ONNX files of the export beside them."""
+    from paddle_asr.export.bundle import bundle_bytes
+
+    if runtime != "onnx":
+        return bundle_bytes(bundle)
+    from paddle_asr.export.onnx_backend import onnx_export_of
+
+    return sum(p.stat().st_size for p in onnx_export_of(bundle, meta).glob("*.onnx"))
 
 
 def build_lm_stage(text: Path, out: Path, *, order: int = 5, fmt: str = "auto", keep_spaces: bool = False,

@@ -48,6 +48,7 @@ class TranscribeOptions:
     segment_over: float = 30.0    # seconds; longer recordings are cut by the VAD (0: every recording)
     vad: VadConfig = VadConfig()
     num_threads: int = 2
+    runtime: str = ""             # paddle (Paddle Inference) or onnx (ONNX Runtime); "": what the directory holds
 
 
 @dataclass
@@ -107,7 +108,7 @@ class Transcriber:
             raise AsrError(f"--batch_size must be at least 1, got {options.batch_size}")
         self.options = options
         self.meta, self.features, self.tokenizer = read_bundle(Path(model_dir))
-        backend = load_backend(Path(model_dir), self.meta, num_threads=options.num_threads)
+        backend = load_backend(Path(model_dir), self.meta, num_threads=options.num_threads, runtime=options.runtime)
         if options.method == "auto":
             options = dataclasses.replace(
                 options, method="attention_rescoring" if backend.has_decoder else "ctc_prefix_beam_search")

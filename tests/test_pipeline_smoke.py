@@ -161,10 +161,12 @@ def test_export_reproduces_the_dynamic_graph_and_int8_decodes(recipe):
     for mode in ("", "_chunk4"):
         for method in METHODS:
             dygraph = (exp / f"test{mode}_{method}/text").read_text(encoding="utf-8")
-            exported = (exp / f"test_export_fp32{mode}_{method}/text").read_text(encoding="utf-8")
-            assert dygraph == exported, (mode, method)
+            for runtime in ("test_export_fp32", "test_export_fp32_onnx"):
+                exported = (exp / f"{runtime}{mode}_{method}/text").read_text(encoding="utf-8")
+                assert dygraph == exported, (runtime, mode, method)
             assert f"stage 5: {method}: same hypothesis as the dynamic graph on all {n_test} utterances" in out
-            for runtime in ("test", "test_export_fp32", "test_export_int8"):
+            for runtime in ("test", "test_export_fp32", "test_export_fp32_onnx", "test_export_int8",
+                            "test_export_int8_onnx"):
                 result_dir = exp / f"{runtime}{mode}_{method}"
                 result = json.loads((result_dir / "result.json").read_text())
                 assert result["utterances"] == n_test and result["rtf"] > 0 and result["search"] == method
@@ -175,13 +177,18 @@ def test_export_reproduces_the_dynamic_graph_and_int8_decodes(recipe):
     for name in ("encoder", "encoder_chunk", "ctc_activation", "decoder"):
         assert (exp / f"export/fp32/{name}/model.pdmodel").is_file()
     assert (exp / "export/fp32/vocab.txt").is_file()
+    for name in ("model.onnx", "model-streaming.onnx", "encoder.onnx", "encoder_chunk.onnx", "decoder.onnx",
+                 "tokens.txt"):
+        assert (exp / f"export/onnx/{name}").is_file()
+    sherpa = json.loads((exp / "test_sherpa_onnx.json").read_text())["results"]
+    assert sherpa["sherpa_offline"]["n"] == sherpa["ours_full"]["n"] > 0 and "stage 5 (sherpa-onnx): offline" in out
     int8 = json.loads((exp / "test_export_int8_attention_rescoring/result.json").read_text())
     fp32 = json.loads((exp / "test_export_fp32_attention_rescoring/result.json").read_text())
     assert int8["model_bytes"] < fp32["model_bytes"]
     report = json.loads((exp / "export/int8/quantize_report.json").read_text())
     assert sum(report["encoder"]["quantized_ops"].values()) > 0
     results_md = (d / "RESULTS.md").read_text()
-    assert results_md.count("| train |") == 24  # 4 methods x 3 runtimes x 2 modes
+    assert results_md.count("| train |") == 40  # 4 methods x 5 runtimes x 2 modes
     assert "| attention_rescoring | streaming, chunk 4 | inference-int8 |" in results_md
 
 
@@ -195,8 +202,9 @@ def test_results_md_rows_are_the_scorer_figures(recipe):
     assert header == ["model", "params", "test set", "decoding", "mode", "runtime", "CER %", "N", "S", "D", "I", "RTF",
                       "encoder RTF", "size MB", "date", "config"]
     rows = [line.split("|")[1:-1] for line in lines if line.startswith("| train |")]
-    assert len(rows) == 24
-    runtimes = {"dygraph": "test", "inference-fp32": "test_export_fp32", "inference-int8": "test_export_int8"}
+    assert len(rows) == 40
+    runtimes = {"dygraph": "test", "inference-fp32": "test_export_fp32", "onnxruntime-fp32": "test_export_fp32_onnx",
+                "inference-int8": "test_export_int8", "onnxruntime-int8": "test_export_int8_onnx"}
     for row in rows:
         cells = dict(zip(header, (c.strip() for c in row)))
         mode = "" if cells["mode"] == "full" else "_chunk" + cells["mode"].split()[-1]
@@ -215,7 +223,7 @@ def test_rerun_reuses_complete_stages_and_says_so(recipe):
     out = proc.stdout
     assert "stage 0 (data): reusing" in out and "stage 1 (train): reusing" in out
     assert "stage 2 (average): reusing" in out and "stage 4 (export): reusing" in out
-    assert "stage 6 (INT8): reusing" in out
+    assert "stage 6 (INT8): reusing" in out and "stage 4 (ONNX): reusing" in out
     assert "(reused" in out and "stage 3 (dynamic graph) attention_rescoring" in out
 
 

@@ -88,7 +88,12 @@ class _Wrapper5(_Wrapper):
         return getattr(self.model, self.method)(a, b, c, d, e)
 
 
-_WRAPPERS = {1: _Wrapper1, 2: _Wrapper2, 3: _Wrapper3, 4: _Wrapper4, 5: _Wrapper5}
+class _Wrapper6(_Wrapper):
+    def forward(self, a, b, c, d, e, f):
+        return getattr(self.model, self.method)(a, b, c, d, e, f)
+
+
+_WRAPPERS = {1: _Wrapper1, 2: _Wrapper2, 3: _Wrapper3, 4: _Wrapper4, 5: _Wrapper5, 6: _Wrapper6}
 
 
 def save_function(model: paddle.nn.Layer, fn: RuntimeFunction, out_dir: Path, *, pir: bool = False) -> None:

@@ -59,6 +59,7 @@ class ServeOptions:
     max_streams: int = 32
     max_batch: int = 32
     threads: int = 2
+    runtime: str = ""  # paddle or onnx ("": what the bundle directory holds)
     endpoint: EndpointRules = field(default_factory=EndpointRules)
     drain_seconds: float = 30.0  # after SIGTERM, how long open streams may take to finish
 
@@ -97,7 +98,8 @@ class Service:
         self.bundle, self.options = Path(bundle), options
         # Offline requests decode whole recordings (full attention); streams use the chunk encoder.
         self.transcriber = Transcriber(self.bundle, TranscribeOptions(beam_size=options.beam_size,
-                                                                      num_threads=options.threads))
+                                                                      num_threads=options.threads,
+                                                                      runtime=options.runtime))
         self.model = StreamingModel(self.transcriber, StreamOptions(options.chunk_size, options.num_left_chunks,
                                                                     options.endpoint))
         self.worker = InferenceWorker(self.model, max_batch=options.max_batch,
@@ -348,6 +350,10 @@ class DrainingServer(uvicorn.Server):
         return await super().on_tick(counter)
 
 
+def _runtime(args) -> str:
+    return "" if args.runtime == "auto" else args.runtime
+
+
 def serve_from_args(args) -> int:
     """`paddle-asr serve` with its parsed command-line arguments."""
     rules = EndpointRules(silence_without_text=args.endpoint_silence_no_text, silence_after_text=args.endpoint_silence,
@@ -355,4 +361,5 @@ def serve_from_args(args) -> int:
     return serve(Path(args.model), ServeOptions(
         host=args.host, port=args.port, chunk_size=args.chunk_size, num_left_chunks=args.num_left_chunks,
         beam_size=args.beam_size, max_streams=args.max_streams, max_batch=args.max_batch, threads=args.threads,
+        runtime=_runtime(args),
         endpoint=rules, drain_seconds=args.drain_seconds))

@@ -1,0 +1,377 @@
+"""ONNX export (paddle2onnx) of a small U2 streaming model: ONNX Runtime against Paddle Inference
+(outputs within 1e-4, the same hypotheses for every method, full and chunk by chunk), sherpa-onnx
+reading the export unmodified, and a conversion that fails."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import kaldi_native_fbank as knf
+import numpy as np
+import onnx
+import paddle
+import pytest
+import sherpa_onnx
+import soundfile
+from paddle.static import InputSpec
+
+from paddle_asr.config import DecodeConfig, FeatureConfig
+from paddle_asr.decode.recognizer import Recognizer, encode_streaming
+from paddle_asr.decode.search import ctc_greedy_search
+from paddle_asr.errors import AsrError
+from paddle_asr.export.bundle import write_bundle_files
+from paddle_asr.export.common import RuntimeFunction, save_function
+from paddle_asr.export.export import export_model
+from paddle_asr.export.inference import Predictor
+from paddle_asr.export.onnx import (
+    ENERGY_FLOOR,
+    OFFLINE_MODEL,
+    STREAMING_MODEL,
+    TOKENS,
+    export_onnx,
+    quantize_onnx_export,
+)
+from paddle_asr.export.onnx_backend import OnnxU2Backend
+from paddle_asr.export.runtime import load_backend
+from paddle_asr.features import compute_fbank, mel_bank_map
+from tests.conftest import real_fixture
+from tests.test_export_quant import FEAT_DIM, METHODS, build_small_u2, random_batch
+from tests.test_model import check_streams_batched_equal_alone
+
+WAVS = ("aishell-BAC009S0724W0121.wav", "librispeech-1995-1837-0001.wav")
+ATOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    config, model = build_small_u2()
+    root = tmp_path_factory.mktemp("export")
+    diffs = export_model(model, FEAT_DIM, root / "fp32")
+    vocab = root / "vocab.txt"
+    vocab.write_text("".join(f"{u}\n" for u in ["<blank>", "<unk>"] + [chr(0x4E00 + i) for i in range(57)] + ["<eos>"]))
+    write_bundle_files(root / "fp32", config, vocab, model, checkpoint="test", functions=sorted(diffs))
+    export_onnx(root / "fp32", root / "onnx", model)
+    return model, root / "fp32", root / "onnx"
+
+
+@pytest.fixture(scope="module")
+def backends(exported):
+    _, fp32, onnx_dir = exported
+    return load_backend(fp32, json.loads((fp32 / "meta.json").read_text())), OnnxU2Backend(onnx_dir)
+
+
+def _io(path: Path) -> tuple[list[str], list[str], dict[str, str]]:
+    m = onnx.load(str(path))
+    return ([v.name for v in m.graph.input], [v.name for v in m.graph.output],
+            {p.key: p.value for p in m.metadata_props})
+
+
+def test_layout_names_and_wenet_metadata(exported):
+    _, _, out = exported
+    assert sorted(p.name for p in out.iterdir()) == [
+        "ctc_activation.onnx", "decoder.onnx", "encoder.onnx", "encoder_chunk.onnx", "features.yaml", "meta.json",
+        "model-streaming.onnx", "model.onnx", "tokens.txt", "vocab.txt"]
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")], "temp dirs left behind"
+    inputs, outputs, meta = _io(out / OFFLINE_MODEL)
+    assert (inputs, outputs) == (["x", "x_lens"], ["log_probs", "log_probs_lens"])
+    assert _io(out / "encoder.onnx")[:2] == (["feats", "feats_lengths"], ["encoder_out", "encoder_lengths",
+                                                                          "ctc_log_probs"])
+    assert meta["model_type"] == "wenet_ctc" and meta["vocab_size"] == "60" and meta["subsampling_factor"] == "4"
+    inputs, outputs, meta = _io(out / STREAMING_MODEL)
+    assert inputs == ["x", "offset", "required_cache_size", "attn_cache", "conv_cache", "attn_mask"]
+    assert outputs == ["log_probs", "next_att_cache", "next_conv_cache"]
+    assert {k: meta[k] for k in ("head", "num_blocks", "output_size", "cnn_module_kernel", "right_context")} == {
+        "head": "4", "num_blocks": "2", "output_size": "144", "cnn_module_kernel": "15", "right_context": "6"}
+    lines = (out / "tokens.txt").read_text(encoding="utf-8").splitlines()
+    assert lines[0] == "<blank> 0" and lines[-1] == "<eos> 59" and len(lines) == 60
+    assert json.loads((out / "meta.json").read_text())["runtime"] == "onnx"
+
+
+def test_every_program_agrees_with_paddle_inference(exported, backends):
+    """Encoder outputs (padded batches), CTC and decoder log-probs within 1e-4 of Paddle Inference."""
+    _, fp32, _ = exported
+    paddle_backend, onnx_backend = backends
+    rng = np.random.default_rng(1)
+    for lengths in ([120], [211, 64, 150]):
+        feats, lens = random_batch(rng, lengths)
+        ref, got = paddle_backend.encode(feats, lens), onnx_backend.encode(feats, lens)
+        np.testing.assert_array_equal(got[1], ref[1])
+        for i, n in enumerate(ref[1]):
+            np.testing.assert_allclose(got[0][i, :n], ref[0][i, :n], atol=ATOL, rtol=0)
+            np.testing.assert_allclose(got[2][i, :n], ref[2][i, :n], atol=ATOL, rtol=0)
+        np.testing.assert_allclose(onnx_backend.ctc_activation(ref[0]), paddle_backend.ctc_activation(ref[0]),
+                                   atol=ATOL, rtol=0)
+    hyps = rng.integers(1, 59, (6, 5)).astype(np.int64)
+    hyps[:, 0] = 59
+    hyp_lens = np.asarray([5, 3, 1, 5, 2, 4], np.int64)
+    feats, lens = random_batch(rng, [150, 97])
+    enc, enc_lens, _ = paddle_backend.encode(feats, lens)
+    ref = Predictor(fp32 / "decoder", use_mkldnn=False).run(
+        {"hyps": hyps, "hyps_lengths": hyp_lens, "encoder_out": enc, "encoder_lengths": enc_lens})[0]
+    got = onnx_backend.decode(hyps, hyp_lens, enc, enc_lens)
+    for i, n in enumerate(hyp_lens):
+        np.testing.assert_allclose(got[i, :n], ref[i, :n], atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("chunk", [-1, 4])
+def test_onnx_runtime_gives_the_paddle_inference_hypotheses_for_every_method(backends, chunk):
+    conf = DecodeConfig(beam_size=4, decoding_chunk_size=chunk)
+    feats, lens = random_batch(np.random.default_rng(4), [260, 190, 150])
+    theirs = Recognizer(backends[0], conf).recognize(feats, lens)
+    ours = Recognizer(backends[1], conf).recognize(feats, lens)
+    assert set(ours) == set(METHODS)
+    for method in METHODS:
+        assert ours[method] == theirs[method], method
+        assert all(len(h) > 0 for h in ours[method])
+
+
+def test_streams_in_one_batch_equal_each_stream_alone(backends):
+    rng = np.random.default_rng(6)
+    utterances = [random_batch(rng, [260])[0][0] for _ in range(3)]
+    for required in (-1, 8):
+        check_streams_batched_equal_alone(backends[1], utterances, 4, required, atol=ATOL)
+
+
+def test_runtime_option_finds_the_onnx_export_beside_the_bundle(exported):
+    _, fp32, out = exported
+    meta = json.loads((fp32 / "meta.json").read_text())
+    assert isinstance(load_backend(fp32, meta, runtime="onnx"), OnnxU2Backend)
+    assert isinstance(load_backend(out, json.loads((out / "meta.json").read_text())), OnnxU2Backend)
+    with pytest.raises(AsrError, match="no ONNX export"):
+        load_backend(fp32, {**meta, "precision": "int8"}, runtime="onnx")
+
+
+def _samples(name: str, gain: float = 1.0) -> np.ndarray:
+    """A fixture recording in [-1, 1], times `gain`."""
+    samples, rate = soundfile.read(real_fixture(name), dtype="float32")
+    assert rate == 16000
+    return samples * gain
+
+
+def _sherpa_fbank_mapped(samples: np.ndarray) -> np.ndarray:
+    """The fbank sherpa-onnx computes for a WeNet model (kaldi-native-fbank with its defaults: mel
+    banks to 7600 Hz, no snip_edges), mapped to our bank as model.onnx does inside."""
+    opts = knf.FbankOptions()
+    opts.frame_opts.dither, opts.frame_opts.snip_edges = 0.0, False
+    opts.mel_opts.num_bins, opts.mel_opts.low_freq, opts.mel_opts.high_freq = FEAT_DIM, 20.0, -400.0
+    fbank = knf.OnlineFbank(opts)
+    fbank.accept_waveform(16000.0, samples * 32768)
+    fbank.input_finished()
+    feats = np.stack([fbank.get_frame(i) for i in range(fbank.num_frames_ready)]).astype(np.float32)
+    bank_map = mel_bank_map(FeatureConfig(), 7600.0)
+    return np.log(np.maximum(np.exp(feats) @ bank_map.T, ENERGY_FLOOR)).astype(np.float32)
+
+
+def _greedy_text(log_probs: np.ndarray, units: list[str]) -> str:
+    return "".join(units[t] for t in ctc_greedy_search(log_probs, np.asarray([log_probs.shape[1]]))[0])
+
+
+def _units(onnx_dir: Path) -> list[str]:
+    return [line.rsplit(" ", 1)[0] for line in (onnx_dir / "tokens.txt").read_text(encoding="utf-8").splitlines()]
+
+
+def test_the_bank_map_gives_our_fbank_from_sherpa_onnx_s(exported):
+    """Our log-mel energies from sherpa-onnx's (banks to 7600 Hz), on real speech and our frames:
+    a quarter of the distance between the two banks (median 0.11 against 0.43 in the log domain;
+    each of our triangles is approximated, and those above 7600 Hz are extrapolated)."""
+    samples = _samples(WAVS[0])
+    opts = knf.FbankOptions()
+    opts.frame_opts.dither, opts.mel_opts.num_bins, opts.mel_opts.high_freq = 0.0, FEAT_DIM, -400.0
+    fbank = knf.OnlineFbank(opts)
+    fbank.accept_waveform(16000.0, samples * 32768)
+    fbank.input_finished()
+    theirs = np.stack([fbank.get_frame(i) for i in range(fbank.num_frames_ready)]).astype(np.float64)
+    ours = compute_fbank(samples * 32768, FeatureConfig())
+    mapped = np.log(np.maximum(np.exp(theirs) @ mel_bank_map(FeatureConfig(), 7600.0).T, ENERGY_FLOOR))
+    mapped_diff, diff = np.median(np.abs(mapped - ours)), np.median(np.abs(theirs - ours))
+    assert mapped_diff < 0.15 and mapped_diff < diff / 3
+
+
+def _sherpa_streaming(out: Path, samples: np.ndarray) -> tuple[str, int]:
+    """OnlineRecognizer.from_wenet_ctc (chunk 16, 4 left chunks) on model-streaming.onnx -> (text,
+    chunks decoded)."""
+    rec = sherpa_onnx.OnlineRecognizer.from_wenet_ctc(model=str(out / STREAMING_MODEL), tokens=str(out / TOKENS),
+                                                      chunk_size=16, num_left_chunks=4)
+    stream = rec.create_stream()
+    stream.accept_waveform(16000, samples)
+    stream.input_finished()
+    chunks = 0
+    while rec.is_ready(stream):
+        rec.decode_stream(stream)
+        chunks += 1
+    return rec.get_result(stream), chunks
+
+
+def _sherpa_offline(out: Path, samples: np.ndarray) -> str:
+    rec = sherpa_onnx.OfflineRecognizer.from_wenet_ctc(model=str(out / OFFLINE_MODEL), tokens=str(out / TOKENS))
+    stream = rec.create_stream()
+    stream.accept_waveform(16000, samples)
+    rec.decode_stream(stream)
+    return stream.result.text
+
+
+@pytest.mark.parametrize("wav", WAVS)
+def test_sherpa_onnx_streaming_gives_our_streaming_greedy_hypothesis(exported, backends, wav):
+    """OnlineRecognizer.from_wenet_ctc, unmodified, on model-streaming.onnx: the text of our
+    chunk-by-chunk CTC greedy search (same chunk and cache) on the same fbank, over the frames it
+    decoded (sherpa-onnx runs whole chunks only)."""
+    _, _, out = exported
+    samples = _samples(wav)
+    text, chunks = _sherpa_streaming(out, samples)
+    backend = backends[1]
+    frames = (chunks - 1) * 16 * backend.subsampling_rate + 15 * backend.subsampling_rate + backend.right_context + 1
+    feats = _sherpa_fbank_mapped(samples)[:frames]
+    ours = _greedy_text(backend.ctc_activation(encode_streaming(backend, feats, 16, 4)), _units(out))
+    assert chunks >= 5 and ours and text == ours
+
+
+@pytest.mark.parametrize("wav", WAVS)
+def test_sherpa_onnx_offline_gives_our_greedy_hypothesis(exported, backends, wav):
+    """OfflineRecognizer.from_wenet_ctc, unmodified, on model.onnx: our CTC greedy text on the
+    same fbank. sherpa-onnx always dithers a WeNet model's input by 1 int16 step, so the audio is
+    40 dB louder, which leaves the dither no weight (an untrained model is that fragile)."""
+    _, _, out = exported
+    samples = _samples(wav, gain=100.0)
+    feats = _sherpa_fbank_mapped(samples)
+    _, _, log_probs = backends[1].encode(feats[None], np.asarray([len(feats)]))
+    ours = _greedy_text(log_probs, _units(out))
+    assert ours and _sherpa_offline(out, samples) == ours
+
+
+class _Determinant(paddle.nn.Layer):
+    """A program with an operator paddle2onnx cannot convert (pd_op.det)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = paddle.nn.Linear(4, 4)
+
+    def forward_encoder(self, feats, feats_lengths):
+        return paddle.linalg.det(self.linear(feats[:, :4, :4].reshape([-1, 4, 4]))), feats_lengths + 1
+
+
+def test_a_failed_conversion_names_the_operator_and_leaves_no_export(exported, tmp_path):
+    _, fp32, _ = exported
+    bundle = tmp_path / "fp32"
+    shutil.copytree(fp32, bundle)
+    shutil.rmtree(bundle / "encoder")
+    save_function(_Determinant(), RuntimeFunction("encoder", "forward_encoder", (
+        InputSpec([None, None, FEAT_DIM], "float32", "feats"), InputSpec([None], "int64", "feats_lengths"))),
+        bundle / "encoder")
+    with pytest.raises(AsrError, match=r"pd_op\.det"):
+        export_onnx(bundle, tmp_path / "onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fp32"]
+
+
+def test_int8_export_quantizes_the_encoder_matmuls_and_decodes(exported, backends, tmp_path):
+    """Stage 6's ONNX INT8: dynamic INT8 MatMul in the encoder files (WeNet's metadata kept), the
+    decoder left FP32; ONNX Runtime and sherpa-onnx decode it, close to FP32."""
+    _, _, out = exported
+    int8 = tmp_path / "onnx_int8"
+    files = ["encoder.onnx", "encoder_chunk.onnx", OFFLINE_MODEL, STREAMING_MODEL]
+    assert quantize_onnx_export(out, int8, ["encoder"]) == files
+    for name in files:
+        assert "MatMulInteger" in {n.op_type for n in onnx.load(str(int8 / name)).graph.node}, name
+    assert _io(out / OFFLINE_MODEL)[2].items() <= _io(int8 / OFFLINE_MODEL)[2].items()
+    assert (int8 / "decoder.onnx").read_bytes() == (out / "decoder.onnx").read_bytes()
+    assert json.loads((int8 / "meta.json").read_text())["precision"] == "int8"
+    feats, lens = random_batch(np.random.default_rng(7), [260, 190])
+    ref = backends[1].encode(feats, lens)[2].argmax(-1)
+    got = OnnxU2Backend(int8).encode(feats, lens)[2].argmax(-1)
+    agree = np.mean([np.mean(ref[i, :n] == got[i, :n]) for i, n in enumerate(backends[1].encode(feats, lens)[1])])
+    assert agree > 0.8, agree
+    samples = _samples(WAVS[0])
+    assert _sherpa_offline(int8, samples) and _sherpa_streaming(int8, samples)[0]
+
+
+def test_transcribe_runs_the_onnx_export(exported):
+    """`paddle-asr transcribe` on the ONNX directory (ONNX Runtime), and on the Paddle bundle with
+    --runtime onnx: the same transcript, streaming too."""
+    _, fp32, out = exported
+    wav = str(real_fixture(WAVS[0]))
+
+    def transcribe(*args: str) -> str:
+        proc = subprocess.run([sys.executable, "-m", "paddle_asr.cli", "transcribe", *args, wav],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc.stdout.strip()
+
+    direct = transcribe("--bundle", str(out), "--method", "ctc_greedy_search")
+    assert direct.split(maxsplit=1)[1] and direct == transcribe("--bundle", str(fp32), "--runtime", "onnx",
+                                                                "--method", "ctc_greedy_search")
+    streamed = transcribe("--bundle", str(out), "--method", "attention_rescoring", "--chunk_size", "4")
+    assert streamed == transcribe("--bundle", str(fp32), "--runtime", "paddle", "--method", "attention_rescoring",
+                                  "--chunk_size", "4")
+
+
+DS2_MODELS = {"offline_gru": ("bidirect", True), "online_lstm": ("forward", False), "online_gru": ("forward", True)}
+
+
+@pytest.fixture(scope="module")
+def ds2_exports(tmp_path_factory) -> dict[str, tuple]:
+    """{name: (Paddle Inference backend, ONNX Runtime backend)} of small DeepSpeech2 models."""
+    from tests.test_export_deepspeech2 import FEAT_DIM as DS2_DIM
+    from tests.test_export_deepspeech2 import build_small_ds2, write_vocab
+
+    vocab = write_vocab(tmp_path_factory.mktemp("ds2_vocab") / "vocab.txt")
+    out = {}
+    for name, (direction, use_gru) in DS2_MODELS.items():
+        config, model = build_small_ds2(direction, use_gru)
+        root = tmp_path_factory.mktemp(name)
+        diffs = export_model(model, DS2_DIM, root / "fp32")
+        write_bundle_files(root / "fp32", config, vocab, model, checkpoint="test", functions=sorted(diffs))
+        assert not {"model.onnx", "model-streaming.onnx"} & set(export_onnx(root / "fp32", root / "onnx"))
+        meta = json.loads((root / "fp32" / "meta.json").read_text())
+        out[name] = (load_backend(root / "fp32", meta), load_backend(root / "fp32", meta, runtime="onnx"))
+    return out
+
+
+@pytest.mark.parametrize("name", DS2_MODELS)
+def test_deepspeech2_on_onnx_runtime_agrees_with_paddle_inference(ds2_exports, name):
+    """Encoder outputs within 1e-4 on a padded batch of real speech (a bidirectional RNN runs one
+    utterance at a time), and the same CTC hypotheses, full and (online models) chunk by chunk."""
+    from tests.test_export_deepspeech2 import real_batch
+
+    paddle_backend, onnx_backend = ds2_exports[name]
+    feats, lens = real_batch()
+    ref, got = paddle_backend.encode(feats, lens), onnx_backend.encode(feats, lens)
+    np.testing.assert_array_equal(got[1], ref[1])
+    for i, n in enumerate(ref[1]):
+        np.testing.assert_allclose(got[0][i, :n], ref[0][i, :n], atol=ATOL, rtol=0)
+        np.testing.assert_allclose(got[2][i, :n], ref[2][i, :n], atol=ATOL, rtol=0)
+    for chunk in (-1, 4) if onnx_backend.supports_streaming else (-1,):
+        conf = DecodeConfig(methods=["ctc_greedy_search", "ctc_prefix_beam_search"], beam_size=4,
+                            decoding_chunk_size=chunk)
+        ours, theirs = (Recognizer(b, conf).recognize(feats, lens) for b in (onnx_backend, paddle_backend))
+        assert ours == theirs and all(ours["ctc_greedy_search"])
+
+
+@pytest.mark.parametrize("name", ["online_lstm", "online_gru"])
+def test_deepspeech2_streams_in_one_batch_equal_each_stream_alone(ds2_exports, name):
+    from tests.test_export_deepspeech2 import utterance
+
+    feats = utterance()
+    check_streams_batched_equal_alone(ds2_exports[name][1], [feats[:300], feats[126:], feats[60:360]], 4, -1,
+                                      atol=ATOL)
+
+
+def test_sherpa_check_reports_sherpa_onnx_beside_our_search(exported, tmp_path):
+    """Stage 5's `paddle-asr sherpa-check` on two real recordings: sherpa-onnx offline and streaming
+    beside our greedy search, full and chunk by chunk, in the log and a JSON file."""
+    _, _, out = exported
+    manifest = tmp_path / "data.list"
+    manifest.write_text("".join(json.dumps({"key": f"u{i}", "wav": str(real_fixture(w)), "text": "一丁七"}) + "\n"
+                                for i, w in enumerate(WAVS)), encoding="utf-8")
+    proc = subprocess.run([sys.executable, "-m", "paddle_asr.cli", "sherpa-check", "--onnx", str(out), "--data",
+                           str(manifest), "--out", str(tmp_path / "sherpa.json")], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "stage 5 (sherpa-onnx): offline: sherpa-onnx CER" in proc.stdout
+    assert "stage 5 (sherpa-onnx): streaming, chunk 16, 4 left chunks: sherpa-onnx CER" in proc.stdout
+    report = json.loads((tmp_path / "sherpa.json").read_text())
+    assert report["utterances"] == 2
+    assert set(report["results"]) == {"ours_full", "ours_streaming", "sherpa_offline", "sherpa_streaming"}
+    assert all(r["n"] == 6 and r["metric"] == "CER" for r in report["results"].values())
