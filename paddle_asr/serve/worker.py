@@ -196,6 +196,8 @@ class InferenceWorker:
         ready = [(s, w.shape[0]) for s in self._streams if (w := s.session.next_window()) is not None]
         if not ready:
             return
+        # Streams whose audio has ended go first: their client waits for the final result.
+        ready.sort(key=lambda x: not x[0].session.finishing)
         width = ready[0][1]  # full windows go together; a stream's shorter last window goes alone
         batch = [s for s, n in ready if n == width][: self.max_batch if width == self.model.window else 1]
         try:
