@@ -15,8 +15,6 @@ from pathlib import Path
 # which must stay light (the CLI's --help imports no Paddle).
 
 MKL_CPU_TYPE_AVX2 = "5"  # MKL's code for its AVX2 kernels (MKL_DEBUG_CPU_TYPE)
-MKL_CPU_TYPE_AVX512 = "6"  # and for its AVX-512 (Skylake server) kernels
-_AVX512_SET = {"avx512f", "avx512bw", "avx512dq", "avx512vl"}  # what MKL's AVX-512 kernels use
 
 
 def mkl_cpu_type_for(cpuinfo: str) -> str | None:
@@ -25,11 +23,8 @@ def mkl_cpu_type_for(cpuinfo: str) -> str | None:
     Paddle 3.0's CPU wheel carries MKLML 2019 (libmklml_intel.so), which picks its kernels by CPU
     vendor: on an AMD processor it runs its SSE code even where the CPU has AVX2 and FMA, several
     times slower than its AVX2 kernels (or OpenBLAS) on the same products (bench/RESULTS.md). This
-    MKL still honours MKL_DEBUG_CPU_TYPE (MKL 2020.1 and later dropped it). An AMD CPU with AVX-512
-    (Zen 4, Zen 5) gets the AVX-512 kernels: on a 2-core AMD EPYC (Zen 5) a [1000, 256] x [256, 2048]
-    product took 11.6 ms on one thread against 15.5 with the AVX2 ones, and the AISHELL decoder's
-    attention rescoring of 10 x 80 tokens 136 against 213 ms (same results to 2e-6). Intel CPUs,
-    and AMD CPUs without AVX2, are left to MKL's own choice."""
+    MKL still honours MKL_DEBUG_CPU_TYPE (MKL 2020.1 and later dropped it). Intel CPUs, and AMD CPUs
+    without AVX2, are left to MKL's own choice."""
     vendor = flags = ""
     for line in cpuinfo.splitlines():
         key, _, value = line.partition(":")
@@ -38,11 +33,7 @@ def mkl_cpu_type_for(cpuinfo: str) -> str | None:
             vendor = value.strip()
         elif key == "flags" and not flags:
             flags = value
-    if vendor != "AuthenticAMD":
-        return None
-    if _AVX512_SET <= set(flags.split()):
-        return MKL_CPU_TYPE_AVX512
-    if {"avx2", "fma"} <= set(flags.split()):
+    if vendor == "AuthenticAMD" and {"avx2", "fma"} <= set(flags.split()):
         return MKL_CPU_TYPE_AVX2
     return None
 

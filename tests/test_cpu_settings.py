@@ -48,9 +48,6 @@ def test_mkl_gets_its_avx2_kernels_on_amd_only():
     assert mkl_cpu_type_for(AMD_ZEN3.replace(" avx2", "")) is None  # an AMD CPU without AVX2
     assert mkl_cpu_type_for(AMD_ZEN3.replace("AuthenticAMD", "GenuineIntel")) is None
     assert mkl_cpu_type_for("") is None
-    zen5 = AMD_ZEN3.replace(" avx2", " avx2 avx512f avx512dq avx512bw avx512vl avx512_vnni")
-    assert mkl_cpu_type_for(zen5) == "6"  # AVX-512 kernels where the AMD CPU has AVX-512
-    assert mkl_cpu_type_for(zen5.replace("AuthenticAMD", "GenuineIntel")) is None
 
 
 def test_choose_mkl_kernels_sets_the_variable_unless_the_user_did(tmp_path, monkeypatch):
