@@ -6,13 +6,22 @@ The model is the AISHELL-size streaming Conformer (`recipes/aishell/conf/chunk_c
 exp/bench/serve/fp32 and quantized to exp/bench/serve/int8 (stage 6, calibrated on the fixture
 recordings). The server runs on 127.0.0.1 in a process of its own; each client streams a real
 recording as PaddleSpeech's client does: 85 ms frames of 16-bit PCM, each sent when its audio would
-have been spoken (real time) and answered by a partial result before the next; clients start at
-random moments within the first second. Per K it reports the partial-reply latency (frame sent ->
-reply) p50/p95 over every frame of every stream, the final latency (end sent -> finished) p50/max,
-the server's CPU use (cores) and its peak RSS. A configuration keeps up with K streams when the p95
-partial latency is <= 200 ms and every final <= 500 ms; K grows until it does not.
-    python bench/serve.py [--streams 1,2,4,8,12,16,20,24,28,32] [--precisions fp32,int8] [--seconds 10]
-Prints one JSON line per (precision, mode, K), then a table naming the CPU.
+have been spoken (real time) and answered by a partial result before the next, then the end signal,
+answered by the final result. Two loads (--load):
+  steady (default)  each client streams --utterances utterances of --seconds s back to back, each on
+                    a new connection started as soon as the previous final arrived; client i starts
+                    i/K of one utterance after the first, so streams start and end spread over time,
+                    as in a load test of a streaming ASR service (K streams open at any moment
+                    after the first utterance).
+  burst             each client streams one utterance; all start at random moments within the first
+                    second, so their K finals are all asked for within about one second.
+Per K it reports the partial-reply latency (frame sent -> reply) p50/p95 over every frame of every
+utterance, the final latency (end sent -> finished) p50/max over every utterance, the server's CPU use
+(cores) and its peak RSS. A configuration keeps up with K streams when the p95 partial latency is
+<= 200 ms and every final <= 500 ms; K grows until it does not.
+    python bench/serve.py [--load steady|burst] [--streams 1,2,4,8,12,16,20,24,28,32] [--precisions fp32,int8]
+                          [--seconds 10] [--utterances 3]
+Prints one JSON line per (precision, mode, K), then a table naming the CPU and the load.
 """
 
 from __future__ import annotations
@@ -167,11 +176,22 @@ def load_audio(seconds: float) -> bytes:
     return audio[: int(seconds * 16000)].astype("<i2").tobytes()
 
 
-async def client(port: int, pcm: bytes, delay: float) -> dict:
-    """One real-time stream: frame latencies, the final latency, and whether every reply was right."""
+async def client(port: int, pcm: bytes, delay: float, utterances: int = 1) -> dict:
+    """One real-time client streaming `utterances` utterances back to back, each on its own connection:
+    frame latencies, final latencies, and whether every reply was right."""
+    await asyncio.sleep(delay)
+    latencies, finals, ok = [], [], True
+    for _ in range(utterances):
+        one = await stream_utterance(port, pcm)
+        latencies += one["latencies"]
+        finals.append(one["final"])
+        ok &= one["ok"]
+    return {"latencies": latencies, "finals": finals, "ok": ok}
+
+
+async def stream_utterance(port: int, pcm: bytes) -> dict:
     import websockets
 
-    await asyncio.sleep(delay)
     frame = int(FRAME_S * 16000) * 2
     latencies, ok = [], True
     async with websockets.connect(f"ws://127.0.0.1:{port}/paddlespeech/asr/streaming", max_size=None) as ws:
@@ -196,20 +216,28 @@ async def sample(server: Server, peak: list[float], stop: asyncio.Event) -> None
         await asyncio.sleep(0.2)
 
 
-async def run_clients(server: Server, k: int, pcm: bytes, seed: int) -> dict:
+def start_delays(k: int, load: str, pcm: bytes, seed: int) -> list[float]:
+    """When each client starts (s): steady, evenly over one utterance; burst, at random within 1 s."""
+    if load == "steady":
+        return [i * len(pcm) / 2 / 16000 / k for i in range(k)]
     rng = random.Random(seed)
+    return [rng.uniform(0, 1.0) for _ in range(k)]
+
+
+async def run_clients(server: Server, k: int, pcm: bytes, seed: int, load: str = "burst", utterances: int = 1
+                      ) -> dict:
     peak, stop = [server.rss_mb()], asyncio.Event()
     sampler = asyncio.create_task(sample(server, peak, stop))
     cpu0, t0 = server.cpu_seconds(), time.perf_counter()
-    results = await asyncio.gather(*(client(server.port, pcm, rng.uniform(0, 1.0)) for _ in range(k)),
-                                   return_exceptions=True)
+    results = await asyncio.gather(*(client(server.port, pcm, delay, utterances)
+                                     for delay in start_delays(k, load, pcm, seed)), return_exceptions=True)
     wall, cpu = time.perf_counter() - t0, server.cpu_seconds() - cpu0
     stop.set()
     await sampler
     failed = [r for r in results if isinstance(r, BaseException) or not r["ok"]]
     done = [r for r in results if not isinstance(r, BaseException)]
     lat = sorted(x for r in done for x in r["latencies"]) or [float("inf")]
-    finals = sorted(r["final"] for r in done) or [float("inf")]
+    finals = sorted(x for r in done for x in r["finals"]) or [float("inf")]
     return {"p50_partial_ms": 1000 * statistics.median(lat), "p95_partial_ms": 1000 * lat[int(0.95 * (len(lat) - 1))],
             "p50_final_ms": 1000 * statistics.median(finals), "max_final_ms": 1000 * finals[-1],
             "cpu_cores": cpu / wall, "peak_rss_mb": peak[0], "failed_streams": len(failed)}
@@ -232,9 +260,11 @@ def sweep(bundle: Path, precision: str, mode: str, args, pcm: bytes) -> list[dic
         # Warm-up: one stream long enough for its attention cache to reach its bound, so that oneDNN
         # has built the kernels of every cache length before the timed runs.
         asyncio.run(run_clients(server, 1, pcm, seed=0))
+        utterances = args.utterances if args.load == "steady" else 1
         for k in ks:
-            row = {"bench": "serve", "precision": precision, "mode": mode, "streams": k, "audio_s": args.seconds,
-                   **asyncio.run(run_clients(server, k, pcm, seed=k))}
+            row = {"bench": "serve", "load": args.load, "precision": precision, "mode": mode, "streams": k,
+                   "audio_s": args.seconds, "utterances": utterances,
+                   **asyncio.run(run_clients(server, k, pcm, seed=k, load=args.load, utterances=utterances))}
             row["keeps_up"] = keeps_up(row)
             print(json.dumps({key: round(v, 1) if isinstance(v, float) else v for key, v in row.items()}), flush=True)
             rows.append(row)
@@ -248,7 +278,7 @@ def sweep(bundle: Path, precision: str, mode: str, args, pcm: bytes) -> list[dic
 def table(rows: list[dict], cpu: str, int8_functions: list[str], args) -> str:
     lines = [f"CPU: {cpu}; INT8 bundle quantizes {', '.join(int8_functions) or 'nothing'}; "
              f"chunk {args.chunk_size}, {args.num_left_chunks} left chunks, {args.threads} threads, "
-             f"{args.seconds:.0f} s of audio per stream",
+             f"{args.seconds:.0f} s of audio per utterance; load: {load_description(args)}",
              "", "| precision | mode | K | p50 / p95 partial (ms) | p50 / max final (ms) | CPU (cores) | "
              "peak RSS (MB) | keeps up |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -266,11 +296,20 @@ def table(rows: list[dict], cpu: str, int8_functions: list[str], args) -> str:
     return "\n".join(lines)
 
 
+def load_description(args) -> str:
+    if args.load == "steady":
+        return (f"steady, each client {args.utterances} utterances back to back (a new connection each), "
+                f"client starts spread evenly over one utterance")
+    return "burst, one utterance per client, all started within 1 s (finals within about 1 s)"
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--streams", default="1,2,4,8,12,16,20,24,28,32", help="K values, increasing")
     ap.add_argument("--precisions", default="fp32,int8")
-    ap.add_argument("--seconds", type=float, default=10.0, help="audio per stream")
+    ap.add_argument("--load", choices=("steady", "burst"), default="steady", help="see the module docstring")
+    ap.add_argument("--seconds", type=float, default=10.0, help="audio per utterance")
+    ap.add_argument("--utterances", type=int, default=3, help="utterances per client (steady load)")
     ap.add_argument("--threads", type=int, default=2, help="the server's --threads")
     ap.add_argument("--chunk_size", type=int, default=16, help="the server's --chunk_size")
     ap.add_argument("--num_left_chunks", type=int, default=8, help="the server's --num_left_chunks")

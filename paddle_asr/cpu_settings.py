@@ -67,6 +67,17 @@ def choose_mkl_kernels(cpuinfo_path: Path = Path("/proc/cpuinfo")) -> str | None
             os.environ["MKL_DEBUG_CPU_TYPE"] = wanted
     return os.environ.get("MKL_DEBUG_CPU_TYPE")
 
+def let_idle_threads_sleep(value: str = "0") -> str:
+    """Sets KMP_BLOCKTIME (how long an OpenMP thread spins after its parallel region before it
+    sleeps, 200 ms by default in the Intel OpenMP that Paddle's MKL and oneDNN use) for this process
+    where the user has not set it; returns the value in force. A server runs a predictor every few
+    tens of milliseconds on several threads of its own (inference, final results, the web loop):
+    spinning threads burned three times the CPU that one stream needs (bench/serve.py) and took it
+    from the threads with work. Must run before the first Paddle CPU kernel."""
+    os.environ.setdefault("KMP_BLOCKTIME", value)
+    return os.environ["KMP_BLOCKTIME"]
+
+
 # glibc mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 _MMAP_THRESHOLD_MAX = 32 << 20  # glibc's ceiling on 64-bit systems

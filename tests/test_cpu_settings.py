@@ -14,6 +14,7 @@ from paddle_asr.cpu_settings import (
     configure_cpu,
     cpu_has_vnni,
     keep_freed_memory_for_reuse,
+    let_idle_threads_sleep,
     mkl_cpu_type_for,
 )
 
@@ -58,6 +59,13 @@ def test_choose_mkl_kernels_sets_the_variable_unless_the_user_did(tmp_path, monk
     assert choose_mkl_kernels(cpuinfo) == "2"
     monkeypatch.delenv("MKL_DEBUG_CPU_TYPE")
     assert choose_mkl_kernels(tmp_path / "missing") is None and "MKL_DEBUG_CPU_TYPE" not in os.environ
+
+
+def test_idle_openmp_threads_sleep_unless_the_user_set_their_spin_time(monkeypatch):
+    monkeypatch.delenv("KMP_BLOCKTIME", raising=False)
+    assert let_idle_threads_sleep() == "0" and os.environ["KMP_BLOCKTIME"] == "0"
+    monkeypatch.setenv("KMP_BLOCKTIME", "30")
+    assert let_idle_threads_sleep() == "30"
 
 
 def test_importing_the_package_chooses_the_kernels_for_this_machine():

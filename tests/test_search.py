@@ -367,6 +367,28 @@ def test_prefix_beam_search_matches_paddlespeech_loop_bitwise(quantum):
         assert ctc_prefix_beam_search(lp, beam) == _ps_ctc_prefix_beam_search(lp, beam)
 
 
+@pytest.mark.parametrize("quantum", [None, 0.5])
+def test_pruned_prefix_beam_search_is_paddlespeechs_on_peaky_posteriors(quantum):
+    """Peaky posteriors (blank most frames, as a trained model's) are where `_beam_floor` skips most
+    new prefixes; the n-best must stay PaddleSpeech's bit for bit, ties included."""
+    rng = np.random.default_rng(29)
+    skipped = 0
+    for vocab, beam, frames in [(8, 3, 40), (60, 10, 60), (400, 10, 60)]:
+        logits = rng.normal(scale=6.0, size=(frames, vocab))
+        logits[:, 0] += rng.uniform(0, 14, size=frames)
+        lp = log_softmax(logits).astype(np.float32)
+        if quantum:
+            lp = (np.round(lp / quantum) * quantum).astype(np.float32)
+        assert ctc_prefix_beam_search(lp, beam) == _ps_ctc_prefix_beam_search(lp, beam)
+        cur = [((), (0.0, -math.inf))]
+        for tokens, values in zip(*[a.tolist() for a in reversed(S._paddle_topk(lp, beam))]):
+            floor = S._beam_floor(cur, tokens, values, 0, beam)
+            pruned, full = (S.ctc_prefix_step(cur, tokens, values, 0, prune=p) for p in (floor, None))
+            skipped += len(full) - len(pruned)
+            cur = sorted(full.items(), key=lambda x: S._log_add2(*x[1]), reverse=True)[:beam]
+    assert skipped > 100  # the floor did skip prefixes
+
+
 def _ps_recognize(step, batch_size: int, beam_size: int, sos: int, eos: int, maxlen: int):
     """PaddleSpeech 1.5.0 U2BaseModel.recognize's search, the decoder replaced by `step`, in Paddle ops.
 

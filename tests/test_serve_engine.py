@@ -201,6 +201,25 @@ def test_worker_survives_bad_audio_and_dropped_streams(bundles):
     assert not worker._streams  # the dropped and the finished stream are both gone
 
 
+@pytest.mark.parametrize("family", ["u2", "ds2_online"])
+def test_warmed_up_worker_gives_the_results_of_a_stream_alone(bundles, family):
+    """The worker runs every batch size once before serving (fresh states, zero windows); the
+    streams after it are untouched by that, in both model families."""
+    model = streaming_model(bundles[family], 8, 2 if family == "u2" else -1)
+    worker = InferenceWorker(model, max_batch=5, queue_size=8)
+    worker.start()
+    try:
+        streams = [worker.open_stream() for _ in WAVS]
+        queues = [pieces(pcm_of(w)) for w in WAVS]
+        while any(queues):
+            for f in [worker.audio(s, q.pop(0)) for s, q in zip(streams, queues) if q]:
+                f.result(timeout=60)
+        finals = [f.result(timeout=60) for f in [worker.end(s) for s in streams]]
+    finally:
+        worker.stop()
+    assert finals == [stream_pcm(model, pieces(pcm_of(w))) for w in WAVS]
+
+
 def test_endpoints_split_a_long_stream_with_bounded_memory(bundles):
     """Two minutes of speech and silence: segments end at the rules, each segment's times are offset
     to the stream, and what a session holds never grows with the stream's length."""

@@ -23,8 +23,10 @@ Fidelity details that matter, and why they are implemented the way they are:
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -315,7 +317,8 @@ class CtcPrefixBeam:
         top_vals, top_idx = _paddle_topk(log_probs, min(self.beam_size, log_probs.shape[1]))
         cur_hyps = self.hyps
         for tokens, values in zip(top_idx.tolist(), top_vals.tolist()):
-            next_hyps = ctc_prefix_step(cur_hyps, tokens, values, self.blank)
+            prune = _beam_floor(cur_hyps, tokens, values, self.blank, self.beam_size)
+            next_hyps = ctc_prefix_step(cur_hyps, tokens, values, self.blank, prune=prune)
             cur_hyps = sorted(next_hyps.items(), key=lambda x: _log_add2(*x[1]), reverse=True)[: self.beam_size]
         self.hyps = cur_hyps
         self.frames += log_probs.shape[0]
@@ -329,26 +332,71 @@ class CtcPrefixBeam:
         return [(list(prefix), _log_add2(pb, pnb)) for prefix, (pb, pnb) in self.hyps]
 
 
+# Above log(2) plus rounding: log_add(a, b) <= max(a, b) + log(2).
+_LOG2_BOUND = 0.75
+
+
+@dataclass(frozen=True)
+class BeamFloor:
+    """What lets one frame of the prefix recursion skip new prefixes that cannot enter the beam
+    (`_beam_floor`): `floor` <= the beam_size-th best score after the frame; `bounds[i]` + a token's
+    log-prob bounds the score of cur_hyps[i] extended by that token into a new prefix; `extends`:
+    the (i, token) pairs whose extension is itself in the beam (scored as before, never skipped)."""
+    floor: float
+    bounds: list[float]
+    extends: set[tuple[int, int]]
+
+
+def _beam_floor(cur_hyps, tokens: Sequence[int], values: Sequence[float], blank: int, beam_size: int
+                ) -> BeamFloor | None:
+    """The frame's `BeamFloor`, or None when nothing can be skipped. log_add never returns less than
+    its largest argument, so a prefix of the beam scores at least max(pb, pnb) + P(blank) after the
+    frame, and a new prefix, cur_hyps[i] extended by a token t, scores at least max(pb, pnb) + P(t)
+    and at most that + log 2 (the only way to reach it). The beam_size-th largest lower bound is the
+    floor: a new prefix whose upper bound is below it would be sorted after beam_size others and cut,
+    so skipping it leaves every kept prefix's score, and their order, as the full recursion gives them."""
+    bases = [max(pb, pnb) for _, (pb, pnb) in cur_hyps]
+    lasts = [prefix[-1] if prefix else None for prefix, _ in cur_hyps]
+    index = {prefix: i for i, (prefix, _) in enumerate(cur_hyps)}
+    extends = {(index[prefix[:-1]], prefix[-1]) for prefix, _ in cur_hyps if prefix and prefix[:-1] in index}
+    lower: list[float] = []
+    for s, ps in zip(tokens, values):
+        if s == blank:
+            lower += [b + ps for b in bases]
+        else:
+            lower += [b + ps for i, b in enumerate(bases) if lasts[i] != s and (i, s) not in extends]
+    if len(lower) < beam_size:
+        return None
+    floor = heapq.nlargest(beam_size, lower)[-1]
+    if floor == _NEG_INF:
+        return None
+    return BeamFloor(floor, [b + _LOG2_BOUND for b in bases], extends)
+
+
 def ctc_prefix_step(cur_hyps: list[tuple[tuple[int, ...], tuple[float, float]]], tokens: Sequence[int],
                     values: Sequence[float], blank: int,
                     on_extend: Callable[[tuple[int, ...], int, tuple[int, ...]], None] | None = None,
-                    ) -> dict[tuple[int, ...], tuple[float, float]]:
+                    prune: BeamFloor | None = None) -> dict[tuple[int, ...], tuple[float, float]]:
     """One frame of the CTC prefix recursion: the (blank-ending, non-blank-ending) log scores of every
     prefix the beam `cur_hyps` reaches with the frame's candidate `tokens` (log-probs `values`).
 
     Written once for every prefix search: `on_extend(prefix, token, new_prefix)` is called before each
     non-blank extension is scored, so a search that carries state per prefix (an LM, a context graph)
-    attaches it there without a copy of the recursion.
+    attaches it there without a copy of the recursion. With `prune` (`_beam_floor`), new prefixes
+    that cannot enter the next beam are left out: the beam the caller keeps is unchanged.
     """
     # Plain dict with get-then-set: same insertion order as PaddleSpeech's defaultdict reads.
     next_hyps: dict[tuple[int, ...], tuple[float, float]] = {}
     empty = (_NEG_INF, _NEG_INF)
     for s, ps in zip(tokens, values):
-        for prefix, (pb, pnb) in cur_hyps:
+        for i, (prefix, (pb, pnb)) in enumerate(cur_hyps):
             last = prefix[-1] if prefix else None
             if s == blank:
                 n_pb, n_pnb = next_hyps.get(prefix, empty)
                 next_hyps[prefix] = (_log_add3(n_pb, pb + ps, pnb + ps), n_pnb)
+                continue
+            if (prune is not None and s != last and prune.bounds[i] + ps < prune.floor
+                    and (i, s) not in prune.extends):
                 continue
             n_prefix = prefix + (s,)
             if on_extend is not None:

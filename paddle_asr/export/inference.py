@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -206,7 +207,9 @@ def make_config(
 
 
 class Predictor:
-    """One exported program: ``run({input name: array}) -> [outputs in the function's return order]``."""
+    """One exported program: ``run({input name: array}) -> [outputs in the function's return order]``.
+    A Paddle predictor is not thread-safe: runs from several threads (the server's inference and
+    final-result threads) take turns."""
 
     def __init__(
         self,
@@ -221,6 +224,7 @@ class Predictor:
     ) -> None:
         self.model_dir = Path(model_dir)
         self._gpu = gpu
+        self._lock = threading.RLock()  # reentrant: the TensorRT rebind runs the batch again inside run()
         if gpu is not None:
             require_gpu_inference(gpu)
             # TensorRT needs every subgraph's shape range: the first batch records them (see GpuInference).
@@ -243,6 +247,10 @@ class Predictor:
         self._outputs = [self.predictor.get_output_handle(n) for n in self.predictor.get_output_names()]
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        with self._lock:
+            return self._run(feeds)
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         missing = [n for n in self.input_names if n not in feeds]
         if missing:
             raise ValueError(f"{self.model_dir} needs inputs {missing}; got {sorted(feeds)}")

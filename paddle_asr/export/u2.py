@@ -98,7 +98,11 @@ def parity_inputs(model, feat_dim: int, seed: int = 0) -> dict[str, dict[str, np
 
 class U2ChunkProgram:
     """The exported `encoder_chunk` behind `encode_chunks`: B streams' states gathered into one call
-    (caches left-padded to the longest) and scattered back, trimmed to the required cache size."""
+    and scattered back, trimmed to the required cache size. With a bounded cache, every call's
+    caches are left-padded (masked) to that size: oneDNN builds its kernels per input shape, and a
+    cache that grows chunk by chunk would make every (batch, cache length) pair a shape of its own
+    (each build costs several chunks' compute); transcribe's streaming runs this same program, so
+    its results stay the server's."""
 
     def __init__(self, predictor: Predictor, subsampling_rate: int, right_context: int, max_positions: int) -> None:
         self.predictor = predictor
@@ -108,7 +112,7 @@ class U2ChunkProgram:
     def encode_chunks(self, xs: np.ndarray, states: list[U2StreamState], required_cache_size: int
                       ) -> tuple[np.ndarray, list[U2StreamState]]:
         frames = chunk_output_frames(xs.shape[1], self.subsampling_rate, self.right_context)
-        feeds = gather_stream_states(states, frames, self.max_positions)
+        feeds = gather_stream_states(states, frames, self.max_positions, max(required_cache_size, 0))
         y, att, cnn = self.predictor.run({"xs": np.asarray(xs, np.float32), **feeds})
         return y, scatter_stream_states(states, y.shape[1], att, cnn, required_cache_size)
 

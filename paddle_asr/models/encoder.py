@@ -262,13 +262,13 @@ def chunk_output_frames(window: int, subsampling_rate: int, right_context: int) 
     return (window - right_context - 1) // subsampling_rate + 1
 
 
-def gather_stream_states(states: list[U2StreamState], chunk_frames: int, max_positions: int
-                         ) -> dict[str, np.ndarray]:
+def gather_stream_states(states: list[U2StreamState], chunk_frames: int, max_positions: int,
+                         cache_size: int = 0) -> dict[str, np.ndarray]:
     """The chunk program's cache inputs for B streams about to emit `chunk_frames` encoder frames
-    each: offsets [B], att_cache [L, B, H, C, 2*d_k] left-padded to the longest cache C,
-    cache_lengths [B], cnn_cache [L, B, d, k-1]. A stream whose frames would pass the positional
-    table (`max_positions` encoder frames) is an AsrError: a longer stream must be cut into
-    segments, each from a new state."""
+    each: offsets [B], att_cache [L, B, H, C, 2*d_k] left-padded to the longest cache or to
+    `cache_size` frames, whichever is more (C), cache_lengths [B], cnn_cache [L, B, d, k-1]. A
+    stream whose frames would pass the positional table (`max_positions` encoder frames) is an
+    AsrError: a longer stream must be cut into segments, each from a new state."""
     if not states:
         raise AsrError("encode_chunks needs at least one stream state")
     end = max(s.offset for s in states) + chunk_frames
@@ -277,7 +277,8 @@ def gather_stream_states(states: list[U2StreamState], chunk_frames: int, max_pos
                        "encodes; end the segment and continue from a new stream state")
     lengths = np.asarray([s.att_cache.shape[2] for s in states], np.int64)
     first = states[0].att_cache
-    att = np.zeros((first.shape[0], len(states), first.shape[1], int(lengths.max()), first.shape[3]), np.float32)
+    att = np.zeros((first.shape[0], len(states), first.shape[1], max(int(lengths.max()), cache_size), first.shape[3]),
+                   np.float32)
     for b, s in enumerate(states):
         if lengths[b]:
             att[:, b, :, att.shape[3] - lengths[b]:] = s.att_cache

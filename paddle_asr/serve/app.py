@@ -32,6 +32,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from starlette.websockets import WebSocketDisconnect
 
+from paddle_asr.cpu_settings import let_idle_threads_sleep
 from paddle_asr.data.audio import decode_audio
 from paddle_asr.errors import AsrError
 from paddle_asr.serve.engine import SERVE_LEFT_CHUNKS, EndpointRules, StreamingModel, StreamOptions
@@ -289,6 +290,7 @@ class StreamConnection:
 # ----------------------------------------------------------------------------------------- server
 def serve(bundle: Path, options: ServeOptions = ServeOptions()) -> int:
     """Run the server until SIGTERM/SIGINT; 0 after a clean shutdown."""
+    let_idle_threads_sleep()
     _log_to_stderr()
     service = Service(bundle, options)
     service.worker.start()

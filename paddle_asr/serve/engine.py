@@ -146,9 +146,21 @@ class StreamingModel:
             xs = np.concatenate([xs, np.repeat(xs[:1], rows - len(sessions), axis=0)])
             states += states[:1] * (rows - len(sessions))
         enc, states = self.backend.encode_chunks(xs, states, self.required_cache_size)
-        log_probs = self.backend.ctc_activation(enc[: len(sessions)])
+        log_probs = self.backend.ctc_activation(enc)  # all rows: the same shapes as encode_chunks
         for i, session in enumerate(sessions):
             session.accept_chunk(enc[i: i + 1], log_probs[i], states[i])
+
+    def warm_up(self, batch_sizes: list[int]) -> None:
+        """Run a full chunk window of fresh streams at each batch size once, so that oneDNN builds its
+        kernels for those shapes before the first stream instead of during it (a build costs several
+        chunks' compute). With a bounded attention cache every later chunk has these shapes too."""
+        if self.refusal:
+            return
+        for rows in batch_sizes:
+            xs = np.zeros((rows, self.window, self.features.num_mel_bins), np.float32)
+            enc, _ = self.backend.encode_chunks(xs, [self.backend.new_stream_state() for _ in range(rows)],
+                                                self.required_cache_size)
+            self.backend.ctc_activation(enc)
 
     def finalize_segment(self, session: StreamingSession, end_s: float) -> SegmentResult:
         """The current segment's final hypothesis (attention rescoring of the streamed n-best, or the

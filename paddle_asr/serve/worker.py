@@ -10,14 +10,18 @@ thread, so that the Paddle predictors, which are not thread-safe, are only ever 
 Each tick takes the jobs that arrived, then gathers one ready chunk window from every stream that
 has one (at most `max_batch`, streams served round-robin) and runs them as ONE `encode_chunks` call
 and ONE `ctc_activation` call (`StreamingModel.encode`); each stream's state is gathered from and
-scattered back to its session. Then every stream whose audio is all encoded gets its reply; a
-finished stream is rescored here too. The cost of a tick grows far less than linearly with the
-batch, which is what lets one CPU serve many real-time streams (bench/serve.py).
+scattered back to its session. Then every stream whose audio is all encoded gets its reply. A
+finished stream leaves the worker for the final-result thread, which rescores it (the attention
+decoder costs as much as several ticks) while the ticks of the other streams go on; the two
+threads share no predictor run (`export.inference.Predictor` runs take turns). The cost of a tick
+grows far less than linearly with the batch, which is what lets one CPU serve many real-time
+streams (bench/serve.py).
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -33,6 +37,11 @@ log = logging.getLogger("paddle_asr.serve")
 # oneDNN builds kernels per input shape and keeps 32 shapes per program, so every number of streams
 # from 1 to 64 must not be a shape of its own.
 BATCH_SIZES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64)
+
+
+def warm_up_sizes(max_batch: int) -> list[int]:
+    """Every batch size `padded_batch` gives for up to `max_batch` rows."""
+    return sorted({padded_batch(rows, max_batch) for rows in range(1, max_batch + 1)})
 
 
 def padded_batch(rows: int, max_batch: int) -> int:
@@ -71,20 +80,30 @@ class InferenceWorker:
         self._wake = threading.Condition()
         self._streams: dict[Stream, None] = {}  # insertion order = round-robin order
         self._stopping = False
+        self._warm = threading.Event()
         self._thread = threading.Thread(target=self._run, name="inference-worker", daemon=True)
+        self._finals: queue.SimpleQueue[tuple[Future, StreamingSession] | None] = queue.SimpleQueue()
+        self._finisher = threading.Thread(target=self._finish, name="final-results", daemon=True)
         self.ticks = 0
         self.batched_windows = 0
 
     # ------------------------------------------------------------------ the front end's side
-    def start(self) -> None:
+    def start(self, warm_up: bool = True) -> None:
+        """Start the threads; with `warm_up`, return once the chunk program has run every batch size
+        (on the inference thread: oneDNN keeps its kernels per thread)."""
+        self._warm_up = warm_up
         self._thread.start()
+        self._finisher.start()
+        self._warm.wait()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Finish the jobs already queued, then end the thread."""
+        """Finish the jobs already queued and the final results they owe, then end the threads."""
         with self._wake:
             self._stopping = True
             self._wake.notify()
         self._thread.join(timeout)
+        self._finals.put(None)
+        self._finisher.join(timeout)
 
     def open_stream(self) -> Stream:
         return Stream(ChunkCutter(self.model), self.model.new_session())
@@ -128,6 +147,12 @@ class InferenceWorker:
 
     # ------------------------------------------------------------------ the inference thread
     def _run(self) -> None:
+        try:
+            if self._warm_up:
+                self.model.warm_up(warm_up_sizes(self.max_batch))
+        except Exception:  # streams still run; their first chunks build the kernels instead
+            log.exception("warming up the chunk program failed")
+        self._warm.set()
         while True:
             with self._wake:
                 while not self._jobs and not self._has_work() and not self._stopping:
@@ -171,6 +196,8 @@ class InferenceWorker:
         ready = [(s, w.shape[0]) for s in self._streams if (w := s.session.next_window()) is not None]
         if not ready:
             return
+        # Streams whose audio has ended go first: their client waits for the final result.
+        ready.sort(key=lambda x: not x[0].session.finishing)
         width = ready[0][1]  # full windows go together; a stream's shorter last window goes alone
         batch = [s for s, n in ready if n == width][: self.max_batch if width == self.model.window else 1]
         try:
@@ -196,7 +223,13 @@ class InferenceWorker:
                 _settle(reply, lambda s=stream.session: s.partial_text)
                 continue
             del self._streams[stream]
-            _settle(reply, stream.session.final)
+            self._finals.put((reply, stream.session))
+
+    def _finish(self) -> None:
+        """The final-result thread: rescore finished streams, in the order they finished."""
+        while (item := self._finals.get()) is not None:
+            reply, session = item
+            _settle(reply, session.final)
 
     def _fail(self, stream: Stream, error: Exception) -> None:
         self._streams.pop(stream, None)
