@@ -146,9 +146,9 @@ def test_fast_log_softmax_matches_log_softmax_and_is_exact_where_paddles_floors(
 def test_the_conformer_trains_to_the_same_loss_and_gradients_with_and_without_them(monkeypatch, config_path, compiled):
     """One training step of a small Conformer in each recipe layout (x4 subsampling with C->C
     convolution, or the demo's x8; batch norm with symmetric, or layer norm with causal convolution
-    and dynamic chunks; decoder), dropout off so that both runs see the same function: the loss and
-    every parameter's gradient must agree. Both with the compiled kernels (cpu_kernels.cc) and with
-    the pure-Paddle replacements that run where they cannot be built."""
+    and dynamic chunks; decoder), dropout and decoder input noise off so that both runs see the same
+    function: the loss and every parameter's gradient must agree. Both with the compiled kernels
+    (cpu_kernels.cc) and with the pure-Paddle replacements that run where they cannot be built."""
     if compiled:
         assert cpu_kernels.get() is not None, cpu_kernels.status()
     else:
@@ -158,7 +158,7 @@ def test_the_conformer_trains_to_the_same_loss_and_gradients_with_and_without_th
     config.model.encoder = dataclasses.replace(config.model.encoder, num_blocks=2, output_size=64, linear_units=128,
                                                attention_heads=2, dropout_rate=0.0, positional_dropout_rate=0.0)
     config.model.decoder = dataclasses.replace(config.model.decoder, num_blocks=1, linear_units=128, attention_heads=2,
-                                               dropout_rate=0.0, positional_dropout_rate=0.0)
+                                               dropout_rate=0.0, positional_dropout_rate=0.0, input_noise=0.0)
     paddle.seed(0)
     model = build_model(config)
     randomise_biases(model)
