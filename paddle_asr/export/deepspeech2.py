@@ -195,7 +195,23 @@ def bundle_meta(config: AsrConfig, model: DeepSpeech2Model) -> dict:
     return meta
 
 
-class DeepSpeech2ExportedBackend(ExportedBackend):
+class DeepSpeech2Streams:
+    """`new_stream_state` of a DeepSpeech2 backend whose chunk program is `_chunk` (None: the offline
+    model) with recurrent states of `_state_shape`; shared by Paddle Inference and ONNX Runtime."""
+
+    model_dir: Path
+    _chunk: DeepSpeech2ChunkProgram | None
+    _state_shape: tuple
+
+    def new_stream_state(self) -> DeepSpeech2StreamState:
+        if self._chunk is None:
+            raise AsrError(f"{self.model_dir} cannot stream: only the online DeepSpeech2 model (rnn_direction: "
+                           "forward) has an encoder_chunk program; use decoding_chunk_size: -1")
+        zeros = np.zeros(self._state_shape, np.float32)
+        return DeepSpeech2StreamState(zeros, zeros.copy())
+
+
+class DeepSpeech2ExportedBackend(DeepSpeech2Streams, ExportedBackend):
     """A DeepSpeech2 bundle: CTC only (the recognizer offers the CTC searches), and for the online
     model chunk-by-chunk streaming through `encoder_chunk` with the RNN states carried over."""
 
@@ -218,13 +234,6 @@ class DeepSpeech2ExportedBackend(ExportedBackend):
             # Not `streaming=True`: that keeps zero-size attention caches away from oneDNN, and
             # the recurrent states are never empty.
             self._chunk = DeepSpeech2ChunkProgram(self._load("encoder_chunk"), list(meta["state_names"]))
-
-    def new_stream_state(self) -> DeepSpeech2StreamState:
-        if self._chunk is None:
-            raise AsrError(f"{self.model_dir} cannot stream: only the online DeepSpeech2 model (rnn_direction: "
-                           "forward) has an encoder_chunk program; use decoding_chunk_size: -1")
-        zeros = np.zeros(self._state_shape, np.float32)
-        return DeepSpeech2StreamState(zeros, zeros.copy())
 
     def encode_chunks(self, xs: np.ndarray, states: list[DeepSpeech2StreamState], required_cache_size: int
                       ) -> tuple[np.ndarray, list[DeepSpeech2StreamState]]:

@@ -17,11 +17,9 @@ import numpy as np
 from paddle_asr.errors import AsrError
 from paddle_asr.export.backend import require_chunk_version, require_meta
 from paddle_asr.export.bundle import META
-from paddle_asr.export.deepspeech2 import DeepSpeech2ChunkProgram
+from paddle_asr.export.deepspeech2 import DeepSpeech2ChunkProgram, DeepSpeech2Streams
 from paddle_asr.export.onnx import ENCODER
-from paddle_asr.export.u2 import U2ChunkProgram
-from paddle_asr.models.deepspeech2 import DeepSpeech2StreamState
-from paddle_asr.models.encoder import U2StreamState
+from paddle_asr.export.u2 import U2ChunkProgram, U2Streams
 
 CHUNK = "encoder_chunk.onnx"
 
@@ -112,7 +110,7 @@ def _stack_padded(arrays: list[np.ndarray]) -> np.ndarray:
     return out
 
 
-class OnnxU2Backend(OnnxBackend):
+class OnnxU2Backend(U2Streams, OnnxBackend):
     """A U2 model's ONNX export on ONNX Runtime: encoder, CTC, attention decoder and, for a
     streaming model, many streams' chunks at a time with per-stream caches."""
 
@@ -130,12 +128,6 @@ class OnnxU2Backend(OnnxBackend):
             self._chunk = U2ChunkProgram(OrtProgram(self.model_dir / CHUNK, num_threads), self.subsampling_rate,
                                          self.right_context, int(meta["max_encoder_frames"]))
 
-    def new_stream_state(self) -> U2StreamState:
-        if self._chunk is None:
-            raise AsrError(f"{self.model_dir} cannot stream: its model was not trained with chunk masks and causal "
-                           "convolutions (e.g. chunk_conformer.yaml); use decoding_chunk_size: -1")
-        return U2StreamState.new(*self._cache_shapes)
-
     def decode(self, hyps, hyps_lengths, encoder_out, encoder_lengths):
         return self._decoder.run({
             "hyps": np.asarray(hyps, np.int64), "hyps_lengths": np.asarray(hyps_lengths, np.int64),
@@ -144,7 +136,7 @@ class OnnxU2Backend(OnnxBackend):
         })[0]
 
 
-class OnnxDeepSpeech2Backend(OnnxBackend):
+class OnnxDeepSpeech2Backend(DeepSpeech2Streams, OnnxBackend):
     """A DeepSpeech2 model's ONNX export on ONNX Runtime: CTC only, and for the online model
     chunk-by-chunk streaming with the recurrent states carried over."""
 
@@ -160,13 +152,6 @@ class OnnxDeepSpeech2Backend(OnnxBackend):
             self._state_shape = tuple(self.meta["state_shape"])
             self._chunk = DeepSpeech2ChunkProgram(OrtProgram(self.model_dir / CHUNK, num_threads),
                                                   list(self.meta["state_names"]))
-
-    def new_stream_state(self) -> DeepSpeech2StreamState:
-        if self._chunk is None:
-            raise AsrError(f"{self.model_dir} cannot stream: only the online DeepSpeech2 model (rnn_direction: "
-                           "forward) has an encoder_chunk program; use decoding_chunk_size: -1")
-        zeros = np.zeros(self._state_shape, np.float32)
-        return DeepSpeech2StreamState(zeros, zeros.copy())
 
 
 ONNX_BACKENDS = {"u2": OnnxU2Backend, "deepspeech2": OnnxDeepSpeech2Backend}

@@ -160,7 +160,22 @@ def bundle_meta(config: AsrConfig, model: U2Model) -> dict:
     }
 
 
-class U2ExportedBackend(ExportedBackend):
+class U2Streams:
+    """`new_stream_state` of a U2 backend whose chunk program is `_chunk` (None: the model cannot
+    stream) with caches of `_cache_shapes`; shared by the Paddle Inference and ONNX Runtime backends."""
+
+    model_dir: Path
+    _chunk: U2ChunkProgram | None
+    _cache_shapes: tuple
+
+    def new_stream_state(self) -> U2StreamState:
+        if self._chunk is None:
+            raise AsrError(f"{self.model_dir} cannot stream: its model was not trained with chunk masks and causal "
+                           "convolutions (e.g. chunk_conformer.yaml); use decoding_chunk_size: -1")
+        return U2StreamState.new(*self._cache_shapes)
+
+
+class U2ExportedBackend(U2Streams, ExportedBackend):
     """A U2 bundle: CTC and attention decoder, and for a streaming model many streams' chunks at a
     time through `encoder_chunk` with per-stream attention and convolution caches."""
 
@@ -188,12 +203,6 @@ class U2ExportedBackend(ExportedBackend):
             self._cache_shapes = (meta["att_cache_shape"], meta["cnn_cache_shape"])
             self._chunk = U2ChunkProgram(self._load("encoder_chunk", streaming=True), self.subsampling_rate,
                                          self.right_context, int(meta["max_encoder_frames"]))
-
-    def new_stream_state(self) -> U2StreamState:
-        if self._chunk is None:
-            raise AsrError(f"{self.model_dir} cannot stream: its model was not trained with chunk masks and causal "
-                           "convolutions (e.g. chunk_conformer.yaml); use decoding_chunk_size: -1")
-        return U2StreamState.new(*self._cache_shapes)
 
     def encode_chunks(self, xs: np.ndarray, states: list[U2StreamState], required_cache_size: int
                       ) -> tuple[np.ndarray, list[U2StreamState]]:
