@@ -19,7 +19,7 @@ from paddle_asr.export.backend import require_chunk_version, require_meta
 from paddle_asr.export.bundle import META
 from paddle_asr.export.deepspeech2 import DeepSpeech2ChunkProgram, DeepSpeech2Streams
 from paddle_asr.export.onnx import ENCODER
-from paddle_asr.export.u2 import U2ChunkProgram, U2Streams
+from paddle_asr.export.u2 import U2Streams
 
 CHUNK = "encoder_chunk.onnx"
 
@@ -124,9 +124,7 @@ class OnnxU2Backend(U2Streams, OnnxBackend):
         self.sos, self.eos = int(meta["sos"]), int(meta["eos"])
         self._decoder = OrtProgram(self.model_dir / "decoder.onnx", num_threads)
         if self.supports_streaming:
-            self._cache_shapes = (meta["att_cache_shape"], meta["cnn_cache_shape"])
-            self._chunk = U2ChunkProgram(OrtProgram(self.model_dir / CHUNK, num_threads), self.subsampling_rate,
-                                         self.right_context, int(meta["max_encoder_frames"]))
+            self._set_up_streams(meta, OrtProgram(self.model_dir / CHUNK, num_threads))
 
     def decode(self, hyps, hyps_lengths, encoder_out, encoder_lengths):
         return self._decoder.run({

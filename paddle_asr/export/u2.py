@@ -174,6 +174,13 @@ class U2Streams:
                            "convolutions (e.g. chunk_conformer.yaml); use decoding_chunk_size: -1")
         return U2StreamState.new(*self._cache_shapes)
 
+    def _set_up_streams(self, meta: dict, chunk_program) -> None:
+        """The chunk program (a runtime's `encoder_chunk`) and the cache shapes of a streaming bundle."""
+        require_meta(self.model_dir, meta, ("max_encoder_frames",))
+        self._cache_shapes = (meta["att_cache_shape"], meta["cnn_cache_shape"])
+        self._chunk = U2ChunkProgram(chunk_program, self.subsampling_rate, self.right_context,
+                                     int(meta["max_encoder_frames"]))
+
 
 class U2ExportedBackend(U2Streams, ExportedBackend):
     """A U2 bundle: CTC and attention decoder, and for a streaming model many streams' chunks at a
@@ -199,10 +206,7 @@ class U2ExportedBackend(U2Streams, ExportedBackend):
         self._chunk = None
         if self.supports_streaming:
             require_chunk_version(model_dir, meta)
-            require_meta(model_dir, meta, ("max_encoder_frames",))
-            self._cache_shapes = (meta["att_cache_shape"], meta["cnn_cache_shape"])
-            self._chunk = U2ChunkProgram(self._load("encoder_chunk", streaming=True), self.subsampling_rate,
-                                         self.right_context, int(meta["max_encoder_frames"]))
+            self._set_up_streams(meta, self._load("encoder_chunk", streaming=True))
 
     def encode_chunks(self, xs: np.ndarray, states: list[U2StreamState], required_cache_size: int
                       ) -> tuple[np.ndarray, list[U2StreamState]]:
