@@ -92,6 +92,14 @@ class FeatureConfig:
     frame_length_ms: Annotated[float, POSITIVE] = 25.0
     frame_shift_ms: Annotated[float, POSITIVE] = 10.0
     dither: Annotated[float, AT_LEAST_0] = 0.1  # training only; decoding and CMVN statistics always use 0
+    # Upper edge of the mel banks, Kaldi's `high_freq`: > 0 in Hz, <= 0 an offset from Nyquist. 0 (Nyquist)
+    # as WeNet and PaddleSpeech train; -400 is what sherpa-onnx computes for every WeNet model, so a
+    # model trained with it reads sherpa-onnx's fbank as it is (docs/onnx.md).
+    high_freq: float = 0.0
+
+    def mel_high_hz(self) -> float:
+        """The top of the mel banks in Hz: Kaldi's reading of `high_freq`."""
+        return self.high_freq if self.high_freq > 0 else self.sample_rate / 2.0 + self.high_freq
 
 
 @dataclass
@@ -115,6 +123,17 @@ class SpeedPerturbConfig:
 
     enabled: bool = False
     speeds: list[Annotated[float, POSITIVE]] = field(default_factory=lambda: [0.9, 1.0, 1.1])
+
+
+@dataclass
+class ConcatConfig:
+    """Utterance concatenation: with probability `prob` a training batch is given as pairs of its
+    utterances joined end to end (fbank and transcript), paired anew every epoch. An attention
+    decoder trained on few distinct sentences learns them by heart and ends a new sentence where a
+    known one ended; a joined pair puts a sentence end where only the audio shows it, and a sentence
+    start after an unrelated one. Off in the published recipes."""
+
+    prob: Annotated[float, FRACTION] = 0.0
 
 
 @dataclass
@@ -307,6 +326,7 @@ class AsrConfig:
     features: FeatureConfig = field(default_factory=FeatureConfig)
     spec_augment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
     speed_perturb: SpeedPerturbConfig = field(default_factory=SpeedPerturbConfig)
+    concat: ConcatConfig = field(default_factory=ConcatConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
@@ -319,6 +339,12 @@ class AsrConfig:
     def problems(self) -> Iterator[str]:
         """Values wrong only together with another one, as '<key path>: <what to do>'."""
         tc, m, enc = self.training, self.model, self.model.encoder
+        feats = self.features
+        high = feats.mel_high_hz()
+        if not 20.0 < high <= feats.sample_rate / 2:
+            yield (f"features.high_freq: {feats.high_freq} puts the top of the mel banks at {high:g} Hz; it must lie "
+                   f"above their 20 Hz bottom and at most Nyquist ({feats.sample_rate / 2:g} Hz): e.g. 0 (Nyquist) "
+                   "or -400 (sherpa-onnx's)")
         if 0 < tc.keep_checkpoints < tc.average_num:
             yield (f"training.keep_checkpoints: {tc.keep_checkpoints} would delete checkpoints stage 2 averages "
                    f"(average_num {tc.average_num}); keep at least average_num, or 0 for all")

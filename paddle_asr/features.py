@@ -1,9 +1,9 @@
 """Kaldi-compatible log-mel filterbank (kaldi-native-fbank) and global CMVN statistics.
 
 Settings are Kaldi compute-fbank-feats' as WeNet and PaddleSpeech set them (docs/fbank_cmvn.md):
-povey window, 25/10 ms, pre-emphasis 0.97, DC removal, power spectrum, 20 Hz to Nyquist, snip_edges,
-natural log. Waveforms are scaled to the int16 range (x 32768), as WeNet and PaddleSpeech do, so
-statistics and checkpoints are interchangeable.
+povey window, 25/10 ms, pre-emphasis 0.97, DC removal, power spectrum, mel banks from 20 Hz to Nyquist
+(`high_freq` moves the top), snip_edges, natural log. Waveforms are scaled to the int16 range
+(x 32768), as WeNet and PaddleSpeech do, so statistics and checkpoints are interchangeable.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def _fbank_options(config: FeatureConfig) -> knf.FbankOptions:
     opts.frame_opts.snip_edges = True
     opts.mel_opts.num_bins = int(config.num_mel_bins)
     opts.mel_opts.low_freq = 20.0
-    opts.mel_opts.high_freq = 0.0
+    opts.mel_opts.high_freq = float(config.high_freq)
     opts.energy_floor = 0.0
     opts.use_energy = False
     return opts
@@ -88,9 +88,9 @@ def _mel(freq):
 
 def _mel_banks(config: FeatureConfig, high_hz: float | None = None) -> np.ndarray:
     """[num_mel_bins, fft/2] triangular weights, Kaldi's formula (20 Hz to `high_hz`, by default
-    Nyquist, equal mel spacing)."""
+    the config's top, equal mel spacing)."""
     _, _, n_fft = _window_sizes(config)
-    low, high = _mel(20.0), _mel(config.sample_rate / 2.0 if high_hz is None else high_hz)
+    low, high = _mel(20.0), _mel(config.mel_high_hz() if high_hz is None else high_hz)
     delta = (high - low) / (config.num_mel_bins + 1)
     left = low + delta * np.arange(config.num_mel_bins)[:, None]
     center, right = left + delta, left + 2.0 * delta
@@ -123,11 +123,14 @@ def _fbank_numpy(samples: np.ndarray, config: FeatureConfig) -> np.ndarray:
 
 def mel_bank_map(config: FeatureConfig, high_hz: float) -> np.ndarray:
     """[bins, bins] non-negative weights M such that M @ (mel energies of a bank from 20 Hz to
-    `high_hz`) approximates our mel energies (20 Hz to Nyquist): each of our triangles as the
-    least-squares non-negative mix of the other bank's. It lets a model trained on our fbank read a
-    fbank computed with another upper edge (sherpa-onnx's 7600 Hz, docs/onnx.md); the bins above
-    `high_hz` are extrapolated from the highest ones."""
+    `high_hz`) approximates the config's mel energies: each of its triangles as the least-squares
+    non-negative mix of the other bank's. It lets a model trained on our fbank read a fbank computed
+    with another upper edge (sherpa-onnx's 7600 Hz, docs/onnx.md); bins above `high_hz` are
+    extrapolated from the highest ones. The same edge gives the identity."""
     from scipy.optimize import nnls
+
+    if abs(high_hz - config.mel_high_hz()) < 1e-3:
+        return np.eye(config.num_mel_bins, dtype=np.float32)
 
     ours, theirs = _mel_banks(config), _mel_banks(config, high_hz)
     return np.stack([nnls(theirs.T, row)[0] for row in ours]).astype(np.float32)

@@ -34,6 +34,7 @@ from paddle_asr.export.onnx import (
     TOKENS,
     export_onnx,
     quantize_onnx_export,
+    snip_edges_shift,
 )
 from paddle_asr.export.onnx_backend import OnnxU2Backend
 from paddle_asr.export.runtime import load_backend
@@ -152,18 +153,28 @@ def _samples(name: str, gain: float = 1.0) -> np.ndarray:
     return samples * gain
 
 
-def _sherpa_fbank_mapped(samples: np.ndarray) -> np.ndarray:
-    """The fbank sherpa-onnx computes for a WeNet model (kaldi-native-fbank with its defaults: mel
-    banks to 7600 Hz, no snip_edges), mapped to our bank as model.onnx does inside."""
+def _sherpa_fbank(samples: np.ndarray, snip_edges: bool = False) -> np.ndarray:
+    """The fbank sherpa-onnx computes for a WeNet model: kaldi-native-fbank with its defaults, mel
+    banks to 7600 Hz, no snip_edges."""
     opts = knf.FbankOptions()
-    opts.frame_opts.dither, opts.frame_opts.snip_edges = 0.0, False
+    opts.frame_opts.dither, opts.frame_opts.snip_edges = 0.0, snip_edges
     opts.mel_opts.num_bins, opts.mel_opts.low_freq, opts.mel_opts.high_freq = FEAT_DIM, 20.0, -400.0
     fbank = knf.OnlineFbank(opts)
     fbank.accept_waveform(16000.0, samples * 32768)
     fbank.input_finished()
-    feats = np.stack([fbank.get_frame(i) for i in range(fbank.num_frames_ready)]).astype(np.float32)
-    bank_map = mel_bank_map(FeatureConfig(), 7600.0)
-    return np.log(np.maximum(np.exp(feats) @ bank_map.T, ENERGY_FLOOR)).astype(np.float32)
+    return np.stack([fbank.get_frame(i) for i in range(fbank.num_frames_ready)]).astype(np.float64)
+
+
+def _sherpa_fbank_mapped(samples: np.ndarray, *, offline: bool = False, config: FeatureConfig | None = None
+                         ) -> np.ndarray:
+    """sherpa-onnx's fbank as model-streaming.onnx reads it inside (mapped to our banks), and with
+    `offline` as model.onnx does (also moved onto our frames)."""
+    config = config or FeatureConfig()
+    energies = np.exp(_sherpa_fbank(samples)) @ mel_bank_map(config, 7600.0).T
+    if offline:
+        k, w = snip_edges_shift(config)
+        energies = energies[k:-1] * (1.0 - w) + energies[k + 1:] * w
+    return np.log(np.maximum(energies, ENERGY_FLOOR)).astype(np.float32)
 
 
 def _greedy_text(log_probs: np.ndarray, units: list[str]) -> str:
@@ -179,16 +190,26 @@ def test_the_bank_map_gives_our_fbank_from_sherpa_onnx_s(exported):
     a quarter of the distance between the two banks (median 0.11 against 0.43 in the log domain;
     each of our triangles is approximated, and those above 7600 Hz are extrapolated)."""
     samples = _samples(WAVS[0])
-    opts = knf.FbankOptions()
-    opts.frame_opts.dither, opts.mel_opts.num_bins, opts.mel_opts.high_freq = 0.0, FEAT_DIM, -400.0
-    fbank = knf.OnlineFbank(opts)
-    fbank.accept_waveform(16000.0, samples * 32768)
-    fbank.input_finished()
-    theirs = np.stack([fbank.get_frame(i) for i in range(fbank.num_frames_ready)]).astype(np.float64)
+    theirs = _sherpa_fbank(samples, snip_edges=True)
     ours = compute_fbank(samples * 32768, FeatureConfig())
     mapped = np.log(np.maximum(np.exp(theirs) @ mel_bank_map(FeatureConfig(), 7600.0).T, ENERGY_FLOOR))
     mapped_diff, diff = np.median(np.abs(mapped - ours)), np.median(np.abs(theirs - ours))
     assert mapped_diff < 0.15 and mapped_diff < diff / 3
+
+
+@pytest.mark.parametrize("wav", WAVS)
+def test_the_offline_model_moves_sherpa_onnx_s_frames_onto_ours(wav):
+    """sherpa-onnx frames without snip_edges, 120 samples before ours: the interpolated frames are
+    within a third of the distance of its own frames to ours (median 0.17-0.19 against 0.55-0.57 in
+    the log domain, on a model trained with its banks, `high_freq: -400`), one more frame than ours."""
+    config = FeatureConfig(high_freq=-400.0)
+    assert snip_edges_shift(config) == (0, 0.75) and snip_edges_shift(FeatureConfig(frame_length_ms=40)) == (1, 0.5)
+    samples = _samples(wav)
+    ours = compute_fbank(samples * 32768, config)
+    aligned, theirs = _sherpa_fbank_mapped(samples, offline=True, config=config), _sherpa_fbank(samples)
+    assert len(aligned) == len(ours) + 1 == len(theirs) - 1
+    aligned_diff, diff = np.median(np.abs(aligned[:-1] - ours)), np.median(np.abs(theirs[:-2] - ours))
+    assert aligned_diff < 0.2 and aligned_diff < diff / 3
 
 
 def _sherpa_streaming(out: Path, samples: np.ndarray) -> tuple[str, int]:
@@ -236,7 +257,7 @@ def test_sherpa_onnx_offline_gives_our_greedy_hypothesis(exported, backends, wav
     40 dB louder, which leaves the dither no weight (an untrained model is that fragile)."""
     _, _, out = exported
     samples = _samples(wav, gain=100.0)
-    feats = _sherpa_fbank_mapped(samples)
+    feats = _sherpa_fbank_mapped(samples, offline=True)
     _, _, log_probs = backends[1].encode(feats[None], np.asarray([len(feats)]))
     ours = _greedy_text(log_probs, _units(out))
     assert ours and _sherpa_offline(out, samples) == ours

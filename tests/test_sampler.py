@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from paddle_asr.config import FeatureConfig, SpecAugmentConfig, SpeedPerturbConfig
+from paddle_asr.config import ConcatConfig, FeatureConfig, SpecAugmentConfig, SpeedPerturbConfig
 from paddle_asr.data.loader import BatchLoader, TrainingInputs, load_training_batch
 from paddle_asr.data.manifest import Utterance, read_manifest
 from paddle_asr.data.sampler import epoch_order, plan_batches, rank_part, utterance_frames
@@ -104,3 +104,42 @@ def test_an_utterance_looks_the_same_in_any_batch_but_differs_across_epochs(tiny
     plain = TrainingInputs(tokenizer, FeatureConfig(dither=0.0), SpecAugmentConfig(enabled=False),
                            SpeedPerturbConfig(), 3)
     assert load_training_batch([utts[0]], 1, plain).feat_lengths[0] in lengths
+
+
+def _plain(tokenizer, seed: int = 3, **kwargs) -> TrainingInputs:
+    return TrainingInputs(tokenizer, FeatureConfig(dither=0.0), SpecAugmentConfig(enabled=False),
+                          SpeedPerturbConfig(), seed, **kwargs)
+
+
+def test_concatenation_joins_neighbours_end_to_end_in_some_batches_of_an_epoch(tiny_inputs):
+    utts, tokenizer = tiny_inputs
+    five = utts[:5]
+    alone = {u.key: load_training_batch([u], 1, _plain(tokenizer)) for u in five}
+    joined_inputs = _plain(tokenizer, concat=ConcatConfig(prob=1.0), max_frames=10**6)
+    batch = load_training_batch(five, 1, joined_inputs)
+    assert len(batch.keys) == 3 and batch.keys[2] == five[4].key  # two pairs and the odd one out
+    for i, key in enumerate(batch.keys):
+        parts = [alone[k] for k in key.split("+")]
+        feats = np.concatenate([p.feats[0, : p.feat_lengths[0]] for p in parts])
+        labels = [t for p in parts for t in p.labels[0, : p.label_lengths[0]]]
+        assert batch.feat_lengths[i] == len(feats) and np.array_equal(batch.feats[i, : len(feats)], feats)
+        assert batch.label_lengths[i] == len(labels) and list(batch.labels[i, : len(labels)]) == labels
+        assert batch.texts[i] == " ".join(p.texts[0] for p in parts)
+    assert {k for key in batch.keys for k in key.split("+")} == {u.key for u in five}
+    # Which batches are joined, and in which order, changes with the epoch; prob 0 never joins.
+    half = _plain(tokenizer, concat=ConcatConfig(prob=0.5), max_frames=10**6)
+    joined = [len(load_training_batch(five, epoch, half).keys) < 5 for epoch in range(1, 21)]
+    assert 0 < sum(joined) < 20
+    orders = {tuple(load_training_batch(five, epoch, joined_inputs).keys) for epoch in range(1, 9)}
+    assert len(orders) > 1
+    assert load_training_batch(five, 1, _plain(tokenizer)).keys == [u.key for u in five]
+
+
+def test_a_pair_longer_than_the_bound_stays_two_utterances(tiny_inputs):
+    utts, tokenizer = tiny_inputs
+    two = utts[:2]
+    lengths = [int(load_training_batch([u], 1, _plain(tokenizer)).feat_lengths[0]) for u in two]
+    tight = _plain(tokenizer, concat=ConcatConfig(prob=1.0), max_frames=sum(lengths) - 1)
+    assert load_training_batch(two, 1, tight).keys == [u.key for u in two]
+    fits = _plain(tokenizer, concat=ConcatConfig(prob=1.0), max_frames=sum(lengths))
+    assert len(load_training_batch(two, 1, fits).keys) == 1

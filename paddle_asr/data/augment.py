@@ -117,3 +117,24 @@ def spec_augment(feats: np.ndarray, conf: SpecAugmentConfig, rng: np.random.Gene
         stop = min(bins, start + width)
         out[:, start:stop] = fill[start:stop]
     return out
+
+
+def join_pairs(feats: list[np.ndarray], labels: list[list[int]], keys: list[str], texts: list[str], *,
+               max_frames: int, rng: np.random.Generator) -> tuple[list, list, list, list]:
+    """Neighbouring utterances (0 and 1, 2 and 3, ...) joined end to end: fbank, token ids,
+    ids as "a+b", transcripts with a space between. The order of each pair is drawn from `rng`; a
+    pair longer than `max_frames` and an odd last utterance stay single."""
+    out: tuple[list, list, list, list] = ([], [], [], [])
+    i = 0
+    while i < len(feats):
+        pair = [i, i + 1] if i + 1 < len(feats) else [i]
+        if len(pair) == 2 and feats[i].shape[0] + feats[i + 1].shape[0] > max_frames:
+            pair = [i]
+        if len(pair) == 2 and rng.random() < 0.5:
+            pair.reverse()
+        out[0].append(np.concatenate([feats[j] for j in pair]))
+        out[1].append([t for j in pair for t in labels[j]])
+        out[2].append("+".join(keys[j] for j in pair))
+        out[3].append(" ".join(texts[j] for j in pair))
+        i += len(pair)
+    return out

@@ -15,15 +15,15 @@ import multiprocessing
 import zlib
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 
 import numpy as np
 
-from paddle_asr.config import FeatureConfig, SpecAugmentConfig, SpeedPerturbConfig
+from paddle_asr.config import ConcatConfig, FeatureConfig, SpecAugmentConfig, SpeedPerturbConfig
 from paddle_asr.data.audio import read_audio
-from paddle_asr.data.augment import choose_speed, spec_augment, speed_perturb
+from paddle_asr.data.augment import choose_speed, join_pairs, spec_augment, speed_perturb
 from paddle_asr.data.dataset import Batch, collate
 from paddle_asr.data.manifest import Utterance
 from paddle_asr.data.tokenizer import CharTokenizer
@@ -38,6 +38,8 @@ class TrainingInputs:
     spec_augment: SpecAugmentConfig
     speed_perturb: SpeedPerturbConfig
     seed: int
+    concat: ConcatConfig = field(default_factory=ConcatConfig)
+    max_frames: int = 0  # fbank frames of training.max_duration_s: joined pairs stay within it
 
 
 def utterance_rng(seed: int, epoch: int, key: str) -> np.random.Generator:
@@ -67,8 +69,19 @@ def load_training_batch(utts: list[Utterance], epoch: int, inputs: TrainingInput
             raise AsrError(f"training utterance {u.key}: {u.wav} has NaN or infinite samples (it changed after "
                            "stage 0, which checks this): replace it, or run stage 0 again (--stage 0 --force true)")
         feats.append(utterance_features(waveform, rate, u.key, epoch, inputs))
-    labels = [inputs.tokenizer.encode(u.text)[0] for u in utts]
-    return collate([u.key for u in utts], feats, labels, [u.text for u in utts])
+    return training_batch(feats, [u.text for u in utts], [u.key for u in utts], epoch, inputs)
+
+
+def training_batch(feats: list[np.ndarray], texts: list[str], keys: list[str], epoch: int,
+                   inputs: TrainingInputs) -> Batch:
+    """A training batch of utterances' features and transcripts; with probability concat.prob (a
+    draw seeded by the epoch and the batch's first id) given as joined pairs."""
+    labels = [inputs.tokenizer.encode(t)[0] for t in texts]
+    if inputs.concat.prob > 0 and len(keys) > 1:
+        rng = utterance_rng(inputs.seed, epoch, "concat:" + keys[0])
+        if rng.random() < inputs.concat.prob:
+            feats, labels, keys, texts = join_pairs(feats, labels, keys, texts, max_frames=inputs.max_frames, rng=rng)
+    return collate(keys, feats, labels, texts)
 
 
 _worker_inputs: TrainingInputs | None = None

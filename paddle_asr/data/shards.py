@@ -27,8 +27,8 @@ import soundfile as sf
 from paddle_asr.artifacts import atomic_output_file, atomic_write_text, fingerprint, mark_complete, reuse_or_clear
 from paddle_asr.data.audio import decode_audio
 from paddle_asr.data.augment import choose_speed
-from paddle_asr.data.dataset import Batch, collate
-from paddle_asr.data.loader import TrainingInputs, utterance_features, utterance_rng
+from paddle_asr.data.dataset import Batch
+from paddle_asr.data.loader import TrainingInputs, training_batch, utterance_features, utterance_rng
 from paddle_asr.data.manifest import Utterance
 from paddle_asr.data.sampler import epoch_order
 from paddle_asr.errors import AsrError
@@ -339,5 +339,4 @@ def shard_batches(
         for m in group:
             waveform, rate = _decode(m)
             feats.append(utterance_features(waveform, rate, m.key, epoch, inputs))
-        labels = [inputs.tokenizer.encode(m.text)[0] for m in group]
-        yield collate([m.key for m in group], feats, labels, [m.text for m in group])
+        yield training_batch(feats, [m.text for m in group], [m.key for m in group], epoch, inputs)

@@ -66,7 +66,8 @@ ENERGY_FLOOR = 1.1920929e-07
 
 
 class SherpaFbank(paddle.nn.Layer):
-    """sherpa-onnx's log-mel fbank [.., T, bins] -> ours: exp, the fixed bank map, log."""
+    """sherpa-onnx's log-mel fbank [.., T, bins] -> ours: exp, the fixed bank map (the identity when
+    the model was trained with sherpa-onnx's upper edge, `features.high_freq: -400`), log."""
 
     def __init__(self, features: FeatureConfig) -> None:
         super().__init__()
@@ -76,18 +77,39 @@ class SherpaFbank(paddle.nn.Layer):
         self.bank_map.stop_gradient = True
 
     def forward(self, x):
-        return paddle.log(paddle.clip(paddle.matmul(paddle.exp(x), self.bank_map), min=ENERGY_FLOOR))
+        return paddle.log(paddle.clip(self.energies(x), min=ENERGY_FLOOR))
+
+    def energies(self, x):
+        return paddle.matmul(paddle.exp(x), self.bank_map)
+
+
+def snip_edges_shift(features: FeatureConfig) -> tuple[int, float]:
+    """Where our frame t lies in sherpa-onnx's frames, as (k, w): between its t + k and t + k + 1, at w.
+    Without snip_edges (sherpa-onnx) frame i starts at i * shift - (window - shift) / 2, with them
+    (ours) at i * shift (Kaldi's FirstSampleOfFrame)."""
+    window = int(features.sample_rate * features.frame_length_ms / 1000)
+    shift = int(features.sample_rate * features.frame_shift_ms / 1000)
+    k, rest = divmod((window - shift) // 2, shift)
+    return k, rest / shift
 
 
 class WenetOffline(paddle.nn.Layer):
-    """WeNet's offline ONNX interface (what sherpa-onnx feeds and reads) on our `forward_encoder`."""
+    """WeNet's offline ONNX interface (what sherpa-onnx feeds and reads) on our `forward_encoder`.
+    sherpa-onnx frames the audio without snip_edges, 120 samples (at 25/10 ms) before ours: each of
+    our frames is read off its two nearest sherpa-onnx frames (energies interpolated linearly), which
+    takes its offline CER to ours (docs/onnx.md). The streaming file cannot do this: sherpa-onnx feeds
+    it windows of an exact frame count."""
 
     def __init__(self, model: paddle.nn.Layer, features: FeatureConfig) -> None:
         super().__init__()
         self.model, self.fbank = model, SherpaFbank(features)
+        self.k, self.w = snip_edges_shift(features)
 
     def forward(self, x, x_lens):
-        _, lengths, log_probs = self.model.forward_encoder(self.fbank(x), x_lens)
+        e, k, w = self.fbank.energies(x), self.k, self.w
+        e = e[:, k:-1] * (1.0 - w) + e[:, k + 1:] * w
+        feats = paddle.log(paddle.clip(e, min=ENERGY_FLOOR))
+        _, lengths, log_probs = self.model.forward_encoder(feats, paddle.clip(x_lens - (k + 1), min=0))
         return log_probs, lengths
 
 

@@ -35,6 +35,7 @@ from paddle_asr.data.sampler import BatchPlan, epoch_order, plan_batches, rank_p
 from paddle_asr.data.shards import ShardInfo, read_shard_list, shard_batches
 from paddle_asr.data.tokenizer import CharTokenizer, load_tokenizer
 from paddle_asr.errors import AsrError, TrainingStopped
+from paddle_asr.features import num_frames
 from paddle_asr.models import cpu_kernels
 from paddle_asr.models.registry import build_model_for_training
 from paddle_asr.train.checkpoint import (
@@ -290,7 +291,9 @@ def _load_data(config: AsrConfig, recipe_dir: Path, tokenizer, model, world: Wor
     else:
         say(f"stage 1: reading {len(shards)} shards ({sum(s.count for s in shards)} utterances) of "
             f"{config.data.train_shards} sequentially, {per_process} per process and batch, {tc.accum_grad} per update")
-    inputs = TrainingInputs(tokenizer, config.features, config.spec_augment, config.speed_perturb, tc.seed)
+    inputs = TrainingInputs(tokenizer, config.features, config.spec_augment, config.speed_perturb, tc.seed,
+                            config.concat, num_frames(int(tc.max_duration_s * config.features.sample_rate),
+                                                      config.features))
     return TrainingData(tokenizer, inputs, {u.key for u in train_utts}, plan, shards,
                         make_batches(dev_utts, max(tc.batch_size, 1)))
 
