@@ -187,6 +187,11 @@ class DecoderConfig:
     # cannot learn where in the audio the next token lies and falls back on memorised text. Off in
     # the published configs (PaddleSpeech and WeNet have no such option: their checkpoints load as is).
     memory_positions: bool = False
+    # What the memory positions count. frame: encoder frames, so the source attention learns where the
+    # u-th token lies at a typical speaking rate, and on a faster voice it runs out of audio and ends
+    # the sentence early. token: the units the CTC branch has emitted up to each frame (the running
+    # sum of 1 - P(blank)), which is the same for every speaking rate: token u lies where it is near u.
+    memory_position_unit: Literal["frame", "token"] = "frame"
     # Training: each decoder input token after <sos> is replaced by a random token with this
     # probability, so that the next token cannot be read off the previous ones alone (on little
     # text the decoder memorises the training sentences and then ignores the audio). 0: off, as published.
@@ -351,6 +356,9 @@ class AsrConfig:
         if enc.dynamic_chunk_min > enc.dynamic_chunk_max:
             yield (f"model.encoder.dynamic_chunk_min: {enc.dynamic_chunk_min} is above dynamic_chunk_max "
                    f"{enc.dynamic_chunk_max}; the training chunk size is drawn between the two")
+        if m.decoder.memory_position_unit != "frame" and not m.decoder.memory_positions:
+            yield (f"model.decoder.memory_position_unit: {m.decoder.memory_position_unit} says what the memory "
+                   "positions count, but memory_positions is off: set memory_positions: true, or drop the unit")
         if tc.ctc_only_updates and m.name != "u2":
             yield (f"training.ctc_only_updates: {tc.ctc_only_updates} applies to U2 models (a CTC loss and an "
                    f"attention decoder); {m.name} has no decoder: set it to 0")

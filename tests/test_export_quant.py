@@ -36,12 +36,16 @@ REPO = Path(__file__).resolve().parents[1]
 FEAT_DIM = 80
 
 
-def build_small_u2(seed: int = 0):
+def build_small_u2(seed: int = 0, decoder_clock: str = "token"):
+    """A small streaming U2 with random weights; its decoder reads the encoder frames at positions
+    counted in CTC units (memory_position_unit token, as the Mandarin demo), so every export and
+    runtime test carries that part of the decoder program too."""
     config = dataclasses.replace(load_config(REPO / "recipes/aishell/conf/chunk_conformer.yaml"), vocab_size=60,
                                  input_dim=FEAT_DIM)
     config.model.encoder = dataclasses.replace(config.model.encoder, output_size=144, linear_units=288, num_blocks=2,
                                                input_layer="conv2d")
-    config.model.decoder = dataclasses.replace(config.model.decoder, linear_units=288, num_blocks=1)
+    config.model.decoder = dataclasses.replace(config.model.decoder, linear_units=288, num_blocks=1,
+                                               memory_positions=True, memory_position_unit=decoder_clock)
     paddle.seed(seed)
     model = build_model(config, (np.linspace(5, 12, FEAT_DIM).astype("float32"), np.full(FEAT_DIM, 0.3, "float32")))
     rng = np.random.default_rng(seed)

@@ -307,6 +307,36 @@ def test_memory_positions_break_the_source_attentions_indifference_to_frame_orde
     assert np.abs(logits(positioned, memory) - logits(positioned, shuffled)).max() > 1e-2
 
 
+def test_sinusoid_of_integer_positions_is_the_table():
+    from paddle_asr.models.layers import sinusoid, sinusoid_table
+
+    positions = paddle.to_tensor([[0.0, 1.0, 7.0, 33.0]])
+    np.testing.assert_allclose(sinusoid(positions, 64).numpy()[0], sinusoid_table(34, 64)[0, [0, 1, 7, 33]],
+                               atol=1e-5)
+
+
+def test_the_token_clock_counts_the_units_ctc_has_emitted_by_each_frame():
+    """model.decoder.memory_position_unit token: the decoder's memory positions are the running sum
+    of 1 - P(blank), each frame counting half of its own, so a voice twice as fast reaches token u
+    in half the frames; the frame clock is the frame index whatever the voice."""
+    from tests.test_export_quant import build_small_u2
+
+    _, model = build_small_u2(decoder_clock="token")
+    rng = np.random.default_rng(0)
+    encoder_out = paddle.to_tensor(rng.normal(0, 1, (2, 25, 144)).astype("float32"))
+    clock = model.token_clock(encoder_out).numpy()
+    emitted = 1.0 - np.exp(model.ctc.log_softmax(encoder_out).numpy()[:, :, 0])
+    np.testing.assert_allclose(clock, np.cumsum(emitted, axis=1) - emitted / 2, atol=1e-5)
+    assert (np.diff(clock, axis=1) >= 0).all() and clock[:, -1].min() > 1
+    assert build_small_u2(decoder_clock="frame")[1].token_clock(encoder_out) is None
+    with paddle.no_grad():
+        hyps, lengths = paddle.to_tensor([[59, 3, 4], [59, 5, 6]], dtype="int64"), paddle.to_tensor([3, 3])
+        ticking = model.forward_attention_decoder(hyps, lengths, encoder_out, paddle.to_tensor([25, 25]))
+        model.decoder.memory_position_unit = "frame"
+        counting = model.forward_attention_decoder(hyps, lengths, encoder_out, paddle.to_tensor([25, 25]))
+    assert np.abs(ticking.numpy() - counting.numpy()).max() > 1e-2
+
+
 def test_input_noise_replaces_tokens_after_sos_by_real_tokens_at_the_configured_rate():
     ys = paddle.full([64, 100], 7, dtype="int64")
     ys[:, 0] = 39
@@ -331,9 +361,13 @@ def test_training_chunks_are_drawn_from_the_configured_range():
     assert 0.4 < sum(d is None for d in drawn) / len(drawn) < 0.6  # half the batches: full context
 
 
-def test_a_chunk_range_upside_down_is_refused(tmp_path):
+@pytest.mark.parametrize("section, options, match", [
+    ("encoder", "dynamic_chunk_min: 9\n    dynamic_chunk_max: 4", "dynamic_chunk_min: 9 is above dynamic_chunk_max 4"),
+    ("decoder", "memory_position_unit: token", "memory_position_unit: token .* set memory_positions: true"),
+    ("decoder", "memory_position_unit: tokens", "memory_position_unit"),
+])
+def test_model_options_that_cannot_work_are_refused(tmp_path, section, options, match):
     config = tmp_path / "c.yaml"
-    config.write_text(f"base: {REPO}/conf/model/chunk_conformer.yaml\n"
-                      "model:\n  encoder:\n    dynamic_chunk_min: 9\n    dynamic_chunk_max: 4\n")
-    with pytest.raises(AsrError, match="dynamic_chunk_min: 9 is above dynamic_chunk_max 4"):
+    config.write_text(f"base: {REPO}/conf/model/chunk_conformer.yaml\nmodel:\n  {section}:\n    {options}\n")
+    with pytest.raises(AsrError, match=match):
         load_config(config)

@@ -13,6 +13,7 @@ from paddle_asr.models.layers import (
     MultiHeadedAttention,
     PositionalEncoding,
     PositionwiseFeedForward,
+    sinusoid,
     sinusoid_table,
 )
 
@@ -55,9 +56,10 @@ class TransformerDecoder(nn.Layer):
         self.after_norm = LayerNorm(d, epsilon=LAYER_NORM_EPSILON)
         self.output_layer = Linear(d, vocab_size)
         # model.decoder.memory_positions; a non-persistable buffer, so checkpoints are unchanged.
-        self.vocab_size = vocab_size
+        self.vocab_size, self.d = vocab_size, d
         self.input_noise = conf.input_noise
         self.memory_positions = conf.memory_positions
+        self.memory_position_unit = conf.memory_position_unit if conf.memory_positions else "frame"
         if conf.memory_positions:
             self.register_buffer("memory_pe", paddle.to_tensor(sinusoid_table(MAX_MEMORY_FRAMES, d)),
                                  persistable=False)
@@ -73,11 +75,12 @@ class TransformerDecoder(nn.Layer):
         return paddle.where(replace, noise, ys_in)
 
     def forward(self, memory: paddle.Tensor, memory_lengths: paddle.Tensor, ys_in: paddle.Tensor,
-                ys_in_lengths: paddle.Tensor) -> paddle.Tensor:
+                ys_in_lengths: paddle.Tensor, memory_clock: paddle.Tensor | None = None) -> paddle.Tensor:
         """memory [B, T, d] with [B] valid lengths; ys_in [N, U] (<sos> + tokens, padded) with [N]
         lengths -> logits [N, U, V]. N is a multiple of B: rows r*R..(r+1)*R-1 are hypotheses about
         utterance r (R = 1 in training, the beam in decoding). Position u sees tokens 0..u of its
-        own hypothesis only."""
+        own hypothesis only. memory_clock [B, T]: the position of each memory frame when
+        memory_position_unit is token (`U2Model.token_clock`)."""
         u = paddle.shape(ys_in)[1]
         pos = paddle.arange(u, dtype="int64")
         key_valid = (pos.unsqueeze(0) < ys_in_lengths.unsqueeze(1)).astype("float32")  # [B, U]
@@ -87,7 +90,7 @@ class TransformerDecoder(nn.Layer):
         mem_valid = (paddle.arange(t, dtype="int64").unsqueeze(0) < memory_lengths.unsqueeze(1)).astype("float32")
         memory_bias = ((1.0 - mem_valid) * NEG_INF).unsqueeze(1).unsqueeze(1)  # [B, 1, 1, T]
         if self.memory_positions:
-            memory = memory + self.memory_pe[:, :t]
+            memory = memory + (self.memory_pe[:, :t] if memory_clock is None else sinusoid(memory_clock, self.d))
         x, _ = self.embed(ys_in)
         tgt_bias = tgt_bias.unsqueeze(1)  # [B, 1, U, U]
         for layer in self.decoders:

@@ -127,6 +127,14 @@ def sinusoid_table(max_len: int, d_model: int) -> np.ndarray:
     return pe[None]
 
 
+def sinusoid(positions: paddle.Tensor, d_model: int) -> paddle.Tensor:
+    """`sinusoid_table`'s encoding of real-valued positions [..] -> [.., d_model] (sin on even
+    channels, cos on odd), computed in the graph: at integer positions, the table's rows."""
+    div = paddle.exp(paddle.arange(0, d_model, 2, dtype="float32") * -(math.log(10000.0) / d_model))
+    angles = positions.astype("float32").unsqueeze(-1) * div
+    return paddle.stack([paddle.sin(angles), paddle.cos(angles)], axis=-1).flatten(-2)
+
+
 class PositionalEncoding(nn.Layer):
     """Sinusoid positions. `relative=False` (Transformer, decoder): x*sqrt(d) + pe, as PaddleSpeech
     `PositionalEncoding`; `relative=True` (Conformer): x*sqrt(d), and pe goes to the attention.

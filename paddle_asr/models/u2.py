@@ -104,7 +104,7 @@ class U2Model(nn.Layer):
         labels = labels.astype("int64")
         ys_in, ys_out = self.add_sos_eos(labels, label_lengths)
         logits = self.decoder(hs, hs_lengths, self.decoder.noisy_inputs(ys_in) if self.training else ys_in,
-                              label_lengths + 1)
+                              label_lengths + 1, self.token_clock(hs))
         loss_att = label_smoothing_loss(logits, ys_out, self.lsm_weight, self.length_normalized_loss)
         loss = self.ctc_weight * loss_ctc + (1.0 - self.ctc_weight) * loss_att
         return loss, {"ctc": loss_ctc, "att": loss_att}
@@ -142,7 +142,17 @@ class U2Model(nn.Layer):
         """hyps [N, U] = `<sos> tokens` padded, lengths [N] counting <sos>; encoder_out [B, T, d] with
         lengths [B], N a multiple of B (N/B hypotheses per utterance, grouped by utterance)
         -> decoder log-probs [N, U, V] (row u scores the token after position u)."""
-        return fast_log_softmax(self.decoder(encoder_out, encoder_lengths, hyps, hyps_lengths))
+        return fast_log_softmax(self.decoder(encoder_out, encoder_lengths, hyps, hyps_lengths,
+                                             self.token_clock(encoder_out)))
+
+    def token_clock(self, encoder_out: paddle.Tensor) -> paddle.Tensor | None:
+        """[B, T]: how many units the CTC branch has emitted by each frame, each frame counting its
+        own half (the running sum of 1 - P(blank)); None unless model.decoder.memory_position_unit
+        is token. No gradient flows through it: it is where the decoder looks, not what it learns."""
+        if self.decoder.memory_position_unit != "token":
+            return None
+        emitted = 1.0 - paddle.exp(self.ctc.log_softmax(encoder_out.detach())[:, :, self.ctc.blank])
+        return paddle.cumsum(emitted, axis=1) - 0.5 * emitted
 
 
 def build_u2(config: AsrConfig, cmvn: tuple[np.ndarray, np.ndarray]) -> U2Model:
