@@ -238,7 +238,8 @@ def test_hybrid_loss_weights_and_label_smoothing():
         # The attention loss by hand: KL(smoothed target || decoder softmax) summed, / batch size.
         hs, hs_len = model.encoder(feats, lengths)
         ys_in, ys_out = model.add_sos_eos(labels, label_lengths)
-        logp = paddle.nn.functional.log_softmax(model.decoder(hs, hs_len, ys_in, label_lengths + 1), -1).numpy()
+        logits = model.decoder(hs, hs_len, ys_in, label_lengths + 1, model.token_clock(hs))
+        logp = paddle.nn.functional.log_softmax(logits, -1).numpy()
     assert ys_in.numpy().tolist() == [[39, 3, 4, 5], [39, 6, 7, 39]]
     assert ys_out.numpy().tolist() == [[3, 4, 5, 39], [6, 7, 39, -1]]
     v, s = 40, model.lsm_weight

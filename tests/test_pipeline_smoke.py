@@ -25,6 +25,7 @@ base: [{REPO}/recipes/aishell/conf/chunk_conformer.yaml, //conf/model/tiny_confo
 model:                # the demo's decoder options, so that export and streaming parity cover them
   decoder:
     memory_positions: true
+    memory_position_unit: token
     input_noise: 0.15
 optim:
   lr: 0.002
