@@ -10,13 +10,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-pytest.importorskip("espeakng_loader")
+from paddle_asr.data.corpora.demo import generate_demo_corpus
+from paddle_asr.data.corpora.espeak_synth import ESpeak, toneless
 
-from paddle_asr.data.corpora.demo import generate_demo_corpus  # noqa: E402
-from paddle_asr.data.corpora.espeak_synth import ESpeak, toneless  # noqa: E402
-
-COUNTS = dict(num_train_speakers=2, num_dev_speakers=1, num_test_speakers=1, utts_per_speaker=4)
-WAV_PATH = re.compile(r"(train|dev|test)/(S\d{4})/BAC009(S\d{4})W\d{4}\.wav")
+COUNTS = dict(num_train_speakers=2, num_dev_speakers=1, num_test_speakers=1, num_unseen_speakers=1, utts_per_speaker=4)
+SPLITS = ("train", "dev", "test", "test_unseen_voices")
+WAV_PATH = re.compile(r"(train|dev|test|test_unseen_voices)/(S\d{4})/BAC009(S\d{4})W\d{4}\.wav")
 
 
 @pytest.fixture(scope="module")
@@ -45,14 +44,14 @@ def test_layout_audio_and_transcripts(corpus):
     assert sorted(p.name for p in root.iterdir()) == [".done", "transcript", "wav"]
     assert [p.name for p in (root / "transcript").iterdir()] == ["aishell_transcript_v0.8.txt"]
     archives = sorted(p.name for p in (root / "wav").iterdir())
-    assert len(archives) == 4 and all(re.fullmatch(r"S\d{4}\.tar\.gz", a) for a in archives)
+    assert len(archives) == 5 and all(re.fullmatch(r"S\d{4}\.tar\.gz", a) for a in archives)
     assert not list(out.glob(".data_aishell*")), "temporary build dir left behind"
 
     _extract(root)
     texts = _read_transcript(root)
     wavs = sorted((root / "wav").glob("*/*/*.wav"))
-    assert len(wavs) == 16
-    speakers: dict[str, set[str]] = {"train": set(), "dev": set(), "test": set()}
+    assert len(wavs) == 20
+    speakers: dict[str, set[str]] = {s: set() for s in SPLITS}
     for wav in wavs:
         m = WAV_PATH.fullmatch(wav.relative_to(root / "wav").as_posix())
         assert m and m.group(2) == m.group(3), wav
@@ -66,19 +65,19 @@ def test_layout_audio_and_transcripts(corpus):
             n = len(texts[wav.stem].replace(" ", ""))
             # 0.15-0.6 s per character plus 0.3-0.8 s of padding
             assert 0.15 * n + 0.3 < info.duration < 0.6 * n + 0.8, (wav.name, n, info.duration)
-    assert [len(speakers[s]) for s in ("train", "dev", "test")] == [2, 1, 1]
-    assert not (speakers["train"] & speakers["dev"] or speakers["train"] & speakers["test"]
-                or speakers["dev"] & speakers["test"])
+    assert [len(speakers[s]) for s in SPLITS] == [2, 1, 1, 1]
     voices = summary["speaker_voices"]
-    split_voices = {s: {voices[spk] for spk in speakers[s]} for s in speakers}
-    assert not split_voices["test"] & (split_voices["train"] | split_voices["dev"])
+    for i, a in enumerate(SPLITS):  # no speaker and no voice in two splits
+        for b in SPLITS[i + 1:]:
+            assert not speakers[a] & speakers[b]
+            assert not {voices[s] for s in speakers[a]} & {voices[s] for s in speakers[b]}, (a, b)
 
     # Every transcript line has a wav; exactly one wav per split has no line.
     ids = {w.stem for w in wavs}
     assert set(texts) <= ids
     missing = sorted(ids - set(texts))
-    assert missing == summary["untranscribed_ids"] and len(missing) == 3
-    assert {next(w.parts[-3] for w in wavs if w.stem == i) for i in missing} == {"train", "dev", "test"}
+    assert missing == summary["untranscribed_ids"] and len(missing) == 4
+    assert {next(w.parts[-3] for w in wavs if w.stem == i) for i in missing} == set(SPLITS)
     for text in texts.values():
         assert re.fullmatch(r"[\u4e00-\u9fff]+( [\u4e00-\u9fff]+)*", text), text
         assert 6 <= len(text.replace(" ", "")) <= 14
@@ -108,3 +107,28 @@ def test_deterministic_and_reused(corpus):
     assert reused["reused"] and "skipping" in " ".join(logs)
     assert reused["untranscribed_ids"] == summary["untranscribed_ids"]
     assert before == {p: p.stat().st_mtime_ns for p in (first / "wav").glob("*.tar.gz")}
+
+
+def test_no_test_sentence_is_a_training_sentence(corpus):
+    """Both test splits (and dev) hold sentences training never has, and no sentence twice."""
+    out, _, _ = corpus
+    root = out / "a" / "data_aishell"
+    texts = _read_transcript(root)
+    by_split: dict[str, list[str]] = {s: [] for s in SPLITS}
+    for wav in (root / "wav").glob("*/*/*.wav"):
+        if wav.stem in texts:
+            by_split[wav.parts[-3]].append(texts[wav.stem].replace(" ", ""))
+    every = [t for texts_of in by_split.values() for t in texts_of]
+    assert len(every) == len(set(every)) == 16
+    for split in SPLITS[1:]:
+        assert by_split[split] and not set(by_split[split]) & set(by_split["train"])
+
+
+def test_the_unseen_voice_split_leaves_the_others_as_they_were(corpus):
+    out, _, _ = corpus
+    without = generate_demo_corpus(out / "c", seed=123, log=lambda _: None, **{**COUNTS, "num_unseen_speakers": 0})
+    assert without["speakers"]["test_unseen_voices"] == 0
+    first, other = out / "a" / "data_aishell" / "wav", out / "c" / "data_aishell" / "wav"
+    assert sorted(p.name for p in other.glob("*.tar.gz")) == sorted(p.name for p in first.glob("S0[0-7]*.tar.gz"))
+    for archive in other.glob("*.tar.gz"):
+        assert archive.read_bytes() == (first / archive.name).read_bytes(), archive.name

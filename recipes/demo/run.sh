@@ -5,4 +5,5 @@
 #   bash run.sh --stage 3 --stop_stage 3
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
-exec bash ../../local/run_stages.sh --corpus aishell --data_dir corpus --config conf/conformer.yaml --decode_configs "conf/decode.yaml conf/chunk_decode.yaml" --stage -1 "$@"
+exec bash ../../local/run_stages.sh --corpus aishell --data_dir corpus --config conf/conformer.yaml --decode_configs "conf/decode.yaml conf/chunk_decode.yaml" \
+  --test_sets "test test_unseen_voices" --stage -1 "$@"

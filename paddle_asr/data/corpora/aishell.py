@@ -3,6 +3,7 @@
 Layout (AISHELL-1, OpenSLR 33; docs/corpora.md): `data_aishell/wav/SPEAKER.tar.gz` unpack inside `wav/` to
 `{train,dev,test}/SPEAKER/BAC009SxxxxWyyyy.wav`; `data_aishell/transcript/aishell_transcript_v0.8.txt`
 holds `UTTID word word ...`. The split comes only from the path; spaces are removed from the text.
+A folder of `wav/` beside the three (the demo corpus's `test_unseen_voices`) is one more split.
 Wavs without a transcript, unreadable files and wrong formats are counted and reported by id.
 """
 
@@ -78,9 +79,15 @@ def read_transcripts(path: Path) -> dict[str, str]:
     return {key: normalize_mandarin(words) for key, words in read_kaldi_table(path).items()}
 
 
+def split_names(root: Path) -> list[str]:
+    """train, dev, test, then any other folder of `wav/` in name order."""
+    extra = sorted(p.name for p in (root / "wav").iterdir() if p.is_dir() and p.name not in SPLITS)
+    return [*SPLITS, *extra]
+
+
 def unused_transcripts(root: Path) -> list[str]:
     """Ids of transcript lines with no audio file in any split (real AISHELL-1 has a few hundred)."""
-    audio = {wav.stem for split in SPLITS for wav in (root / "wav" / split).glob("*/*.wav")}
+    audio = {wav.stem for split in split_names(root) for wav in (root / "wav" / split).glob("*/*.wav")}
     return sorted(set(read_kaldi_table(root / TRANSCRIPT)) - audio)
 
 
@@ -112,7 +119,7 @@ def read_splits(root: Path, sample_rate: int, sets: dict[str, list[str]] | None 
     if sets:
         raise AsrError(f"AISHELL-1 has fixed splits ({', '.join(SPLITS)}); --sets {sets} applies to LibriSpeech only")
     texts = read_transcripts(root / TRANSCRIPT)
-    return {split: list_split(root, split, texts, sample_rate) for split in SPLITS}
+    return {split: list_split(root, split, texts, sample_rate) for split in split_names(root)}
 
 
 def fingerprint_inputs(root: Path, sets: dict[str, list[str]] | None = None) -> list:
