@@ -20,7 +20,7 @@ import soundfile
 from paddle.static import InputSpec
 
 from paddle_asr.config import DecodeConfig, FeatureConfig
-from paddle_asr.decode.recognizer import Recognizer, encode_streaming
+from paddle_asr.decode.recognizer import Recognizer
 from paddle_asr.decode.search import ctc_greedy_search
 from paddle_asr.errors import AsrError
 from paddle_asr.export.bundle import write_bundle_files
@@ -165,16 +165,31 @@ def _sherpa_fbank(samples: np.ndarray, snip_edges: bool = False) -> np.ndarray:
     return np.stack([fbank.get_frame(i) for i in range(fbank.num_frames_ready)]).astype(np.float64)
 
 
-def _sherpa_fbank_mapped(samples: np.ndarray, *, offline: bool = False, config: FeatureConfig | None = None
-                         ) -> np.ndarray:
-    """sherpa-onnx's fbank as model-streaming.onnx reads it inside (mapped to our banks), and with
-    `offline` as model.onnx does (also moved onto our frames)."""
+def _on_our_frames(energies: np.ndarray, config: FeatureConfig, keep_length: bool) -> np.ndarray:
+    """What SherpaFbank does after the bank map, in NumPy: energies [T, bins] onto our frames, log."""
+    k, w = snip_edges_shift(config)
+    if keep_length:
+        energies = np.concatenate([energies] + [energies[-1:]] * (k + 1))
+    return np.log(np.maximum(energies[k:-1] * (1.0 - w) + energies[k + 1:] * w, ENERGY_FLOOR)).astype(np.float32)
+
+
+def _sherpa_fbank_mapped(samples: np.ndarray, config: FeatureConfig | None = None) -> np.ndarray:
+    """sherpa-onnx's fbank as model.onnx reads it inside: mapped to our banks, on our frames."""
     config = config or FeatureConfig()
+    return _on_our_frames(np.exp(_sherpa_fbank(samples)) @ mel_bank_map(config, 7600.0).T, config, False)
+
+
+def _sherpa_windows_encoded(backend, samples: np.ndarray, chunks: int) -> np.ndarray:
+    """Our chunk encoder on the windows sherpa-onnx feeds model-streaming.onnx (chunk 16, 4 left
+    chunks), each moved onto our frames as the file does inside, window by window."""
+    config = FeatureConfig()
     energies = np.exp(_sherpa_fbank(samples)) @ mel_bank_map(config, 7600.0).T
-    if offline:
-        k, w = snip_edges_shift(config)
-        energies = energies[k:-1] * (1.0 - w) + energies[k + 1:] * w
-    return np.log(np.maximum(energies, ENERGY_FLOOR)).astype(np.float32)
+    sub, state, outputs = backend.subsampling_rate, backend.new_stream_state(), []
+    for i in range(chunks):
+        window = energies[i * 16 * sub: i * 16 * sub + 15 * sub + backend.right_context + 1]
+        y, (state,) = backend.encode_chunks(_on_our_frames(window, config, True)[None], [state], 64)
+        outputs.append(y)
+    return np.concatenate(outputs, axis=1)
 
 
 def _greedy_text(log_probs: np.ndarray, units: list[str]) -> str:
@@ -206,7 +221,7 @@ def test_the_offline_model_moves_sherpa_onnx_s_frames_onto_ours(wav):
     assert snip_edges_shift(config) == (0, 0.75) and snip_edges_shift(FeatureConfig(frame_length_ms=40)) == (1, 0.5)
     samples = _samples(wav)
     ours = compute_fbank(samples * 32768, config)
-    aligned, theirs = _sherpa_fbank_mapped(samples, offline=True, config=config), _sherpa_fbank(samples)
+    aligned, theirs = _sherpa_fbank_mapped(samples, config), _sherpa_fbank(samples)
     assert len(aligned) == len(ours) + 1 == len(theirs) - 1
     aligned_diff, diff = np.median(np.abs(aligned[:-1] - ours)), np.median(np.abs(theirs[:-2] - ours))
     assert aligned_diff < 0.2 and aligned_diff < diff / 3
@@ -238,15 +253,13 @@ def _sherpa_offline(out: Path, samples: np.ndarray) -> str:
 @pytest.mark.parametrize("wav", WAVS)
 def test_sherpa_onnx_streaming_gives_our_streaming_greedy_hypothesis(exported, backends, wav):
     """OnlineRecognizer.from_wenet_ctc, unmodified, on model-streaming.onnx: the text of our
-    chunk-by-chunk CTC greedy search (same chunk and cache) on the same fbank, over the frames it
-    decoded (sherpa-onnx runs whole chunks only)."""
+    chunk-by-chunk CTC greedy search (same chunk and cache) on the windows it decoded (sherpa-onnx
+    runs whole chunks only), each moved onto our banks and frames as the file does."""
     _, _, out = exported
     samples = _samples(wav)
     text, chunks = _sherpa_streaming(out, samples)
     backend = backends[1]
-    frames = (chunks - 1) * 16 * backend.subsampling_rate + 15 * backend.subsampling_rate + backend.right_context + 1
-    feats = _sherpa_fbank_mapped(samples)[:frames]
-    ours = _greedy_text(backend.ctc_activation(encode_streaming(backend, feats, 16, 4)), _units(out))
+    ours = _greedy_text(backend.ctc_activation(_sherpa_windows_encoded(backend, samples, chunks)), _units(out))
     assert chunks >= 5 and ours and text == ours
 
 
@@ -257,7 +270,7 @@ def test_sherpa_onnx_offline_gives_our_greedy_hypothesis(exported, backends, wav
     40 dB louder, which leaves the dither no weight (an untrained model is that fragile)."""
     _, _, out = exported
     samples = _samples(wav, gain=100.0)
-    feats = _sherpa_fbank_mapped(samples, offline=True)
+    feats = _sherpa_fbank_mapped(samples)
     _, _, log_probs = backends[1].encode(feats[None], np.asarray([len(feats)]))
     ours = _greedy_text(log_probs, _units(out))
     assert ours and _sherpa_offline(out, samples) == ours

@@ -14,8 +14,8 @@ Our runtime's files come from the bundle's programs through paddle2onnx; afterwa
 only renamed (inputs, outputs and their order). sherpa-onnx's two files have no counterpart among
 the programs: they are traced from the dynamic-graph model (`WenetOffline`, `WenetChunk`, around the
 same `forward_encoder` and `forward_encoder_chunk`) and converted the same way. Both read the fbank
-sherpa-onnx computes, whose mel banks stop at 7600 Hz where ours reach 8000 Hz: a fixed map
-(`features.mel_bank_map`, `SherpaFbank`) turns its mel energies into ours before the model. A
+sherpa-onnx computes (mel banks to 7600 Hz, no snip_edges), which `SherpaFbank` turns into ours
+before the model: a fixed bank map (`features.mel_bank_map`) and the frames moved onto ours. A
 conversion that fails leaves no output directory and names the operators paddle2onnx lacks.
 """
 
@@ -65,24 +65,6 @@ STREAMING_IO = (("x", "offset", "required_cache_size", "attn_cache", "conv_cache
 ENERGY_FLOOR = 1.1920929e-07
 
 
-class SherpaFbank(paddle.nn.Layer):
-    """sherpa-onnx's log-mel fbank [.., T, bins] -> ours: exp, the fixed bank map (the identity when
-    the model was trained with sherpa-onnx's upper edge, `features.high_freq: -400`), log."""
-
-    def __init__(self, features: FeatureConfig) -> None:
-        super().__init__()
-        bank_map = mel_bank_map(features, features.sample_rate / 2 + SHERPA_HIGH_FREQ_OFFSET)
-        self.bank_map = self.create_parameter(list(bank_map.T.shape), dtype="float32",
-                                              default_initializer=paddle.nn.initializer.Assign(bank_map.T))
-        self.bank_map.stop_gradient = True
-
-    def forward(self, x):
-        return paddle.log(paddle.clip(self.energies(x), min=ENERGY_FLOOR))
-
-    def energies(self, x):
-        return paddle.matmul(paddle.exp(x), self.bank_map)
-
-
 def snip_edges_shift(features: FeatureConfig) -> tuple[int, float]:
     """Where our frame t lies in sherpa-onnx's frames, as (k, w): between its t + k and t + k + 1, at w.
     Without snip_edges (sherpa-onnx) frame i starts at i * shift - (window - shift) / 2, with them
@@ -93,23 +75,44 @@ def snip_edges_shift(features: FeatureConfig) -> tuple[int, float]:
     return k, rest / shift
 
 
+class SherpaFbank(paddle.nn.Layer):
+    """sherpa-onnx's log-mel fbank [B, T, bins] -> ours, on our frames.
+
+    Banks: exp, the fixed bank map (the identity when the model was trained with sherpa-onnx's upper
+    edge, `features.high_freq: -400`). Frames: sherpa-onnx frames the audio without snip_edges, 120
+    samples (at 25/10 ms) before ours, so each of our frames is read off its two nearest sherpa-onnx
+    frames, their energies interpolated linearly. Offline the last frame, which has no right
+    neighbour, is dropped (T - 1 - k frames); streaming (`keep_length`) sherpa-onnx feeds windows of
+    an exact frame count, so the frames without a right neighbour repeat the last one (they are the
+    window's right context, read again at the start of the next window). Then log."""
+
+    def __init__(self, features: FeatureConfig, keep_length: bool) -> None:
+        super().__init__()
+        bank_map = mel_bank_map(features, features.sample_rate / 2 + SHERPA_HIGH_FREQ_OFFSET)
+        self.bank_map = self.create_parameter(list(bank_map.T.shape), dtype="float32",
+                                              default_initializer=paddle.nn.initializer.Assign(bank_map.T))
+        self.bank_map.stop_gradient = True
+        self.k, self.w = snip_edges_shift(features)
+        self.keep_length = keep_length
+
+    def forward(self, x):
+        e, k, w = paddle.matmul(paddle.exp(x), self.bank_map), self.k, self.w
+        if self.keep_length:
+            e = paddle.concat([e] + [e[:, -1:]] * (k + 1), axis=1)
+        e = e[:, k:-1] * (1.0 - w) + e[:, k + 1:] * w
+        return paddle.log(paddle.clip(e, min=ENERGY_FLOOR))
+
+
 class WenetOffline(paddle.nn.Layer):
-    """WeNet's offline ONNX interface (what sherpa-onnx feeds and reads) on our `forward_encoder`.
-    sherpa-onnx frames the audio without snip_edges, 120 samples (at 25/10 ms) before ours: each of
-    our frames is read off its two nearest sherpa-onnx frames (energies interpolated linearly), which
-    takes its offline CER to ours (docs/onnx.md). The streaming file cannot do this: sherpa-onnx feeds
-    it windows of an exact frame count."""
+    """WeNet's offline ONNX interface (what sherpa-onnx feeds and reads) on our `forward_encoder`."""
 
     def __init__(self, model: paddle.nn.Layer, features: FeatureConfig) -> None:
         super().__init__()
-        self.model, self.fbank = model, SherpaFbank(features)
-        self.k, self.w = snip_edges_shift(features)
+        self.model, self.fbank = model, SherpaFbank(features, keep_length=False)
+        self.dropped = self.fbank.k + 1
 
     def forward(self, x, x_lens):
-        e, k, w = self.fbank.energies(x), self.k, self.w
-        e = e[:, k:-1] * (1.0 - w) + e[:, k + 1:] * w
-        feats = paddle.log(paddle.clip(e, min=ENERGY_FLOOR))
-        _, lengths, log_probs = self.model.forward_encoder(feats, paddle.clip(x_lens - (k + 1), min=0))
+        _, lengths, log_probs = self.model.forward_encoder(self.fbank(x), paddle.clip(x_lens - self.dropped, min=0))
         return log_probs, lengths
 
 
@@ -121,7 +124,7 @@ class WenetChunk(paddle.nn.Layer):
 
     def __init__(self, model: paddle.nn.Layer, features: FeatureConfig) -> None:
         super().__init__()
-        self.model, self.fbank = model, SherpaFbank(features)
+        self.model, self.fbank = model, SherpaFbank(features, keep_length=True)
 
     def forward(self, x, offset, required_cache_size, attn_cache, conv_cache, attn_mask):
         cache = paddle.shape(attn_cache)[2]
