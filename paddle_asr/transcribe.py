@@ -48,7 +48,7 @@ class TranscribeOptions:
     segment_over: float = 30.0    # seconds; longer recordings are cut by the VAD (0: every recording)
     vad: VadConfig = VadConfig()
     num_threads: int = 2
-    runtime: str = ""             # paddle (Paddle Inference) or onnx (ONNX Runtime); "": what the directory holds
+    runtime: str = "auto"         # paddle (Paddle Inference), onnx (ONNX Runtime), auto (export.runtime.load_backend)
 
 
 @dataclass
@@ -101,6 +101,7 @@ class _Piece:
 
 class Transcriber:
     def __init__(self, model_dir: Path, options: TranscribeOptions = TranscribeOptions()) -> None:
+        from paddle_asr.export.onnx_backend import OnnxBackend
         from paddle_asr.export.runtime import load_backend
 
         options.vad.check()
@@ -109,6 +110,7 @@ class Transcriber:
         self.options = options
         self.meta, self.features, self.tokenizer = read_bundle(Path(model_dir))
         backend = load_backend(Path(model_dir), self.meta, num_threads=options.num_threads, runtime=options.runtime)
+        self.runtime = "onnx" if isinstance(backend, OnnxBackend) else "paddle"
         if options.method == "auto":
             options = dataclasses.replace(
                 options, method="attention_rescoring" if backend.has_decoder else "ctc_prefix_beam_search")

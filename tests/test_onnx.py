@@ -37,7 +37,7 @@ from paddle_asr.export.onnx import (
     snip_edges_shift,
 )
 from paddle_asr.export.onnx_backend import OnnxU2Backend
-from paddle_asr.export.runtime import load_backend
+from paddle_asr.export.runtime import load_backend, onnx_is_preferred
 from paddle_asr.features import compute_fbank, mel_bank_map
 from tests.conftest import real_fixture
 from tests.test_export_quant import FEAT_DIM, METHODS, build_small_u2, random_batch
@@ -144,6 +144,23 @@ def test_runtime_option_finds_the_onnx_export_beside_the_bundle(exported):
     assert isinstance(load_backend(out, json.loads((out / "meta.json").read_text())), OnnxU2Backend)
     with pytest.raises(AsrError, match="no ONNX export"):
         load_backend(fp32, {**meta, "precision": "int8"}, runtime="onnx")
+
+
+def test_auto_runtime_is_onnx_runtime_for_an_fp32_bundle_with_its_export_beside(exported, tmp_path):
+    """transcribe and serve default to `auto`: ONNX Runtime gives an FP32 bundle's hypotheses faster
+    (bench/RESULTS.md), so it runs one whose export/onnx is beside it; INT8, a GPU, or no export
+    beside stay on Paddle Inference, and stages 5/6 ("") always run what the directory holds."""
+    _, fp32, _ = exported
+    meta = json.loads((fp32 / "meta.json").read_text())
+    assert isinstance(load_backend(fp32, meta, runtime="auto"), OnnxU2Backend)
+    assert not isinstance(load_backend(fp32, meta), OnnxU2Backend)
+    assert onnx_is_preferred(fp32, meta)
+    assert not onnx_is_preferred(fp32, {**meta, "precision": "int8"})
+    assert not onnx_is_preferred(fp32, meta, gpu=object())
+    alone = tmp_path / "export" / "fp32"
+    shutil.copytree(fp32, alone)
+    assert not onnx_is_preferred(alone, meta) and not isinstance(load_backend(alone, meta, runtime="auto"),
+                                                                   OnnxU2Backend)
 
 
 def _samples(name: str, gain: float = 1.0) -> np.ndarray:

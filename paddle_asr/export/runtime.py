@@ -22,13 +22,25 @@ from paddle_asr.families import bundle_family
 RUNTIMES = ("paddle", "onnx")
 
 
+def onnx_is_preferred(model_dir: Path, meta: dict, gpu: GpuInference | None = None) -> bool:
+    """`runtime="auto"` (transcribe and serve): ONNX Runtime where it gives Paddle Inference's
+    hypotheses faster, i.e. an FP32 Paddle bundle run on the CPU with its ONNX export beside it
+    (bench/RESULTS.md: 1.14 / 1.40 times at 1 / 2 threads, same hypotheses in stage 5). An INT8
+    bundle stays on Paddle Inference: ONNX Runtime's INT8 export gives hypotheses of its own."""
+    return (gpu is None and not is_onnx_export(model_dir) and meta.get("precision", "fp32") == "fp32"
+            and is_onnx_export(Path(model_dir).parent / "onnx"))
+
+
 def load_backend(model_dir: Path, meta: dict, *, num_threads: int = 2, gpu: GpuInference | None = None,
                  runtime: str = "") -> ExportedBackend | OnnxBackend:
     """The runtime of the exported model in `model_dir` whose meta.json is `meta`: Paddle Inference,
     or ONNX Runtime (`runtime="onnx"`: the ONNX export beside a Paddle bundle, or an ONNX export
-    directory itself). No `runtime`: the one the directory holds."""
-    if runtime not in ("", *RUNTIMES):
-        raise AsrError(f"--runtime {runtime}: use one of {', '.join(RUNTIMES)}")
+    directory itself). No `runtime`: the one the directory holds; "auto": that, or ONNX Runtime where
+    `onnx_is_preferred`."""
+    if runtime not in ("", "auto", *RUNTIMES):
+        raise AsrError(f"--runtime {runtime}: use one of {', '.join(RUNTIMES)} or auto")
+    if runtime == "auto":
+        runtime = "onnx" if onnx_is_preferred(model_dir, meta, gpu) else ""
     onnx_dir = is_onnx_export(model_dir)
     if runtime == "onnx" or (onnx_dir and not runtime):
         if gpu is not None:

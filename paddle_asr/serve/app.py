@@ -5,7 +5,7 @@ endpoints speak PaddleSpeech 1.5.0's protocols, so its clients work unchanged (d
                                             server_ready; binary PCM frames -> one {"result": partial}
                                             each; {"signal": "end"} -> finished with result and times
     POST /paddlespeech/asr                  a whole recording (base64), cut by the VAD as transcribe does
-    GET /health                             the bundle, its precision, open and maximum streams
+    GET /health                             the bundle, its precision and runtime, open and maximum streams
 
 The handlers only parse and reply; all model work happens on the inference worker (`serve.worker`),
 which they await. A client that misbehaves gets a reply saying what is wrong and never affects the
@@ -60,7 +60,7 @@ class ServeOptions:
     max_streams: int = 32
     max_batch: int = 32
     threads: int = 2
-    runtime: str = ""  # paddle or onnx ("": what the bundle directory holds)
+    runtime: str = "auto"  # paddle, onnx, auto (export.runtime.load_backend)
     endpoint: EndpointRules = field(default_factory=EndpointRules)
     drain_seconds: float = 30.0  # after SIGTERM, how long open streams may take to finish
 
@@ -112,6 +112,7 @@ class Service:
         meta = self.transcriber.meta
         return {"status": "draining" if self.draining else "ok", "bundle": str(self.bundle),
                 "model": meta.get("model"), "precision": meta.get("precision", "fp32"),
+                "runtime": self.transcriber.runtime,
                 "streaming": not self.model.refusal, "streaming_refused": self.model.refusal or None,
                 "open_streams": self.open_streams, "max_streams": self.options.max_streams,
                 "max_batch": self.options.max_batch, "chunk_size": self.options.chunk_size,
@@ -321,7 +322,7 @@ def _log_to_stderr() -> None:
 
 def startup_line(service: Service) -> str:
     o, h = service.options, service.health()
-    return (f"serving {service.bundle} ({h['model']}, {h['precision']}) on http://{o.host}:{o.port}: "
+    return (f"serving {service.bundle} ({h['model']}, {h['precision']}, {h['runtime']}) on http://{o.host}:{o.port}: "
             f"WebSocket {STREAMING_PATH} ({'chunk ' + str(o.chunk_size) if h['streaming'] else 'refused'}), "
             f"POST {OFFLINE_PATH}, GET /health; up to {o.max_streams} streams, {o.max_batch} per encoder call")
 
@@ -352,10 +353,6 @@ class DrainingServer(uvicorn.Server):
         return await super().on_tick(counter)
 
 
-def _runtime(args) -> str:
-    return "" if args.runtime == "auto" else args.runtime
-
-
 def serve_from_args(args) -> int:
     """`paddle-asr serve` with its parsed command-line arguments."""
     rules = EndpointRules(silence_without_text=args.endpoint_silence_no_text, silence_after_text=args.endpoint_silence,
@@ -363,5 +360,5 @@ def serve_from_args(args) -> int:
     return serve(Path(args.model), ServeOptions(
         host=args.host, port=args.port, chunk_size=args.chunk_size, num_left_chunks=args.num_left_chunks,
         beam_size=args.beam_size, max_streams=args.max_streams, max_batch=args.max_batch, threads=args.threads,
-        runtime=_runtime(args),
+        runtime=args.runtime,
         endpoint=rules, drain_seconds=args.drain_seconds))
