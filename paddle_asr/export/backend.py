@@ -62,6 +62,24 @@ class _RecordingPredictor:
         return self.predictor.run(feeds)
 
 
+class Streams:
+    """`new_stream_state` of a backend (Paddle Inference or ONNX Runtime) whose chunk program is
+    `_chunk` (None: the model cannot stream, for the reason `cannot_stream` gives); a family's mixin
+    sets `cannot_stream` and makes its fresh state in `_fresh_stream_state`."""
+
+    model_dir: Path
+    _chunk: object | None
+    cannot_stream: str
+
+    def new_stream_state(self):
+        if self._chunk is None:
+            raise AsrError(f"{self.model_dir} cannot stream: {self.cannot_stream}")
+        return self._fresh_stream_state()
+
+    def _fresh_stream_state(self):
+        raise NotImplementedError
+
+
 class ExportedBackend:
     """The programs every family exports: `encoder` and `ctc_activation`. A family's backend
     subclasses this and sets the attributes below."""

@@ -33,8 +33,13 @@ from paddle.static import InputSpec
 from paddle_asr.config import AsrConfig
 from paddle_asr.decode.dygraph_backend import DeepSpeech2DygraphBackend
 from paddle_asr.decode.recognizer import chunk_windows
-from paddle_asr.errors import AsrError
-from paddle_asr.export.backend import ENCODER_CHUNK_VERSION, ExportedBackend, require_chunk_version, require_meta
+from paddle_asr.export.backend import (
+    ENCODER_CHUNK_VERSION,
+    ExportedBackend,
+    Streams,
+    require_chunk_version,
+    require_meta,
+)
 from paddle_asr.export.common import (
     PARITY_ATOL,
     PARITY_LENGTHS,
@@ -195,18 +200,16 @@ def bundle_meta(config: AsrConfig, model: DeepSpeech2Model) -> dict:
     return meta
 
 
-class DeepSpeech2Streams:
-    """`new_stream_state` of a DeepSpeech2 backend whose chunk program is `_chunk` (None: the offline
-    model) with recurrent states of `_state_shape`; shared by Paddle Inference and ONNX Runtime."""
+class DeepSpeech2Streams(Streams):
+    """A DeepSpeech2 backend's streams: recurrent states of `_state_shape` (no chunk program: the
+    offline model); shared by Paddle Inference and ONNX Runtime."""
 
-    model_dir: Path
     _chunk: DeepSpeech2ChunkProgram | None
     _state_shape: tuple
+    cannot_stream = ("only the online DeepSpeech2 model (rnn_direction: forward) has an encoder_chunk "
+                     "program; use decoding_chunk_size: -1")
 
-    def new_stream_state(self) -> DeepSpeech2StreamState:
-        if self._chunk is None:
-            raise AsrError(f"{self.model_dir} cannot stream: only the online DeepSpeech2 model (rnn_direction: "
-                           "forward) has an encoder_chunk program; use decoding_chunk_size: -1")
+    def _fresh_stream_state(self) -> DeepSpeech2StreamState:
         zeros = np.zeros(self._state_shape, np.float32)
         return DeepSpeech2StreamState(zeros, zeros.copy())
 

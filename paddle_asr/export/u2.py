@@ -25,10 +25,10 @@ from paddle.static import InputSpec
 from paddle_asr.config import AsrConfig
 from paddle_asr.decode.dygraph_backend import DygraphBackend
 from paddle_asr.decode.recognizer import chunk_windows
-from paddle_asr.errors import AsrError
 from paddle_asr.export.backend import (
     ENCODER_CHUNK_VERSION,
     ExportedBackend,
+    Streams,
     pad_axis,
     require_chunk_version,
     require_meta,
@@ -160,18 +160,16 @@ def bundle_meta(config: AsrConfig, model: U2Model) -> dict:
     }
 
 
-class U2Streams:
-    """`new_stream_state` of a U2 backend whose chunk program is `_chunk` (None: the model cannot
-    stream) with caches of `_cache_shapes`; shared by the Paddle Inference and ONNX Runtime backends."""
+class U2Streams(Streams):
+    """A U2 backend's streams: caches of `_cache_shapes`; shared by the Paddle Inference and ONNX
+    Runtime backends."""
 
-    model_dir: Path
     _chunk: U2ChunkProgram | None
     _cache_shapes: tuple
+    cannot_stream = ("its model was not trained with chunk masks and causal convolutions (e.g. "
+                     "chunk_conformer.yaml); use decoding_chunk_size: -1")
 
-    def new_stream_state(self) -> U2StreamState:
-        if self._chunk is None:
-            raise AsrError(f"{self.model_dir} cannot stream: its model was not trained with chunk masks and causal "
-                           "convolutions (e.g. chunk_conformer.yaml); use decoding_chunk_size: -1")
+    def _fresh_stream_state(self) -> U2StreamState:
         return U2StreamState.new(*self._cache_shapes)
 
     def _set_up_streams(self, meta: dict, chunk_program) -> None:

@@ -283,7 +283,7 @@ def _assign_voices(counts: dict[str, int], seed: int) -> dict[str, list[str]]:
     return voices
 
 
-def _plan_speakers(splits: tuple[str, ...], voices: dict[str, list[str]], per_speaker: dict[str, int],
+def _plan_speakers(splits: tuple[str, ...], voices: dict[str, list[str]], utts_per_speaker: int,
                    sentences: Iterator[list[str]], rng: np.random.Generator, wav_dir: Path
                    ) -> tuple[list[dict], dict[str, str], list[str]]:
     """The synthesis job of every speaker of `splits`, split by split; returns the jobs, the
@@ -293,7 +293,7 @@ def _plan_speakers(splits: tuple[str, ...], voices: dict[str, list[str]], per_sp
         split_ids = []
         for k, voice in enumerate(voices[split]):
             spk = f"S{_SPLIT_FIRST_SPEAKER[split] + k:04d}"
-            utts = _speaker_utterances(spk, per_speaker[split], sentences, rng)
+            utts = _speaker_utterances(spk, utts_per_speaker, sentences, rng)
             for utt, words in utts:
                 transcripts[utt["id"]] = " ".join(words)
                 split_ids.append(utt["id"])
@@ -305,7 +305,7 @@ def _plan_speakers(splits: tuple[str, ...], voices: dict[str, list[str]], per_sp
     return jobs, transcripts, untranscribed
 
 
-def _plan_corpus(counts: dict[str, int], per_speaker: dict[str, int], seed: int, design: TextDesign, es: ESpeak,
+def _plan_corpus(counts: dict[str, int], utts_per_speaker: int, seed: int, design: TextDesign, es: ESpeak,
                  wav_dir: Path) -> tuple[list[dict], dict[str, str], list[str], list[list[str]]]:
     """`_plan_speakers` of every split, and the sentences of train, dev and test in that order.
     The unseen-voice split draws from generators of its own, after the others, with sentences none
@@ -313,12 +313,12 @@ def _plan_corpus(counts: dict[str, int], per_speaker: dict[str, int], seed: int,
     voices = _assign_voices(counts, seed)
     rng = np.random.default_rng(seed)
     main = SPLITS[:3]
-    sentences = make_sentences(design, sum(counts[s] * per_speaker[s] for s in main), rng, es)
-    planned = _plan_speakers(main, voices, per_speaker, iter(sentences), rng, wav_dir)
+    sentences = make_sentences(design, sum(counts[s] for s in main) * utts_per_speaker, rng, es)
+    planned = _plan_speakers(main, voices, utts_per_speaker, iter(sentences), rng, wav_dir)
     unseen_rng = np.random.default_rng([seed, 2])
     taken = frozenset("".join(words) for words in sentences)
-    unseen = make_sentences(design, counts[UNSEEN] * per_speaker[UNSEEN], unseen_rng, es, exclude=taken)
-    extra = _plan_speakers((UNSEEN,), voices, per_speaker, iter(unseen), unseen_rng, wav_dir)
+    unseen = make_sentences(design, counts[UNSEEN] * utts_per_speaker, unseen_rng, es, exclude=taken)
+    extra = _plan_speakers((UNSEEN,), voices, utts_per_speaker, iter(unseen), unseen_rng, wav_dir)
     return planned[0] + extra[0], {**planned[1], **extra[1]}, planned[2] + extra[2], sentences
 
 
@@ -363,11 +363,10 @@ def generate_demo_corpus(out_dir: Path, *, seed: int = 20261122, num_train_speak
     root = out_dir / "data_aishell"
     counts = {"train": num_train_speakers, "dev": num_dev_speakers, "test": num_test_speakers,
               UNSEEN: num_unseen_speakers}
-    per_speaker = {s: utts_per_speaker for s in SPLITS}
-    if min(counts[s] for s in SPLITS[:3]) < 1 or num_unseen_speakers < 0 or min(per_speaker.values()) < 1:
+    if min(counts[s] for s in SPLITS[:3]) < 1 or num_unseen_speakers < 0 or utts_per_speaker < 1:
         raise ValueError("need >= 1 speaker in train, dev and test, and >= 1 utterance per speaker")
     params = {"generator_version": GENERATOR_VERSION, "seed": seed, "speakers": counts,
-              "utts_per_speaker": per_speaker}
+              "utts_per_speaker": utts_per_speaker}
     reused = reuse_complete(root, params, force, log, "demo")
     if reused is not None:
         return reused
@@ -378,7 +377,7 @@ def generate_demo_corpus(out_dir: Path, *, seed: int = 20261122, num_train_speak
     tmp = partial_dir(root)
     (tmp / "wav").mkdir(parents=True)
     (tmp / "transcript").mkdir()
-    jobs, transcripts, untranscribed, sentences = _plan_corpus(counts, per_speaker, seed, design, es,
+    jobs, transcripts, untranscribed, sentences = _plan_corpus(counts, utts_per_speaker, seed, design, es,
                                                                tmp / "wav")
     log(f"[demo] charset {len(design.chars)} chars, vocabulary {len(design.words)} words, "
         f"{len(transcripts)} sentences ({time.time() - start:.1f}s)")
@@ -388,13 +387,13 @@ def generate_demo_corpus(out_dir: Path, *, seed: int = 20261122, num_train_speak
             for uid in sorted(transcripts):
                 if uid not in untranscribed:
                     f.write(f"{uid} {transcripts[uid]}\n")
-        train_text = "".join("".join(words) for words in sentences[:counts["train"] * per_speaker["train"]])
+        train_text = "".join("".join(words) for words in sentences[:counts["train"] * utts_per_speaker])
         summary = {
             "path": str(root),
             "speakers": {s: counts[s] for s in SPLITS},
             "speaker_voices": {j["speaker"]: j["voice"] for j in jobs},
             "speakers_by_split": {s: sorted(j["speaker"] for j in jobs if j["split"] == s) for s in SPLITS},
-            "utterances": {s: counts[s] * per_speaker[s] for s in SPLITS},
+            "utterances": {s: counts[s] * utts_per_speaker for s in SPLITS},
             "total_seconds": round(sum(durations.values()), 2),
             **_coverage(design, train_text),
             "untranscribed_ids": sorted(untranscribed),
