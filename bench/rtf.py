@@ -1,6 +1,6 @@
 """Real-time factor of encoder + CTC log-probabilities on one utterance: the dynamic graph, the
 exported FP32 program (Paddle Inference, oneDNN), the PaddleSlim INT8 program, and the ONNX export
-of the FP32 program on ONNX Runtime, FP32 and with dynamic INT8 MatMul (export.onnx), at 1 and 2
+of the FP32 program on ONNX Runtime, FP32 and INT8 as stage 6 makes it (export.onnx_int8), at 1 and 2
 threads, each thread count in a process of its own.
 
 The model is the AISHELL Conformer with random weights (timing does not depend on them), exported
@@ -41,6 +41,13 @@ def build(config_path: Path, vocab: int):
     return config, model
 
 
+def calibration_batches(input_dim: int):
+    """The INT8 programs' calibration: random feature batches, Paddle's and ONNX Runtime's alike."""
+    for seed in range(8):
+        feats, lengths, _, _ = random_batch(4, 600, input_dim, 10, 1, seed=100 + seed)
+        yield feats, lengths
+
+
 def exported(model, config, work: Path, log) -> tuple[Path, Path]:
     """exp/bench/<name>/fp32/encoder and int8/encoder, made once."""
     from paddle_asr.export.export import export_model
@@ -52,22 +59,16 @@ def exported(model, config, work: Path, log) -> tuple[Path, Path]:
         export_model(model, config.input_dim, fp32)
     if not (int8 / "encoder" / "model.pdmodel").is_file():
         log(f"quantizing to {int8}")
-
-        def calib():
-            for seed in range(8):
-                feats, lengths, _, _ = random_batch(4, 600, config.input_dim, 10, 1, seed=100 + seed)
-                yield feats, lengths
-        quantize_ptq(fp32 / "encoder", int8 / "encoder", calib)
-    onnx_files(fp32 / "encoder", work, log)
+        quantize_ptq(fp32 / "encoder", int8 / "encoder", lambda: calibration_batches(config.input_dim))
+    onnx_files(fp32 / "encoder", work, config.input_dim, log)
     return fp32 / "encoder", int8 / "encoder"
 
 
-def onnx_files(encoder: Path, work: Path, log) -> tuple[Path, Path]:
-    """exp/bench/<name>/onnx/encoder.onnx (paddle2onnx, named as stage 4 names it) and its dynamic
-    INT8 MatMul form onnx_int8/encoder.onnx, made once."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
+def onnx_files(encoder: Path, work: Path, input_dim: int, log) -> tuple[Path, Path]:
+    """exp/bench/<name>/onnx/encoder.onnx (paddle2onnx, named as stage 4 names it) and its INT8 form
+    onnx_int8/encoder.onnx as stage 6 makes it (export.onnx_int8), made once."""
     from paddle_asr.export.onnx import ENCODER, PROGRAM_IO, convert_program, name_io
+    from paddle_asr.export.onnx_int8 import quantize_onnx_file
 
     fp32, int8 = work / "onnx" / ENCODER, work / "onnx_int8" / ENCODER
     if not fp32.is_file():
@@ -78,7 +79,8 @@ def onnx_files(encoder: Path, work: Path, log) -> tuple[Path, Path]:
         name_io(fp32, {n: n for n in inputs}, outputs)
     if not int8.is_file():
         int8.parent.mkdir(parents=True, exist_ok=True)
-        quantize_dynamic(str(fp32), str(int8), op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8)
+        quantize_onnx_file(fp32, int8, lambda: ({"feats": f, "feats_lengths": n.astype("int64")}
+                                                for f, n in calibration_batches(input_dim)))
     return fp32, int8
 
 

@@ -133,7 +133,8 @@ def cmd_quantize(args) -> int:
 
     quantize_bundle(Path(args.bundle), Path(args.out), args.calib, num_calib=args.num_calib, batch_size=args.batch_size,
                     functions=args.functions, fp32_layers=args.fp32_layers, force=args.force, log=log)
-    onnx_int8_stage(Path(args.bundle), Path(args.out), args.functions, force=args.force, log=log)
+    onnx_int8_stage(Path(args.bundle), Path(args.out), args.functions, args.calib, num_calib=args.num_calib,
+                    batch_size=args.batch_size, force=args.force, log=log)
     return 0
 
 

@@ -242,26 +242,30 @@ def test_export_stage(bundle: Path, data: Path, decode_config: Path, *, out_pref
     return 0
 
 
-def onnx_int8_stage(fp32_bundle: Path, int8_bundle: Path, functions: str, *, force: bool = False,
-                    log: Log = print) -> None:
+def onnx_int8_stage(fp32_bundle: Path, int8_bundle: Path, functions: str, calib: Path | str, *, num_calib: int = 64,
+                    batch_size: int = 8, force: bool = False, log: Log = print) -> None:
     """Stage 6's ONNX INT8 export (export/onnx_int8 beside the INT8 bundle) from stage 4's ONNX
-    export (export/onnx beside the FP32 one), when there is one."""
-    from paddle_asr.export.onnx import quantize_onnx_export
+    export (export/onnx beside the FP32 one), when there is one, calibrated on the utterances the
+    Paddle INT8 bundle was."""
+    from paddle_asr.export.calibrate import onnx_calibration
     from paddle_asr.export.onnx_backend import is_onnx_export
+    from paddle_asr.export.onnx_int8 import quantize_onnx_export
 
     src, out = Path(fp32_bundle).parent / "onnx", Path(int8_bundle).parent / "onnx_int8"
     if not is_onnx_export(src):
         log(f"stage 6 (ONNX INT8): skipped, no ONNX export in {src} (stage 4 writes it)")
         return
     names = [f for f in functions.split(",") if f]
-    fp = fingerprint("onnx-int8-v1", src / "encoder.onnx", names)
+    fp = fingerprint("onnx-int8-v2", src / "encoder.onnx", names, Path(calib), num_calib, batch_size)
     if reuse_or_clear(out, fp, "stage 6 (ONNX INT8)", force, log, noun="ONNX INT8 export"):
         return
-    files = quantize_onnx_export(src, out, names)
+    calibration = onnx_calibration(src, Path(fp32_bundle), calib, num_calib, batch_size)
+    files = quantize_onnx_export(src, out, names, calibration)
     mark_complete(out, fp)
     size = sum(p.stat().st_size for p in out.glob("*.onnx")) / 1e6
-    log(f"stage 6 (ONNX INT8): {', '.join(files)} with INT8 MatMul weights (ONNX Runtime dynamic quantization), "
-        f"{size:.2f} MB in all -> {out}")
+    log(f"stage 6 (ONNX INT8): {', '.join(files)} with INT8 MatMul weights (ONNX Runtime dynamic quantization) "
+        f"and INT8 subsampling convolutions in {', '.join(f for f in files if f in calibration)} (static, "
+        f"calibrated), {size:.2f} MB in all -> {out}")
 
 
 def _model_bytes(bundle: Path, meta: dict, runtime: str) -> int:

@@ -33,10 +33,10 @@ from paddle_asr.export.onnx import (
     STREAMING_MODEL,
     TOKENS,
     export_onnx,
-    quantize_onnx_export,
     snip_edges_shift,
 )
 from paddle_asr.export.onnx_backend import OnnxU2Backend
+from paddle_asr.export.onnx_int8 import quantize_onnx_export, static_convolutions
 from paddle_asr.export.runtime import load_backend, onnx_is_preferred
 from paddle_asr.features import compute_fbank, mel_bank_map
 from tests.conftest import real_fixture
@@ -317,15 +317,29 @@ def test_a_failed_conversion_names_the_operator_and_leaves_no_export(exported, t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fp32"]
 
 
-def test_int8_export_quantizes_the_encoder_matmuls_and_decodes(exported, backends, tmp_path):
+def _calibration(onnx_dir: Path) -> dict:
+    """Stage 6's calibration feeds, from the real fixture utterances' fbank."""
+    feats = [compute_fbank(_samples(w) * 32768, FeatureConfig()) for w in WAVS]
+    return {"encoder.onnx": lambda: ({"feats": f[None], "feats_lengths": np.asarray([len(f)])} for f in feats),
+            "encoder_chunk.onnx": lambda: OnnxU2Backend(onnx_dir).chunk_program_feeds(feats, 16)}
+
+
+def test_int8_export_quantizes_the_encoder_and_decodes(exported, backends, tmp_path):
     """Stage 6's ONNX INT8: dynamic INT8 MatMul in the encoder files (WeNet's metadata kept), the
-    decoder left FP32; ONNX Runtime and sherpa-onnx decode it, close to FP32."""
+    subsampling's second convolution static INT8 in our runtime's files (calibrated), the first
+    FP32; the decoder left FP32; ONNX Runtime and sherpa-onnx decode it, close to FP32."""
     _, _, out = exported
     int8 = tmp_path / "onnx_int8"
     files = ["encoder.onnx", "encoder_chunk.onnx", OFFLINE_MODEL, STREAMING_MODEL]
-    assert quantize_onnx_export(out, int8, ["encoder"]) == files
+    assert quantize_onnx_export(out, int8, ["encoder"], _calibration(out)) == files
     for name in files:
-        assert "MatMulInteger" in {n.op_type for n in onnx.load(str(int8 / name)).graph.node}, name
+        ops = [n.op_type for n in onnx.load(str(int8 / name)).graph.node]
+        assert "MatMulInteger" in ops, name
+        fp32_convs = [n.op_type for n in onnx.load(str(out / name)).graph.node].count("Conv")
+        static = len(static_convolutions(out / name))
+        assert static == 1, name  # Conv2dSubsampling4: its second convolution
+        assert ops.count("QLinearConv") == (static if name in ("encoder.onnx", "encoder_chunk.onnx") else 0), name
+        assert ops.count("Conv") == fp32_convs - ops.count("QLinearConv"), name
     assert _io(out / OFFLINE_MODEL)[2].items() <= _io(int8 / OFFLINE_MODEL)[2].items()
     assert (int8 / "decoder.onnx").read_bytes() == (out / "decoder.onnx").read_bytes()
     assert json.loads((int8 / "meta.json").read_text())["precision"] == "int8"

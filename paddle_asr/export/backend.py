@@ -79,6 +79,20 @@ class Streams:
     def _fresh_stream_state(self):
         raise NotImplementedError
 
+    def chunk_program_feeds(self, utterances: Iterable[np.ndarray], chunk_size: int) -> list[dict[str, np.ndarray]]:
+        """The inputs `encoder_chunk` meets when each utterance [T, D] streams alone, `chunk_size`
+        encoder frames at a time (stage 6 calibrates the INT8 chunk program on them)."""
+        if self._chunk is None:
+            raise AsrError(f"{self.model_dir} has no streaming encoder_chunk program")
+        recorder = _RecordingPredictor(self._chunk.predictor)
+        self._chunk.predictor = recorder
+        try:
+            for feats in utterances:
+                encode_streaming(self, feats, chunk_size, -1)
+        finally:
+            self._chunk.predictor = recorder.predictor
+        return recorder.feeds
+
 
 class ExportedBackend:
     """The programs every family exports: `encoder` and `ctc_activation`. A family's backend
@@ -131,17 +145,3 @@ class ExportedBackend:
     def encode_chunks(self, xs: np.ndarray, states: list, required_cache_size: int) -> tuple[np.ndarray, list]:
         """B streams' next chunk windows through the streaming encoder at once (see decode.recognizer.Backend)."""
         raise NotImplementedError
-
-    def chunk_program_feeds(self, utterances: Iterable[np.ndarray], chunk_size: int) -> list[dict[str, np.ndarray]]:
-        """The inputs `encoder_chunk` meets when each utterance [T, D] streams alone, `chunk_size`
-        encoder frames at a time (stage 6 calibrates the INT8 chunk program on them)."""
-        if self._chunk is None:
-            raise AsrError(f"{self.model_dir} has no streaming encoder_chunk program")
-        recorder = _RecordingPredictor(self._chunk.predictor)
-        self._chunk.predictor = recorder
-        try:
-            for feats in utterances:
-                encode_streaming(self, feats, chunk_size, -1)
-        finally:
-            self._chunk.predictor = recorder.predictor
-        return recorder.feeds

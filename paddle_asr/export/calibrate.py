@@ -13,6 +13,8 @@ import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
+
 from paddle_asr.artifacts import (
     atomic_directory,
     atomic_write_text,
@@ -97,12 +99,15 @@ def calibration_utterances(manifest: Path, num: int) -> list:
     return sorted(utts, key=lambda u: u.key)[::step][:num]
 
 
+def calibration_batches(fp32_dir: Path, utts: list, batch_size: int) -> Callable[[], Iterator]:
+    """A callable yielding the calibration utterances' batches, read with the bundle's features and units."""
+    _, features, tokenizer = read_bundle(fp32_dir)
+    return lambda: iterate_batches(make_batches(utts, batch_size), tokenizer, features, train=False)
+
+
 def calibration_feeds(fp32_dir: Path, meta: dict, utts: list, batch_size: int) -> dict[str, Callable[[], Iterator]]:
     """{program: a callable yielding its calibration batches} for `quantize_ptq`."""
-    _, features, tokenizer = read_bundle(fp32_dir)
-
-    def batches():
-        return iterate_batches(make_batches(utts, batch_size), tokenizer, features, train=False)
+    batches = calibration_batches(fp32_dir, utts, batch_size)
 
     def encoder_batches():
         for b in batches():
@@ -127,6 +132,28 @@ def calibration_feeds(fp32_dir: Path, meta: dict, utts: list, batch_size: int) -
             yield from backend.chunk_program_feeds((f[:n] for f, n in zip(b.feats, b.feat_lengths)), CALIBRATION_CHUNK)
 
     return {"encoder": encoder_batches, "decoder": decoder_batches, "encoder_chunk": chunk_batches}
+
+
+def onnx_calibration(onnx_dir: Path, fp32_dir: Path, calib: Path | str, num_calib: int, batch_size: int) -> dict:
+    """The ONNX INT8 export's calibration (`export.onnx_int8.Calibration`): the encoder's fbank
+    batches, and the inputs the ONNX chunk program meets when each utterance streams alone."""
+    from paddle_asr.export.onnx import CHUNK, ENCODER
+    from paddle_asr.export.onnx_backend import load_onnx_backend
+
+    meta, _, _ = read_bundle(fp32_dir)
+    batches = calibration_batches(fp32_dir, calibration_utterances(calib, num_calib), batch_size)
+
+    def encoder_feeds():
+        for b in batches():
+            yield {"feats": b.feats, "feats_lengths": np.asarray(b.feat_lengths, np.int64)}
+
+    def chunk_feeds():
+        backend = load_onnx_backend(onnx_dir, meta)
+        for b in batches():
+            yield from backend.chunk_program_feeds((f[:n] for f, n in zip(b.feats, b.feat_lengths)), CALIBRATION_CHUNK)
+
+    streams = bool(meta.get("supports_streaming")) and (Path(onnx_dir) / CHUNK).is_file()
+    return {ENCODER: encoder_feeds, **({CHUNK: chunk_feeds} if streams else {})}
 
 
 def quantize_bundle(fp32_dir: Path, out: Path, calib: Path | str, *, num_calib: int = 64, batch_size: int = 8,

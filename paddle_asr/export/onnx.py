@@ -22,7 +22,6 @@ conversion that fails leaves no output directory and names the operators paddle2
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,7 @@ OPSET = 17
 OFFLINE_MODEL = "model.onnx"
 STREAMING_MODEL = "model-streaming.onnx"
 ENCODER = "encoder.onnx"
+CHUNK = "encoder_chunk.onnx"
 TOKENS = "tokens.txt"
 # sherpa-onnx's fbank for WeNet models (its FeatureExtractorConfig defaults): mel banks up to
 # Nyquist - 400 Hz, no snip_edges; otherwise Kaldi's, as ours (docs/onnx.md has the table).
@@ -336,31 +336,6 @@ def _write_onnx(bundle: Path, out: Path, meta: dict, model) -> list[str]:
         write_tokens(bundle / VOCAB, tmp / TOKENS)
         copy_bundle_files(bundle, tmp, runtime="onnx", onnx_opset=OPSET)
         return sorted(p.name for p in tmp.iterdir())
-
-
-# The files stage 6 quantizes for each program name of `paddle-asr quantize --functions` (the
-# encoder brings its streaming forms along, as the Paddle INT8 bundle's encoder_chunk).
-INT8_FILES = {"encoder": (ENCODER, "encoder_chunk.onnx", OFFLINE_MODEL, STREAMING_MODEL), "decoder": ("decoder.onnx",)}
-
-
-def quantize_onnx_export(src: Path, out: Path, functions: list[str]) -> list[str]:
-    """The INT8 ONNX export of the FP32 one in `src`: ONNX Runtime's dynamic quantization of every
-    MatMul (INT8 weights, activations quantized per call), as WeNet's sherpa-onnx models are, for
-    the files of `functions`; the others are copied. Returns the quantized files."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    src, out = Path(src), Path(out)
-    names = [f for fn in functions for f in INT8_FILES.get(fn, ()) if (src / f).is_file()]
-    with atomic_directory(out) as tmp:
-        for path in sorted(src.iterdir()):
-            if path.name in names:
-                with quiet_output():
-                    quantize_dynamic(str(path), str(tmp / path.name), op_types_to_quantize=["MatMul"],
-                                     weight_type=QuantType.QInt8)
-            elif path.is_file() and not path.name.startswith("."):  # not the FP32 export's completion record
-                shutil.copyfile(path, tmp / path.name)
-        copy_bundle_files(src, tmp, precision="int8", int8_functions=functions, onnx_int8_files=names)
-    return names
 
 
 if __name__ == "__main__":  # the child process of convert_program

@@ -18,10 +18,8 @@ from paddle_asr.errors import AsrError
 from paddle_asr.export.backend import require_chunk_version, require_meta
 from paddle_asr.export.bundle import META
 from paddle_asr.export.deepspeech2 import DeepSpeech2ChunkProgram, DeepSpeech2Streams
-from paddle_asr.export.onnx import ENCODER
+from paddle_asr.export.onnx import CHUNK, ENCODER
 from paddle_asr.export.u2 import U2Streams
-
-CHUNK = "encoder_chunk.onnx"
 
 
 class OrtProgram:
