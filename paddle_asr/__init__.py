@@ -26,3 +26,12 @@ from paddle_asr.cpu_settings import choose_mkl_kernels  # noqa: E402
 choose_mkl_kernels()
 
 __version__ = "0.1.0"
+
+
+def load(bundle, **options):
+    """A `paddle_asr.api.SpeechRecognizer` for an exported bundle: `.transcribe(path or samples)`,
+    `.stream()`. Options as `paddle_asr.api.load`. Imported on first use, so that `import paddle_asr`
+    stays light."""
+    from paddle_asr.api import load as load_bundle
+
+    return load_bundle(bundle, **options)

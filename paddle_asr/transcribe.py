@@ -73,12 +73,6 @@ class FileResult:
     def text(self) -> str:
         return join_texts(s.text for s in self.segments)
 
-    def to_json(self) -> dict:
-        return {"key": self.key, "path": str(self.path), "duration": round(self.duration, 3), "text": self.text,
-                "segments": [{"start": s.start, "end": s.end, "text": s.text, "tokens": s.tokens,
-                              **({"words": s.words} if s.words else {}),
-                              **({} if s.aligned else {"aligned": False})} for s in self.segments]}
-
 
 def join_texts(texts) -> str:
     """Join segment texts: Chinese needs no separator; words in Latin script do."""
@@ -276,9 +270,11 @@ def transcribe_inputs(bundle: Path, inputs: list[AudioInput], options: Transcrib
     """
     from tqdm import tqdm
 
+    from paddle_asr.api import SpeechRecognizer  # the API is built on this module
+
     if output_format not in ("text", "json"):
         raise AsrError(f"--format must be text or json, got {output_format!r}")
-    transcriber = Transcriber(bundle, options)
+    recognizer = SpeechRecognizer(bundle, options)
     if show_progress is None:
         show_progress = err.isatty()
     bar = tqdm(total=total_seconds(inputs) if show_progress else 0, unit="s", unit_scale=True,
@@ -286,7 +282,7 @@ def transcribe_inputs(bundle: Path, inputs: list[AudioInput], options: Transcrib
     failures: list[tuple[str, str]] = []
     started, audio_s = time.perf_counter(), 0.0
     with bar:
-        for result in transcriber.transcribe(inputs, progress=bar.update):
+        for result in recognizer.transcribe_many(inputs, progress=bar.update):
             if result.error:
                 failures.append((str(result.path), result.error))
                 bar.write(f"error: {result.error}", file=err)

@@ -55,6 +55,11 @@ def pieces(samples: np.ndarray, size: int = FRAME) -> list[bytes]:
 
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory) -> dict[str, Path]:
+    return make_bundles(tmp_path_factory)
+
+
+def make_bundles(tmp_path_factory) -> dict[str, Path]:
+    """Small exported bundles with random weights: U2 streaming, DeepSpeech2 online and offline."""
     out = {}
     config, model = build_small_u2()
     out["u2"] = tmp_path_factory.mktemp("u2") / "fp32"

@@ -32,12 +32,12 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from starlette.websockets import WebSocketDisconnect
 
+from paddle_asr.api import load
 from paddle_asr.cpu_settings import let_idle_threads_sleep
 from paddle_asr.data.audio import decode_audio
 from paddle_asr.errors import AsrError
-from paddle_asr.serve.engine import SERVE_LEFT_CHUNKS, EndpointRules, StreamingModel, StreamOptions
+from paddle_asr.serve.engine import SERVE_LEFT_CHUNKS, EndpointRules, StreamOptions
 from paddle_asr.serve.worker import InferenceWorker, ServerBusy, Stream
-from paddle_asr.transcribe import TranscribeOptions, Transcriber
 
 log = logging.getLogger("paddle_asr.serve")
 
@@ -98,11 +98,11 @@ class Service:
         options.check()
         self.bundle, self.options = Path(bundle), options
         # Offline requests decode whole recordings (full attention); streams use the chunk encoder.
-        self.transcriber = Transcriber(self.bundle, TranscribeOptions(beam_size=options.beam_size,
-                                                                      num_threads=options.threads,
-                                                                      runtime=options.runtime))
-        self.model = StreamingModel(self.transcriber, StreamOptions(options.chunk_size, options.num_left_chunks,
-                                                                    options.endpoint))
+        self.recognizer = load(self.bundle, beam_size=options.beam_size, num_threads=options.threads,
+                               runtime=options.runtime)
+        self.transcriber = self.recognizer.transcriber
+        self.model = self.recognizer.streaming_model(StreamOptions(options.chunk_size, options.num_left_chunks,
+                                                                   options.endpoint))
         self.worker = InferenceWorker(self.model, max_batch=options.max_batch,
                                       queue_size=options.max_streams + OFFLINE_QUEUE)
         self.open_streams = 0

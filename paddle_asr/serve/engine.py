@@ -198,7 +198,10 @@ class ChunkCutter:
         chunk windows it completes."""
         if len(pcm) % 2:
             raise AsrError(f"a frame of {len(pcm)} bytes is not whole 16-bit samples")
-        samples = np.frombuffer(pcm, "<i2").astype(np.float32)
+        return self.accept_samples(np.frombuffer(pcm, "<i2").astype(np.float32))
+
+    def accept_samples(self, samples: np.ndarray) -> list[Window]:
+        """Mono samples in the int16 range at the model's rate -> the chunk windows they complete."""
         self.samples += len(samples)
         frames = self._fbank.accept(samples)
         if len(frames):
@@ -289,26 +292,48 @@ class StreamingSession:
         current = self.model.tokenizer.decode(self.beam.best())
         return join_texts([*(s.text for s in self.segments), current])
 
+    def final_segments(self) -> list[SegmentResult]:
+        """After the end of the audio and its last window: every segment with text, the last one
+        finalized (rescored)."""
+        seg = self.model.finalize_segment(self, self.end_s)
+        return [*self.segments, seg] if seg.text else list(self.segments)
+
     def final(self) -> dict:
         """After the end of the audio and its last window: the PaddleSpeech reply fields `result` and
         `times` ([{"w": unit, "bg": s, "ed": s}], seconds from the start of the stream)."""
-        seg = self.model.finalize_segment(self, self.end_s)
-        segments = [*self.segments, seg] if seg.text else self.segments
+        segments = self.final_segments()
         times = [{"w": t["token"], "bg": t["start"], "ed": t["end"]} for s in segments for t in s.tokens]
         return {"result": join_texts(s.text for s in segments), "times": times}
 
 
+class LocalStream:
+    """One stream decoded on the caller's thread (no worker): the Python API's streams
+    (`api.Stream`), tests and tools. The server runs sessions through `serve.worker`."""
+
+    def __init__(self, model: StreamingModel, max_batch: int = 1) -> None:
+        self.model, self.max_batch = model, max_batch
+        self.cutter, self.session = ChunkCutter(model), model.new_session()
+
+    def accept(self, windows: list[Window]) -> str:
+        """Encode the windows the new audio completed; returns the partial result."""
+        self.session.pending.extend(windows)
+        run_ready(self.model, [self.session], self.max_batch)
+        return self.session.partial_text
+
+    def finish(self) -> StreamingSession:
+        """The end of the audio: its last windows encoded; the session's `final*` give the result."""
+        self.accept(self.cutter.finish())
+        self.session.finishing, self.session.end_s = True, self.cutter.samples / self.model.rate
+        return self.session
+
+
 def stream_pcm(model: StreamingModel, pcm_pieces, max_batch: int = 1) -> dict:
-    """One stream through `model` on this thread (no worker): the pieces of PCM bytes, then the end.
-    For tests and tools; the server runs sessions through `serve.worker`."""
-    cutter, session = ChunkCutter(model), model.new_session()
+    """One stream through `model` on this thread: the pieces of PCM bytes, then the end; returns the
+    server's final reply fields (`StreamingSession.final`)."""
+    stream = LocalStream(model, max_batch)
     for piece in pcm_pieces:
-        session.pending.extend(cutter.accept_pcm(piece))
-        run_ready(model, [session], max_batch)
-    session.pending.extend(cutter.finish())
-    session.finishing, session.end_s = True, cutter.samples / model.rate
-    run_ready(model, [session], max_batch)
-    return session.final()
+        stream.accept(stream.cutter.accept_pcm(piece))
+    return stream.finish().final()
 
 
 def run_ready(model: StreamingModel, sessions: list[StreamingSession], max_batch: int) -> None:
