@@ -280,9 +280,9 @@ def _tier(name: str, items: list[dict], label: str, duration: float) -> list[str
     if duration > at:
         intervals.append((at, duration, ""))
     lines = ['        class = "IntervalTier"', f"        name = {_praat_string(name)}", "        xmin = 0",
-             f"        xmax = {duration:g}", f"        intervals: size = {len(intervals)}"]
+             f"        xmax = {duration}", f"        intervals: size = {len(intervals)}"]
     for k, (start, end, text) in enumerate(intervals, 1):
-        lines += [f"        intervals [{k}]:", f"            xmin = {start:g}", f"            xmax = {end:g}",
+        lines += [f"        intervals [{k}]:", f"            xmin = {start}", f"            xmax = {end}",
                   f"            text = {_praat_string(text)}"]
     return lines
 
@@ -290,7 +290,7 @@ def _tier(name: str, items: list[dict], label: str, duration: float) -> list[str
 def textgrid_text(result: Alignment) -> str:
     """Praat's TextGrid text format with two interval tiers, `words` and `tokens`, over the recording."""
     duration = round(result.duration, 3)
-    lines = ['File type = "ooTextFile"', 'Object class = "TextGrid"', "", "xmin = 0", f"xmax = {duration:g}",
+    lines = ['File type = "ooTextFile"', 'Object class = "TextGrid"', "", "xmin = 0", f"xmax = {duration}",
              "tiers? <exists>", "size = 2", "item []:"]
     for k, (name, items, label) in enumerate([("words", result.words, "word"), ("tokens", result.tokens, "token")], 1):
         lines += [f"    item [{k}]:", *_tier(name, items, label, duration)]
