@@ -91,8 +91,7 @@ def transcript_ids(tokenizer: CharTokenizer, words: list[tuple[str, list[str]]])
     missing = sorted({u for _, units in words for u in units if u not in tokenizer.index})
     if missing:
         raise AsrError(f"the text has units outside the model's vocabulary: {_listed(map(repr, missing))}; "
-                       "correct the text, or use a "
-                       "model whose units include them")
+                       "correct the text, or use a model whose units include them")
     return [tokenizer.index[u] for _, units in words for u in units]
 
 
@@ -158,8 +157,8 @@ def _confidence(log_probs: np.ndarray, token: int, span: tuple[int, int]) -> flo
     return float(np.exp(log_probs[span[0]: span[1], token].max()))
 
 
-def timed_alignment(words: list[tuple[str, list[str]]], spans: list[tuple[int, int]], confs: list[float],
-                    times: list[tuple[float, float]]) -> tuple[list[dict], list[dict]]:
+def timed_alignment(words: list[tuple[str, list[str]]], confs: list[float], times: list[tuple[float, float]]
+                    ) -> tuple[list[dict], list[dict]]:
     """(words, tokens) with start/end seconds (3 decimals) and confidences (2 decimals; a word's is
     its least confident token's)."""
     tokens, timed_words = [], []
@@ -195,7 +194,8 @@ class Aligner:
 
     def _check_window(self, shift: float) -> None:
         longest = int(self.meta.get("max_encoder_frames") or 0)
-        if longest and self.window // self.backend.subsampling_rate > longest:
+        subsampling = self.backend.subsampling_rate
+        if longest and (self.window + subsampling) // subsampling > longest:  # the last window is up to one longer
             raise AsrError(f"--window {self.options.window:g} s is more than the model's positional encoding takes "
                            f"({longest} encoder frames, {longest * self.frame_seconds:g} s); give a shorter window")
         if not 1.0 <= self.options.overlap <= self.options.window / 2:
@@ -233,12 +233,13 @@ class Aligner:
         self._check_size(ids, len(log_probs), duration)
         local = [column[i] for i in ids]
         spans = token_frame_spans(log_probs, local, column[self.tokenizer.blank_id])
-        assert spans is not None  # _check_size: the frames hold the tokens
+        if spans is None:  # enough frames (_check_size), yet every path has a zero-probability step
+            raise AsrError("no CTC path of the model spells the text (it gives some unit zero probability)")
         runs = speech_runs(speech_frames(waveform, self.rate, self.options.vad.aggressiveness), self.options.vad)
         speech = [(a * FRAME_MS / 1000, b * FRAME_MS / 1000) for a, b in runs]
         times = token_intervals(spans, speech, self.frame_seconds, duration)
         confs = [_confidence(log_probs, t, s) for t, s in zip(local, spans)]
-        timed_words, tokens = timed_alignment(words, spans, confs, times)
+        timed_words, tokens = timed_alignment(words, confs, times)
         return Alignment(key, path, duration, self.frame_seconds, " ".join(w for w, _ in words), timed_words, tokens)
 
     def _check_size(self, ids: list[int], num_frames: int, duration: float) -> None:
