@@ -143,6 +143,12 @@ def test_json_ctm_and_textgrid_carry_the_same_times(bundle, tmp_path):
     (result,) = [json.loads(line) for line in runs["json"].stdout.splitlines()]
     assert [w["word"] for w in result["words"]] == ["广州市", "房地产", "中介", "协会", "分析"]
     assert "".join(t["token"] for t in result["tokens"]) == AISHELL_TEXT
+    first = 0
+    for word in result["words"]:  # a word spans its tokens and is as confident as the least of them
+        mine = result["tokens"][first: first + len(word["word"])]
+        first += len(mine)
+        assert (word["start"], word["end"]) == (mine[0]["start"], mine[-1]["end"])
+        assert word["conf"] == min(t["conf"] for t in mine)
     assert result["frame_seconds"] == 0.04 and result["duration"] == pytest.approx(sf.info(AISHELL).duration)
     check_times(result, result["duration"])
     for level, key in (("ctm", "words"), ("tokens", "tokens")):
