@@ -1,4 +1,5 @@
-"""A long recording assembled from test utterances, for checking long-form transcription.
+"""A long recording assembled from test utterances, for checking long-form transcription and the
+alignment of its concatenated reference (`align`).
 
 Utterances are joined with silences of varying length (and faint noise, so the detector meets a
 realistic floor rather than digital zeros) until the target duration. The parts file records each
