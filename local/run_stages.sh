@@ -21,7 +21,8 @@
 #                        and ONNX Runtime's INT8 MatMul on export/onnx -> exp/<name>/export/onnx_int8/, ..._export_int8_onnx_...
 #                        (--trt fp16,int8: stages 5/6 also through TensorRT on a GPU -> ..._trt_fp16/_trt_int8_...)
 #   stage  7  transcribe paddle-asr transcribe (attention rescoring, or CTC prefix beam for CTC-only models) on a few test files with the INT8 and FP32 models, and on
-#                        a long recording of test utterances (VAD segments, JSON) -> exp/<name>/long_recording/
+#                        a long recording of test utterances (VAD segments, JSON), and its reference aligned
+#                        to it (align; where each utterance's ends fall) -> exp/<name>/long_recording/
 #   stage  8  serve      paddle-asr serve on the INT8 bundle (127.0.0.1, a free port); PaddleSpeech 1.5.0's own
 #                        client streams a few test files (partials, final, reference printed; a model that
 #                        cannot stream goes through the offline HTTP endpoint); the server is stopped
@@ -221,6 +222,18 @@ if run_stage 7; then
     --format json --progress off "$long/test_${long_seconds}s.wav" > "$long/transcript.json.tmp"
   mv "$long/transcript.json.tmp" "$long/transcript.json"
   paddle-asr long-recording-report --parts "$long/test_${long_seconds}s.parts.json" --transcript "$long/transcript.json"
+  # Forced alignment of the recording's concatenated reference: where it puts each utterance's ends.
+  for precision in int8 fp32; do
+    [ -d "$exp/export/$precision" ] || continue
+    log "paddle-asr align --model $exp/export/$precision --format json --text $long/test_${long_seconds}s.text $long/test_${long_seconds}s.wav"
+    if paddle-asr align --model "$exp/export/$precision" --threads "$threads" --format json \
+         --text "$long/test_${long_seconds}s.text" --out "$long/alignment_$precision.json" "$long/test_${long_seconds}s.wav"; then
+      paddle-asr long-recording-align-report --parts "$long/test_${long_seconds}s.parts.json" \
+        --alignment "$long/alignment_$precision.json"
+    else
+      log "stage 7: the reference of the long recording cannot be aligned with the $precision model (the reason is above)"
+    fi
+  done
 fi
 
 if run_stage 8; then

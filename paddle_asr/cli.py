@@ -160,6 +160,18 @@ def cmd_transcribe(args) -> int:
                             show_progress={"auto": None, "on": True, "off": False}[args.progress])
 
 
+def cmd_align(args) -> int:
+    import dataclasses
+
+    from paddle_asr.align import AlignOptions, align_paths
+
+    vad = dataclasses.replace(AlignOptions.vad, aggressiveness=args.vad_aggressiveness)
+    options = AlignOptions(window=args.window, overlap=args.overlap, num_threads=args.threads, runtime=args.runtime,
+                           vad=vad)
+    return align_paths(Path(args.model), Path(args.text), args.audio, options, output_format=args.format,
+                       level=args.level, out=Path(args.out) if args.out else None)
+
+
 def cmd_serve(args) -> int:
     from paddle_asr.serve.app import serve_from_args
 
@@ -221,6 +233,24 @@ def cmd_long_recording_report(args) -> int:
     for key, ref, hyp in r["pairs"]:
         log(f"  {key}  ref {ref}\n  {' ' * len(key)}  hyp {hyp}")
     return 0  # a report: a real corpus may hold pauses that split an utterance
+
+
+def cmd_long_recording_align_report(args) -> int:
+    from paddle_asr.data.audio import read_audio
+    from paddle_asr.data.long_recording import compare_alignment_with_parts, read_alignment
+
+    parts = json.loads(Path(args.parts).read_text(encoding="utf-8"))
+    alignment = read_alignment(Path(args.alignment))
+    waveform, rate = read_audio(Path(alignment["path"]))
+    r = compare_alignment_with_parts(parts, alignment, waveform, rate, args.tolerance_frames)
+    log(f"alignment of the concatenated reference ({len(alignment['words'])} words, {alignment['duration']:.1f} s): "
+        f"{r['within']} of {len(r['rows'])} utterances ({100 * r['fraction']:.1f} %) have their first word's start "
+        f"and last word's end within {args.tolerance_frames} encoder frames ({r['tolerance']:.2f} s) of where "
+        "their speech starts and ends")
+    for key, start, first, end, last, within in r["rows"]:
+        log(f"  {key}  speech {start:7.2f} - {end:7.2f} s, aligned {first:7.2f} - {last:7.2f} s "
+            f"({first - start:+.2f} / {last - end:+.2f}){'' if within else '  OUTSIDE'}")
+    return 0  # a report: stage 7 prints it
 
 
 def score_main(argv: list[str]) -> int:
@@ -408,6 +438,28 @@ def _transcribe_command(add: AddCommand) -> None:
     sp.add_argument("audio", nargs="+", help="audio files (wav, flac, ogg, mp3), folders, or Kaldi wav.scp files")
 
 
+def _align_command(add: AddCommand) -> None:
+    """Forced alignment of given transcripts (docs/align.md)."""
+    sp = add("align", cmd_align, "align given transcripts to audio (CTC Viterbi): word and token start/end times "
+             "as CTM, Praat TextGrid or JSON")
+    sp.add_argument("--model", "--bundle", dest="model", required=True,
+                    help="exported bundle directory (FP32 or INT8), e.g. exp/<name>/export/fp32")
+    sp.add_argument("--text", required=True, help="Kaldi text: '<id> <transcript>' lines, ids as the audio keys")
+    sp.add_argument("--format", default="ctm", choices=["ctm", "textgrid", "json"],
+                    help="ctm: '<id> 1 <start> <duration> <word> <confidence>' lines; textgrid: <out>/<id>.TextGrid "
+                         "with words and tokens tiers; json: one object per recording with word and token times")
+    sp.add_argument("--level", default="word", choices=["word", "token"], help="what the CTM lines are")
+    sp.add_argument("--out", default="", help="ctm/json: the file to write (default: stdout); textgrid: the folder")
+    sp.add_argument("--window", type=float, default=60.0,
+                    help="seconds encoded in one pass; longer recordings are encoded in overlapping windows")
+    sp.add_argument("--overlap", type=float, default=10.0, help="seconds consecutive windows share")
+    sp.add_argument("--vad_aggressiveness", type=int, default=3, choices=[0, 1, 2, 3],
+                    help="of the WebRTC voice-activity detector that ends a token before a pause")
+    sp.add_argument("--threads", type=int, default=2)
+    sp.add_argument("--runtime", default="auto", choices=["auto", "paddle", "onnx"], help=RUNTIME_HELP)
+    sp.add_argument("audio", nargs="+", help="audio files, folders, or Kaldi wav.scp files (keys as in --text)")
+
+
 def _serve_command(add: AddCommand) -> None:
     """The last stage: a streaming server speaking PaddleSpeech's protocols (docs/serving.md)."""
     sp = add("serve", cmd_serve, "serve an exported bundle with PaddleSpeech's streaming WebSocket and HTTP "
@@ -454,6 +506,12 @@ def _report_commands(add: AddCommand) -> None:
              "compare a long recording's JSON transcript with the utterances it was made of")
     sp.add_argument("--parts", required=True, help="<stem>.parts.json written by make-long-recording")
     sp.add_argument("--transcript", required=True, help="the output of transcribe --format json for that recording")
+
+    sp = add("long-recording-align-report", cmd_long_recording_align_report,
+             "how the alignment of a long recording's reference finds the utterances it was made of")
+    sp.add_argument("--parts", required=True, help="<stem>.parts.json written by make-long-recording")
+    sp.add_argument("--alignment", required=True, help="the output of align --format json for <stem>.text")
+    sp.add_argument("--tolerance_frames", type=int, default=2, help="encoder frames an end may be off")
 
 
 def _lm_command(add: AddCommand) -> None:
@@ -503,7 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for add_commands in (_corpus_commands, _training_commands, _test_and_export_commands, _sherpa_check_command,
                          _quantize_command, _transcribe_command, _serve_command, _report_commands, _lm_command,
-                         _tool_commands):
+                         _tool_commands, _align_command):
         add_commands(add)
     return p
 

@@ -305,6 +305,40 @@ def test_long_recording_segments_match_its_utterances(recipe, tmp_path):
     assert [r.text for r in alone.transcribe(cuts)] == [seg["text"] for seg in transcript["segments"]]
 
 
+def test_stage7_aligns_the_long_recordings_reference_or_names_why_not(recipe):
+    """Stage 7 runs `align` on the long recording's reference with both models. This corpus trains on
+    24 utterances, whose characters are not all of the test utterances': align names the units
+    outside the vocabulary, and the stage goes on (the demo's model aligns it: docs/align.md)."""
+    _, out = recipe
+    for precision in ("int8", "fp32"):
+        assert f"paddle-asr align --model exp/train/export/{precision} --format json" in out
+        assert f"the reference of the long recording cannot be aligned with the {precision} model" in out
+    assert out.count("error: test_60s: the text has units outside the model's vocabulary: ") == 2
+    assert "Stage summary: results" in out
+
+
+def test_align_report_on_a_long_recording_of_training_utterances(recipe, tmp_path):
+    """make-long-recording, align and long-recording-align-report on the pipeline's INT8 model: every
+    word of the reference aligned in order inside the recording, and one report line per utterance
+    (where the small model puts them is not the point; stage 7 on the demo measures that)."""
+    d, _ = recipe
+    wav = tmp_path / "train_60s.wav"
+    paddle_asr("make-long-recording", "--data", "data/train/data.list", "--out", str(wav), cwd=d)
+    ali = tmp_path / "alignment.json"
+    paddle_asr("align", "--model", "exp/train/export/int8", "--format", "json", "--text", str(wav.with_suffix(".text")),
+               "--out", str(ali), str(wav), cwd=d)
+    report = paddle_asr("long-recording-align-report", "--parts", str(wav.with_suffix(".parts.json")), "--alignment",
+                        str(ali), cwd=d).stdout
+    parts = json.loads(wav.with_suffix(".parts.json").read_text(encoding="utf-8"))
+    (alignment,) = [json.loads(line) for line in ali.read_text(encoding="utf-8").splitlines()]
+    assert "".join(w["word"] for w in alignment["words"]) == "".join(p["text"] for p in parts)
+    times = [t for w in alignment["words"] for t in (w["start"], w["end"])]
+    assert times == sorted(times) and 0 <= times[0] and times[-1] <= alignment["duration"]
+    assert re.search(rf"\d+ of {len(parts)} utterances \([\d.]+ %\) have their first word's start and last word's "
+                     r"end within 2 encoder frames \(0\.16 s\)", report), report
+    assert all(f"  {p['key']}  speech" in report for p in parts)
+
+
 def test_untarred_demo_archives_are_aishell_layout(recipe):
     d, _ = recipe
     archive = sorted((d / "corpus/data_aishell/wav").glob("*.tar.gz"))[0]

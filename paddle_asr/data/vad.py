@@ -79,13 +79,9 @@ def _split_long(start: int, end: int, energy: np.ndarray, max_frames: int) -> li
     return pieces
 
 
-def split_on_silence(waveform: np.ndarray, sample_rate: int, conf: VadConfig = VadConfig()) -> list[Segment]:
-    """Speech segments of a mono waveform (int16 range) in order; [] when nothing sounds like speech."""
-    conf.check()
-    frame = sample_rate * FRAME_MS // 1000
-    flags = speech_frames(waveform, sample_rate, conf.aggressiveness)
-    if not flags.any():
-        return []
+def speech_runs(flags: np.ndarray, conf: VadConfig) -> list[tuple[int, int]]:
+    """[start, end) frame ranges of speech: runs of at least `min_speech`, joined across pauses
+    shorter than `min_silence`."""
     frames_per_s = 1000 / FRAME_MS
     runs = [r for r in _runs(flags) if r[1] - r[0] >= max(1, round(conf.min_speech * frames_per_s))]
     merged: list[list[int]] = []
@@ -94,6 +90,18 @@ def split_on_silence(waveform: np.ndarray, sample_rate: int, conf: VadConfig = V
             merged[-1][1] = end
         else:
             merged.append([start, end])
+    return [(start, end) for start, end in merged]
+
+
+def split_on_silence(waveform: np.ndarray, sample_rate: int, conf: VadConfig = VadConfig()) -> list[Segment]:
+    """Speech segments of a mono waveform (int16 range) in order; [] when nothing sounds like speech."""
+    conf.check()
+    frame = sample_rate * FRAME_MS // 1000
+    flags = speech_frames(waveform, sample_rate, conf.aggressiveness)
+    if not flags.any():
+        return []
+    frames_per_s = 1000 / FRAME_MS
+    merged = speech_runs(flags, conf)
     n = len(flags)
     energy = np.square(waveform[: n * frame].astype(np.float64)).reshape(n, frame).mean(axis=1)
     pad = round(conf.padding * frames_per_s)
