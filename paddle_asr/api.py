@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from paddle_asr.data.audio import resample
+from paddle_asr.data.audio import read_audio_resampled, resample
 from paddle_asr.data.audio_inputs import AudioInput
 from paddle_asr.errors import AsrError
 from paddle_asr.serve.engine import SERVE_LEFT_CHUNKS, LocalStream, StreamingModel, StreamOptions
@@ -36,14 +36,16 @@ class Token:
     text: str
     start: float
     end: float
+    conf: float | None = None  # alignment only: the unit's posterior on its CTC spike
 
 
 @dataclass(frozen=True)
 class Word:
-    """A word of a BPE model's output (its pieces joined) and its time."""
+    """A word of a BPE model's output (its pieces joined), or of an aligned text, and its time."""
     text: str
     start: float
     end: float
+    conf: float | None = None  # alignment only: the lowest of its tokens'
 
 
 @dataclass(frozen=True)
@@ -125,7 +127,8 @@ class SpeechRecognizer:
     def __init__(self, bundle: Path, options: TranscribeOptions) -> None:
         self.bundle = Path(bundle)
         self.transcriber = Transcriber(self.bundle, options)
-        self._streaming: dict[tuple[int, int], StreamingModel] = {}
+        self._streaming: dict[StreamOptions, StreamingModel] = {}
+        self._aligner = None
 
     @property
     def sample_rate(self) -> int:
@@ -146,9 +149,8 @@ class SpeechRecognizer:
         if isinstance(audio, str | Path):
             (result,) = self.transcriber.transcribe([AudioInput(Path(audio).stem, Path(audio))])
         else:
-            if sample_rate is None:
-                raise AsrError("transcribe(samples) needs sample_rate= (the rate of the samples, e.g. 16000)")
-            result = self.transcriber.transcribe_waveform(samples_at(audio, sample_rate, self.sample_rate), key="audio")
+            samples = self._samples(audio, sample_rate, "transcribe")[2]
+            result = self.transcriber.transcribe_waveform(samples, key="audio")
         if result.error:
             raise AsrError(result.error)
         return result_of(result)
@@ -158,6 +160,30 @@ class SpeechRecognizer:
         comes back with `error` set. `progress(seconds)` is called as audio is decoded."""
         for file in self.transcriber.transcribe(list(inputs), progress=progress):
             yield result_of(file)
+
+    def align(self, audio: Audio, text: str, sample_rate: int | None = None) -> Result:
+        """The CTC Viterbi alignment of the given `text` (not a hypothesis) to the recording, as
+        `paddle-asr align` computes it: one segment with its words and tokens, with times and
+        confidences. Raises AsrError with the reason when it cannot be aligned."""
+        from paddle_asr.align import Aligner, AlignOptions
+
+        if self._aligner is None:
+            options = self.transcriber.options
+            self._aligner = Aligner(self.bundle, AlignOptions(num_threads=options.num_threads, runtime=options.runtime))
+        key, path, samples = self._samples(audio, sample_rate, "align")
+        a = self._aligner.align(key, path, samples, text)
+        words = tuple(Word(w["word"], w["start"], w["end"], w["conf"]) for w in a.words)
+        tokens = tuple(Token(t["token"], t["start"], t["end"], t["conf"]) for t in a.tokens)
+        seg = Segment(words[0].start if words else 0.0, words[-1].end if words else 0.0, a.text, tokens, words)
+        return Result(a.text, round(a.duration, 3), (seg,), key, str(path))
+
+    def _samples(self, audio: Audio, sample_rate: int | None, what: str) -> tuple[str, Path, np.ndarray]:
+        """(key, path, mono samples in the int16 range at the model's rate) of a path or an array."""
+        if isinstance(audio, str | Path):
+            return Path(audio).stem, Path(audio), read_audio_resampled(Path(audio), self.sample_rate)
+        if sample_rate is None:
+            raise AsrError(f"{what}(samples) needs sample_rate= (the rate of the samples, e.g. 16000)")
+        return "audio", Path("audio"), samples_at(audio, sample_rate, self.sample_rate)
 
     def streaming_model(self, options: StreamOptions | None = None) -> StreamingModel:
         """The chunk-by-chunk recognizer that streams share (the server's), made once per options."""

@@ -114,3 +114,21 @@ def test_the_readme_example_runs_as_printed(bundles):
     assert lines[0].startswith(paddle_asr.load(bundles["u2"]).transcribe(WAVS[0]).text + " [(")
     assert len([x for x in lines if x.startswith("partial:")]) == -(-len(pcm_of(WAVS[0])) // 1360)
     assert lines[-1] == f"final: {expected}"
+
+
+def test_align_is_the_command_lines_alignment(bundles, tmp_path):
+    """`asr.align(audio, text)`: the given text's words and tokens with times, as `paddle-asr align`."""
+    asr = paddle_asr.load(bundles["u2"])
+    text = "".join(chr(0x4E00 + i) for i in (3, 17, 5, 40, 22, 9))
+    result = asr.align(WAVS[0], text)
+    (tmp_path / "wav.scp").write_text(f"utt {WAVS[0]}\n")
+    (tmp_path / "text").write_text(f"utt {text}\n")
+    out = subprocess.run([sys.executable, "-m", "paddle_asr.cli", "align", "--model", str(bundles["u2"]), "--text",
+                          str(tmp_path / "text"), "--format", "json", str(tmp_path / "wav.scp")],
+                         capture_output=True, text=True, check=True)
+    cli = json.loads(out.stdout.splitlines()[-1])
+    assert [(t.text, t.start, t.end, t.conf) for t in result.tokens] == [
+        (t["token"], t["start"], t["end"], t["conf"]) for t in cli["tokens"]]
+    assert "".join(t.text for t in result.tokens) == text and len(result.words) == len(text)
+    with pytest.raises(AsrError, match="outside|vocabulary"):
+        asr.align(WAVS[0], "not in the units")
