@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from paddle_asr.config import DecodeConfig
 from paddle_asr.data.audio import read_audio_resampled, resample
 from paddle_asr.data.audio_inputs import AudioInput
 from paddle_asr.errors import AsrError
@@ -231,11 +232,15 @@ class Stream:
 
 
 def load(bundle: str | Path, *, runtime: str = "auto", method: str = "auto", beam_size: int = 10, chunk_size: int = -1,
-         num_left_chunks: int = -1, num_threads: int = 2, batch_size: int = 8) -> SpeechRecognizer:
+         num_left_chunks: int = -1, num_threads: int = 2, batch_size: int = 8, context_list: str | Path = "",
+         context_score: float = DecodeConfig.context_score) -> SpeechRecognizer:
     """A recognizer for the exported bundle `bundle` (FP32 or INT8, U2 or DeepSpeech2, or its ONNX
     export). `method`: auto (attention rescoring when the model has a decoder, else CTC prefix beam
     search) or one of the decoding methods; `chunk_size` > 0 makes `transcribe` run the encoder
-    chunk by chunk as a stream does; `runtime`: auto, paddle or onnx (see `paddle-asr transcribe`)."""
+    chunk by chunk as a stream does; `runtime`: auto, paddle or onnx (see `paddle-asr transcribe`).
+    `context_list`: a file of hotwords, one phrase a line, which prefix beam search favours by
+    `context_score` per matched unit, in `transcribe` and in streams (docs/decoding.md)."""
     return SpeechRecognizer(Path(bundle), TranscribeOptions(
         method=method, beam_size=beam_size, chunk_size=chunk_size, num_left_chunks=num_left_chunks,
-        num_threads=num_threads, batch_size=batch_size, runtime=runtime))
+        num_threads=num_threads, batch_size=batch_size, runtime=runtime, context_list=str(context_list or ""),
+        context_score=context_score))

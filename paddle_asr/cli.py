@@ -13,10 +13,23 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from paddle_asr.config import DecodeConfig
 from paddle_asr.errors import AsrError, TrainingStopped
 
 # add(name, func, help) -> the subcommand's parser; see build_parser.
 AddCommand = Callable[[str, Callable, str], argparse.ArgumentParser]
+
+
+CONTEXT_LIST_HELP = ("hotwords: a UTF-8 file of phrases, one a line, that CTC prefix beam search and attention "
+                     "rescoring favour (docs/decoding.md)")
+
+
+def _context_options(sp: argparse.ArgumentParser, score_default: float | None) -> None:
+    """--context_list and --context_score; `score_default` None: the decode config's context_score."""
+    sp.add_argument("--context_list", default="", help=CONTEXT_LIST_HELP)
+    sp.add_argument("--context_score", type=float, default=score_default,
+                    help="hotwords: bonus per matched unit of a phrase (log-probability units; default: "
+                         + ("the decode config's context_score)" if score_default is None else f"{score_default})"))
 
 
 RUNTIME_HELP = ("paddle: Paddle Inference; onnx: ONNX Runtime on the ONNX export (the directory itself, or "
@@ -82,7 +95,8 @@ def cmd_test(args) -> int:
     from paddle_asr.stages import test_stage
 
     test_stage(Path(args.exp_dir), Path(args.data), Path(args.decode_config), checkpoint=args.checkpoint,
-               out_prefix=args.out_prefix, batch_size=args.batch_size, force=args.force, log=log)
+               out_prefix=args.out_prefix, batch_size=args.batch_size, context_list=args.context_list,
+               context_score=args.context_score, force=args.force, log=log)
     return 0
 
 
@@ -101,7 +115,8 @@ def cmd_test_export(args) -> int:
     return test_export_stage(Path(args.bundle), Path(args.data), Path(args.decode_config),
                              out_prefix=Path(args.out_prefix), compare_prefix=args.compare_prefix,
                              batch_size=args.batch_size, threads=args.threads, gpu=_gpu_inference(args),
-                             runtime=args.runtime, force=args.force, log=log)
+                             runtime=args.runtime, context_list=args.context_list,
+                             context_score=args.context_score, force=args.force, log=log)
 
 
 def cmd_sherpa_check(args) -> int:
@@ -155,7 +170,7 @@ def cmd_transcribe(args) -> int:
         beam_size=args.beam_size, batch_size=args.batch_size,
         segment_over=args.segment_over, num_threads=args.threads,
         vad=VadConfig(aggressiveness=args.vad_aggressiveness, max_segment=args.max_segment),
-        runtime=args.runtime)
+        runtime=args.runtime, context_list=args.context_list, context_score=args.context_score)
     return transcribe_paths(Path(args.bundle), args.audio, options, output_format=args.format,
                             show_progress={"auto": None, "on": True, "off": False}[args.progress])
 
@@ -355,6 +370,7 @@ def _test_and_export_commands(add: AddCommand) -> None:
                     help="conf/decode.yaml (full) or conf/chunk_decode.yaml (streaming)")
     sp.add_argument("--out_prefix", default="", help="results go to <prefix>[_chunkN]_<method>/ (default exp_dir/test)")
     sp.add_argument("--batch_size", type=int, default=0, help="override the decode config's batch_size")
+    _context_options(sp, None)
     sp.add_argument("--force", action="store_true")
 
     sp = add("export", cmd_export,
@@ -380,6 +396,7 @@ def _test_and_export_commands(add: AddCommand) -> None:
     sp.add_argument("--runtime", default="paddle", choices=["paddle", "onnx"],
                     help="paddle: Paddle Inference on the bundle; onnx: ONNX Runtime on the ONNX export beside it "
                          "(export/onnx for fp32, export/onnx_int8 for int8)")
+    _context_options(sp, None)
     sp.add_argument("--force", action="store_true")
 
 
@@ -435,6 +452,7 @@ def _transcribe_command(add: AddCommand) -> None:
     sp.add_argument("--vad_aggressiveness", type=int, default=2, choices=[0, 1, 2, 3])
     sp.add_argument("--progress", default="auto", choices=["auto", "on", "off"],
                     help="progress bar on stderr (auto: when stderr is a terminal)")
+    _context_options(sp, DecodeConfig.context_score)
     sp.add_argument("audio", nargs="+", help="audio files (wav, flac, ogg, mp3), folders, or Kaldi wav.scp files")
 
 
@@ -486,6 +504,7 @@ def _serve_command(add: AddCommand) -> None:
                     help="seconds after which a segment ends (0: off); bounds a long stream's memory")
     sp.add_argument("--drain_seconds", type=float, default=30.0,
                     help="after SIGTERM, how long open streams may take to finish")
+    _context_options(sp, DecodeConfig.context_score)
 
 
 def _report_commands(add: AddCommand) -> None:

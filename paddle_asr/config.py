@@ -579,10 +579,17 @@ class DecodeConfig:
     # of them (0: beam_size).
     cutoff_prob: Annotated[float, Range(gt=0, le=1)] = 1.0
     cutoff_top_n: Annotated[int, AT_LEAST_0] = 0
+    # Hotwords (contextual biasing, docs/decoding.md): a file of phrases, one a line, that
+    # ctc_prefix_beam_search and attention_rescoring favour by context_score per matched unit.
+    context_list: str = ""  # relative to the recipe directory; "" (or --context_list on the command line)
+    context_score: Annotated[float, AT_LEAST_0] = 2.0
 
     def problems(self) -> Iterator[str]:
         if not self.methods:
             yield f"methods: name at least one of {', '.join(typing.get_args(DecodeMethod))}"
+        if self.context_list and not set(self.methods) & {"ctc_prefix_beam_search", "attention_rescoring"}:
+            yield ("context_list: hotwords bias ctc_prefix_beam_search and attention_rescoring, and methods names "
+                   "neither of them")
 
 
 def load_decode_config(path: Path) -> DecodeConfig:

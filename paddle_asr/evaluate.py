@@ -23,6 +23,7 @@ from paddle_asr.config import DecodeConfig, FeatureConfig
 from paddle_asr.data.dataset import iterate_batches, make_batches
 from paddle_asr.data.manifest import read_kaldi_table, read_manifest
 from paddle_asr.data.tokenizer import CharTokenizer
+from paddle_asr.decode.context_graph import ContextGraph, context_graph_for
 from paddle_asr.decode.recognizer import Backend, Recognizer
 from paddle_asr.export.inference import LENGTH_BUCKET
 from paddle_asr.features import num_frames
@@ -35,8 +36,10 @@ def result_dir(out_prefix: Path, method: str) -> Path:
 
 
 def mode_prefix(base: str, conf: DecodeConfig) -> str:
-    """`test` for full-utterance decoding, `test_chunk16` for streaming with 16-frame chunks."""
-    return base if conf.decoding_chunk_size < 0 else f"{base}_chunk{conf.decoding_chunk_size}"
+    """`test` for full-utterance decoding, `test_chunk16` for streaming with 16-frame chunks; then
+    `_hotwords` when a context list biases the search, so biased results never replace plain ones."""
+    prefix = base if conf.decoding_chunk_size < 0 else f"{base}_chunk{conf.decoding_chunk_size}"
+    return f"{prefix}_hotwords" if conf.context_list else prefix
 
 
 def warm_up(backend: Backend, batches: list, feat_conf: FeatureConfig) -> None:
@@ -56,12 +59,14 @@ def warm_up(backend: Backend, batches: list, feat_conf: FeatureConfig) -> None:
 
 
 def decode_manifest(
-    backend: Backend, conf: DecodeConfig, manifest: Path, tokenizer: CharTokenizer, feat_conf: FeatureConfig
+    backend: Backend, conf: DecodeConfig, manifest: Path, tokenizer: CharTokenizer, feat_conf: FeatureConfig,
+    context: ContextGraph | None = None,
 ) -> tuple[dict[str, dict[str, str]], dict[str, str], dict[str, float], float]:
-    """Returns ({method: {key: text}}, references, seconds spent per part, seconds of audio)."""
+    """Returns ({method: {key: text}}, references, seconds spent per part, seconds of audio);
+    `context`: the hotwords graph of conf.context_list (`context_graph_for`)."""
     utts = read_manifest(manifest)
     batches = make_batches(utts, conf.batch_size)
-    recognizer = Recognizer(backend, conf, tokenizer.units)
+    recognizer = Recognizer(backend, conf, tokenizer.units, context)
     if conf.decoding_chunk_size < 0:
         warm_up(backend, batches, feat_conf)
     hyps: dict[str, dict[str, str]] = {m: {} for m in conf.methods}
@@ -78,9 +83,10 @@ def decode_manifest(
 
 
 def evaluate(backend: Backend, conf: DecodeConfig, manifest: Path, tokenizer: CharTokenizer, feat_conf: FeatureConfig,
-             out_prefix: Path, *, label: str, extra: dict | None = None, log=print) -> list[dict]:
+             out_prefix: Path, *, label: str, extra: dict | None = None, context: ContextGraph | None = None,
+             log=print) -> list[dict]:
     """Decode, then write one result directory per method; returns their result.json contents."""
-    hyps, refs, seconds, audio_s = decode_manifest(backend, conf, Path(manifest), tokenizer, feat_conf)
+    hyps, refs, seconds, audio_s = decode_manifest(backend, conf, Path(manifest), tokenizer, feat_conf, context)
     results = []
     for method in conf.methods:
         report = score(refs, hyps[method], char=True, verbose=1)
@@ -127,6 +133,9 @@ def evaluate_stage(label: str, make_backend: Callable[[], Backend], conf: Decode
     for these inputs and settings; returns the prefix the directories share (mode included)."""
     prefix = base_prefix.parent / mode_prefix(base_prefix.name, conf)
     dirs = [result_dir(prefix, m) for m in conf.methods]
+    context = context_graph_for(conf, tokenizer)  # a bad list stops the stage before any work
+    if context is not None:
+        inputs = [*inputs, Path(conf.context_list)]
     fp = fingerprint("evaluate-v2", label, dataclasses.asdict(conf), *inputs)
     if reuse_or_clear(dirs, fp, label, force, log, noun="result"):
         for d in dirs:
@@ -136,7 +145,8 @@ def evaluate_stage(label: str, make_backend: Callable[[], Backend], conf: Decode
         return prefix
     # The data set is the manifest's folder (data/test_clean/data.list -> test_clean).
     extra = {"test_set": Path(manifest).parent.name, **extra}
-    evaluate(make_backend(), conf, Path(manifest), tokenizer, feat_conf, prefix, label=label, extra=extra, log=log)
+    evaluate(make_backend(), conf, Path(manifest), tokenizer, feat_conf, prefix, label=label, extra=extra,
+             context=context, log=log)
     for d in dirs:
         mark_complete(d, fp)
     return prefix

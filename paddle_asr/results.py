@@ -16,8 +16,12 @@ METHOD_ORDER = {"ctc_greedy_search": 0, "ctc_prefix_beam_search": 1, "ctc_beam_s
 
 
 def _mode(r: dict) -> str:
-    chunk = r.get("decoding", {}).get("decoding_chunk_size", -1)
-    return "full" if chunk < 0 else f"streaming, chunk {chunk}"
+    decoding = r.get("decoding", {})
+    chunk = decoding.get("decoding_chunk_size", -1)
+    mode = "full" if chunk < 0 else f"streaming, chunk {chunk}"
+    if decoding.get("context_list"):
+        mode += f", hotwords {Path(decoding['context_list']).name} (score {decoding.get('context_score')})"
+    return mode
 
 
 def _read_result(path: Path) -> dict:

@@ -48,13 +48,19 @@ def load_dygraph(exp_dir: Path, checkpoint: Path):
     return config, model
 
 
-def load_decode(decode_config: Path, batch_size: int = 0):
-    """The decode config, with `batch_size` (when > 0) in place of its own."""
-    from paddle_asr.config import load_decode_config
+def load_decode(decode_config: Path, batch_size: int = 0, context_list: str = "", context_score: float | None = None):
+    """The decode config, with the command line's `batch_size` (when > 0), `context_list` (when
+    given) and `context_score` (when not None) in place of its own."""
+    from paddle_asr.config import check_config, load_decode_config
 
     conf = load_decode_config(Path(decode_config))
     if batch_size:
         conf.batch_size = batch_size
+    if context_list:
+        conf.context_list = str(context_list)
+    if context_score is not None:
+        conf.context_score = context_score
+    check_config(conf, f"{decode_config} with the command line's options")
     return conf
 
 
@@ -135,7 +141,8 @@ def average_stage(exp_dir: Path, *, num: int = 0, mode: str = "", force: bool = 
 
 
 def test_stage(exp_dir: Path, data: Path, decode_config: Path, *, checkpoint: str = "", out_prefix: str = "",
-               batch_size: int = 0, force: bool = False, log: Log = print) -> Path:
+               batch_size: int = 0, context_list: str = "", context_score: float | None = None, force: bool = False,
+               log: Log = print) -> Path:
     """Stage 3: decode a test set with the dynamic-graph model, every method of the decode config."""
     from paddle_asr.data.tokenizer import load_tokenizer
     from paddle_asr.evaluate import evaluate_stage
@@ -151,7 +158,8 @@ def test_stage(exp_dir: Path, data: Path, decode_config: Path, *, checkpoint: st
 
     tokenizer = load_tokenizer(Path(config.data.vocab), config.data.units)
     extra = {"model": "dygraph", "checkpoint": str(ckpt), "decode_config": str(decode_config)}
-    return evaluate_stage("stage 3 (dynamic graph)", backend, load_decode(decode_config, batch_size), Path(data),
+    conf = load_decode(decode_config, batch_size, context_list, context_score)
+    return evaluate_stage("stage 3 (dynamic graph)", backend, conf, Path(data),
                           config.features, tokenizer, [exp_dir / "train.yaml", ckpt, Path(data)], extra,
                           Path(out_prefix or exp_dir / "test"), force=force, log=log)
 
@@ -200,7 +208,8 @@ def onnx_export_stage(exp_dir: Path, bundle: Path, out: Path, ckpt: Path, model=
 
 
 def test_export_stage(bundle: Path, data: Path, decode_config: Path, *, out_prefix: Path, compare_prefix: str = "",
-                      batch_size: int = 0, threads: int = 2, gpu=None, runtime: str = "paddle", force: bool = False,
+                      batch_size: int = 0, threads: int = 2, gpu=None, runtime: str = "paddle",
+                      context_list: str = "", context_score: float | None = None, force: bool = False,
                       log: Log = print) -> int:
     """Stages 5/6: decode a test set with an exported bundle (Paddle Inference, or ONNX Runtime on
     its ONNX export with `runtime="onnx"`); with `compare_prefix`, 1 unless every hypothesis equals
@@ -215,7 +224,7 @@ def test_export_stage(bundle: Path, data: Path, decode_config: Path, *, out_pref
     if trt and trt != ("int8" if int8 else "fp16"):
         raise AsrError(f"--trt {trt} does not fit {bundle}: TensorRT FP16 takes the FP32 export (stage 4), "
                        "TensorRT INT8 takes the PaddleSlim INT8 bundle (stage 6), whose scales it reads")
-    decode_conf = load_decode(decode_config, batch_size)
+    decode_conf = load_decode(decode_config, batch_size, context_list, context_score)
     engine = f", TensorRT {trt.upper()} on GPU {gpu.device_id}" if trt else (", GPU" if gpu else "")
     engine += ", ONNX Runtime" if runtime == "onnx" else ""
     label = f"stage {'6' if int8 else '5'} (exported {'INT8' if int8 else 'FP32'}{engine})"

@@ -24,12 +24,13 @@ from typing import TextIO
 
 import numpy as np
 
-from paddle_asr.config import DecodeConfig
+from paddle_asr.config import DecodeConfig, check_config
 from paddle_asr.data.audio import audio_info, read_audio_resampled
 from paddle_asr.data.audio_inputs import AudioInput
 from paddle_asr.data.tokenizer import WORD_START, BpeTokenizer, CharTokenizer
 from paddle_asr.data.vad import Segment, VadConfig, split_on_silence
 from paddle_asr.decode.alignment import token_frame_spans
+from paddle_asr.decode.context_graph import context_graph_for
 from paddle_asr.decode.recognizer import Recognizer
 from paddle_asr.errors import AsrError
 from paddle_asr.export.bundle import read_bundle
@@ -49,6 +50,8 @@ class TranscribeOptions:
     vad: VadConfig = VadConfig()
     num_threads: int = 2
     runtime: str = "auto"         # paddle (Paddle Inference), onnx (ONNX Runtime), auto (export.runtime.load_backend)
+    context_list: str = ""        # hotwords: phrases, one a line, the prefix beam search favours (docs/decoding.md)
+    context_score: float = DecodeConfig.context_score  # their bonus per matched unit
 
 
 @dataclass
@@ -109,9 +112,11 @@ class Transcriber:
             options = dataclasses.replace(
                 options, method="attention_rescoring" if backend.has_decoder else "ctc_prefix_beam_search")
             self.options = options
-        self.recognizer = Recognizer(backend, DecodeConfig(
-            methods=[options.method], beam_size=options.beam_size, decoding_chunk_size=options.chunk_size,
-            num_decoding_left_chunks=options.num_left_chunks), self.tokenizer.units)
+        conf = DecodeConfig(methods=[options.method], beam_size=options.beam_size,
+                            decoding_chunk_size=options.chunk_size, num_decoding_left_chunks=options.num_left_chunks,
+                            context_list=options.context_list, context_score=options.context_score)
+        check_config(conf, "the transcribe options")
+        self.recognizer = Recognizer(backend, conf, self.tokenizer.units, context_graph_for(conf, self.tokenizer))
         self.rate = self.features.sample_rate
         self.frame_seconds = backend.subsampling_rate * self.features.frame_shift_ms / 1000
         # The fewest samples whose fbank gives the encoder one output frame.

@@ -22,6 +22,7 @@ from typing import Protocol
 import numpy as np
 
 from paddle_asr.config import DecodeConfig, DecodeMethod, check_config
+from paddle_asr.decode.context_graph import ContextGraph
 from paddle_asr.decode.search import (
     attention_beam_search,
     attention_rescoring,
@@ -124,11 +125,14 @@ class Recognizer:
     """Decode batches with every method of a DecodeConfig; times each part for real-time factors.
 
     `vocab` (the unit strings, index = token id) is needed by ctc_beam_search_lm: the LM scores units.
+    `context` (hotwords, `context_graph.context_graph_for(conf, tokenizer)`) biases the prefix beam
+    search, and so attention rescoring, which re-ranks its n-best.
     """
 
-    def __init__(self, backend: Backend, conf: DecodeConfig, vocab: list[str] | None = None) -> None:
+    def __init__(self, backend: Backend, conf: DecodeConfig, vocab: list[str] | None = None,
+                 context: ContextGraph | None = None) -> None:
         validate_decode_config(conf, backend)
-        self.backend, self.conf = backend, conf
+        self.backend, self.conf, self.context = backend, conf, context
         self.seconds: dict[str, float] = {"encoder": 0.0, **{m: 0.0 for m in conf.methods}}
         self.lm, self.vocab, self.lm_cache = None, vocab, {}
         if "ctc_beam_search_lm" in conf.methods:
@@ -138,7 +142,7 @@ class Recognizer:
                 raise AsrError("ctc_beam_search_lm needs the model's units (vocab)")
             self.lm = load_language_model(Path(conf.lm_path))
 
-    def _encode(self, feats: np.ndarray, lengths: np.ndarray):
+    def _encode(self, feats: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         c = self.conf
         if c.decoding_chunk_size < 0:
             return self.backend.encode(feats, lengths)
@@ -164,15 +168,24 @@ class Recognizer:
                            ) -> tuple[dict[str, list[list[int]]], np.ndarray, np.ndarray]:
         """As `recognize`, plus the CTC log-probs [B, T', V] and encoder lengths [B] the searches
         read (for token times by forced alignment)."""
+        enc, enc_lengths, ctc_lp = self.encode(feats, lengths)
+        return self.search(enc, enc_lengths, ctc_lp), ctc_lp, enc_lengths
+
+    def encode(self, feats: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The shared encoder pass (timed): encoder_out [B, T', d], lengths [B], CTC log-probs [B, T', V]."""
+        return self._timed("encoder", lambda: self._encode(feats, lengths))
+
+    def search(self, enc: np.ndarray, enc_lengths: np.ndarray, ctc_lp: np.ndarray) -> dict[str, list[list[int]]]:
+        """{method: [token ids per utterance]} of every method on one batch's encoder output."""
         c = self.conf
-        enc, enc_lengths, ctc_lp = self._timed("encoder", lambda: self._encode(feats, lengths))
         results: dict[str, list[list[int]]] = {}
         shared: dict = {}  # the prefix-beam n-best, used by two methods, searched once
 
         def prefix_nbest():
             if "nbest" not in shared:
                 t = time.perf_counter()
-                shared["nbest"] = ctc_prefix_beam_search_batch(ctc_lp, enc_lengths, c.beam_size)
+                shared["nbest"] = ctc_prefix_beam_search_batch(ctc_lp, enc_lengths, c.beam_size,
+                                                               context=self.context)
                 shared["seconds"] = time.perf_counter() - t
             return shared["nbest"]
 
@@ -203,7 +216,7 @@ class Recognizer:
             if had_nbest and method in ("ctc_prefix_beam_search", "attention_rescoring"):
                 elapsed += shared["seconds"]  # each method alone would have run the search
             self.seconds[method] += elapsed
-        return results, ctc_lp, enc_lengths
+        return results
 
     def rescore(self, nbest: list, enc: np.ndarray, enc_lengths: np.ndarray) -> list[list[int]]:
         """One decoder call for the n-best of every utterance in the batch: each utterance's list is

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from paddle_asr.decode.context_graph import ContextGraph, ContextState
+
 _NEG_INF = -math.inf
 
 # libstdc++'s std::sort switches to insertion sort below this many elements (_S_threshold).
@@ -273,7 +275,8 @@ def _paddle_argmax(x: np.ndarray) -> np.ndarray:
 # CTC prefix beam search
 
 
-def ctc_prefix_beam_search(log_probs: np.ndarray, beam_size: int, blank: int = 0) -> list[tuple[list[int], float]]:
+def ctc_prefix_beam_search(log_probs: np.ndarray, beam_size: int, blank: int = 0,
+                           context: ContextGraph | None = None) -> list[tuple[list[int], float]]:
     """PaddleSpeech's ``U2BaseModel._ctc_prefix_beam_search`` for one utterance.
 
     `log_probs` is the CTC log-softmax [T, V] cut to the utterance's valid frames. Pass it in the
@@ -290,8 +293,12 @@ def ctc_prefix_beam_search(log_probs: np.ndarray, beam_size: int, blank: int = 0
     a prefix with no blank-ending mass is entered with score ``-inf``, so such impossible prefixes can
     fill the tail of the n-best when few real ones exist. ``beam_size > V`` (which PaddleSpeech's topk
     would reject) uses all V tokens per frame.
+
+    With a `context` graph (hotwords, `decode.context_graph`) prefixes are ranked by that score plus
+    their context bonus, and the n-best scores include the bonus of the phrases they complete (see
+    `CtcPrefixBeam`). Without one the search is PaddleSpeech's, unchanged.
     """
-    beam = CtcPrefixBeam(beam_size, blank)
+    beam = CtcPrefixBeam(beam_size, blank, context)
     beam.advance(log_probs)
     return beam.nbest()
 
@@ -299,13 +306,21 @@ def ctc_prefix_beam_search(log_probs: np.ndarray, beam_size: int, blank: int = 0
 class CtcPrefixBeam:
     """:func:`ctc_prefix_beam_search` fed frame block by frame block, as a streaming decoder needs:
     `advance` with each chunk's CTC log-probs [t, V]; `nbest()` at any point equals the whole search
-    over every frame advanced so far (each frame's top-k and recursion only read that frame)."""
+    over every frame advanced so far (each frame's top-k and recursion only read that frame).
 
-    def __init__(self, beam_size: int, blank: int = 0) -> None:
+    With a `context` graph each prefix carries its graph state and bonus (WeNet's contextual
+    biasing): prefixes are ranked by log_add(pb, pnb) + bonus, and `nbest()` returns the scores with
+    the bonus of open partial matches refunded (`ContextGraph.finish`), re-sorted on them. The
+    pruning of `_beam_floor` bounds CTC scores only, so a biased search expands every candidate."""
+
+    def __init__(self, beam_size: int, blank: int = 0, context: ContextGraph | None = None) -> None:
         if beam_size < 1:
             raise ValueError("beam_size must be >= 1")
-        self.beam_size, self.blank = beam_size, blank
+        self.beam_size, self.blank, self.context = beam_size, blank, context
         self.hyps: list[tuple[tuple[int, ...], tuple[float, float]]] = [((), (0.0, _NEG_INF))]
+        # Per prefix of the beam: (context bonus, context state); a function of the prefix alone.
+        self.bias: dict[tuple[int, ...], tuple[float, ContextState]] = {} if context is None else {
+            (): (0.0, context.root)}
         self.frames = 0
 
     def advance(self, log_probs: np.ndarray) -> None:
@@ -317,19 +332,47 @@ class CtcPrefixBeam:
         top_vals, top_idx = _paddle_topk(log_probs, min(self.beam_size, log_probs.shape[1]))
         cur_hyps = self.hyps
         for tokens, values in zip(top_idx.tolist(), top_vals.tolist()):
+            if self.context is not None:
+                cur_hyps = self._biased_frame(cur_hyps, tokens, values)
+                continue
             prune = _beam_floor(cur_hyps, tokens, values, self.blank, self.beam_size)
             next_hyps = ctc_prefix_step(cur_hyps, tokens, values, self.blank, prune=prune)
             cur_hyps = sorted(next_hyps.items(), key=lambda x: _log_add2(*x[1]), reverse=True)[: self.beam_size]
         self.hyps = cur_hyps
         self.frames += log_probs.shape[0]
 
+    def _biased_frame(self, cur_hyps: list[tuple[tuple[int, ...], tuple[float, float]]], tokens: list[int],
+                      values: list[float]) -> list[tuple[tuple[int, ...], tuple[float, float]]]:
+        """One frame of the search with context bonuses: the beam after it, bonuses of new prefixes
+        stepped from their parents', the table cut to the beam."""
+        bias, graph = self.bias, self.context
+
+        def attach(prefix: tuple[int, ...], token: int, n_prefix: tuple[int, ...]) -> None:
+            if n_prefix not in bias:
+                bonus, state = bias[prefix]
+                change, n_state = graph.step(state, token)
+                bias[n_prefix] = (bonus + change, n_state)
+
+        next_hyps = ctc_prefix_step(cur_hyps, tokens, values, self.blank, on_extend=attach)
+        cur_hyps = sorted(next_hyps.items(), key=lambda x: _log_add2(*x[1]) + bias[x[0]][0],
+                          reverse=True)[: self.beam_size]
+        self.bias = {prefix: bias[prefix] for prefix, _ in cur_hyps}
+        return cur_hyps
+
     def best(self) -> list[int]:
         """The best prefix so far (a streaming partial result)."""
         return list(self.hyps[0][0])
 
     def nbest(self) -> list[tuple[list[int], float]]:
-        """Up to beam_size (tokens, log_add(pb, pnb)) pairs, best first."""
-        return [(list(prefix), _log_add2(pb, pnb)) for prefix, (pb, pnb) in self.hyps]
+        """Up to beam_size (tokens, log_add(pb, pnb)) pairs, best first; with a context graph the
+        score adds the prefix's bonus, its open partial match refunded."""
+        if self.context is None:
+            return [(list(prefix), _log_add2(pb, pnb)) for prefix, (pb, pnb) in self.hyps]
+        finished = []
+        for prefix, (pb, pnb) in self.hyps:
+            bonus, state = self.bias[prefix]
+            finished.append((list(prefix), _log_add2(pb, pnb) + bonus + self.context.finish(state)))
+        return sorted(finished, key=lambda x: x[1], reverse=True)
 
 
 # Above log(2) plus rounding: log_add(a, b) <= max(a, b) + log(2).
@@ -414,14 +457,15 @@ def ctc_prefix_step(cur_hyps: list[tuple[tuple[int, ...], tuple[float, float]]],
 
 
 def ctc_prefix_beam_search_batch(
-    log_probs: np.ndarray, lengths: np.ndarray, beam_size: int, blank: int = 0
+    log_probs: np.ndarray, lengths: np.ndarray, beam_size: int, blank: int = 0, context: ContextGraph | None = None
 ) -> list[list[tuple[list[int], float]]]:
     """:func:`ctc_prefix_beam_search` per utterance of a padded [B, T, V] batch, each cut to its length.
 
     PaddleSpeech only runs this search with batch size 1 (no padding), which cutting reproduces.
     """
     return [
-        ctc_prefix_beam_search(np.asarray(lp)[: int(n)], beam_size, blank) for lp, n in zip(log_probs, lengths)
+        ctc_prefix_beam_search(np.asarray(lp)[: int(n)], beam_size, blank, context)
+        for lp, n in zip(log_probs, lengths)
     ]
 
 

@@ -33,6 +33,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.websockets import WebSocketDisconnect
 
 from paddle_asr.api import load
+from paddle_asr.config import DecodeConfig
 from paddle_asr.cpu_settings import let_idle_threads_sleep
 from paddle_asr.data.audio import decode_audio
 from paddle_asr.errors import AsrError
@@ -63,6 +64,8 @@ class ServeOptions:
     runtime: str = "auto"  # paddle, onnx, auto (export.runtime.load_backend)
     endpoint: EndpointRules = field(default_factory=EndpointRules)
     drain_seconds: float = 30.0  # after SIGTERM, how long open streams may take to finish
+    context_list: str = ""  # hotwords of every stream and request (docs/decoding.md)
+    context_score: float = DecodeConfig.context_score
 
     def check(self) -> None:
         if self.max_streams < 1 or self.max_batch < 1 or self.threads < 1:
@@ -99,7 +102,8 @@ class Service:
         self.bundle, self.options = Path(bundle), options
         # Offline requests decode whole recordings (full attention); streams use the chunk encoder.
         self.recognizer = load(self.bundle, beam_size=options.beam_size, num_threads=options.threads,
-                               runtime=options.runtime)
+                               runtime=options.runtime, context_list=options.context_list,
+                               context_score=options.context_score)
         self.transcriber = self.recognizer.transcriber
         self.model = self.recognizer.streaming_model(StreamOptions(options.chunk_size, options.num_left_chunks,
                                                                    options.endpoint))
@@ -324,7 +328,8 @@ def startup_line(service: Service) -> str:
     o, h = service.options, service.health()
     return (f"serving {service.bundle} ({h['model']}, {h['precision']}, {h['runtime']}) on http://{o.host}:{o.port}: "
             f"WebSocket {STREAMING_PATH} ({'chunk ' + str(o.chunk_size) if h['streaming'] else 'refused'}), "
-            f"POST {OFFLINE_PATH}, GET /health; up to {o.max_streams} streams, {o.max_batch} per encoder call")
+            f"POST {OFFLINE_PATH}, GET /health; up to {o.max_streams} streams, {o.max_batch} per encoder call"
+            + (f"; hotwords {o.context_list} (score {o.context_score})" if o.context_list else ""))
 
 
 class DrainingServer(uvicorn.Server):
@@ -360,5 +365,5 @@ def serve_from_args(args) -> int:
     return serve(Path(args.model), ServeOptions(
         host=args.host, port=args.port, chunk_size=args.chunk_size, num_left_chunks=args.num_left_chunks,
         beam_size=args.beam_size, max_streams=args.max_streams, max_batch=args.max_batch, threads=args.threads,
-        runtime=args.runtime,
-        endpoint=rules, drain_seconds=args.drain_seconds))
+        runtime=args.runtime, endpoint=rules, drain_seconds=args.drain_seconds, context_list=args.context_list,
+        context_score=args.context_score))

@@ -6,11 +6,12 @@ length becomes Kaldi fbank frames as it comes (`IncrementalFbank`: the same fram
 rule of `decode.recognizer.chunk_windows`. Its `StreamingSession` runs on the inference worker: the
 `StreamingModel` runs waiting windows of many sessions through ONE `encode_chunks` call and ONE
 `ctc_activation` call (the caller, `serve.worker`, decides which sessions go together), and each
-session advances its own CTC prefix beam search (`decode.search.CtcPrefixBeam`): the best prefix
-is the partial result. At the end the n-best is rescored with the attention decoder as
-`paddle-asr transcribe --chunk_size N` does (`Recognizer.rescore`; CTC-only models keep the best
-prefix), and token times come from the CTC alignment (`transcribe.token_times`), so a stream's
-final result is transcribe's result for the same audio.
+session advances its own CTC prefix beam search (`decode.search.CtcPrefixBeam`, biased by the
+transcriber's hotwords when it has a context list): the best prefix is the partial result. At the
+end the n-best is rescored with the attention decoder as `paddle-asr transcribe --chunk_size N`
+does (`Recognizer.rescore`; CTC-only models keep the best prefix), and token times come from the
+CTC alignment (`transcribe.token_times`), so a stream's final result is transcribe's result for the
+same audio.
 
 Long streams are cut into segments by endpointing, as WeNet's runtime does (`EndpointRules`): a
 segment ends after enough trailing blank frames, or when it reaches `max_segment` seconds. The
@@ -249,7 +250,8 @@ class StreamingSession:
     def _new_segment(self, start_frame: int) -> None:
         self.segment_start = start_frame
         self.state = self.model.backend.new_stream_state()
-        self.beam = CtcPrefixBeam(self.model.transcriber.options.beam_size, self.model.tokenizer.blank_id)
+        self.beam = CtcPrefixBeam(self.model.transcriber.options.beam_size, self.model.tokenizer.blank_id,
+                                  self.model.recognizer.context)
         self.enc: list[np.ndarray] = []                 # [1, t', d] per chunk of this segment
         self.log_probs: list[np.ndarray] = []           # [t', V] per chunk of this segment
         self.segment_frames = 0                         # encoder frames in this segment
