@@ -132,3 +132,19 @@ def test_align_is_the_command_lines_alignment(bundles, tmp_path):
     assert "".join(t.text for t in result.tokens) == text and len(result.words) == len(text)
     with pytest.raises(AsrError, match="outside|vocabulary"):
         asr.align(WAVS[0], "not in the units")
+
+
+def test_hotwords_reach_transcribe_and_streams(tmp_path):
+    """load(context_list=...): the list's phrase enters both the transcript and a stream's final
+    result, as with `paddle-asr transcribe --context_list`."""
+    from tests.test_hotwords_cli import SCORE, bundle_phrase
+    from tests.test_serve import export_u2
+
+    bundle = export_u2(tmp_path / "fp32")
+    phrase, plain = bundle_phrase(bundle, WAVS[0], tmp_path / "hotwords.txt")
+    asr = paddle_asr.load(bundle, context_list=tmp_path / "hotwords.txt", context_score=float(SCORE))
+    assert phrase in asr.transcribe(WAVS[0]).text and phrase not in paddle_asr.load(bundle).transcribe(WAVS[0]).text
+    stream = asr.stream(chunk_size=8, num_left_chunks=-1)
+    stream.feed(pcm_of(WAVS[0]))
+    chunked = paddle_asr.load(bundle, chunk_size=8, context_list=tmp_path / "hotwords.txt", context_score=float(SCORE))
+    assert stream.finish().text == chunked.transcribe(WAVS[0]).text
