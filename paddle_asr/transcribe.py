@@ -268,11 +268,13 @@ def total_seconds(inputs: list[AudioInput]) -> float:
 
 def transcribe_inputs(bundle: Path, inputs: list[AudioInput], options: TranscribeOptions = TranscribeOptions(),
                       *, output_format: str = "text", show_progress: bool | None = None,
-                      out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> list[tuple[str, str]]:
+                      out: TextIO | None = None, err: TextIO | None = None) -> list[tuple[str, str]]:
     """Print each recording's transcript as it is done; return [(path, reason)] of the failures.
 
-    show_progress None: a progress bar when `err` is a terminal.
+    show_progress None: a progress bar when `err` is a terminal. `out` and `err` default to the
+    streams of the moment (sys.stdout, sys.stderr), not those at import.
     """
+    out, err = out or sys.stdout, err or sys.stderr
     from tqdm import tqdm
 
     from paddle_asr.api import SpeechRecognizer  # the API is built on this module
@@ -306,11 +308,12 @@ def transcribe_inputs(bundle: Path, inputs: list[AudioInput], options: Transcrib
 
 
 def transcribe_paths(bundle: Path, paths: list[str], options: TranscribeOptions = TranscribeOptions(), *,
-                     output_format: str = "text", show_progress: bool | None = None, err: TextIO = sys.stderr) -> int:
+                     output_format: str = "text", show_progress: bool | None = None, err: TextIO | None = None) -> int:
     """`paddle-asr transcribe`: audio files, folders or wav.scp lists with `bundle`. Every input that
     cannot be found, read or transcribed is named on `err`; returns 1 when there was any, else 0."""
     from paddle_asr.data.audio_inputs import collect_inputs
 
+    err = err or sys.stderr
     inputs, problems = collect_inputs(paths)
     for where, reason in problems:
         print(f"error: {where}: {reason}", file=err, flush=True)
