@@ -25,6 +25,7 @@ from paddle_asr.import_paddlespeech import import_paddlespeech
 from paddle_asr.models.registry import build_model
 from paddle_asr.train.finetune import freeze_parameters, load_initial_weights
 from paddle_asr.train.trainer import prepare_run, seed_everything
+from tests.test_training import write_config
 
 REPO = Path(__file__).resolve().parents[1]
 PADDLESPEECH = REPO / "tests" / "fixtures" / "paddlespeech"
@@ -144,40 +145,14 @@ def test_bad_init_from_and_freeze_settings_are_clear_errors(tiny_recipe, tmp_pat
         load_config(tmp_path / "bad.yaml")
 
 
-# The tests' tiny model (as tests/test_training.py), with batch norm in the convolution module.
-TINY = f"""\
-base: [{REPO}/recipes/aishell/conf/conformer.yaml, //conf/model/tiny_conformer.yaml]
-model:
-  encoder:
-    subsampling_channels: 8
-    output_size: 32
-    attention_heads: 2
-    linear_units: 64
-    dropout_rate: 0.0
-    positional_dropout_rate: 0.0
-    cnn_module_norm: batch_norm
-  decoder:
-    attention_heads: 2
-    linear_units: 64
-    dropout_rate: 0.0
-    positional_dropout_rate: 0.0
-scheduler:
-  warmup_steps: 20
-training:
-  max_epoch: {{max_epoch}}
-  batch_size: 8
-  log_interval: 1
-  average_num: 1
-  num_threads: 1
-{{extra}}"""
 # Block 0 trains on the output of a frozen front end, and block 1, frozen, passes gradients back to it.
 FROZEN = ("encoder.embed", "encoder.encoders.1")
 
 
 def _train(recipe: Path, exp: str, *args: str, max_epoch: int = 1, extra: str = "") -> str:
-    config = recipe / "conf" / f"{exp}.yaml"
-    config.parent.mkdir(exist_ok=True)
-    config.write_text(TINY.format(max_epoch=max_epoch, extra=extra))
+    """tests/test_training.py's tiny model, with batch norm in its convolution modules."""
+    config = recipe / write_config(recipe, exp, max_epoch=max_epoch, batch_size=8)
+    config.write_text(config.read_text().replace("cnn_module_norm: layer_norm", "cnn_module_norm: batch_norm") + extra)
     cmd = [sys.executable, "-m", "paddle_asr.cli", "train", "--config", str(config), "--exp_dir", f"exp/{exp}", *args]
     proc = subprocess.run(cmd, cwd=recipe, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
