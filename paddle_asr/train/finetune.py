@@ -119,8 +119,8 @@ def load_initial_weights(model: nn.Layer, config: AsrConfig, recipe_dir: Path, s
                      hint="fine-tuning keeps the checkpoint's network: take the model section of its train.yaml")
     model.set_state_dict(state)
     say(f"stage 1: initialised from {config.training.init_from} (its CMVN included; units {units_file}): "
-        f"{units.carried} of this recipe's "
-        f"{len(new_units)} units carried over, {len(units.new_units)} new{_named(units.new_units)}; "
+        f"{units.carried} of this recipe's {len(new_units)} units carried over, "
+        f"{len(units.new_units)} new{_named(units.new_units)}; "
         f"{len(units.dropped_units)} of the checkpoint's {len(old_units)} units unused{_named(units.dropped_units)}")
     _note_feature_changes(ckpt, config, say)
 
