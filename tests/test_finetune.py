@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -357,41 +358,56 @@ def _walkthrough() -> list[str | tuple[str, str]]:
 def test_the_readme_walkthrough_fine_tunes_an_imported_paddlespeech_model(tiny_recipe, tmp_path):
     """README's commands as printed, in a copy of recipes/aishell, with the PaddleSpeech fixture model
     (random weights, 40 units) in place of the release, the tests' small corpus as `/data/mine`, and
-    stage 1 cut to one epoch: the import, the config, stage 0, and stage 1 from the imported checkpoint."""
-    import shlex
-
+    stage 1 cut to one epoch: the import, the config, stage 0, and stage 1 from the imported checkpoint;
+    then stage 1 again with the alternative the config names, the units of the transcripts."""
     commands = _walkthrough()
     assert commands[0] == "cd recipes/aishell" and (REPO / "recipes/aishell/run.sh").is_file()
     url, unpack = shlex.split(commands[1]), shlex.split(commands[2])
     assert url[0] == "wget" and unpack[-4:] == ["-xzf", url[1].rsplit("/", 1)[1], "-C", "ps_release"]
     recipe = tmp_path / "aishell"
     (recipe / "conf").mkdir(parents=True)
-    # recipes/aishell/run.sh: run_stages.sh with the recipe's defaults, the user's options after them.
-    (defaults,) = [line for line in (REPO / "recipes/aishell/run.sh").read_text().splitlines() if "exec bash" in line]
-    defaults = shlex.split(defaults.split("run_stages.sh", 1)[1].replace('"$@"', ""))
-    env = dict(os.environ, PADDLE_ASR_PYTHON=sys.executable)
     outputs = []
     for command in commands[3:]:
         if isinstance(command, tuple):
             path, text = command
             (recipe / path).write_text(text.replace("max_epoch: 20", "max_epoch: 1"))
-            continue
-        argv = shlex.split(command)
-        if argv[0].endswith("/paddle-asr"):
-            assert argv[1:3] == ["import-paddlespeech", "ps_release"]
-            argv = [sys.executable, "-m", "paddle_asr.cli", argv[1], str(PADDLESPEECH / "conformer"), *argv[3:]]
         else:
-            assert argv[:2] == ["bash", "run.sh"]
-            argv = ["bash", str(REPO / "local/run_stages.sh"), *defaults, *argv[2:]]
-            argv[argv.index("/data/mine")] = str(tiny_recipe / "corpus")
-            if "--stop_stage" in argv and argv[argv.index("--stop_stage") + 1] == "7":
-                argv[argv.index("--stop_stage") + 1] = "1"
-        proc = subprocess.run(argv, cwd=recipe, env=env, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        outputs.append(proc.stdout + proc.stderr)
+            outputs.append(_run_readme_command(shlex.split(command), recipe, tiny_recipe / "corpus"))
     assert len(outputs) == 3 and (recipe / "exp/ps_conformer/checkpoints/avg_1.pdparams").is_file()
     assert "Stage 0: data preparation" in outputs[1] and (recipe / "data/lang_char/vocab.txt").is_file()
     log = outputs[2]
-    assert "initialised from exp/ps_conformer/checkpoints/avg_1.pdparams" in log and " new (" in log
-    assert "training.freeze encoder.embed: " in log and "epoch 1/1" in log
+    assert "initialised from exp/ps_conformer/checkpoints/avg_1.pdparams" in log
+    assert "40 of this recipe's 40 units carried over, 0 new; 0 of the checkpoint's 40 units unused" in log
+    assert "training.freeze decoder, ctc: " in log and "epoch 1/1" in log
     assert (recipe / "exp/finetune/checkpoints/1.pdparams").is_file()
+
+    config = (recipe / "conf/finetune.yaml").read_text()
+    assert "vocab: exp/ps_conformer/vocab.txt   # the release's units; or data/lang_char/vocab.txt" in config
+    own = config.replace("vocab: exp/ps_conformer/vocab.txt", "vocab: data/lang_char/vocab.txt")
+    own = re.sub(r"  freeze: .*\n", "", own)  # a frozen layer cannot hold new units' rows
+    (recipe / "conf/own_units.yaml").write_text(own)
+    log = _run_readme_command(shlex.split(commands[-1].replace("finetune.yaml", "own_units.yaml")), recipe,
+                              tiny_recipe / "corpus")
+    units = len((recipe / "data/lang_char/vocab.txt").read_text().split())
+    assert re.search(rf"(\d+) of this recipe's {units} units carried over, (\d+) new \(", log), log[-2000:]
+
+
+def _run_readme_command(argv: list[str], recipe: Path, corpus: Path) -> str:
+    """A command of the walkthrough, run as printed: `paddle-asr` with the fixture folder for the release,
+    `run.sh` as recipes/aishell/run.sh runs it (run_stages.sh with the recipe's defaults first), stage 1
+    at most."""
+    if argv[0].endswith("/paddle-asr"):
+        assert argv[1:3] == ["import-paddlespeech", "ps_release"]
+        argv = [sys.executable, "-m", "paddle_asr.cli", argv[1], str(PADDLESPEECH / "conformer"), *argv[3:]]
+    else:
+        assert argv[:2] == ["bash", "run.sh"]
+        run_sh = (REPO / "recipes/aishell/run.sh").read_text().splitlines()
+        (defaults,) = [line for line in run_sh if "exec bash" in line]
+        defaults = shlex.split(defaults.split("run_stages.sh", 1)[1].replace('"$@"', ""))
+        argv = ["bash", str(REPO / "local/run_stages.sh"), *defaults, *argv[2:]]
+        argv[argv.index("/data/mine")] = str(corpus)
+        argv[argv.index("--stop_stage") + 1] = str(min(int(argv[argv.index("--stop_stage") + 1]), 1))
+    env = dict(os.environ, PADDLE_ASR_PYTHON=sys.executable)
+    proc = subprocess.run(argv, cwd=recipe, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
