@@ -48,6 +48,7 @@ stage=0
 nproc=1                 # stage 1: data-parallel CPU processes
 gpus=""                 # stage 1: GPU ids, one training process each (e.g. 0,1,2,3); Paddle CUDA image only
 ips=""                  # stage 1: the machines of a multi-machine run (run the same command on each)
+init_from=""            # stage 1: fine-tune from this checkpoint's weights (.pdparams; default: the config's training.init_from)
 stop_stage=8
 nj=2                    # processes for CMVN statistics
 num_calib=64            # training utterances used to calibrate INT8
@@ -59,7 +60,7 @@ trt_gpu=0               # the GPU TensorRT runs on
 num_transcribe=3        # test files transcribed by stage 7 and streamed to the server by stage 8
 long_seconds=60         # length of the long recording stage 7 assembles from test utterances and transcribes
 force=false             # rebuild a stage's outputs even when they are complete
-__option_names="corpus data_dir config decode_configs exp_name model sets train_set test_sets lm_order stage stop_stage nproc gpus ips nj num_calib int8_functions batch_size threads trt trt_gpu num_transcribe long_seconds force"
+__option_names="corpus data_dir config decode_configs exp_name model sets train_set test_sets lm_order stage stop_stage nproc gpus ips init_from nj num_calib int8_functions batch_size threads trt trt_gpu num_transcribe long_seconds force"
 # shellcheck source=../utils/parse_options.sh
 . "$root/utils/parse_options.sh"
 if [ "$#" -gt 0 ]; then echo "$0: unexpected argument '$1' (options are --name value)" >&2; exit 1; fi
@@ -149,7 +150,8 @@ fi
 
 if run_stage 1; then
   stage_banner 1 "training"
-  paddle-asr train --config "$config" --exp_dir "$exp" --nproc "$nproc" --gpus "$gpus" --ips "$ips" "${force_flag[@]}"
+  paddle-asr train --config "$config" --exp_dir "$exp" --nproc "$nproc" --gpus "$gpus" --ips "$ips" \
+    --init_from "$init_from" "${force_flag[@]}"
 fi
 
 if run_stage 2; then

@@ -80,7 +80,7 @@ def cmd_train(args) -> int:
     from paddle_asr.stages import train_stage
 
     train_stage(Path(args.config), Path(args.exp_dir), nproc=args.nproc, gpus=args.gpus, ips=args.ips,
-                force=args.force, log=log)
+                init_from=args.init_from, force=args.force, log=log)
     return 0
 
 
@@ -341,6 +341,8 @@ def _training_commands(add: AddCommand) -> None:
     sp.add_argument("--nproc", type=int, default=1, help="data-parallel CPU processes (paddle.distributed.launch)")
     sp.add_argument("--gpus", default="", help="GPU ids for data-parallel training, one process each, e.g. 0,1,2,3")
     sp.add_argument("--ips", default="", help="several machines: their IPs (run the same command on each)")
+    sp.add_argument("--init_from", default="",
+                    help="fine-tune: start from this .pdparams checkpoint's weights (default: training.init_from)")
     sp.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
 
     sp = add("average", cmd_average, "stage 2: average the N checkpoints with the lowest dev loss")

@@ -302,6 +302,12 @@ class TrainingConfig:
     # a zero loss weight would leave it the optimizer's weight decay alone, which Adam normalises
     # into full-size steps towards zero.
     ctc_only_updates: Annotated[int, AT_LEAST_0] = 0
+    # Fine-tuning (docs/training.md): start from the weights of this .pdparams checkpoint (ours, or one
+    # written by import-paddlespeech; relative to the recipe directory), with a fresh optimizer,
+    # schedule and epoch count. The rows of units both unit lists share are carried over.
+    init_from: str = ""
+    # Parameter-name prefixes, by whole dotted parts (encoder.embed, decoder), kept fixed in training.
+    freeze: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -359,6 +365,9 @@ class AsrConfig:
         if m.decoder.memory_position_unit != "frame" and not m.decoder.memory_positions:
             yield (f"model.decoder.memory_position_unit: {m.decoder.memory_position_unit} says what the memory "
                    "positions count, but memory_positions is off: set memory_positions: true, or drop the unit")
+        if any(not prefix.strip() or prefix != prefix.strip() for prefix in tc.freeze):
+            yield (f"training.freeze: {tc.freeze} holds an empty or space-padded prefix; list parameter-name "
+                   "prefixes such as encoder.embed")
         if tc.ctc_only_updates and m.name != "u2":
             yield (f"training.ctc_only_updates: {tc.ctc_only_updates} applies to U2 models (a CTC loss and an "
                    f"attention decoder); {m.name} has no decoder: set it to 0")

@@ -60,6 +60,9 @@ class Family:
     bundle_meta: Callable  # (config, model) -> the family's meta.json entries
     runtime_backend: type[ExportedBackend]  # (bundle dir, meta, num_threads=, gpu=) on Paddle Inference
     quantization: QuantDefaults
+    # The tensors with a row per output unit, and the axis that indexes the units: fine-tuning
+    # (`train.finetune`) carries them over unit by unit when the units change.
+    unit_tensors: dict[str, int]
 
 
 FAMILIES: dict[str, Family] = {
@@ -69,7 +72,9 @@ FAMILIES: dict[str, Family] = {
         check_streaming_parity=u2_export.check_streaming_parity, bundle_meta=u2_export.bundle_meta,
         runtime_backend=u2_export.U2ExportedBackend,
         # Both edges in FP32: that measured best for the Conformer's CER.
-        quantization=QuantDefaults(fp32_layers=EDGE_LAYERS, fp32_layers_vnni=EDGE_LAYERS)),
+        quantization=QuantDefaults(fp32_layers=EDGE_LAYERS, fp32_layers_vnni=EDGE_LAYERS),
+        unit_tensors={"ctc.ctc_lo.weight": 1, "ctc.ctc_lo.bias": 0, "decoder.embed.0.weight": 0,
+                      "decoder.output_layer.weight": 1, "decoder.output_layer.bias": 0}),
     "deepspeech2": Family(
         name="deepspeech2", model_class=DeepSpeech2Model, build=build_deepspeech2,
         dygraph_backend=DeepSpeech2DygraphBackend,
@@ -82,7 +87,8 @@ FAMILIES: dict[str, Family] = {
         # Its chunk program stays FP32: without the CTC layer (in ctc_activation) its one INT8 op
         # would be the second convolution, a negligible share of the time next to the RNNs.
         quantization=QuantDefaults(fp32_layers=EDGE_LAYERS, fp32_layers_vnni=("first_conv",),
-                                   quantize_chunk=False)),
+                                   quantize_chunk=False),
+        unit_tensors={"decoder.ctc_lo.weight": 1, "decoder.ctc_lo.bias": 0}),
 }
 
 

@@ -95,8 +95,10 @@ def prepare_stage(corpus: str, corpus_dir: Path, out_dir: Path, config_path: Pat
 
 
 def train_stage(config_path: Path, exp_dir: Path, *, nproc: int = 1, gpus: str = "", ips: str = "",
-                force: bool = False, log: Log = print) -> None:
-    """Stage 1: train in this process, or start data-parallel workers (CPU processes, GPUs, machines)."""
+                init_from: str = "", force: bool = False, log: Log = print) -> None:
+    """Stage 1: train in this process, or start data-parallel workers (CPU processes, GPUs, machines).
+    `init_from`, when given, replaces the config's training.init_from."""
+    import dataclasses
     import subprocess
 
     from paddle_asr.config import load_config
@@ -110,7 +112,10 @@ def train_stage(config_path: Path, exp_dir: Path, *, nproc: int = 1, gpus: str =
         require("cuda", f"--gpus {gpus} (training on GPUs; --nproc N trains with CPU processes)")
         if "," in gpus or ips:
             require("nccl", "data-parallel training on several GPUs")
-    if prepare_run(load_config(Path(config_path)), Path.cwd(), exp_dir, force=force, log=log) is None:
+    config = load_config(Path(config_path))
+    if init_from:
+        config = dataclasses.replace(config, training=dataclasses.replace(config.training, init_from=init_from))
+    if prepare_run(config, Path.cwd(), exp_dir, force=force, log=log) is None:
         return
     if nproc <= 1 and not gpus and not ips:
         run_training(Path.cwd(), exp_dir, log=log)

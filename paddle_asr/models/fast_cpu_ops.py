@@ -47,6 +47,17 @@ def compiled_kernels(x: paddle.Tensor, training: bool) -> cpu_kernels.Kernels | 
     return cpu_kernels.get()
 
 
+def _needs_grad(*tensors: paddle.Tensor) -> list[bool]:
+    """Which of a PyLayer's inputs take a gradient (recorded in forward, for `_needed`)."""
+    return [not t.stop_gradient for t in tensors]
+
+
+def _needed(ctx, *grads: paddle.Tensor | None) -> tuple[paddle.Tensor | None, ...]:
+    """A PyLayer's gradients, None for each input that takes none: Paddle refuses a gradient for an
+    input that stops it (a frozen parameter, or the output of a frozen part of the network)."""
+    return tuple(g if need else None for g, need in zip(grads, ctx.needs_grad))
+
+
 def _contiguous(*tensors: paddle.Tensor) -> list[paddle.Tensor]:
     # The compiled kernels index row-major memory; a strided view is copied first.
     return [t if t.is_contiguous() else t.contiguous() for t in tensors]
@@ -172,7 +183,7 @@ class _LinearFn(PyLayer):
     @staticmethod
     def forward(ctx, x: paddle.Tensor, weight: paddle.Tensor, bias: paddle.Tensor) -> paddle.Tensor:
         ctx.save_for_backward(x, weight)
-        ctx.x_needs_grad = not x.stop_gradient
+        ctx.needs_grad = _needs_grad(x, weight, bias)
         y = paddle.matmul(x, weight)
         y.add_(bias)
         return y
@@ -180,10 +191,11 @@ class _LinearFn(PyLayer):
     @staticmethod
     def backward(ctx, grad: paddle.Tensor):
         x, weight = ctx.saved_tensor()
+        x_needs, weight_needs, bias_needs = ctx.needs_grad
         rows = grad.reshape([-1, grad.shape[-1]])
-        weight_grad = paddle.matmul(x.reshape([-1, x.shape[-1]]), rows, transpose_x=True)
-        bias_grad = _bias_grad(grad, grad.ndim - 1)
-        x_grad = paddle.matmul(grad, weight, transpose_y=True) if ctx.x_needs_grad else None
+        weight_grad = paddle.matmul(x.reshape([-1, x.shape[-1]]), rows, transpose_x=True) if weight_needs else None
+        bias_grad = _bias_grad(grad, grad.ndim - 1) if bias_needs else None
+        x_grad = paddle.matmul(grad, weight, transpose_y=True) if x_needs else None
         return x_grad, weight_grad, bias_grad
 
 
@@ -226,6 +238,7 @@ def pointwise_conv_time_major(conv: nn.Layer, x: paddle.Tensor) -> paddle.Tensor
 class _LayerNormFn(PyLayer):
     @staticmethod
     def forward(ctx, x: paddle.Tensor, weight: paddle.Tensor, bias: paddle.Tensor, epsilon: float, kernels):
+        ctx.needs_grad = _needs_grad(x, weight, bias)
         x, weight, bias = _contiguous(x, weight, bias)
         y, mean, rstd = kernels.layer_norm_fwd(x, weight, bias, epsilon)
         ctx.kernels = kernels
@@ -236,7 +249,7 @@ class _LayerNormFn(PyLayer):
     def backward(ctx, grad: paddle.Tensor):
         x, weight, mean, rstd = ctx.saved_tensor()
         grad_x, grad_w, grad_b = ctx.kernels.layer_norm_bwd(x, weight, mean, rstd, *_contiguous(grad))
-        return grad_x, grad_w, grad_b
+        return _needed(ctx, grad_x, grad_w, grad_b)
 
 
 class LayerNorm(nn.LayerNorm):
@@ -301,6 +314,7 @@ def bias_relu(x: paddle.Tensor, bias: paddle.Tensor, training: bool) -> paddle.T
 class _DepthwiseConvFn(PyLayer):
     @staticmethod
     def forward(ctx, x: paddle.Tensor, weight: paddle.Tensor, bias: paddle.Tensor, pad: int, kernels):
+        ctx.needs_grad = _needs_grad(x, weight, bias)
         channels, kernel = weight.shape[0], weight.shape[-1]
         taps = weight.reshape([channels, kernel]).transpose([1, 0]).contiguous()  # [C, 1, K] -> [K, C]
         (x,) = _contiguous(x)
@@ -312,7 +326,7 @@ class _DepthwiseConvFn(PyLayer):
     def backward(ctx, grad: paddle.Tensor):
         x, taps = ctx.saved_tensor()
         grad_x, grad_taps, grad_bias = ctx.kernels.depthwise_conv_bwd(x, taps, *_contiguous(grad), ctx.pad)
-        return grad_x, grad_taps.transpose([1, 0]).reshape(ctx.weight_shape), grad_bias
+        return _needed(ctx, grad_x, grad_taps.transpose([1, 0]).reshape(ctx.weight_shape), grad_bias)
 
 
 def depthwise_conv_time_major(conv: nn.Layer, x: paddle.Tensor) -> paddle.Tensor | None:

@@ -32,8 +32,10 @@ def build_model_for_training(config: AsrConfig, recipe_dir: Path) -> nn.Layer:
     return build_model(config, load_cmvn(recipe_dir / config.data.cmvn))
 
 
-def check_state_dict(model: nn.Layer, state: dict, source: str) -> None:
-    """Raise a listed error for any missing, unexpected or mis-shaped tensor."""
+def check_state_dict(model: nn.Layer, state: dict, source: str, *,
+                     hint: str = "use the train.yaml saved next to the checkpoint, or a checkpoint trained with "
+                                 "this config") -> None:
+    """Raise a listed error for any missing, unexpected or mis-shaped tensor, ending with `hint`."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -47,7 +49,7 @@ def check_state_dict(model: nn.Layer, state: dict, source: str) -> None:
         lines += [f"  missing in checkpoint: {k}" for k in missing[:20]]
         lines += [f"  not in model: {k}" for k in unexpected[:20]]
         lines += [f"  shape mismatch {m}" for m in mismatched[:20]]
-        lines.append("  use the train.yaml saved next to the checkpoint, or a checkpoint trained with this config")
+        lines.append(f"  {hint}")
         raise AsrError("\n".join(lines))
 
 

@@ -46,6 +46,13 @@ from paddle_asr.train.checkpoint import (
     save_checkpoint,
 )
 from paddle_asr.train.distributed import World, barrier, current_world, init_world
+from paddle_asr.train.finetune import (
+    UNITS_FILE,
+    checkpoint_units_file,
+    freeze_parameters,
+    hold_frozen_norms,
+    load_initial_weights,
+)
 from paddle_asr.train.scheduler import build_scheduler
 
 RUN_RECORD = "run.json"  # the fingerprint of the run an experiment directory holds
@@ -75,10 +82,14 @@ def prepare_run(config: AsrConfig, recipe_dir: Path, exp_dir: Path, *, force: bo
     config = resolve_config(config, recipe_dir)
     check_config(config, "the training config")  # also for a config built in code, not loaded
     inputs = [recipe_dir / p for p in (data.train, data.dev, data.vocab, data.cmvn, data.train_shards) if p]
+    inputs += _init_from_inputs(config, recipe_dir, exp_dir)
     # Settings that do not change what is computed may differ on resume.
     fixed = config_to_dict(config)
     for key in ("num_workers", "num_threads", "log_interval", "checkpoint_interval", "keep_checkpoints"):
         fixed["training"].pop(key, None)
+    for key in ("init_from", "freeze"):  # only when set: runs from before fine-tuning existed stay reusable
+        if not fixed["training"][key]:
+            fixed["training"].pop(key)
     fp = fingerprint("train-v2", fixed, *inputs)
     record = exp_dir / RUN_RECORD
     if not force and is_complete(exp_dir, fp):
@@ -98,7 +109,25 @@ def prepare_run(config: AsrConfig, recipe_dir: Path, exp_dir: Path, *, force: bo
         exp_dir.mkdir(parents=True)
         atomic_write_text(record, json.dumps({"fingerprint": fp}))
     save_config(config, exp_dir / "train.yaml")
+    # The units travel with the checkpoints: fine-tuning from them reads them (train.finetune).
+    atomic_write_text(exp_dir / UNITS_FILE, (recipe_dir / data.vocab).read_text(encoding="utf-8"))
     return fp
+
+
+def _init_from_inputs(config: AsrConfig, recipe_dir: Path, exp_dir: Path) -> list[Path]:
+    """The files training.init_from reads (the checkpoint and its units), checked before anything is written."""
+    if not config.training.init_from:
+        return []
+    ckpt = recipe_dir / config.training.init_from
+    if not ckpt.is_file():
+        raise AsrError(f"training.init_from: {ckpt} does not exist; give a .pdparams checkpoint, e.g. "
+                       "exp/<name>/checkpoints/avg_<N>.pdparams of a trained run or the avg_1.pdparams "
+                       "that paddle-asr import-paddlespeech writes")
+    if exp_dir.resolve() in ckpt.resolve().parents:
+        raise AsrError(f"training.init_from: {ckpt} lies inside {exp_dir}, the experiment this run writes (and "
+                       "clears when the config changes); train the fine-tuned model under another --exp_dir "
+                       "(run.sh --exp_name)")
+    return [ckpt, checkpoint_units_file(ckpt)]
 
 
 def train(config: AsrConfig, recipe_dir: Path, exp_dir: Path, *, force: bool = False, log=print) -> Path:
@@ -269,6 +298,7 @@ def _start_process(config: AsrConfig, recipe_dir: Path, world: World, use_gpu: b
         f"threads{', ' + tc.amp + ' mixed precision' if amp else ''}")
     if not use_gpu:  # built here on first use where setup did not (every rank takes the same lock)
         say(f"stage 1: CPU training kernels: {cpu_kernels.status()}")
+    freeze_parameters(model, tc.freeze, say)  # before the optimizer is built: it gets the others only
     return model, n_params
 
 
@@ -302,14 +332,16 @@ def _new_state(config: AsrConfig, world: World, model, ckpt_dir: Path, say) -> T
     scheduler = build_scheduler(config.optim, config.scheduler)
     clip = paddle.nn.ClipGradByGlobalNorm(config.optim.grad_clip)
     opt_cls = paddle.optimizer.Adam if config.optim.name == "adam" else paddle.optimizer.AdamW
-    optimizer = opt_cls(learning_rate=scheduler, parameters=model.parameters(),
+    trainable = [p for p in model.parameters() if not p.stop_gradient]
+    optimizer = opt_cls(learning_rate=scheduler, parameters=trainable,
                         weight_decay=config.optim.weight_decay or None, grad_clip=clip)
     scaler = paddle.amp.GradScaler(init_loss_scaling=2.0**15) if config.training.amp == "fp16" else None
     return TrainingState(config, world, model, optimizer, scheduler, scaler, ckpt_dir, say)
 
 
-def _resume(state: TrainingState) -> None:
-    """Continue from the latest checkpoint, if any; rank 0 first removes what an interrupted save left."""
+def _resume(state: TrainingState) -> bool:
+    """Continue from the latest checkpoint, if any (returns whether there was one); rank 0 first
+    removes what an interrupted save left."""
     world, say, ckpt_dir = state.world, state.say, state.ckpt_dir
     if world.is_main and ckpt_dir.is_dir():
         stale = remove_stale_files(ckpt_dir)
@@ -318,7 +350,7 @@ def _resume(state: TrainingState) -> None:
     barrier(world)
     latest = latest_checkpoint(ckpt_dir) if ckpt_dir.is_dir() else None
     if latest is None:
-        return
+        return False
     load_checkpoint(latest, state.model, state.optimizer, state.scaler)
     state.epoch, state.first_batch, state.step = latest["epoch"], latest["batch"], latest["step"]
     state.epoch_loss, state.epoch_batches = latest.get("epoch_loss_sum", 0.0), latest.get("epoch_batches", 0)
@@ -329,6 +361,19 @@ def _resume(state: TrainingState) -> None:
         state.next_epoch()
     say(f"stage 1: resumed from {latest['name']} at epoch {state.epoch}, batch {state.first_batch}, "
         f"update {state.step}, lr {state.optimizer.get_lr():.3e}")
+    return True
+
+
+def _start_weights(state: TrainingState, recipe_dir: Path) -> None:
+    """Resume an interrupted run; a new one starts from training.init_from when set. Resuming wins:
+    the interrupted run started from init_from already, and its checkpoint holds where it got to."""
+    init_from = state.config.training.init_from
+    if _resume(state):
+        if init_from:
+            state.say(f"stage 1: training.init_from ({init_from}) is not read again: this run started from it, "
+                      "and resumes from its own checkpoint (weights, optimizer, schedule)")
+    elif init_from:
+        load_initial_weights(state.model, state.config, recipe_dir, state.say)
 
 
 def _open_writer(exp_dir: Path, config: AsrConfig, n_params: int, world: World):
@@ -399,6 +444,7 @@ def _train_epoch(state: TrainingState, data: TrainingData, loader: BatchLoader, 
     """Train on `state.epoch` from `state.first_batch` on; returns the index of the last batch
     (first_batch - 1 when none was left)."""
     state.train_model.train()
+    hold_frozen_norms(state.model, state.config.training.freeze)
     meter = _Throughput()
     index = state.first_batch - 1
     for index, batch, share, last in _epoch_batches(loader, data, state.config, state.world, state.epoch,
@@ -567,7 +613,7 @@ def run_training(recipe_dir: Path, exp_dir: Path, *, world: World | None = None,
     model, n_params = _start_process(config, recipe_dir, world, use_gpu, say)
     data = _load_data(config, recipe_dir, tokenizer, model, world, say)
     state = _new_state(config, world, model, exp_dir / "checkpoints", say)
-    _resume(state)
+    _start_weights(state, recipe_dir)
     # The unused concat_linear layers (kept for PaddleSpeech checkpoint compatibility) get no gradient.
     state.train_model = paddle.DataParallel(model, find_unused_parameters=True) if world.size > 1 else model
     writer = _open_writer(exp_dir, config, n_params, world) if world.is_main else None
