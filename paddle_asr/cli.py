@@ -163,7 +163,8 @@ def cmd_import_paddlespeech(args) -> int:
 
 def cmd_transcribe(args) -> int:
     from paddle_asr.data.vad import VadConfig
-    from paddle_asr.transcribe import TranscribeOptions, transcribe_paths
+    from paddle_asr.transcribe import TranscribeOptions
+    from paddle_asr.transcribe_command import transcribe_paths
 
     options = TranscribeOptions(
         method=args.method, chunk_size=args.chunk_size, num_left_chunks=args.num_left_chunks,

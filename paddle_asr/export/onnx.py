@@ -189,10 +189,8 @@ def convert_program(program_dir: Path, out_file: Path) -> None:
     """One Paddle program -> `out_file` (ONNX, opset OPSET) through paddle2onnx, in a child process
     (paddle2onnx aborts the process on an operator it cannot convert, without naming it); an
     ExportError naming those operators, or with paddle2onnx's output when it fails otherwise."""
-    import paddle_asr
-
     env = dict(os.environ)
-    root = str(Path(paddle_asr.__file__).resolve().parents[1])
+    root = str(Path(__file__).resolve().parents[2])  # the folder holding the paddle_asr package
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
     env["POLYGRAPHY_AUTOINSTALL_DEPS"] = "0"  # see _fold_and_save
     proc = subprocess.run([sys.executable, "-m", "paddle_asr.export.onnx", str(program_dir), str(out_file)],
