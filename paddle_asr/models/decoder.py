@@ -138,9 +138,9 @@ def reverse_tokens(tokens: paddle.Tensor, lengths: paddle.Tensor, pad: int) -> p
     `pad` (PaddleSpeech `reverse_pad_list`); traceable, for the exported decoder."""
     pos = paddle.arange(paddle.shape(tokens)[1], dtype="int64").unsqueeze(0)
     n = lengths.astype("int64").unsqueeze(1)
-    valid = pos < n
-    index = paddle.where(valid, n - 1 - pos, paddle.zeros_like(pos * n))
-    reversed_ = paddle.take_along_axis(tokens, index, axis=1)
+    # where, not clip: Paddle Inference fuses a clip into oneDNN even where oneDNN is off (the decoder)
+    valid, index = pos < n, n - 1 - pos
+    reversed_ = paddle.take_along_axis(tokens, paddle.where(valid, index, paddle.zeros_like(index)), axis=1)
     return paddle.where(valid, reversed_, paddle.full_like(tokens, pad))
 
 
