@@ -174,9 +174,18 @@ class EncoderConfig:
 class DecoderConfig:
     """Transformer attention decoder (PaddleSpeech `decoder_conf`)."""
 
+    # transformer: left to right. bitransformer (U2++, PaddleSpeech `BiTransformerDecoder`, WeNet
+    # `bitransformer`): a second, right-to-left decoder of r_num_blocks blocks reads the transcript
+    # backwards; training mixes the two attention losses with reverse_weight, and attention
+    # rescoring the two directions' scores (decode config `reverse_weight`).
+    type: Literal["transformer", "bitransformer"] = "transformer"
     attention_heads: Annotated[int, AT_LEAST_1] = 4
     linear_units: Annotated[int, AT_LEAST_1] = 2048
     num_blocks: Annotated[int, AT_LEAST_1] = 6
+    r_num_blocks: Annotated[int, AT_LEAST_0] = 0  # blocks of the right-to-left decoder (bitransformer)
+    # Weight of the right-to-left attention loss (PaddleSpeech `model_conf.reverse_weight`):
+    # att = (1 - w) * left-to-right + w * right-to-left; bitransformer only, in (0, 1).
+    reverse_weight: Annotated[float, FRACTION] = 0.0
     dropout_rate: Annotated[float, FRACTION] = 0.1
     positional_dropout_rate: Annotated[float, FRACTION] = 0.1
     self_attention_dropout_rate: Annotated[float, FRACTION] = 0.0
@@ -362,6 +371,7 @@ class AsrConfig:
         if enc.dynamic_chunk_min > enc.dynamic_chunk_max:
             yield (f"model.encoder.dynamic_chunk_min: {enc.dynamic_chunk_min} is above dynamic_chunk_max "
                    f"{enc.dynamic_chunk_max}; the training chunk size is drawn between the two")
+        yield from decoder_problems(m.decoder)
         if m.decoder.memory_position_unit != "frame" and not m.decoder.memory_positions:
             yield (f"model.decoder.memory_position_unit: {m.decoder.memory_position_unit} says what the memory "
                    "positions count, but memory_positions is off: set memory_positions: true, or drop the unit")
@@ -380,6 +390,21 @@ class AsrConfig:
                 yield ("model.encoder.pos_enc_layer_type: the transformer encoder uses abs_pos; set "
                        "pos_enc_layer_type: abs_pos, selfattention_layer_type: selfattn")
         yield from scheduler_problems(self.optim, self.scheduler)
+
+
+def decoder_problems(dec: DecoderConfig) -> Iterator[str]:
+    """r_num_blocks and reverse_weight belong to the bitransformer decoder, which needs both
+    (PaddleSpeech asserts r_num_blocks > 0 and 0 < reverse_weight < 1)."""
+    if dec.type == "bitransformer":
+        if dec.r_num_blocks < 1:
+            yield ("model.decoder.r_num_blocks: the bitransformer decoder needs at least 1 right-to-left block "
+                   "(U2++ recipes: 3)")
+        if not 0 < dec.reverse_weight < 1:
+            yield (f"model.decoder.reverse_weight: {dec.reverse_weight} must lie strictly between 0 and 1 for the "
+                   "bitransformer decoder (U2++ recipes: 0.3)")
+    elif dec.r_num_blocks or dec.reverse_weight:
+        yield (f"model.decoder.r_num_blocks / reverse_weight ({dec.r_num_blocks} / {dec.reverse_weight}) apply to "
+               "type: bitransformer only; set type: bitransformer, or drop them")
 
 
 def scheduler_problems(optim: OptimConfig, sched: SchedulerConfig) -> Iterator[str]:
@@ -569,6 +594,10 @@ class DecodeConfig:
         "ctc_greedy_search", "ctc_prefix_beam_search", "attention", "attention_rescoring"])
     beam_size: Annotated[int, AT_LEAST_1] = 10
     ctc_weight: Annotated[float, AT_LEAST_0] = 0.5  # weight of the CTC prefix score in attention rescoring
+    # Attention rescoring of a bitransformer (U2++) model: decoder score = (1 - w) * left-to-right +
+    # w * right-to-left (PaddleSpeech decode `reverse_weight`). Unset: the model's own
+    # model.decoder.reverse_weight (0 for a transformer decoder, whose models need 0).
+    reverse_weight: Annotated[float, FRACTION] | None = None
     # -1: full attention over the whole utterance. >0: streaming, the encoder runs chunk by chunk
     # with this many encoder frames per chunk and caches (the model must be trained for it).
     decoding_chunk_size: Annotated[int, Range(ge=1, also=(-1,))] = -1

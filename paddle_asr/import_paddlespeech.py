@@ -38,7 +38,8 @@ _FIXED_ENCODER_KEYS = {"macaron_style": True, "concat_after": False, "positionwi
                        "max_len": 5000}
 _FIXED_DECODER_KEYS = {"concat_after": False, "input_layer": "embed", "use_output_layer": True, "max_len": 5000}
 # model_conf keys that only matter to PaddleSpeech's own trainer.
-_TRAINING_ONLY_MODEL_KEYS = {"init_type", "reverse_weight"}
+_TRAINING_ONLY_MODEL_KEYS = {"init_type"}
+_DECODER_TYPES = ("transformer", "bitransformer")
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -187,10 +188,23 @@ def convert_deepspeech2_config(folder: Path, ps: dict, source: Path, vocab_size:
     return dataclasses.replace(config, vocab_size=vocab_size, input_dim=config.features.num_mel_bins)
 
 
+def _convert_decoder(ps: dict, model_conf: dict, source: Path) -> DecoderConfig:
+    """`decoder` + `decoder_conf` (+ model_conf.reverse_weight) -> our DecoderConfig. U2++ configs
+    (`decoder: bitransformer`) name r_num_blocks and reverse_weight; PaddleSpeech drops both for a
+    transformer decoder (its WenetSpeech chunk_conformer.yaml keeps reverse_weight: 0.0), and so do we."""
+    kind = ps.get("decoder", "transformer")
+    if kind not in _DECODER_TYPES:
+        raise AsrError(f"{source}: decoder '{kind}' is not supported (only {' and '.join(_DECODER_TYPES)})")
+    raw = dict(ps.get("decoder_conf", {}))
+    if kind == "transformer":
+        raw.pop("r_num_blocks", None)
+    else:
+        raw.update(type=kind, reverse_weight=float(model_conf.get("reverse_weight", 0.0)))
+    return _convert_section(raw, DecoderConfig, _FIXED_DECODER_KEYS, "decoder_conf", source)
+
+
 def convert_config(folder: Path, ps: dict, source: Path, vocab_size: int) -> AsrConfig:
     """PaddleSpeech training config -> our AsrConfig (model, features, optimiser and schedule)."""
-    if ps.get("decoder", "transformer") != "transformer":
-        raise AsrError(f"{source}: decoder '{ps.get('decoder')}' is not supported (only transformer)")
     encoder = _convert_section(dict(ps.get("encoder_conf", {})), EncoderConfig, _FIXED_ENCODER_KEYS,
                                "encoder_conf", source)
     encoder = dataclasses.replace(encoder, subsampling_channels=None)
@@ -198,11 +212,10 @@ def convert_config(folder: Path, ps: dict, source: Path, vocab_size: int) -> Asr
         # PaddleSpeech's TransformerEncoder defaults to absolute positions.
         encoder = dataclasses.replace(encoder, pos_enc_layer_type="abs_pos", selfattention_layer_type="selfattn",
                                       use_cnn_module=False)
-    decoder = _convert_section(dict(ps.get("decoder_conf", {})), DecoderConfig, _FIXED_DECODER_KEYS,
-                               "decoder_conf", source)
     model_conf = dict(ps.get("model_conf", {}))
+    decoder = _convert_decoder(ps, model_conf, source)
     unknown = set(model_conf) - {"ctc_weight", "lsm_weight", "length_normalized_loss", "ctc_dropoutrate",
-                                 "ctc_grad_norm_type"} - _TRAINING_ONLY_MODEL_KEYS
+                                 "ctc_grad_norm_type", "reverse_weight"} - _TRAINING_ONLY_MODEL_KEYS
     if unknown:
         raise AsrError(f"{source}: model_conf keys {sorted(unknown)} are not supported")
     config = AsrConfig()
@@ -276,7 +289,7 @@ def import_paddlespeech(folder: Path, exp_dir: Path, *, config_path: Path | None
             "from": str(folder.resolve()), "config": str(source), "checkpoint": str(ckpt), "vocab": str(vocab),
             "cmvn": cmvn_source, "tensors": len(state)}, indent=1))
     what = (f"DeepSpeech2 ({config.model.deepspeech2.rnn_direction})" if config.model.name == "deepspeech2"
-            else f"{config.model.encoder_type} U2")
+            else f"{config.model.encoder_type} U2{'++' if config.model.decoder.type == 'bitransformer' else ''}")
     log(f"import-paddlespeech: {what} model ({len(state)} tensors, {tokenizer.vocab_size} units) "
         f"from {ckpt}; CMVN from {cmvn_source} -> {exp_dir} (run stages 3-7 with --exp_name {exp_dir.name})")
     return exp_dir

@@ -139,8 +139,10 @@ def test_configs_are_shipped_for_every_recipe():
     names = {str(p.relative_to(REPO)) for p in SHIPPED}
     assert {"recipes/aishell/conf/conformer.yaml", "recipes/aishell/conf/chunk_conformer.yaml",
             "recipes/aishell/conf/decode.yaml", "recipes/aishell/conf/chunk_decode.yaml",
+            "recipes/aishell/conf/chunk_conformer_u2pp.yaml",
             "recipes/demo/conf/conformer.yaml", "recipes/demo/conf/chunk_decode.yaml"} <= names
-    presets = {f"conf/model/{m}.yaml" for m in ("conformer", "chunk_conformer", "transformer", "deepspeech2",
+    presets = {f"conf/model/{m}.yaml" for m in ("conformer", "chunk_conformer", "chunk_conformer_u2pp", "transformer",
+                                                 "deepspeech2",
                                                  "deepspeech2_online", "demo_conformer", "demo_chunk_conformer",
                                                  "tiny_conformer")}
     assert presets | {"conf/decode/full.yaml", "conf/decode/chunk.yaml", "conf/decode/deepspeech2.yaml"} <= names
@@ -163,7 +165,14 @@ def test_every_shipped_training_config_loads_and_builds_a_model(path):
         return
     # PaddleSpeech U2 parameter names (docs/paddlespeech.md)
     assert "encoder.embed.conv.0.weight" in names and "ctc.ctc_lo.weight" in names
-    assert "decoder.embed.0.weight" in names and "decoder.output_layer.weight" in names
+    decoders = ["decoder."]
+    if config.model.decoder.type == "bitransformer":  # PaddleSpeech BiTransformerDecoder
+        decoders = ["decoder.left_decoder.", "decoder.right_decoder."]
+        assert not [n for n in names if n.startswith("decoder.") and not n.startswith(tuple(decoders))]
+        last = f"decoder.right_decoder.decoders.{config.model.decoder.r_num_blocks - 1}.feed_forward.w_1.weight"
+        assert last in names
+    for prefix in decoders:
+        assert f"{prefix}embed.0.weight" in names and f"{prefix}output_layer.weight" in names
     if config.model.encoder_type == "conformer":
         assert "encoder.encoders.0.self_attn.pos_bias_u" in names
         assert "encoder.encoders.0.conv_module.depthwise_conv.weight" in names
@@ -201,6 +210,30 @@ def test_published_aishell_hyperparameters():
     assert chunk.model.encoder.causal and chunk.model.encoder.use_dynamic_chunk
     assert chunk.model.encoder.cnn_module_norm == "layer_norm" and chunk.optim.lr == 0.001
     assert load_decode_config(REPO / "recipes/aishell/conf/chunk_decode.yaml").decoding_chunk_size == 16
+
+
+def test_published_u2pp_settings():
+    """PaddleSpeech's WenetSpeech U2++ network and schedule on the AISHELL streaming Conformer."""
+    u2pp = load_config(REPO / "recipes/aishell/conf/chunk_conformer_u2pp.yaml")
+    dec, enc = u2pp.model.decoder, u2pp.model.encoder
+    assert (dec.type, dec.num_blocks, dec.r_num_blocks, dec.reverse_weight) == ("bitransformer", 3, 3, 0.3)
+    assert (dec.self_attention_dropout_rate, dec.src_attention_dropout_rate, enc.attention_dropout_rate) == (0.1,) * 3
+    assert u2pp.model.streaming and enc.cnn_module_norm == "layer_norm" and u2pp.model.ctc_weight == 0.3
+    assert (u2pp.optim.lr, u2pp.scheduler.warmup_steps, u2pp.training.accum_grad, u2pp.training.max_epoch) == (
+        0.002, 25000, 8, 150)
+
+
+@pytest.mark.parametrize("decoder, match", [
+    ("{type: bitransformer, r_num_blocks: 3}", "reverse_weight: 0.0 must lie strictly between 0 and 1"),
+    ("{type: bitransformer, reverse_weight: 0.3}", "r_num_blocks: the bitransformer decoder needs at least 1"),
+    ("{type: bitransformer, r_num_blocks: 3, reverse_weight: 1.0}", "reverse_weight: 1.0 must lie strictly"),
+    ("{r_num_blocks: 3}", "apply to type: bitransformer only"),
+    ("{type: bitransformer2}", "model.decoder.type: 'bitransformer2' is not one of"),
+])
+def test_a_bitransformer_needs_both_r_num_blocks_and_reverse_weight(tmp_path, decoder, match):
+    (tmp_path / "c.yaml").write_text(f"model:\n  decoder: {decoder}\n")
+    with pytest.raises(AsrError, match=match):
+        load_config(tmp_path / "c.yaml")
 
 
 def test_decode_config_unknown_key_is_an_error(tmp_path):

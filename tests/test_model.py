@@ -372,3 +372,84 @@ def test_model_options_that_cannot_work_are_refused(tmp_path, section, options, 
     config.write_text(f"base: {REPO}/conf/model/chunk_conformer.yaml\nmodel:\n  {section}:\n    {options}\n")
     with pytest.raises(AsrError, match=match):
         load_config(config)
+
+
+def _u2pp(reverse_weight: float = 0.3):
+    """A small U2++ model: 2 left-to-right and 1 right-to-left decoder blocks."""
+    config = dataclasses.replace(load_config(REPO / "recipes/aishell/conf/chunk_conformer_u2pp.yaml"), vocab_size=40,
+                                 input_dim=80)
+    config.model.encoder = dataclasses.replace(config.model.encoder, output_size=64, linear_units=128, num_blocks=2)
+    config.model.decoder = dataclasses.replace(config.model.decoder, linear_units=128, num_blocks=2, r_num_blocks=1,
+                                               reverse_weight=reverse_weight)
+    paddle.seed(0)
+    model = build_model(config)
+    randomise_biases(model)
+    model.eval()
+    return model
+
+
+def _smoothed_kl(logits: paddle.Tensor, ys_out: np.ndarray, smoothing: float, batch: int) -> float:
+    """The label-smoothed attention loss by hand: KL(smoothed target || softmax) summed, / batch size."""
+    logp = paddle.nn.functional.log_softmax(logits, -1).numpy()
+    v, total = logp.shape[-1], 0.0
+    for b, row in enumerate(ys_out):
+        for u, t in enumerate(row):
+            if t != -1:
+                target = np.full(v, smoothing / (v - 1))
+                target[t] = 1 - smoothing
+                total += float((target * (np.log(target) - logp[b, u])).sum())
+    return total / batch
+
+
+def test_u2pp_trains_the_right_to_left_decoder_on_the_reversed_transcript():
+    """U2++'s loss: the right-to-left decoder reads `<sos> y_n ... y_1` and predicts `y_n ... y_1 <eos>`;
+    att = 0.7 * left-to-right + 0.3 * right-to-left, and the gradient reaches the right decoder."""
+    model = _u2pp()
+    blocks = {k.split(".")[3] for k in model.state_dict() if k.startswith("decoder.right_decoder.decoders.")}
+    assert blocks == {"0"}  # r_num_blocks 1, beside num_blocks 2
+    rng = np.random.default_rng(3)
+    feats = paddle.to_tensor(rng.normal(10, 3, (2, 200, 80)).astype("float32"))
+    lengths = paddle.to_tensor([200, 150], dtype="int64")
+    labels = paddle.to_tensor([[3, 4, 5], [6, 7, -1]], dtype="int64")
+    label_lengths = paddle.to_tensor([3, 2], dtype="int64")
+    loss, parts = model(feats, lengths, labels, label_lengths)
+    with paddle.no_grad():
+        hs, hs_len = model.encoder(feats, lengths)
+        r_ys_in, r_ys_out = model.add_sos_eos(paddle.to_tensor([[5, 4, 3], [7, 6, -1]], dtype="int64"), label_lengths)
+        r_logits = model.decoder.forward_right(hs, hs_len, r_ys_in, label_lengths + 1)
+    assert r_ys_in.numpy().tolist() == [[39, 5, 4, 3], [39, 7, 6, 39]]
+    np.testing.assert_allclose(float(parts["att_r2l"]), _smoothed_kl(r_logits, r_ys_out.numpy(), 0.1, 2), rtol=1e-5)
+    np.testing.assert_allclose(float(parts["att"]), 0.7 * float(parts["att_l2r"]) + 0.3 * float(parts["att_r2l"]),
+                               rtol=1e-6)
+    np.testing.assert_allclose(float(loss), 0.3 * float(parts["ctc"]) + 0.7 * float(parts["att"]), rtol=1e-6)
+    loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if n.startswith("decoder.right_decoder.")}
+    assert grads and all(g is not None and float(g.abs().sum()) > 0 for n, g in grads.items()
+                         if "concat_linear" not in n)
+
+
+def test_u2pp_decoder_scores_both_directions_of_each_hypothesis():
+    """forward_attention_decoder: the left-to-right log-probs are the plain decoder's, and the
+    right-to-left ones those of `<sos> reversed(tokens)` rows, whatever the padding."""
+    model = _u2pp()
+    enc = paddle.to_tensor(np.random.default_rng(4).normal(0, 1, (1, 30, 64)).astype("float32"))
+    hyps = paddle.to_tensor([[39, 5, 8, 9], [39, 6, 39, 39], [39, 39, 39, 39]], dtype="int64")
+    lengths = paddle.to_tensor([4, 2, 1], dtype="int64")
+    enc_len = paddle.to_tensor([30], dtype="int64")
+    with paddle.no_grad():
+        left, right = model.forward_attention_decoder(hyps, lengths, enc, enc_len)
+        alone = model.forward_left_decoder(hyps, lengths, enc, enc_len)
+        r_in = paddle.to_tensor([[39, 9, 8, 5]], dtype="int64")
+        r_alone = model.decoder.forward_right(enc, enc_len, r_in, lengths[:1])
+    np.testing.assert_array_equal(left.numpy(), alone.numpy())
+    np.testing.assert_allclose(right.numpy()[0], paddle.nn.functional.log_softmax(r_alone, -1).numpy()[0], atol=1e-5)
+    assert right.shape == left.shape == [3, 4, 40]
+
+
+def test_reverse_weight_needs_a_bitransformer():
+    from paddle_asr.config import DecodeConfig
+    from paddle_asr.decode.recognizer import Recognizer
+
+    with pytest.raises(AsrError, match="reverse_weight 0.3 weighs a right-to-left decoder, which this model lacks"):
+        Recognizer(DygraphBackend(_model(output_size=64, linear_units=128)), DecodeConfig(reverse_weight=0.3))
+    assert Recognizer(DygraphBackend(_u2pp()), DecodeConfig()).reverse_weight == 0.3

@@ -1,6 +1,7 @@
 """ONNX export (paddle2onnx) of a small U2 streaming model: ONNX Runtime against Paddle Inference
 (outputs within 1e-4, the same hypotheses for every method, full and chunk by chunk), sherpa-onnx
-reading the export unmodified, and a conversion that fails."""
+reading the export unmodified, and a conversion that fails. PaddleSpeech's U2++ golden model: its
+decoder.onnx returns both directions and ONNX Runtime gives PaddleSpeech's hypotheses."""
 
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ from paddle_asr.features import compute_fbank, mel_bank_map
 from tests.conftest import real_fixture
 from tests.test_export_quant import FEAT_DIM, METHODS, build_small_u2, random_batch
 from tests.test_model import check_streams_batched_equal_alone
+from tests.test_paddlespeech_parity import U2PP, check_paddlespeech_hypotheses, export_golden, golden, import_golden
 
 WAVS = ("aishell-BAC009S0724W0121.wav", "librispeech-1995-1837-0001.wav")
 ATOL = 1e-4
@@ -350,6 +352,46 @@ def test_int8_export_quantizes_the_encoder_and_decodes(exported, backends, tmp_p
     assert agree > 0.8, agree
     samples = _samples(WAVS[0])
     assert _sherpa_offline(int8, samples) and _sherpa_streaming(int8, samples)[0]
+
+
+@pytest.fixture(scope="module")
+def u2pp_export(tmp_path_factory):
+    """PaddleSpeech's U2++ golden model (tests/fixtures/paddlespeech/chunk_conformer_u2pp) exported to
+    ONNX, without sherpa-onnx's files (they hold the encoder alone, which U2++ leaves as it is)."""
+    root = tmp_path_factory.mktemp("u2pp")
+    fp32 = export_golden(*import_golden(U2PP, root / "exp"), root / "fp32")
+    export_onnx(fp32, root / "onnx")
+    return fp32, root / "onnx"
+
+
+def test_a_u2pp_decoder_onnx_returns_both_directions_as_paddle_inference_and_paddlespeech(u2pp_export, tmp_path):
+    """decoder.onnx's second output is the right-to-left decoder's (WeNet's r_score): on the golden
+    n-best both directions are within 1e-4 of Paddle Inference and of PaddleSpeech; ONNX Runtime's
+    dynamic INT8 of the decoder keeps both outputs."""
+    fp32, onnx_dir = u2pp_export
+    assert _io(onnx_dir / "decoder.onnx")[:2] == (["hyps", "hyps_lengths", "encoder_out", "encoder_lengths"],
+                                                  ["decoder_log_probs", "r_decoder_log_probs"])
+    _, g = golden(U2PP)
+    lengths = g["decoder_hyps_lens"] + 1
+    feeds = (g["decoder_in"], lengths, g["encoder_out"], np.asarray([g["encoder_out"].shape[1]], np.int64))
+    ref = load_backend(fp32, json.loads((fp32 / "meta.json").read_text())).decode_bidirectional(*feeds)
+    ours = OnnxU2Backend(onnx_dir)
+    assert ours.bidirectional and ours.reverse_weight == 0.3
+    got = ours.decode_bidirectional(*feeds)
+    for r, o, key in zip(ref, got, ("decoder_log_probs", "decoder_r_log_probs")):
+        for i, n in enumerate(lengths):
+            np.testing.assert_allclose(o[i, :n], r[i, :n], atol=ATOL, rtol=0)
+            np.testing.assert_allclose(o[i, :n], g[key][i, :n], atol=ATOL, rtol=0)
+    assert quantize_onnx_export(onnx_dir, tmp_path / "int8", ["decoder"]) == ["decoder.onnx"]
+    int8 = OnnxU2Backend(tmp_path / "int8").decode_bidirectional(*feeds)
+    assert all(a.shape == b.shape and np.abs(a - b).max() > 1e-6 for a, b in zip(int8, got))
+
+
+@pytest.mark.parametrize("mode", list(golden(U2PP)[0]["modes"]))
+def test_onnx_runtime_gives_paddlespeech_s_u2pp_hypotheses(u2pp_export, mode):
+    """Every method, over the whole utterance and chunk by chunk, rescoring with and without the
+    right-to-left decoder."""
+    check_paddlespeech_hypotheses(OnnxU2Backend(u2pp_export[1]), U2PP, mode)
 
 
 def test_transcribe_runs_the_onnx_export(exported):

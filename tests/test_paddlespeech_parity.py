@@ -5,11 +5,14 @@ data/lang_char/vocab.txt, data/mean_std.json) with fixed random weights, run by 
 real AISHELL utterance BAC009S0724W0121. Each test imports the folder with `import-paddlespeech`
 (so the importer is under test too) and compares our model: encoder output, CTC log-probs, decoder
 scores, the training loss, streaming chunk by chunk with its caches, and the hypotheses of the
-four decoding methods - from the dynamic graph and from the exported programs.
+four decoding methods - from the dynamic graph and from the exported programs. The U2++ model
+(chunk_conformer_u2pp, bitransformer decoder) adds the right-to-left decoder's scores, both
+directions' attention losses, and attention rescoring with and without its reverse_weight.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from functools import cache
 from pathlib import Path
@@ -22,13 +25,16 @@ from paddle_asr.config import DecodeConfig, load_config
 from paddle_asr.decode.dygraph_backend import DygraphBackend
 from paddle_asr.decode.recognizer import Recognizer, encode_streaming
 from paddle_asr.import_paddlespeech import import_paddlespeech
+from paddle_asr.models.decoder import reverse_tokens
 from paddle_asr.models.registry import build_model, load_weights
 
 # The U2 methods PaddleSpeech has (ctc_beam_search_lm is DeepSpeech2's, with an LM).
 METHODS = ("ctc_greedy_search", "ctc_prefix_beam_search", "attention", "attention_rescoring")
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "paddlespeech"
-MODELS = ("conformer", "chunk_conformer")
+MODELS = ("conformer", "chunk_conformer", "chunk_conformer_u2pp")
+CHUNK_MODELS = ("chunk_conformer", "chunk_conformer_u2pp")
+U2PP = "chunk_conformer_u2pp"
 ATOL = 1e-4
 
 
@@ -40,19 +46,30 @@ def golden(name: str) -> tuple[dict, dict[str, np.ndarray]]:
     return meta, arrays
 
 
+def import_golden(name: str, exp: Path):
+    """(config, model, exp): the fixture `name` through import-paddlespeech into `exp`, loaded."""
+    import_paddlespeech(FIXTURES / name, exp, log=lambda *_: None)
+    config = load_config(exp / "train.yaml")
+    model = build_model(config)
+    load_weights(model, exp / "checkpoints" / "avg_1.pdparams")
+    model.eval()
+    return config, model, exp
+
+
+def export_golden(config, model, exp: Path, out: Path) -> Path:
+    """The FP32 bundle of an imported fixture model (stage 4's export) in `out`."""
+    from paddle_asr.export.bundle import write_bundle_files
+    from paddle_asr.export.export import export_model
+
+    diffs = export_model(model, config.input_dim, out)
+    write_bundle_files(out, config, exp / "vocab.txt", model, checkpoint="golden", functions=sorted(diffs))
+    return out
+
+
 @pytest.fixture(scope="module")
 def imported(tmp_path_factory):
-    """{name: (config, model)} loaded from the experiment directories import-paddlespeech wrote."""
-    models = {}
-    for name in MODELS:
-        exp = tmp_path_factory.mktemp("exp") / name
-        import_paddlespeech(FIXTURES / name, exp, log=lambda *_: None)
-        config = load_config(exp / "train.yaml")
-        model = build_model(config)
-        load_weights(model, exp / "checkpoints" / "avg_1.pdparams")
-        model.eval()
-        models[name] = (config, model, exp)
-    return models
+    """{name: (config, model, exp)} loaded from the experiment directories import-paddlespeech wrote."""
+    return {name: import_golden(name, tmp_path_factory.mktemp("exp") / name) for name in MODELS}
 
 
 def _feats(name):
@@ -66,6 +83,9 @@ def test_imported_config_matches_the_paddlespeech_one(imported, name):
     assert config.model.encoder.output_size == ps["encoder_conf"]["output_size"]
     assert config.model.encoder.causal == ps["encoder_conf"]["causal"]
     assert config.model.decoder.num_blocks == ps["decoder_conf"]["num_blocks"]
+    assert config.model.decoder.type == ps["decoder"]
+    assert config.model.decoder.r_num_blocks == ps["decoder_conf"].get("r_num_blocks", 0)
+    assert config.model.decoder.reverse_weight == ps["model_conf"].get("reverse_weight", 0.0)
     assert config.vocab_size == golden(name)[0]["vocab_size"]
     assert json.loads((exp / "imported.json").read_text())["cmvn"].endswith("mean_std.json")
 
@@ -85,15 +105,23 @@ def test_encoder_and_ctc_match(imported, name):
 
 @pytest.mark.parametrize("name", MODELS)
 def test_decoder_scores_match(imported, name):
+    """Left-to-right log-probs of the rescored n-best; U2++ also the right-to-left decoder's, on
+    the reversed hypotheses built as PaddleSpeech builds them."""
     _, model, _ = imported[name]
     _, g = golden(name)
     lens = g["decoder_hyps_lens"] + 1
     with paddle.no_grad():
-        lp = model.forward_attention_decoder(
+        out = model.forward_attention_decoder(
             paddle.to_tensor(g["decoder_in"]), paddle.to_tensor(lens), paddle.to_tensor(g["encoder_out"]),
-            paddle.to_tensor([g["encoder_out"].shape[1]], dtype="int64")).numpy()
-    for i, n in enumerate(lens):
-        np.testing.assert_allclose(lp[i, :n], g["decoder_log_probs"][i, :n], atol=ATOL, rtol=0)
+            paddle.to_tensor([g["encoder_out"].shape[1]], dtype="int64"))
+    directions = {"decoder_log_probs": out}
+    if name == U2PP:
+        directions = {"decoder_log_probs": out[0], "decoder_r_log_probs": out[1]}
+        r_in = reverse_tokens(paddle.to_tensor(g["decoder_in"][:, 1:]), paddle.to_tensor(lens - 1), model.eos)
+        np.testing.assert_array_equal(r_in.numpy(), g["decoder_r_in"][:, 1:])
+    for key, lp in directions.items():
+        for i, n in enumerate(lens):
+            np.testing.assert_allclose(lp.numpy()[i, :n], g[key][i, :n], atol=ATOL, rtol=0, err_msg=key)
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -112,15 +140,20 @@ def test_training_loss_matches(imported, name):
     np.testing.assert_allclose(float(parts["ctc"]), batch1["loss_ctc"], rtol=1e-4)
     np.testing.assert_allclose(float(parts["att"]), batch1["loss_att"], rtol=1e-4)
     np.testing.assert_allclose(float(loss), batch1["loss"], rtol=1e-4)
+    if name == U2PP:  # both directions' losses, which "att" mixes with reverse_weight
+        assert model.reverse_weight == 0.3
+        np.testing.assert_allclose(float(parts["att_l2r"]), batch1["loss_att_l2r"], rtol=1e-4)
+        np.testing.assert_allclose(float(parts["att_r2l"]), batch1["loss_att_r2l"], rtol=1e-4)
 
 
+@pytest.mark.parametrize("name", CHUNK_MODELS)
 @pytest.mark.parametrize("mode", ["chunk16", "chunk4_left2"])
-def test_streaming_encoder_and_caches_match(imported, mode):
-    _, model, _ = imported["chunk_conformer"]
-    meta, g = golden("chunk_conformer")
+def test_streaming_encoder_and_caches_match(imported, name, mode):
+    _, model, _ = imported[name]
+    meta, g = golden(name)
     settings = meta["chunk_encoder"][mode]
     chunk, left = settings["decoding_chunk_size"], settings["num_decoding_left_chunks"]
-    feats = _feats("chunk_conformer")
+    feats = _feats(name)
     backend = DygraphBackend(model)
     streamed = encode_streaming(backend, feats[0], chunk, left)
     np.testing.assert_allclose(streamed, g[f"encoder_out_{mode}"], atol=ATOL, rtol=0)
@@ -146,46 +179,48 @@ def _golden_cases():
             yield name, mode
 
 
-@pytest.mark.parametrize("name,mode", list(_golden_cases()))
-def test_four_decoding_methods_give_paddlespeech_hypotheses(imported, name, mode):
-    _, model, _ = imported[name]
+def check_paddlespeech_hypotheses(backend, name: str, mode: str) -> None:
+    """The four methods on `backend` give PaddleSpeech's hypotheses. The decode config leaves
+    reverse_weight unset, so U2++ rescoring weighs the right-to-left decoder by the model's own
+    reverse_weight, as PaddleSpeech's decode.yaml does; with reverse_weight 0 it gives PaddleSpeech's
+    left-to-right-only choice (which differs in some modes: the fixture's seed was chosen so)."""
     meta, _ = golden(name)
     settings = meta["modes"][mode]
+    assert backend.reverse_weight == meta["decoding"]["reverse_weight"]
     conf = DecodeConfig(beam_size=meta["decoding"]["beam_size"], ctc_weight=meta["decoding"]["ctc_weight"],
                         decoding_chunk_size=settings["decoding_chunk_size"],
                         num_decoding_left_chunks=settings["num_decoding_left_chunks"])
     feats = _feats(name)
-    got = Recognizer(DygraphBackend(model), conf).recognize(feats, np.array([feats.shape[1]], np.int64))
+    lengths = np.array([feats.shape[1]], np.int64)
+    got = Recognizer(backend, conf).recognize(feats, lengths)
     for method in METHODS:
         assert got[method][0] == settings["results"][method]["token_ids"], method
+    if name == U2PP:
+        conf = dataclasses.replace(conf, methods=["attention_rescoring"], reverse_weight=0.0)
+        (hyp,) = Recognizer(backend, conf).recognize(feats, lengths)["attention_rescoring"]
+        assert hyp == settings["results"]["attention_rescoring_reverse_weight_0"]["token_ids"]
+
+
+@pytest.mark.parametrize("name,mode", list(_golden_cases()))
+def test_four_decoding_methods_give_paddlespeech_hypotheses(imported, name, mode):
+    check_paddlespeech_hypotheses(DygraphBackend(imported[name][1]), name, mode)
+
+
+def test_the_u2pp_fixture_s_rescoring_depends_on_reverse_weight():
+    """Otherwise the hypothesis tests could not tell whether the right-to-left scores are used."""
+    modes = golden(U2PP)[0]["modes"].values()
+    assert any(m["results"]["attention_rescoring"]["token_ids"]
+               != m["results"]["attention_rescoring_reverse_weight_0"]["token_ids"] for m in modes)
 
 
 @pytest.fixture(scope="module")
 def exported(imported, tmp_path_factory):
-    from paddle_asr.export.bundle import write_bundle_files
-    from paddle_asr.export.export import export_model
-
-    bundles = {}
-    for name, (config, model, exp) in imported.items():
-        out = tmp_path_factory.mktemp("export") / name
-        diffs = export_model(model, config.input_dim, out)
-        write_bundle_files(out, config, exp / "vocab.txt", model, checkpoint="golden", functions=sorted(diffs))
-        bundles[name] = out
-    return bundles
+    return {name: export_golden(*imported[name], tmp_path_factory.mktemp("export") / name) for name in MODELS}
 
 
 @pytest.mark.parametrize("name,mode", list(_golden_cases()))
 def test_exported_programs_give_paddlespeech_hypotheses(exported, name, mode):
     from paddle_asr.export.runtime import load_backend
 
-    meta, _ = golden(name)
-    settings = meta["modes"][mode]
-    conf = DecodeConfig(beam_size=meta["decoding"]["beam_size"], ctc_weight=meta["decoding"]["ctc_weight"],
-                        decoding_chunk_size=settings["decoding_chunk_size"],
-                        num_decoding_left_chunks=settings["num_decoding_left_chunks"])
     bundle = exported[name]
-    backend = load_backend(bundle, json.loads((bundle / "meta.json").read_text()))
-    feats = _feats(name)
-    got = Recognizer(backend, conf).recognize(feats, np.array([feats.shape[1]], np.int64))
-    for method in METHODS:
-        assert got[method][0] == settings["results"][method]["token_ids"], method
+    check_paddlespeech_hypotheses(load_backend(bundle, json.loads((bundle / "meta.json").read_text())), name, mode)

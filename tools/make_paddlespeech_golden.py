@@ -1,13 +1,15 @@
 #!/usr/bin/env python
-"""Golden reference fixtures from PaddleSpeech 1.5.0's U2Model (conformer, chunk conformer).
+"""Golden reference fixtures from PaddleSpeech 1.5.0's U2Model (conformer, chunk conformer, U2++).
 
 Run inside the side environment made by tools/setup_paddlespeech_env.sh:
 
     .venv-paddlespeech/bin/python tools/make_paddlespeech_golden.py --out tests/fixtures/paddlespeech
 
-Two small PaddleSpeech U2 models ("conformer": full-context, batch-norm conv module;
-"chunk_conformer": causal conv, dynamic-chunk training, layer-norm conv module) get fixed,
-seeded random weights. For each one a folder is written, laid out like a PaddleSpeech
+Three small PaddleSpeech U2 models ("conformer": full-context, batch-norm conv module;
+"chunk_conformer": causal conv, dynamic-chunk training, layer-norm conv module;
+"chunk_conformer_u2pp": the same encoder with U2++'s bitransformer decoder, a right-to-left
+decoder beside the left-to-right one, as examples/wenetspeech/asr1/conf/chunk_conformer_u2pp.yaml)
+get fixed, seeded random weights. For each one a folder is written, laid out like a PaddleSpeech
 experiment / released model (conf/model.yaml, conf/preprocess.yaml, conf/decode.yaml,
 exp/<name>/checkpoints/avg_1.pdparams, data/lang_char/vocab.txt, data/mean_std.json), plus
 golden.npz (tensors) and golden.json (decoding results, losses, settings, notes).
@@ -25,7 +27,7 @@ seed actually used is the first one from --seed upwards for which the decoding r
 non-empty and no deciding score gap is below --min-gap (recorded in golden.json). The output is
 byte-for-byte reproducible (fixed zip timestamps in the .npz files).
 
-To stay within the fixture size budget, the input shared by both models is stored once, in
+To stay within the fixture size budget, the input shared by the models is stored once, in
 <out>/input.npz (feats: raw fbank [T, 80] before CMVN; feats_cmvn_head: its first 32 frames after
 CMVN). The full CMVN'd features and the loss batch are exact functions of feats (recipes and
 sha256 digests in golden.json).
@@ -95,7 +97,7 @@ import paddlespeech  # noqa: E402
 from paddlespeech.audio.compliance import kaldi as ps_kaldi  # noqa: E402
 from paddlespeech.audio.transform.cmvn import GlobalCMVN as PipelineGlobalCMVN  # noqa: E402
 from paddlespeech.audio.transform.transformation import Transformation  # noqa: E402
-from paddlespeech.audio.utils.tensor_utils import add_sos_eos, pad_sequence  # noqa: E402
+from paddlespeech.audio.utils.tensor_utils import add_sos_eos, pad_sequence, st_reverse_pad_list  # noqa: E402
 from paddlespeech.s2t.frontend.featurizer.text_featurizer import TextFeaturizer  # noqa: E402
 from paddlespeech.s2t.models.u2 import U2Model  # noqa: E402
 from paddlespeech.s2t.modules import mask as ps_mask  # noqa: E402
@@ -153,6 +155,12 @@ MODELS = {
         "use_dynamic_left_chunk": False,
     },
 }
+# U2++ (decoder: bitransformer): the chunk conformer's encoder. Appended last, so that the other
+# models keep their weight seeds (np.random.default_rng([seed, index in MODELS])).
+MODELS["chunk_conformer_u2pp"] = dict(MODELS["chunk_conformer"])
+# decoder_conf.r_num_blocks and model_conf.reverse_weight of the bitransformer models (PaddleSpeech's
+# U2++ configs: 3 blocks each way, 0.3); one right-to-left block here, fewer than the two left-to-right.
+BITRANSFORMER = {"chunk_conformer_u2pp": {"r_num_blocks": 1, "reverse_weight": 0.3}}
 DECODER_CONF = {
     "attention_heads": 4,
     "linear_units": 32,
@@ -281,6 +289,35 @@ def paddlespeech_fbank(samples_int16: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # Config files
 # --------------------------------------------------------------------------------------------
+def decoder_type(name: str) -> str:
+    return "bitransformer" if name in BITRANSFORMER else "transformer"
+
+
+def reverse_weight(name: str) -> float:
+    """model_conf.reverse_weight, which attention rescoring uses too (decode.yaml reverse_weight)."""
+    return BITRANSFORMER[name]["reverse_weight"] if name in BITRANSFORMER else 0.0
+
+
+def decoder_conf(name: str) -> dict:
+    """DECODER_CONF, with r_num_blocks after num_blocks for a bitransformer (as PaddleSpeech's U2++ yaml)."""
+    conf = {}
+    for key, value in DECODER_CONF.items():
+        conf[key] = value
+        if key == "num_blocks" and name in BITRANSFORMER:
+            conf["r_num_blocks"] = BITRANSFORMER[name]["r_num_blocks"]
+    return conf
+
+
+def model_conf(name: str) -> dict:
+    """MODEL_CONF, with reverse_weight before init_type for a bitransformer (as PaddleSpeech's U2++ yaml)."""
+    conf = {}
+    for key, value in MODEL_CONF.items():
+        if key == "init_type" and name in BITRANSFORMER:
+            conf["reverse_weight"] = reverse_weight(name)
+        conf[key] = value
+    return conf
+
+
 def model_config(name: str, vocab_size: int) -> dict:
     return {
         "cmvn_file": None,
@@ -289,14 +326,15 @@ def model_config(name: str, vocab_size: int) -> dict:
         "output_dim": vocab_size,
         "encoder": "conformer",
         "encoder_conf": dict(MODELS[name]),
-        "decoder": "transformer",
-        "decoder_conf": dict(DECODER_CONF),
-        "model_conf": dict(MODEL_CONF),
+        "decoder": decoder_type(name),
+        "decoder_conf": decoder_conf(name),
+        "model_conf": model_conf(name),
     }
 
 
 def decode_conf(name: str) -> dict:
-    chunk = name == "chunk_conformer"
+    chunk = MODELS[name]["use_dynamic_chunk"]
+    extra = {"reverse_weight": reverse_weight(name)} if name in BITRANSFORMER else {}
     return {
         "beam_size": BEAM_SIZE,
         "decode_batch_size": 1,
@@ -306,6 +344,7 @@ def decode_conf(name: str) -> dict:
         "decoding_chunk_size": 16 if chunk else -1,
         "num_decoding_left_chunks": -1,
         "simulate_streaming": bool(chunk),
+        **extra,
     }
 
 
@@ -330,10 +369,10 @@ def write_model_yaml(path: Path, name: str, vocab_size: int) -> None:
         "encoder: conformer\n"
         "encoder_conf:\n" + _block(MODELS[name]) +
         "# decoder related\n"
-        "decoder: transformer\n"
-        "decoder_conf:\n" + _block(DECODER_CONF) +
+        f"decoder: {decoder_type(name)}\n"
+        "decoder_conf:\n" + _block(decoder_conf(name)) +
         "# hybrid CTC/attention\n"
-        "model_conf:\n" + _block(MODEL_CONF) +
+        "model_conf:\n" + _block(model_conf(name)) +
         "\n"
         "###########################################\n"
         "#                   Data                  #\n"
@@ -438,6 +477,8 @@ def write_decode_yaml(path: Path, name: str) -> None:
         f"decoding_method: {d['decoding_method']} # 'attention', 'ctc_greedy_search', "
         "'ctc_prefix_beam_search', 'attention_rescoring'\n"
         f"ctc_weight: {d['ctc_weight']} # ctc weight for attention rescoring decode mode.\n"
+        + (f"reverse_weight: {d['reverse_weight']} # reverse weight for attention rescoring decode mode.\n"
+           if "reverse_weight" in d else "") +
         f"decoding_chunk_size: {d['decoding_chunk_size']} # decoding chunk size. Defaults to -1.\n"
         "    # <0: for decoding, use full chunk.\n"
         "    # >0: for decoding, use fixed chunk size as set.\n"
@@ -524,8 +565,11 @@ def randomize_weights(model: U2Model, rng: np.random.Generator, blank: int, eos:
             raise KeyError(f"unhandled state entry {name} {shape}")
         new_state[name] = v
     new_state["ctc.ctc_lo.weight"] = new_state["ctc.ctc_lo.weight"] * CTC_SCALE
-    new_state["decoder.output_layer.weight"] = new_state["decoder.output_layer.weight"] * DEC_SCALE
-    new_state["decoder.output_layer.bias"][eos] += DEC_EOS_BIAS
+    for name in new_state:  # decoder.output_layer, or a bitransformer's left_ and right_decoder's
+        if name.startswith("decoder.") and name.endswith("output_layer.weight"):
+            new_state[name] = new_state[name] * DEC_SCALE
+        elif name.startswith("decoder.") and name.endswith("output_layer.bias"):
+            new_state[name][eos] += DEC_EOS_BIAS
     tensors = {k: paddle.to_tensor(v.astype(np.float32)) for k, v in new_state.items()}
     missing, unexpected = model.set_state_dict(tensors)
     assert not missing and not unexpected, (missing, unexpected)
@@ -674,6 +718,7 @@ def rescoring_inputs(model: U2Model, hyps):
 
 def decode_mode(model, text_feature, xs, xlens, chunk, left, streaming, arrays_prefix, arrays):
     eos = model.eos
+    rw = model.reverse_weight  # model_conf.reverse_weight (U2++); PaddleSpeech drops it for a transformer
     common = dict(
         decoding_chunk_size=chunk, num_decoding_left_chunks=left, simulate_streaming=streaming
     )
@@ -682,7 +727,7 @@ def decode_mode(model, text_feature, xs, xlens, chunk, left, streaming, arrays_p
     for method in ("ctc_greedy_search", "ctc_prefix_beam_search", "attention", "attention_rescoring"):
         texts, ids = model.decode(
             xs, xlens, text_feature=text_feature, decoding_method=method, beam_size=BEAM_SIZE,
-            ctc_weight=RESCORE_CTC_WEIGHT, reverse_weight=0.0, **common,
+            ctc_weight=RESCORE_CTC_WEIGHT, reverse_weight=rw, **common,
         )
         raw = [int(t) for t in ids[0]]
         results[method] = {"token_ids": strip_eos(raw, eos), "text": texts[0]}
@@ -694,8 +739,10 @@ def decode_mode(model, text_feature, xs, xlens, chunk, left, streaming, arrays_p
         hyps, enc2 = model._ctc_prefix_beam_search(xs, xlens, BEAM_SIZE, chunk, left, streaming)
         assert np.array_equal(enc2.numpy(), encoder_out.numpy())
         hyps_pad, hyps_lens = rescoring_inputs(model, hyps)
-        dec_out, _ = model.forward_attention_decoder(hyps_pad, hyps_lens, encoder_out, 0.0)
-        dec_out = dec_out.numpy()
+        dec_out, r_dec_out = model.forward_attention_decoder(hyps_pad, hyps_lens, encoder_out, rw)
+        dec_out, r_dec_out = dec_out.numpy(), r_dec_out.numpy()
+        # the right-to-left decoder's input, as forward_attention_decoder builds it
+        r_hyps_pad = st_reverse_pad_list(hyps_pad[:, 1:], hyps_lens - 1, model.sos, model.eos)
         att_result, att_margins = attention_beam_margins(model, encoder_out, encoder_mask, BEAM_SIZE, True)
         att_nocache, att_nocache_margins = attention_beam_margins(
             model, encoder_out, encoder_mask, BEAM_SIZE, False
@@ -704,15 +751,22 @@ def decode_mode(model, text_feature, xs, xlens, chunk, left, streaming, arrays_p
     nbest = []
     for hyp, score in hyps:
         nbest.append({"token_ids": list(hyp), "text": text_feature.defeaturize(list(hyp)), "ctc_score": score})
-    # rescoring exactly as attention_rescoring (reverse_weight 0)
+    # rescoring exactly as attention_rescoring (with the right-to-left decoder when reverse_weight > 0)
     totals = []
     for i, (hyp, ctc_score) in enumerate(hyps):
         dscore = 0.0
         for j, w in enumerate(hyp):
             dscore += dec_out[i][j][w]
         dscore += dec_out[i][len(hyp)][eos]
-        total = dscore + ctc_score * RESCORE_CTC_WEIGHT
         nbest[i]["decoder_score"] = float(dscore)
+        if rw > 0:
+            r_score = 0.0
+            for j, w in enumerate(hyp):
+                r_score += r_dec_out[i][len(hyp) - j - 1][w]
+            r_score += r_dec_out[i][len(hyp)][eos]
+            nbest[i]["r_decoder_score"] = float(r_score)
+            dscore = dscore * (1 - rw) + r_score * rw
+        total = dscore + ctc_score * RESCORE_CTC_WEIGHT
         nbest[i]["rescoring_score"] = float(total)
         totals.append(float(total))
     best_index = 0
@@ -755,6 +809,9 @@ def decode_mode(model, text_feature, xs, xlens, chunk, left, streaming, arrays_p
         "same_result_as_paddlespeech": strip_eos(att_nocache, eos) == results["attention"]["token_ids"],
         "same_raw_ids_as_paddlespeech": att_nocache == results["attention"]["token_ids_raw"],
     }
+    if rw > 0:
+        results["attention_rescoring_reverse_weight_0"], margins["attention_rescoring_reverse_weight_0_gap"] = (
+            rescoring_without_reverse(model, text_feature, xs, xlens, common, hyps, nbest))
     res["results"] = results
     res["margins"] = margins
     if arrays_prefix is None:  # only the full-context mode stores the decoder tensors (size budget)
@@ -768,9 +825,27 @@ def decode_mode(model, text_feature, xs, xlens, chunk, left, streaming, arrays_p
     arrays[f"{arrays_prefix}decoder_hyps_lens"] = np.array([len(h) for h, _ in hyps], dtype=np.int64)
     arrays[f"{arrays_prefix}decoder_in"] = hyps_pad.numpy().astype(np.int64)
     arrays[f"{arrays_prefix}decoder_log_probs"] = dec_out.astype(np.float32)
+    if rw > 0:
+        arrays[f"{arrays_prefix}decoder_r_in"] = r_hyps_pad.numpy().astype(np.int64)
+        arrays[f"{arrays_prefix}decoder_r_log_probs"] = r_dec_out.astype(np.float32)
     arrays[f"{arrays_prefix}nbest_ctc_scores"] = np.array([s for _, s in hyps], dtype=np.float64)
     arrays[f"{arrays_prefix}nbest_rescoring_scores"] = np.array(totals, dtype=np.float64)
     return res, encoder_out.numpy(), ctc_log_probs
+
+
+def rescoring_without_reverse(model, text_feature, xs, xlens, common, hyps, nbest) -> tuple[dict, float]:
+    """U2++: attention_rescoring by PaddleSpeech's decode with reverse_weight 0 (the left-to-right
+    decoder alone), checked against the n-best's decoder scores; (result, best-vs-second gap)."""
+    texts, ids = model.decode(
+        xs, xlens, text_feature=text_feature, decoding_method="attention_rescoring", beam_size=BEAM_SIZE,
+        ctc_weight=RESCORE_CTC_WEIGHT, reverse_weight=0.0, **common,
+    )
+    totals = [e["decoder_score"] + ctc_score * RESCORE_CTC_WEIGHT for e, (_, ctc_score) in zip(nbest, hyps)]
+    best_index = max(range(len(totals)), key=lambda i: (totals[i], -i))  # the first maximum
+    token_ids = strip_eos([int(t) for t in ids[0]], model.eos)
+    assert list(hyps[best_index][0]) == token_ids, "rescoring (reverse_weight 0) replica"
+    srt = sorted(totals, reverse=True)
+    return {"token_ids": token_ids, "text": texts[0], "nbest_index": best_index}, srt[0] - srt[1]
 
 
 def chunk_caches(model, xs, chunk, left, n_chunks, arrays, tag):
@@ -803,6 +878,23 @@ def chunk_caches(model, xs, chunk, left, n_chunks, arrays, tag):
             outs.append(y.numpy())
             offset += int(y.shape[1])
     return info, np.concatenate(outs, axis=1)
+
+
+def attention_loss_directions(model, xt, lt, y, text_lens, seed, loss_att) -> dict:
+    """U2++: the two attention losses U2Model.forward mixes with reverse_weight, each from
+    PaddleSpeech's _calc_att_loss (reverse_weight 0: left to right alone, 1: right to left alone)
+    on the encoder output forward computed (the same seed, so the same random chunk)."""
+    with paddle.no_grad():
+        paddle.seed(seed)
+        encoder_out, encoder_mask = model.encoder(xt, lt)
+        ylens = paddle.to_tensor(np.array(text_lens, dtype=np.int64))
+        l2r, _ = model._calc_att_loss(encoder_out, encoder_mask, paddle.to_tensor(y), ylens, 0.0)
+        r2l, _ = model._calc_att_loss(encoder_out, encoder_mask, paddle.to_tensor(y), ylens, 1.0)
+    rw = model.reverse_weight
+    mixed = (1 - rw) * float(l2r) + rw * float(r2l)
+    assert abs(mixed - loss_att) <= 1e-5 * abs(loss_att), (mixed, loss_att)
+    return {"loss_att_l2r": float(l2r), "loss_att_r2l": float(r2l),
+            "loss_att_rule": f"loss_att = (1 - {rw}) * loss_att_l2r + {rw} * loss_att_r2l"}
 
 
 def training_losses(model, feats_cmvn, feats_raw, text_ids, short_ids, seed, cmvn_fn, arrays):
@@ -852,6 +944,8 @@ def training_losses(model, feats_cmvn, feats_raw, text_ids, short_ids, seed, cmv
         }
         if drawn:
             r["dynamic_chunk_mask_drawn"] = list(drawn)
+        if model.reverse_weight > 0:
+            r.update(attention_loss_directions(model, xt, lt, y, text_lens, seed, r["loss_att"]))
         return r, y
 
     # raw batch (what golden.npz describes as loss_feats)
@@ -908,6 +1002,7 @@ def check_margins(margins_by_mode: dict, results_by_mode: dict, min_gap: float) 
             "att_cand": m["attention"]["min_candidate_cutoff_gap"],
             "att_final": m["attention"]["final_best_gap"],
             "rescoring": m["attention_rescoring_best_vs_second_gap"],
+            "rescoring_reverse_weight_0": m.get("attention_rescoring_reverse_weight_0_gap"),
         }
         for k, v in checks.items():
             if v is not None and v < min_gap:
@@ -972,6 +1067,11 @@ def make_model_fixture(name, out_dir, vocab, feats_raw, feats_cmvn, mean_std, cm
         problems = check_margins(
             {k: v["margins"] for k, v in modes.items()}, {k: v["results"] for k, v in modes.items()}, min_gap
         )
+        if name in BITRANSFORMER and all(
+                v["results"]["attention_rescoring"]["token_ids"]
+                == v["results"]["attention_rescoring_reverse_weight_0"]["token_ids"] for v in modes.values()):
+            # the right-to-left decoder must decide something, or the fixture could not tell it is used
+            problems.append("reverse_weight changes no attention_rescoring result")
         if problems:
             attempt_log.append({"seed": used_seed, "rejected": problems[:2]})
             continue
@@ -1051,15 +1151,16 @@ def make_model_fixture(name, out_dir, vocab, feats_raw, feats_cmvn, mean_std, cm
         "decoding": {
             "beam_size": BEAM_SIZE,
             "ctc_weight": RESCORE_CTC_WEIGHT,
-            "reverse_weight": 0.0,
+            "reverse_weight": model.reverse_weight,
             "api": "U2Model.decode(feats_cmvn[None], [T], text_feature, method, beam_size, ctc_weight, "
-                   "decoding_chunk_size, num_decoding_left_chunks, simulate_streaming, reverse_weight=0.0)",
+                   f"decoding_chunk_size, num_decoding_left_chunks, simulate_streaming, "
+                   f"reverse_weight={model.reverse_weight})",
         },
         "modes": modes,
         "chunk_encoder": chunk_info,
         "loss": loss,
         "arrays": array_docs(arrays, chunk_model),
-        "paddlespeech_notes": meta["notes"],
+        "paddlespeech_notes": meta["notes"] + (U2PP_NOTES if name in BITRANSFORMER else []),
     }
     (folder / "golden.json").write_text(dump_json(_py(golden)) + "\n", encoding="utf-8")
     return folder, golden
@@ -1081,6 +1182,14 @@ def array_docs(arrays, chunk_model) -> dict:
         "loss_text": "int64 [2, 12] targets, padded with ignore_id -1 (batch 1 = row 0)",
         "loss_text_lengths": "int64 [2]",
     }
+    if "decoder_r_in" in arrays:  # U2++
+        docs["decoder_r_in"] = ("int64 [N, U+1] the right-to-left decoder's input: <sos> + reversed hyp, padded "
+                                "with <eos> (st_reverse_pad_list; an EMPTY hyp is <sos>, <eos>...)")
+        docs["decoder_r_log_probs"] = ("[N, U+1, V] log_softmax of decoder.right_decoder(encoder_out, decoder_r_in, "
+                                       "hyps_lens+1): row j scores hyp token len-1-j, row len scores <eos>")
+        docs["nbest_rescoring_scores"] = ("float64 [N] attention_rescoring score: (1 - reverse_weight) * (sum_j "
+                                          "logp[j, hyp_j] + logp[len, eos]) + reverse_weight * (sum_j "
+                                          "r_logp[len-1-j, hyp_j] + r_logp[len, eos]) + ctc_weight * ctc_score")
     if chunk_model:
         docs["encoder_out_chunk16"] = "encoder.forward_chunk_by_chunk(xs, 16, -1)"
         docs["encoder_out_chunk16_masked"] = "encoder(xs, xs_lens, decoding_chunk_size=16, num_decoding_left_chunks=-1)"
@@ -1141,7 +1250,8 @@ def verify_with_paddlespeech_pipeline(out_dir: Path, names) -> dict:
                 for method in ("ctc_greedy_search", "ctc_prefix_beam_search", "attention", "attention_rescoring"):
                     texts, _ = model.decode(
                         xs, ilen, text_feature=tf, decoding_method=method, beam_size=dec.beam_size,
-                        ctc_weight=dec.ctc_weight, decoding_chunk_size=spec["decoding_chunk_size"],
+                        ctc_weight=dec.ctc_weight, reverse_weight=getattr(dec, "reverse_weight", 0.0),
+                        decoding_chunk_size=spec["decoding_chunk_size"],
                         num_decoding_left_chunks=spec["num_decoding_left_chunks"],
                         simulate_streaming=spec["simulate_streaming"],
                     )
@@ -1232,6 +1342,20 @@ NOTES = [
     "TextFeaturizer/load_dict: each vocab line is cut with entry[:-1] (so the file must end with a newline) and "
     "split on ' ' (first field); <blank> inserted at 0 if missing, <eos> appended if missing; sos = eos = V-1; "
     "defeaturize stops at the first eos.",
+]
+
+
+U2PP_NOTES = [
+    "U2++ (decoder: bitransformer, BiTransformerDecoder): decoder.left_decoder and decoder.right_decoder are two "
+    "TransformerDecoders (own embedding, positional encoding, output layer) of num_blocks and r_num_blocks blocks. "
+    "Training: r_ys = the transcript reversed within its length (reverse_pad_list), add_sos_eos as for the left "
+    "one, the right decoder runs with the same ys_in_lens and masks; loss_att = (1 - reverse_weight) * l2r + "
+    "reverse_weight * r2l (each LabelSmoothingLoss); model_conf.reverse_weight must lie in (0, 1).",
+    "U2++ attention_rescoring: forward_attention_decoder(hyps, hyps_lens, encoder_out, reverse_weight) feeds the "
+    "right decoder st_reverse_pad_list(hyps[:, 1:], hyps_lens - 1, sos, eos) = <sos> + reversed hyp, <eos>-padded; "
+    "score = (1 - reverse_weight) * l2r + reverse_weight * r2l, r2l = sum_j r[len-1-j, hyp_j] + r[len, eos], in "
+    "Python floats over float32 numpy values, then + ctc_weight * ctc_score. The attention method (recognize) and "
+    "forward_one_step use the left decoder only.",
 ]
 
 

@@ -38,6 +38,7 @@ class DygraphBackend:
         self.right_context = model.encoder.embed.right_context
         self.supports_streaming = model.encoder.supports_streaming
         self.skip_finished = True  # the dynamic graph builds nothing per shape: fewer rows is faster
+        self.bidirectional, self.reverse_weight = model.decoder.bidirectional, model.reverse_weight
 
     def encode(self, feats, lengths):
         with paddle.no_grad():
@@ -64,18 +65,27 @@ class DygraphBackend:
             return self.model.ctc_activation(paddle.to_tensor(encoder_out)).numpy()
 
     def decode(self, hyps, hyps_lengths, encoder_out, encoder_lengths):
+        return self._decoder(self.model.forward_left_decoder, hyps, hyps_lengths, encoder_out, encoder_lengths)
+
+    def decode_bidirectional(self, hyps, hyps_lengths, encoder_out, encoder_lengths):
+        left, right = self._decoder(self.model.forward_attention_decoder, hyps, hyps_lengths, encoder_out,
+                                    encoder_lengths)
+        return left, right
+
+    @staticmethod
+    def _decoder(method, hyps, hyps_lengths, encoder_out, encoder_lengths):
         with paddle.no_grad():
-            out = self.model.forward_attention_decoder(
-                paddle.to_tensor(hyps, dtype="int64"), paddle.to_tensor(hyps_lengths, dtype="int64"),
-                paddle.to_tensor(encoder_out), paddle.to_tensor(encoder_lengths, dtype="int64"))
-        return out.numpy()
+            out = method(paddle.to_tensor(hyps, dtype="int64"), paddle.to_tensor(hyps_lengths, dtype="int64"),
+                         paddle.to_tensor(encoder_out), paddle.to_tensor(encoder_lengths, dtype="int64"))
+        return tuple(t.numpy() for t in out) if isinstance(out, tuple) else out.numpy()
 
 
 class DeepSpeech2DygraphBackend:
     """CTC-only: the recognizer offers greedy, prefix beam and LM beam search."""
 
-    has_decoder = False
+    has_decoder = bidirectional = False
     sos = eos = None
+    reverse_weight = 0.0
     skip_finished = True
 
     def __init__(self, model: DeepSpeech2Model) -> None:

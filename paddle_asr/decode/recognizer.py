@@ -43,6 +43,10 @@ class Backend(Protocol):
     right_context: int
     supports_streaming: bool
     has_decoder: bool  # False: a CTC-only model (DeepSpeech2), only the CTC methods apply
+    # A right-to-left decoder beside the left-to-right one (U2++, `decode_bidirectional`), and
+    # the weight attention rescoring gives it unless the decode config sets one (0 without it).
+    bidirectional: bool
+    reverse_weight: float
     # Whether attention search should leave utterances whose beams all ended out of the decoder
     # call: fewer rows, but a new input shape at every step (costly where kernels are built per shape).
     skip_finished: bool
@@ -66,7 +70,12 @@ class Backend(Protocol):
     def decode(self, hyps: np.ndarray, hyps_lengths: np.ndarray, encoder_out: np.ndarray,
                encoder_lengths: np.ndarray) -> np.ndarray:
         """Decoder log-probs [N, U, V] for `<sos> tokens` rows; encoder_out holds B utterances and
-        N is a multiple of B, rows grouped by utterance."""
+        N is a multiple of B, rows grouped by utterance. A bidirectional model's left-to-right ones."""
+
+    def decode_bidirectional(self, hyps: np.ndarray, hyps_lengths: np.ndarray, encoder_out: np.ndarray,
+                             encoder_lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """As `decode`, with the right-to-left decoder's log-probs [N, U, V] for the same rows
+        (`U2Model.forward_attention_decoder`); only when `bidirectional`."""
 
 
 def validate_decode_config(conf: DecodeConfig, backend: Backend, source: str = "decode config") -> None:
@@ -75,6 +84,10 @@ def validate_decode_config(conf: DecodeConfig, backend: Backend, source: str = "
         raise AsrError(f"{source}: {', '.join(m for m in conf.methods if m in DECODER_METHODS)} need an attention "
                        "decoder, which this model (CTC only) lacks; use ctc_greedy_search, ctc_prefix_beam_search or "
                        "ctc_beam_search_lm")
+    if conf.reverse_weight and not backend.bidirectional:
+        raise AsrError(f"{source}: reverse_weight {conf.reverse_weight} weighs a right-to-left decoder, which this "
+                       "model lacks (it needs model.decoder.type bitransformer, U2++); drop reverse_weight or set it "
+                       "to 0")
     if "ctc_beam_search_lm" in conf.methods:
         if not conf.lm_path:
             raise AsrError(f"{source}: ctc_beam_search_lm needs lm_path (an ARPA or KenLM file; stage 0 builds "
@@ -133,6 +146,7 @@ class Recognizer:
                  context: ContextGraph | None = None) -> None:
         validate_decode_config(conf, backend)
         self.backend, self.conf, self.context = backend, conf, context
+        self.reverse_weight = backend.reverse_weight if conf.reverse_weight is None else conf.reverse_weight
         self.seconds: dict[str, float] = {"encoder": 0.0, **{m: 0.0 for m in conf.methods}}
         self.lm, self.vocab, self.lm_cache = None, vocab, {}
         if "ctc_beam_search_lm" in conf.methods:
@@ -220,15 +234,20 @@ class Recognizer:
 
     def rescore(self, nbest: list, enc: np.ndarray, enc_lengths: np.ndarray) -> list[list[int]]:
         """One decoder call for the n-best of every utterance in the batch: each utterance's list is
-        padded to beam_size rows (the decoder reads N/B hypotheses per utterance)."""
+        padded to beam_size rows (the decoder reads N/B hypotheses per utterance). With a
+        reverse_weight, the right-to-left decoder scores them too (U2++)."""
         beam = self.conf.beam_size
         rows = [hyp for cands in nbest for hyp, _ in (cands + [cands[0]] * (beam - len(cands)))]
         hyps_in, hyps_lengths = pad_hypotheses(rows, self.backend.sos, self.backend.eos)
-        log_probs = self.backend.decode(hyps_in, hyps_lengths, enc, enc_lengths)
+        if self.reverse_weight > 0:
+            log_probs, r_log_probs = self.backend.decode_bidirectional(hyps_in, hyps_lengths, enc, enc_lengths)
+        else:
+            log_probs, r_log_probs = self.backend.decode(hyps_in, hyps_lengths, enc, enc_lengths), None
         best = []
         for i, cands in enumerate(nbest):
-            idx, _ = attention_rescoring(cands, log_probs[i * beam: i * beam + len(cands)], self.backend.eos,
-                                         self.conf.ctc_weight)
+            rows_i = slice(i * beam, i * beam + len(cands))
+            idx, _ = attention_rescoring(cands, log_probs[rows_i], self.backend.eos, self.conf.ctc_weight,
+                                         None if r_log_probs is None else r_log_probs[rows_i], self.reverse_weight)
             best.append(cands[idx][0])
         return best
 

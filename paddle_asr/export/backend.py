@@ -99,6 +99,8 @@ class ExportedBackend:
     subclasses this and sets the attributes below."""
 
     has_decoder: bool
+    bidirectional = False  # a U2++ bundle's decoder program gives both directions (export.u2)
+    reverse_weight = 0.0
     sos: int | None
     eos: int | None
     subsampling_rate: int

@@ -117,8 +117,8 @@ def _valid_max_diff(name: str, ref: list[np.ndarray], got: list[np.ndarray], fee
         if not np.array_equal(lengths, got[1]):
             raise ExportError(f"encoder lengths differ: {got[1]} vs {lengths}")
         rows = [(r[i, :n], g[i, :n]) for r, g in ((ref[0], got[0]), (ref[2], got[2])) for i, n in enumerate(lengths)]
-    elif name == "decoder":
-        rows = [(ref[0][i, :n], got[0][i, :n]) for i, n in enumerate(feeds["hyps_lengths"])]
+    elif name == "decoder":  # one output, or U2++'s two directions
+        rows = [(r[i, :n], g[i, :n]) for r, g in zip(ref, got) for i, n in enumerate(feeds["hyps_lengths"])]
     else:
         rows = list(zip(ref, got))
     diffs = [float(np.abs(r - g[tuple(slice(0, s) for s in r.shape)]).max()) for r, g in rows if r.size]

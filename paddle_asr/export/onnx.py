@@ -7,7 +7,8 @@
                                  conv_cache [L, 1, d, k-1], attn_mask [1, 1, R + chunk] -> log_probs,
                                  next_att_cache [L, H, R, 2*d_k], next_conv_cache (streaming models only)
     <onnx>/encoder.onnx, encoder_chunk.onnx, ctc_activation.onnx, decoder.onnx
-                                 the bundle's programs (export.u2: our fbank, batched streams), for our runtime
+                                 the bundle's programs (export.u2: our fbank, batched streams), for our runtime;
+                                 a U2++ decoder.onnx has a second output, r_decoder_log_probs
     <onnx>/tokens.txt            `unit id` lines (sherpa-onnx); vocab.txt, features.yaml, meta.json as the bundle's
 
 Our runtime's files come from the bundle's programs through paddle2onnx; afterwards their graphs are
@@ -315,6 +316,8 @@ def program_io(meta: dict, name: str) -> tuple[tuple[str, ...], tuple[str, ...]]
     if meta.get("model") == "deepspeech2" and name == "encoder_chunk":
         states = tuple(meta["state_names"])
         return ("feats", "feats_lengths", *states), ("encoder_out", "encoder_lengths", *(f"{s}_out" for s in states))
+    if name == "decoder" and meta.get("bidirectional_decoder"):  # U2++: WeNet's decoder.onnx gives r_score too
+        return PROGRAM_IO[name][0], (*PROGRAM_IO[name][1], "r_decoder_log_probs")
     return PROGRAM_IO[name]
 
 

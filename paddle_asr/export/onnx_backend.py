@@ -19,7 +19,7 @@ from paddle_asr.export.backend import require_chunk_version, require_meta
 from paddle_asr.export.bundle import META
 from paddle_asr.export.deepspeech2 import DeepSpeech2ChunkProgram, DeepSpeech2Streams
 from paddle_asr.export.onnx import CHUNK, ENCODER
-from paddle_asr.export.u2 import U2Streams
+from paddle_asr.export.u2 import U2DecoderProgram, U2Streams, decoder_directions
 
 
 class OrtProgram:
@@ -66,6 +66,8 @@ class OnnxBackend:
     """What both families' ONNX backends share: the encoder, CTC and chunk programs."""
 
     _chunk = None
+    bidirectional = False  # a U2++ export's decoder.onnx gives both directions (export.u2)
+    reverse_weight = 0.0
     # paddle2onnx's bidirectional RNN reads padded rows as if they were full length, so such an
     # encoder runs one utterance at a time (DeepSpeech2 offline; padding is exact everywhere else).
     _one_at_a_time = False
@@ -108,7 +110,7 @@ def _stack_padded(arrays: list[np.ndarray]) -> np.ndarray:
     return out
 
 
-class OnnxU2Backend(U2Streams, OnnxBackend):
+class OnnxU2Backend(U2DecoderProgram, U2Streams, OnnxBackend):
     """A U2 model's ONNX export on ONNX Runtime: encoder, CTC, attention decoder and, for a
     streaming model, many streams' chunks at a time with per-stream caches."""
 
@@ -120,16 +122,17 @@ class OnnxU2Backend(U2Streams, OnnxBackend):
         meta = self.meta
         require_meta(self.model_dir, meta, ("sos", "eos", "att_cache_shape", "cnn_cache_shape"))
         self.sos, self.eos = int(meta["sos"]), int(meta["eos"])
+        self.bidirectional, self.reverse_weight = decoder_directions(meta)
         self._decoder = OrtProgram(self.model_dir / "decoder.onnx", num_threads)
         if self.supports_streaming:
             self._set_up_streams(meta, OrtProgram(self.model_dir / CHUNK, num_threads))
 
-    def decode(self, hyps, hyps_lengths, encoder_out, encoder_lengths):
+    def _run_decoder(self, hyps, hyps_lengths, encoder_out, encoder_lengths) -> list[np.ndarray]:
         return self._decoder.run({
             "hyps": np.asarray(hyps, np.int64), "hyps_lengths": np.asarray(hyps_lengths, np.int64),
             "encoder_out": np.asarray(encoder_out, np.float32),
             "encoder_lengths": np.asarray(encoder_lengths, np.int64),
-        })[0]
+        })
 
 
 class OnnxDeepSpeech2Backend(DeepSpeech2Streams, OnnxBackend):

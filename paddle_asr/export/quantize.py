@@ -139,8 +139,15 @@ def program_op_report(model_file: Path, op_types: Iterable[str]) -> dict:
 EDGE_LAYERS = ("first_conv", "output_layer")
 
 
+# Ops between an output layer's product and the program's output: its bias and log-softmax (which
+# the program spells out as max, subtract, exp, sum, log, subtract; the input is X throughout).
+_OUTPUT_PATH_OPS = {"elementwise_add", "elementwise_sub", "log_softmax", "softmax", "scale", "cast", "assign"}
+
+
 def edge_layer_weights(model_file: Path, layers: Iterable[str] = EDGE_LAYERS) -> list[str]:
-    """Weights of the first convolution and/or the last matrix product (the CTC output layer).
+    """Weights of the first convolution and/or the output layers: the last matrix product (the CTC
+    output layer), and any other product whose result reaches a program output through bias and
+    log-softmax alone (a U2++ decoder's two directions).
 
     Both are kept in FP32 by default, the usual practice: the first conv sees raw features through
     a single input channel (little int8 speed-up, large rounding error) and the output layer's
@@ -160,8 +167,22 @@ def edge_layer_weights(model_file: Path, layers: Iterable[str] = EDGE_LAYERS) ->
 
     convs = [w for op in ops if op.type in ("conv2d", "depthwise_conv2d") and (w := weight(op))]
     gemms = [w for op in ops if op.type in ("matmul_v2", "mul", "matmul") and (w := weight(op))]
-    chosen = (convs[:1] if "first_conv" in layers else []) + (gemms[-1:] if "output_layer" in layers else [])
+    outputs = list(dict.fromkeys(gemms[-1:] + _output_products(ops, weight)))
+    chosen = (convs[:1] if "first_conv" in layers else []) + (outputs if "output_layer" in layers else [])
     return [w for w in chosen if w]
+
+
+def _output_products(ops: list, weight) -> list[str]:
+    """The weights of the products that feed each fetched output through `_OUTPUT_PATH_OPS` alone."""
+    producer = {a: op for op in ops for v in op.outputs for a in v.arguments}
+    found = []
+    for fetch in (op for op in ops if op.type == "fetch"):
+        var = next(a for v in fetch.inputs if v.parameter == "X" for a in v.arguments)
+        while (op := producer.get(var)) is not None and op.type in _OUTPUT_PATH_OPS:
+            var = next(a for v in op.inputs if v.parameter == "X" for a in v.arguments)
+        if op is not None and op.type in ("matmul_v2", "mul", "matmul") and (w := weight(op)):
+            found.append(w)
+    return found
 
 
 def strip_activation_observers(model_file: Path, quantized_op_types: Iterable[str]) -> int:

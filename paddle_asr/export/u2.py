@@ -8,7 +8,9 @@
                            -> chunk_out [B, t', d], att_cache [L, B, H, C + t', 2*d_k] (untrimmed), cnn_cache
     <out>/ctc_activation/  encoder_out [B, T', d] -> ctc_log_probs [B, T', V]
     <out>/decoder/         forward_attention_decoder: hyps [N, U], hyps_lengths [N], encoder_out
-                           [N, T', d], encoder_lengths [N] -> decoder log-probs [N, U, V]
+                           [N, T', d], encoder_lengths [N] -> decoder log-probs [N, U, V]; a U2++
+                           (bitransformer) decoder also the right-to-left ones [N, U, V], as WeNet's
+                           and PaddleSpeech's exports return r_decoder_out (meta bidirectional_decoder)
 
 CMVN is inside both encoders (raw fbank in). `U2ExportedBackend` runs such a bundle: CTC and
 attention decoder, streaming with per-stream attention and convolution caches that it gathers into
@@ -25,6 +27,7 @@ from paddle.static import InputSpec
 from paddle_asr.config import AsrConfig
 from paddle_asr.decode.dygraph_backend import DygraphBackend
 from paddle_asr.decode.recognizer import chunk_windows
+from paddle_asr.errors import AsrError
 from paddle_asr.export.backend import (
     ENCODER_CHUNK_VERSION,
     ExportedBackend,
@@ -148,6 +151,9 @@ def bundle_meta(config: AsrConfig, model: U2Model) -> dict:
         "encoder_type": config.model.encoder_type,
         "sos": model.sos,
         "eos": model.eos,
+        # U2++: the decoder program returns the right-to-left log-probs too (decoder_directions).
+        "bidirectional_decoder": model.decoder.bidirectional,
+        "reverse_weight": model.reverse_weight,
         "subsampling_rate": enc.embed.subsampling_rate,
         "right_context": enc.embed.right_context,
         "min_input_frames": enc.embed.right_context + 1,
@@ -158,6 +164,33 @@ def bundle_meta(config: AsrConfig, model: U2Model) -> dict:
         "att_cache_shape": att_cache,
         "cnn_cache_shape": cnn_cache,
     }
+
+
+def decoder_directions(meta: dict) -> tuple[bool, float]:
+    """(whether the bundle's decoder program also returns right-to-left log-probs, the model's
+    reverse_weight) from meta.json; bundles exported before U2++ have a left-to-right decoder."""
+    return bool(meta.get("bidirectional_decoder", False)), float(meta.get("reverse_weight", 0.0))
+
+
+class U2DecoderProgram:
+    """`decode` and `decode_bidirectional` of a backend (Paddle Inference or ONNX Runtime) whose
+    `_run_decoder` runs the exported decoder: its outputs are the left-to-right log-probs and, in a
+    U2++ bundle (`bidirectional`), the right-to-left ones."""
+
+    model_dir: Path
+    bidirectional: bool
+
+    def _run_decoder(self, hyps, hyps_lengths, encoder_out, encoder_lengths) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def decode(self, hyps, hyps_lengths, encoder_out, encoder_lengths):
+        return self._run_decoder(hyps, hyps_lengths, encoder_out, encoder_lengths)[0]
+
+    def decode_bidirectional(self, hyps, hyps_lengths, encoder_out, encoder_lengths):
+        if not self.bidirectional:
+            raise AsrError(f"{self.model_dir}: its decoder has no right-to-left half (not a U2++ model)")
+        left, right = self._run_decoder(hyps, hyps_lengths, encoder_out, encoder_lengths)
+        return left, right
 
 
 class U2Streams(Streams):
@@ -180,7 +213,7 @@ class U2Streams(Streams):
                                      int(meta["max_encoder_frames"]))
 
 
-class U2ExportedBackend(U2Streams, ExportedBackend):
+class U2ExportedBackend(U2DecoderProgram, U2Streams, ExportedBackend):
     """A U2 bundle: CTC and attention decoder, and for a streaming model many streams' chunks at a
     time through `encoder_chunk` with per-stream attention and convolution caches."""
 
@@ -192,6 +225,7 @@ class U2ExportedBackend(U2Streams, ExportedBackend):
                                        "att_cache_shape", "cnn_cache_shape"))
         super().__init__(model_dir, meta, num_threads=num_threads, gpu=gpu)
         self.sos, self.eos = int(meta["sos"]), int(meta["eos"])
+        self.bidirectional, self.reverse_weight = decoder_directions(meta)
         self.subsampling_rate = int(meta["subsampling_rate"])
         self.right_context = int(meta["right_context"])
         self.supports_streaming = bool(meta.get("supports_streaming")) and (self.model_dir / "encoder_chunk").is_dir()
@@ -210,7 +244,8 @@ class U2ExportedBackend(U2Streams, ExportedBackend):
                       ) -> tuple[np.ndarray, list[U2StreamState]]:
         return self._chunk.encode_chunks(xs, states, required_cache_size)
 
-    def decode(self, hyps, hyps_lengths, encoder_out, encoder_lengths):
+    def _run_decoder(self, hyps, hyps_lengths, encoder_out, encoder_lengths) -> list[np.ndarray]:
+        """The decoder program's outputs (U2++: both directions), cut back to the hypotheses' width."""
         u = hyps.shape[1]
         feeds = {
             "hyps": pad_axis(np.asarray(hyps, np.int64), 1, TOKEN_BUCKET, value=self.eos),
@@ -218,4 +253,4 @@ class U2ExportedBackend(U2Streams, ExportedBackend):
             "encoder_out": pad_axis(np.asarray(encoder_out, np.float32), 1, FRAME_BUCKET),
             "encoder_lengths": np.asarray(encoder_lengths, np.int64),
         }
-        return self._decoder.run(feeds)[0][:, :u]
+        return [out[:, :u] for out in self._decoder.run(feeds)]

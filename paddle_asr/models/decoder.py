@@ -1,4 +1,5 @@
-"""Transformer attention decoder (PaddleSpeech `TransformerDecoder` layout; docs/paddlespeech.md)."""
+"""Attention decoders in PaddleSpeech's layouts (docs/paddlespeech.md): `TransformerDecoder` (left to
+right) and `BiTransformerDecoder` (U2++: a left-to-right and a right-to-left one side by side)."""
 
 from __future__ import annotations
 
@@ -45,14 +46,19 @@ class DecoderLayer(nn.Layer):
 
 
 class TransformerDecoder(nn.Layer):
-    def __init__(self, vocab_size: int, d: int, conf: DecoderConfig) -> None:
+    """num_blocks: the config's unless given (the right-to-left half of a bitransformer has r_num_blocks)."""
+
+    bidirectional = False
+
+    def __init__(self, vocab_size: int, d: int, conf: DecoderConfig, num_blocks: int | None = None) -> None:
         super().__init__()
         if not conf.normalize_before:
             raise AsrError("model.decoder.normalize_before: false is not supported (every published recipe uses true)")
         self.embed = nn.Sequential(
             nn.Embedding(vocab_size, d), PositionalEncoding(d, conf.positional_dropout_rate, relative=False)
         )
-        self.decoders = nn.LayerList([DecoderLayer(d, conf) for _ in range(conf.num_blocks)])
+        blocks = conf.num_blocks if num_blocks is None else num_blocks
+        self.decoders = nn.LayerList([DecoderLayer(d, conf) for _ in range(blocks)])
         self.after_norm = LayerNorm(d, epsilon=LAYER_NORM_EPSILON)
         self.output_layer = Linear(d, vocab_size)
         # model.decoder.memory_positions; a non-persistable buffer, so checkpoints are unchanged.
@@ -96,3 +102,49 @@ class TransformerDecoder(nn.Layer):
         for layer in self.decoders:
             x = layer(x, tgt_bias, memory, memory_bias)
         return self.output_layer(self.after_norm(x))
+
+
+class BiTransformerDecoder(nn.Layer):
+    """U2++'s decoder (PaddleSpeech `BiTransformerDecoder`, parameters `left_decoder.*` and
+    `right_decoder.*`): two decoders with their own embeddings and output layers over the same
+    encoder output, the right-to-left one fed `<sos> reversed(tokens)`. Called like a
+    `TransformerDecoder` it is the left-to-right one, which attention beam search reads alone;
+    `forward_right` runs the other (training loss, attention rescoring)."""
+
+    bidirectional = True
+
+    def __init__(self, vocab_size: int, d: int, conf: DecoderConfig) -> None:
+        super().__init__()
+        self.left_decoder = TransformerDecoder(vocab_size, d, conf)
+        self.right_decoder = TransformerDecoder(vocab_size, d, conf, num_blocks=conf.r_num_blocks)
+        self.memory_position_unit = self.left_decoder.memory_position_unit
+
+    def noisy_inputs(self, ys_in: paddle.Tensor) -> paddle.Tensor:
+        return self.left_decoder.noisy_inputs(ys_in)
+
+    def forward(self, memory: paddle.Tensor, memory_lengths: paddle.Tensor, ys_in: paddle.Tensor,
+                ys_in_lengths: paddle.Tensor, memory_clock: paddle.Tensor | None = None) -> paddle.Tensor:
+        """The left-to-right decoder's logits (`TransformerDecoder.forward`)."""
+        return self.left_decoder(memory, memory_lengths, ys_in, ys_in_lengths, memory_clock)
+
+    def forward_right(self, memory: paddle.Tensor, memory_lengths: paddle.Tensor, r_ys_in: paddle.Tensor,
+                      ys_in_lengths: paddle.Tensor, memory_clock: paddle.Tensor | None = None) -> paddle.Tensor:
+        """The right-to-left decoder's logits for `<sos> reversed(tokens)` rows (`reverse_tokens`)."""
+        return self.right_decoder(memory, memory_lengths, r_ys_in, ys_in_lengths, memory_clock)
+
+
+def reverse_tokens(tokens: paddle.Tensor, lengths: paddle.Tensor, pad: int) -> paddle.Tensor:
+    """tokens [B, L] whose first lengths[b] entries count -> each row's entries reversed, the rest
+    `pad` (PaddleSpeech `reverse_pad_list`); traceable, for the exported decoder."""
+    pos = paddle.arange(paddle.shape(tokens)[1], dtype="int64").unsqueeze(0)
+    n = lengths.astype("int64").unsqueeze(1)
+    # where, not clip: Paddle Inference fuses a clip into oneDNN even where oneDNN is off (the decoder)
+    valid, index = pos < n, n - 1 - pos
+    reversed_ = paddle.take_along_axis(tokens, paddle.where(valid, index, paddle.zeros_like(index)), axis=1)
+    return paddle.where(valid, reversed_, paddle.full_like(tokens, pad))
+
+
+def build_decoder(vocab_size: int, d: int, conf: DecoderConfig) -> nn.Layer:
+    """The decoder `model.decoder.type` names."""
+    cls = BiTransformerDecoder if conf.type == "bitransformer" else TransformerDecoder
+    return cls(vocab_size, d, conf)

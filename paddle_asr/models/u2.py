@@ -2,9 +2,11 @@
 
 Training loss: ctc_weight * CTC + (1 - ctc_weight) * label-smoothed attention cross-entropy, both
 divided by the batch size (PaddleSpeech u2.py, WeNet asr_model.py: length_normalized_loss false).
+With a bitransformer decoder (U2++) the attention part is (1 - reverse_weight) * left-to-right +
+reverse_weight * right-to-left, the latter on the reversed transcript.
 The inference functions are what export converts and what the search algorithms call:
 `forward_encoder` (full utterance, with CTC log-probs), `forward_encoder_chunk` (streaming, with
-caches), `ctc_activation`, `forward_attention_decoder`.
+caches), `ctc_activation`, `forward_attention_decoder` (U2++: both directions' log-probs).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from paddle import nn
 
 from paddle_asr.config import AsrConfig
 from paddle_asr.data.dataset import IGNORE_ID
-from paddle_asr.models.decoder import TransformerDecoder
+from paddle_asr.models.decoder import build_decoder, reverse_tokens
 from paddle_asr.models.encoder import Encoder
 from paddle_asr.models.fast_cpu_ops import Linear, dropout, fast_log_softmax
 
@@ -75,7 +77,8 @@ def label_smoothing_loss(
 
 class U2Model(nn.Layer):
     def __init__(self, encoder: nn.Layer, decoder: nn.Layer, vocab_size: int, *, ctc_weight: float,
-                 lsm_weight: float, length_normalized_loss: bool, ctc_dropout_rate: float = 0.0) -> None:
+                 lsm_weight: float, length_normalized_loss: bool, ctc_dropout_rate: float = 0.0,
+                 reverse_weight: float = 0.0) -> None:
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
@@ -85,10 +88,14 @@ class U2Model(nn.Layer):
         self.ctc_weight = ctc_weight
         self.lsm_weight = lsm_weight
         self.length_normalized_loss = length_normalized_loss
+        # model.decoder.reverse_weight: the right-to-left share of the attention loss (U2++), and
+        # what attention rescoring weighs that direction by unless the decode config says otherwise.
+        self.reverse_weight = reverse_weight if decoder.bidirectional else 0.0
 
     def forward(self, feats, feat_lengths, labels, label_lengths, decoding_chunk_size: int | None = None,
                 ctc_only: bool = False) -> tuple[paddle.Tensor, dict[str, paddle.Tensor]]:
-        """Training loss (mean over the batch) and its parts {"ctc", "att"} for logging.
+        """Training loss (mean over the batch) and its parts {"ctc", "att"} for logging (U2++ adds
+        the two directions' attention losses "att_l2r" and "att_r2l", of which "att" is the mix).
 
         The encoder draws random chunks while training (decoding_chunk_size 0) and attends to the
         whole utterance otherwise (the dev loss); pass decoding_chunk_size to fix the mask.
@@ -102,12 +109,24 @@ class U2Model(nn.Layer):
         if ctc_only or self.ctc_weight == 1.0:
             return loss_ctc, {"ctc": loss_ctc}
         labels = labels.astype("int64")
+        clock = self.token_clock(hs)
+        parts = {"ctc": loss_ctc, "att": self._attention_loss(self.decoder, hs, hs_lengths, labels, label_lengths,
+                                                                clock)}
+        if self.reverse_weight > 0:
+            r_labels = reverse_tokens(labels, label_lengths, IGNORE_ID)
+            parts["att_l2r"] = parts["att"]
+            parts["att_r2l"] = self._attention_loss(self.decoder.forward_right, hs, hs_lengths, r_labels,
+                                                    label_lengths, clock)
+            parts["att"] = (1.0 - self.reverse_weight) * parts["att_l2r"] + self.reverse_weight * parts["att_r2l"]
+        loss = self.ctc_weight * loss_ctc + (1.0 - self.ctc_weight) * parts["att"]
+        return loss, parts
+
+    def _attention_loss(self, decoder, hs, hs_lengths, labels, label_lengths, clock) -> paddle.Tensor:
+        """Label-smoothed loss of one decoder direction on `labels` (the transcript, or reversed)."""
         ys_in, ys_out = self.add_sos_eos(labels, label_lengths)
-        logits = self.decoder(hs, hs_lengths, self.decoder.noisy_inputs(ys_in) if self.training else ys_in,
-                              label_lengths + 1, self.token_clock(hs))
-        loss_att = label_smoothing_loss(logits, ys_out, self.lsm_weight, self.length_normalized_loss)
-        loss = self.ctc_weight * loss_ctc + (1.0 - self.ctc_weight) * loss_att
-        return loss, {"ctc": loss_ctc, "att": loss_att}
+        ys_in = self.decoder.noisy_inputs(ys_in) if self.training else ys_in
+        logits = decoder(hs, hs_lengths, ys_in, label_lengths + 1, clock)
+        return label_smoothing_loss(logits, ys_out, self.lsm_weight, self.length_normalized_loss)
 
     def add_sos_eos(self, labels: paddle.Tensor, label_lengths: paddle.Tensor) -> tuple[paddle.Tensor, paddle.Tensor]:
         """labels [B, L] padded with -1 -> decoder input `<sos> y` padded with <eos>, and target
@@ -138,10 +157,27 @@ class U2Model(nn.Layer):
         return self.ctc.log_softmax(encoder_out)
 
     def forward_attention_decoder(self, hyps: paddle.Tensor, hyps_lengths: paddle.Tensor,
-                                  encoder_out: paddle.Tensor, encoder_lengths: paddle.Tensor) -> paddle.Tensor:
+                                  encoder_out: paddle.Tensor, encoder_lengths: paddle.Tensor):
         """hyps [N, U] = `<sos> tokens` padded, lengths [N] counting <sos>; encoder_out [B, T, d] with
         lengths [B], N a multiple of B (N/B hypotheses per utterance, grouped by utterance)
-        -> decoder log-probs [N, U, V] (row u scores the token after position u)."""
+        -> decoder log-probs [N, U, V] (row u scores the token after position u).
+
+        A bitransformer (U2++) returns (left-to-right, right-to-left) log-probs, both [N, U, V], as
+        PaddleSpeech's and WeNet's exported decoders (r_decoder_out): the right-to-left decoder
+        reads `<sos> reversed(tokens)`, so its row u scores token n-1-u of an n-token hypothesis
+        and row n scores <eos>."""
+        clock = self.token_clock(encoder_out)
+        left = fast_log_softmax(self.decoder(encoder_out, encoder_lengths, hyps, hyps_lengths, clock))
+        if not self.decoder.bidirectional:
+            return left
+        r_hyps = paddle.concat([hyps[:, :1], reverse_tokens(hyps[:, 1:], hyps_lengths - 1, self.eos)], axis=1)
+        right = self.decoder.forward_right(encoder_out, encoder_lengths, r_hyps, hyps_lengths, clock)
+        return left, fast_log_softmax(right)
+
+    def forward_left_decoder(self, hyps: paddle.Tensor, hyps_lengths: paddle.Tensor, encoder_out: paddle.Tensor,
+                             encoder_lengths: paddle.Tensor) -> paddle.Tensor:
+        """The left-to-right log-probs alone, of any decoder type: what attention beam search reads
+        (a bitransformer's right-to-left half is not run)."""
         return fast_log_softmax(self.decoder(encoder_out, encoder_lengths, hyps, hyps_lengths,
                                              self.token_clock(encoder_out)))
 
@@ -159,6 +195,7 @@ def build_u2(config: AsrConfig, cmvn: tuple[np.ndarray, np.ndarray]) -> U2Model:
     """The U2 network of a resolved config (`model.encoder_type`, `encoder`, `decoder` sections)."""
     m = config.model
     encoder = Encoder(config.input_dim, m.encoder, m.encoder_type, cmvn)
-    decoder = TransformerDecoder(config.vocab_size, m.encoder.output_size, m.decoder)
+    decoder = build_decoder(config.vocab_size, m.encoder.output_size, m.decoder)
     return U2Model(encoder, decoder, config.vocab_size, ctc_weight=m.ctc_weight, lsm_weight=m.lsm_weight,
-                   length_normalized_loss=m.length_normalized_loss, ctc_dropout_rate=m.ctc_dropout_rate)
+                   length_normalized_loss=m.length_normalized_loss, ctc_dropout_rate=m.ctc_dropout_rate,
+                   reverse_weight=m.decoder.reverse_weight)
