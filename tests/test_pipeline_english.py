@@ -24,6 +24,7 @@ training:
   batch_size: 8
   average_num: 2
   log_interval: 2
+  ctc_only_updates: 0
 data:
   bpe_size: 60
 """
