@@ -10,12 +10,27 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from paddle_asr.data.corpora.english_demo import _ACCENTS, SUBSETS, _pronunciation, design_words, generate_english_demo
+from paddle_asr.data.corpora.demo import _EXTRA_VOICES
+from paddle_asr.data.corpora.english_demo import (
+    _ACCENTS,
+    _DEV_VARIANTS,
+    _FIRST_SPEAKER,
+    _TEST_VARIANTS,
+    _TRAIN_VARIANTS,
+    _UNSEEN_POOL,
+    SUBSETS,
+    UNSEEN,
+    _pronunciation,
+    _unseen_variants,
+    design_words,
+    generate_english_demo,
+    make_sentences,
+)
 from paddle_asr.data.corpora.espeak_synth import ESpeak
 
 FLAC = re.compile(r"^(?P<subset>[a-z0-9-]+)/(?P<spk>\d+)/(?P<chap>\d+)/(?P=spk)-(?P=chap)-\d{4}\.flac$")
 TRANS = re.compile(r"^(?P<subset>[a-z0-9-]+)/(?P<spk>\d+)/(?P<chap>\d+)/(?P=spk)-(?P=chap)\.trans\.txt$")
-SMALL = dict(num_train_speakers=2, num_dev_speakers=1, num_test_speakers=1, utts_per_speaker=5)
+SMALL = dict(num_train_speakers=2, num_dev_speakers=1, num_test_speakers=1, num_unseen_speakers=1, utts_per_speaker=5)
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +41,13 @@ def corpus(tmp_path_factory) -> tuple[Path, dict]:
 
 def _files(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _texts_by_subset(root: Path) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {s: [] for s in SUBSETS}
+    for trans in root.glob("*/*/*/*.trans.txt"):
+        out[trans.relative_to(root).parts[0]] += [line.split(" ", 1)[1] for line in trans.read_text().splitlines()]
+    return out
 
 
 def test_layout_is_librispeech(corpus):
@@ -47,7 +69,7 @@ def test_layout_is_librispeech(corpus):
                 assert re.fullmatch(r"[A-Z']+( [A-Z']+){3,11}", words), line
                 lines[key] = words
     keys = {Path(f).name.removesuffix(".flac") for f in flacs}
-    assert len(keys) == sum(summary["utterances"].values()) == 4 * 5
+    assert len(keys) == sum(summary["utterances"].values()) == 5 * 5
     # Exactly the announced files lack a transcript line; every line has its audio.
     assert keys - set(lines) == set(summary["untranscribed_ids"])
     assert set(lines) <= keys
@@ -108,3 +130,77 @@ def test_test_voice_variants_are_not_in_training(tmp_path):
     held_out = {variant[p.name] for s in ("dev-clean", "test-clean") for p in (tmp_path / "LibriSpeech" / s).iterdir()}
     assert len(train) == 14 and len(held_out) == 5 and not train & held_out
     assert marker["summary"]["speaker_voices"] == voices
+
+
+def test_unseen_voice_variants_are_drawn_from_the_variants_no_other_subset_lists(tmp_path):
+    summary = generate_english_demo(tmp_path, log=lambda *_: None, num_train_speakers=1, num_dev_speakers=1,
+                                    num_test_speakers=1, num_unseen_speakers=3, utts_per_speaker=2)
+    unseen = [summary["speaker_voices"][p.name] for p in sorted((tmp_path / "LibriSpeech" / UNSEEN).iterdir())]
+    variants = [v.split("+")[1] for v in unseen]
+    listed = set(_TRAIN_VARIANTS + _DEV_VARIANTS + _TEST_VARIANTS)
+    # Usable variants (the Mandarin demo's list), never one train, dev or test may use, three different ones.
+    assert len(set(variants)) == 3 and set(variants) <= set(_EXTRA_VOICES) and not set(variants) & listed
+    assert all(v.split("+")[0] in _ACCENTS for v in unseen)
+    # Drawn at random: the seed decides, and another seed draws other variants.
+    assert variants == _unseen_variants(3, 20261122) == ["boris", "Lee", "paul"]
+    assert len({tuple(_unseen_variants(3, seed)) for seed in range(10)}) > 5
+    with pytest.raises(ValueError, match="only 18 espeak voice variants are left for 19"):
+        generate_english_demo(tmp_path / "x", log=lambda *_: None, num_unseen_speakers=19, utts_per_speaker=2)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary folder left behind"
+    # Speaker k of a subset is first + 17 k: no two subsets share an id, whatever the counts.
+    ids = {s: {first + 17 * k for k in range(300)} for s, first in _FIRST_SPEAKER.items()}
+    assert all(not ids[a] & ids[b] for a in SUBSETS for b in SUBSETS if a < b)
+
+
+def test_no_test_sentence_is_a_training_sentence(corpus):
+    """Both test subsets (and dev) hold sentences training never has, and no sentence is in two places."""
+    out, _ = corpus
+    texts = _texts_by_subset(out / "LibriSpeech")
+    every = [t for subset in SUBSETS for t in texts[subset]]
+    assert len(every) == len(set(every)) == 5 * 5 - len(SUBSETS)  # one line per subset left out on purpose
+    for subset in SUBSETS[1:]:
+        assert texts[subset] and not set(texts[subset]) & set(texts["train-clean-100"]), subset
+    # The exclusion is real: the generator that would have made these sentences skips them.
+    first = make_sentences(40, np.random.default_rng(7))
+    again = make_sentences(40, np.random.default_rng(7), exclude=frozenset(first[:20]))
+    assert again[:20] != first[:20] and not set(again) & set(first[:20])
+
+
+def test_the_unseen_voice_subset_leaves_the_others_as_they_were(corpus, tmp_path):
+    out, _ = corpus
+    without = generate_english_demo(tmp_path, log=lambda *_: None, **{**SMALL, "num_unseen_speakers": 0})
+    assert without["speakers"][UNSEEN] == 0 and not (tmp_path / "LibriSpeech" / UNSEEN).exists()
+    ours = _files(tmp_path / "LibriSpeech")
+    theirs = {k: v for k, v in _files(out / "LibriSpeech").items() if not k.startswith(UNSEEN)}
+    del ours[".done"], theirs[".done"]
+    assert ours == theirs
+
+
+def _voiced_fraction(x: np.ndarray, rate: int = 22050) -> float:
+    """Share of the 30 ms frames with speech energy that are periodic (autocorrelation peak at 60-500 Hz)."""
+    x = x.astype(np.float64)
+    size, floor = int(0.03 * rate), 0.05 * np.sqrt(np.mean(x**2))
+    frames = [x[s:s + size] - x[s:s + size].mean() for s in range(0, len(x) - size, size // 2)]
+    frames = [f for f in frames if np.sqrt(np.mean(f**2)) >= floor]
+    acs = [np.correlate(f, f, "full")[size - 1:] for f in frames]
+    return sum(ac[rate // 500:rate // 60].max() > 0.45 * ac[0] for ac in acs) / len(acs)
+
+
+def test_the_unseen_voice_pool_speaks_english_like_the_training_variants():
+    """The 18 variants left for test-unseen-voices, over en-US: normal length, as voiced as the training ones."""
+    assert len(_UNSEEN_POOL) == 18
+    es = ESpeak.get()
+    text = "the old captain found a letter in the garden yesterday"
+
+    def speak(variant: str) -> np.ndarray:
+        return es.synthesize(text, f"en-US+{variant}", rate=170, pitch=50, pitch_range=50, seed=7)
+
+    plain = es.synthesize(text, "en-US", rate=170, pitch=50, pitch_range=50, seed=7).size
+    trained = [_voiced_fraction(speak(v)) for v in _TRAIN_VARIANTS[:14]]
+    for variant in _UNSEEN_POOL:
+        audio = speak(variant)
+        assert 0.95 < audio.size / plain < 1.08, variant
+        assert _voiced_fraction(audio) >= min(trained) - 0.05, variant
+    # The check is real: voiceless variants the Mandarin demo excludes fail it.
+    for variant in ("whisper", "croak", "klatt"):
+        assert _voiced_fraction(speak(variant)) < min(trained) - 0.05, variant

@@ -10,6 +10,7 @@ import hashlib
 import http.server
 import io
 import json
+import shutil
 import tarfile
 import threading
 from pathlib import Path
@@ -282,3 +283,19 @@ def test_word_times_join_bpe_pieces(tmp_path):
     assert pieces_of_last > 1
     assert words[-1]["start"] == tokens[-pieces_of_last]["start"] or tok.pieces("ZYZZYVA'S")[0] == "\u2581"
     assert words[-1]["end"] == tokens[-1]["end"]
+
+
+def test_a_folder_beside_the_standard_subsets_is_one_more_subset(tmp_path):
+    """The English demo's test-unseen-voices: read like any subset; a name with no folder is refused."""
+    truth = make_librispeech(tmp_path / "corpus")
+    root = tmp_path / "corpus" / "LibriSpeech"
+    shutil.copytree(root / "dev-clean", root / "test-unseen-voices")
+    logs: list[str] = []
+    assert librispeech.locate(tmp_path / "corpus", log=logs.append) == root
+    assert logs[-1].endswith("has dev-clean, train-clean-100, test-unseen-voices")
+    splits = librispeech.read_splits(root, 16000, {"test_unseen_voices": ["test-unseen-voices"]})
+    kept, dropped = splits["test_unseen_voices"]
+    assert {u.key: u.text for u in kept} == {k: v[1] for k, v in truth["kept"].items() if v[0] == "dev-clean"}
+    assert not dropped and all(Path(u.wav).parts[-4] == "test-unseen-voices" for u in kept)
+    with pytest.raises(AsrError, match=f"test-unseen-voice: neither one of .* nor a folder of {root}"):
+        librispeech.read_splits(root, 16000, {"test_unseen_voices": ["test-unseen-voice"]})

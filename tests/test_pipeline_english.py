@@ -29,7 +29,7 @@ data:
   bpe_size: 60
 """
 DECODE = "methods: [ctc_greedy_search, ctc_prefix_beam_search, attention_rescoring]\nbeam_size: 4\nbatch_size: 4\n"
-SETS = "train_clean_100=train-clean-100 dev=dev-clean test_clean=test-clean"
+SETS = "train_clean_100=train-clean-100 dev=dev-clean test_clean=test-clean test_unseen_voices=test-unseen-voices"
 
 
 def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -49,10 +49,10 @@ def recipe(tmp_path_factory) -> tuple[Path, str]:
     from paddle_asr.data.corpora.english_demo import generate_english_demo
 
     generate_english_demo(d / "corpus", num_train_speakers=3, num_dev_speakers=1, num_test_speakers=1,
-                              utts_per_speaker=10, log=lambda *_: None)
+                          num_unseen_speakers=1, utts_per_speaker=10, log=lambda *_: None)
     proc = run(["bash", str(REPO / "local/run_stages.sh"), "--corpus", "librispeech", "--data_dir", "corpus",
                 "--config", "conf/train.yaml", "--decode_configs", "conf/decode.yaml", "--sets", SETS,
-                "--train_set", "train_clean_100", "--test_sets", "test_clean", "--num_calib", "8",
+                "--train_set", "train_clean_100", "--test_sets", "test_clean test_unseen_voices", "--num_calib", "8",
                 "--num_transcribe", "2", "--long_seconds", "20"], d)
     return d, proc.stdout + proc.stderr
 
@@ -60,8 +60,9 @@ def recipe(tmp_path_factory) -> tuple[Path, str]:
 def test_stage0_builds_sets_from_subsets_with_bpe_units(recipe):
     d, out = recipe
     summary = json.loads((d / "data" / "summary.json").read_text())
-    assert set(summary["splits"]) == {"train_clean_100", "dev", "test_clean"}
+    assert set(summary["splits"]) == {"train_clean_100", "dev", "test_clean", "test_unseen_voices"}
     assert summary["splits"]["train_clean_100"]["kept"] == 3 * 10 - 1  # one file has no transcript on purpose
+    assert summary["splits"]["test_unseen_voices"]["kept"] == 10 - 1
     assert summary["unit_type"] == "bpe" and (d / "data" / "lang_char" / "bpe.model").is_file()
     units = (d / "data" / "lang_char" / "vocab.txt").read_text().splitlines()
     assert any(u.startswith("\u2581") for u in units)
@@ -83,6 +84,11 @@ def test_wer_for_dygraph_exported_and_int8(recipe):
     # Stage 5 reproduced the dynamic graph's hypotheses (it fails otherwise) and RESULTS.md says WER.
     results = (d / "RESULTS.md").read_text()
     assert "| WER % |" in results and "test_clean (" in results
+    # The second test set, spoken by voice variants no other subset has, is scored by every runtime too.
+    for prefix in ("test_unseen_voices", "test_unseen_voices_export_fp32", "test_unseen_voices_export_int8"):
+        r = json.loads((exp / f"{prefix}_attention_rescoring" / "result.json").read_text())
+        assert r["metric"] == "WER" and r["test_set"] == "test_unseen_voices"
+    assert "test_unseen_voices (9 utts)" in results
     # The bundle carries the sentencepiece model, so it transcribes without the recipe.
     assert (exp / "export" / "int8" / "bpe.model").is_file()
 

@@ -10,13 +10,16 @@ Layout written (nothing else, apart from the hidden ``.done`` completion record)
     <out_dir>/LibriSpeech/<subset>/<SPEAKER>/<CHAPTER>/<SPEAKER>-<CHAPTER>-<UTT>.flac
     <out_dir>/LibriSpeech/<subset>/<SPEAKER>/<CHAPTER>/<SPEAKER>-<CHAPTER>.trans.txt
 
-with subsets train-clean-100, dev-clean and test-clean, 16 kHz 16-bit mono FLAC, upper-case
-transcripts, and one file per subset without a transcript line (as stage 0 must report).
+with subsets train-clean-100, dev-clean, test-clean and test-unseen-voices, 16 kHz 16-bit mono FLAC,
+upper-case transcripts, and one file per subset without a transcript line (as stage 0 must report).
 
 Text design: sentences come from a small grammar over a few hundred common words, so they read as
 English and a small model can learn them. Words that espeak pronounces alike (to/two/too,
 there/their) would put a floor under WER, so only one word per pronunciation (stress marks
-ignored) is kept. Test and dev speakers use voice variants never heard in training.
+ignored) is kept. Test and dev speakers use voice variants never heard in training; the speakers of
+test-unseen-voices use variants no other subset has, drawn at random (fixed seed), and sentences of
+their own. That subset comes from random generators of its own, after the others, so train, dev and
+test are byte for byte what they are without it.
 
 Usage: ``python -m paddle_asr.data.corpora.english_demo --out_dir corpus``
 """
@@ -33,11 +36,13 @@ from pathlib import Path
 
 import numpy as np
 
+from paddle_asr.data.corpora.demo import _EXTRA_VOICES as _MANDARIN_EXTRA_VOICES
 from paddle_asr.data.corpora.espeak_synth import ESpeak, render_utterance
 from paddle_asr.data.corpora.generated import partial_dir, publish, reuse_complete, synthesise_speakers
 
-GENERATOR_VERSION = 1
-SUBSETS = ("train-clean-100", "dev-clean", "test-clean")
+GENERATOR_VERSION = 2
+UNSEEN = "test-unseen-voices"
+SUBSETS = ("train-clean-100", "dev-clean", "test-clean", UNSEEN)
 _ACCENTS = ["en-US", "en", "en-GB-x-rp", "en-GB-scotland", "en-029", "en-US-nyc", "en-GB-x-gbclan", "en-GB-x-gbcwmd"]
 # Voice variants as the Mandarin demo chose them (demo.py explains the exclusions); test and dev
 # variants are never used in training.
@@ -45,7 +50,13 @@ _TEST_VARIANTS = ["f4", "m6", "klatt4"]
 _DEV_VARIANTS = ["f3", "m4"]
 _TRAIN_VARIANTS = ["m1", "m2", "m3", "m5", "m7", "m8", "f1", "f2", "f5", "klatt3", "klatt5", "adam", "Annie",
                    "belinda", "edward", "linda", "david", "steph", "Alex", "aunty", "Andy"]
-_FIRST_SPEAKER = {"train-clean-100": 103, "dev-clean": 84, "test-clean": 61}  # real LibriSpeech ids
+# The usable variants none of the lists above has; the unseen-voice speakers draw theirs from these. A
+# variant file changes only the voice, never the language, and all 18 speak English with a normal length
+# and as much voicing as the training variants (tests/test_english_demo_corpus.py measures them).
+_UNSEEN_POOL = [v for v in _MANDARIN_EXTRA_VOICES if v not in _TRAIN_VARIANTS + _DEV_VARIANTS + _TEST_VARIANTS]
+# Real LibriSpeech ids (1688 opens test-other). Speaker k of a subset is first + 17 k, and the firsts
+# differ modulo 17, so no two subsets can share a speaker, whatever the counts.
+_FIRST_SPEAKER = {"train-clean-100": 103, "dev-clean": 84, "test-clean": 61, UNSEEN: 1688}
 _SENT_WORDS = (4, 12)
 
 # A small grammar: each category is a list of common words. Sentences are NP VP (PP) patterns.
@@ -133,11 +144,11 @@ def _clause(words: dict[str, list[str]], rng: np.random.Generator) -> list[str]:
     return clause
 
 
-def make_sentences(n: int, rng: np.random.Generator) -> list[str]:
-    """``n`` distinct sentences of 4-12 words from the grammar."""
+def make_sentences(n: int, rng: np.random.Generator, exclude: frozenset[str] = frozenset()) -> list[str]:
+    """``n`` distinct sentences of 4-12 words from the grammar, none of them in `exclude`."""
     words = design_words()
     out: list[str] = []
-    seen: set[str] = set()
+    seen: set[str] = set(exclude)
     attempts = 0
     while len(out) < n:
         attempts += 1
@@ -171,14 +182,22 @@ def _synth_speaker(job: dict) -> dict[str, float]:
     return durations
 
 
-def _plan_speakers(counts: dict[str, int], utts_per_speaker: int, sentences: Iterator[str], rng: np.random.Generator,
-                   tmp: Path) -> tuple[list[dict], dict[str, tuple[str, str, str, str]], list[str], dict[str, str]]:
-    """The synthesis job of every speaker, subset by subset; returns the jobs, the transcripts
-    (id -> subset, speaker, chapter, text), the ids deliberately left without a transcript, and
-    each speaker's voice."""
-    variants = {"train-clean-100": _TRAIN_VARIANTS, "dev-clean": _DEV_VARIANTS, "test-clean": _TEST_VARIANTS}
+def _unseen_variants(count: int, seed: int) -> list[str]:
+    """`count` variants of `_UNSEEN_POOL`, drawn at random with a generator of their own."""
+    if count > len(_UNSEEN_POOL):
+        raise ValueError(f"only {len(_UNSEEN_POOL)} espeak voice variants are left for {count} unseen-voice speakers")
+    picked = np.random.default_rng([seed, 1]).choice(len(_UNSEEN_POOL), count, replace=False)
+    return [_UNSEEN_POOL[i] for i in picked]
+
+
+def _plan_speakers(subsets: tuple[str, ...], counts: dict[str, int], variants: dict[str, list[str]],
+                   utts_per_speaker: int, sentences: Iterator[str], rng: np.random.Generator, tmp: Path
+                   ) -> tuple[list[dict], dict[str, tuple[str, str, str, str]], list[str], dict[str, str]]:
+    """The synthesis job of every speaker of `subsets`, subset by subset; returns the jobs, the
+    transcripts (id -> subset, speaker, chapter, text), the ids deliberately left without a
+    transcript, and each speaker's voice."""
     jobs, transcripts, untranscribed, voices = [], {}, [], {}
-    for subset in SUBSETS:
+    for subset in subsets:
         subset_ids = []
         for k in range(counts[subset]):
             speaker = _FIRST_SPEAKER[subset] + 17 * k
@@ -192,8 +211,25 @@ def _plan_speakers(counts: dict[str, int], utts_per_speaker: int, sentences: Ite
                 subset_ids.append(utt["id"])
             jobs.append({"voice": voice, "utts": utts, "folder": str(tmp / subset / str(speaker))})
         # Like the Mandarin demo: one file per subset has no transcript line, on purpose.
-        untranscribed.append(subset_ids[int(rng.integers(len(subset_ids)))])
+        if subset_ids:
+            untranscribed.append(subset_ids[int(rng.integers(len(subset_ids)))])
     return jobs, transcripts, untranscribed, voices
+
+
+def _plan_corpus(counts: dict[str, int], utts_per_speaker: int, seed: int, tmp: Path
+                 ) -> tuple[list[dict], dict[str, tuple[str, str, str, str]], list[str], dict[str, str]]:
+    """`_plan_speakers` of every subset: train, dev and test from the seed's generator, then the
+    unseen-voice subset from generators of its own, with sentences none of the others has."""
+    variants = {"train-clean-100": _TRAIN_VARIANTS, "dev-clean": _DEV_VARIANTS, "test-clean": _TEST_VARIANTS,
+                UNSEEN: _unseen_variants(counts[UNSEEN], seed)}
+    rng = np.random.default_rng(seed)
+    main = SUBSETS[:3]
+    sentences = make_sentences(sum(counts[s] for s in main) * utts_per_speaker, rng)
+    planned = _plan_speakers(main, counts, variants, utts_per_speaker, iter(sentences), rng, tmp)
+    unseen_rng = np.random.default_rng([seed, 2])
+    unseen = make_sentences(counts[UNSEEN] * utts_per_speaker, unseen_rng, exclude=frozenset(sentences))
+    extra = _plan_speakers((UNSEEN,), counts, variants, utts_per_speaker, iter(unseen), unseen_rng, tmp)
+    return (planned[0] + extra[0], {**planned[1], **extra[1]}, planned[2] + extra[2], {**planned[3], **extra[3]})
 
 
 def _speaker_utterances(speaker: int, utts_per_speaker: int, sentences: Iterator[str],
@@ -228,14 +264,18 @@ def _write_transcripts(tmp: Path, transcripts: dict[str, tuple[str, str, str, st
 
 
 def generate_english_demo(out_dir: Path, *, seed: int = 20261122, num_train_speakers: int = 14,
-                          num_dev_speakers: int = 2, num_test_speakers: int = 3, utts_per_speaker: int = 110,
-                          force: bool = False, log: Callable[[str], None] = print, num_workers: int = 2) -> dict:
-    """Generate (or reuse) the corpus under ``out_dir/LibriSpeech``; return a summary."""
+                          num_dev_speakers: int = 2, num_test_speakers: int = 3, num_unseen_speakers: int = 3,
+                          utts_per_speaker: int = 110, force: bool = False, log: Callable[[str], None] = print,
+                          num_workers: int = 2) -> dict:
+    """Generate (or reuse) the corpus under ``out_dir/LibriSpeech``; return a summary.
+
+    `num_unseen_speakers` speak test-unseen-voices (none: no such subset)."""
     out_dir = Path(out_dir)
     root = out_dir / "LibriSpeech"
-    counts = {"train-clean-100": num_train_speakers, "dev-clean": num_dev_speakers, "test-clean": num_test_speakers}
-    if min(counts.values()) < 1 or utts_per_speaker < 2:
-        raise ValueError("need >= 1 speaker per subset and >= 2 utterances per speaker")
+    counts = {"train-clean-100": num_train_speakers, "dev-clean": num_dev_speakers, "test-clean": num_test_speakers,
+              UNSEEN: num_unseen_speakers}
+    if min(counts[s] for s in SUBSETS[:3]) < 1 or num_unseen_speakers < 0 or utts_per_speaker < 2:
+        raise ValueError("need >= 1 speaker in train, dev and test, and >= 2 utterances per speaker")
     params = {"generator_version": GENERATOR_VERSION, "seed": seed, "speakers": counts,
               "utts_per_speaker": utts_per_speaker}
     reused = reuse_complete(root, params, force, log, "english demo")
@@ -243,11 +283,9 @@ def generate_english_demo(out_dir: Path, *, seed: int = 20261122, num_train_spea
         return reused
 
     start = time.time()
-    rng = np.random.default_rng(seed)
-    sentences = iter(make_sentences(sum(counts.values()) * utts_per_speaker, rng))
     tmp = partial_dir(root)
-    jobs, transcripts, untranscribed, voices = _plan_speakers(counts, utts_per_speaker, sentences, rng, tmp)
     try:
+        jobs, transcripts, untranscribed, voices = _plan_corpus(counts, utts_per_speaker, seed, tmp)
         durations = synthesise_speakers(_synth_speaker, jobs, num_workers, log, "english demo", start)
         _write_transcripts(tmp, transcripts, untranscribed)
         words = design_words()
@@ -273,12 +311,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out_dir", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=20261122)
+    parser.add_argument("--num_unseen_speakers", type=int, default=3, help="speakers of test-unseen-voices")
     parser.add_argument("--utts_per_speaker", type=int, default=110)
     parser.add_argument("--num_workers", type=int, default=2)
     parser.add_argument("--force", action="store_true", help="regenerate even if complete")
     args = parser.parse_args(argv)
-    summary = generate_english_demo(args.out_dir, seed=args.seed, utts_per_speaker=args.utts_per_speaker,
-                                    force=args.force, num_workers=args.num_workers)
+    summary = generate_english_demo(args.out_dir, seed=args.seed, num_unseen_speakers=args.num_unseen_speakers,
+                                    utts_per_speaker=args.utts_per_speaker, force=args.force,
+                                    num_workers=args.num_workers)
     log_summary(summary)
     return 0
 

@@ -7,7 +7,8 @@ text is kept as it is, in upper case, as WeNet does (its BPE model, the one in t
 upper case); runs of spaces become one.
 
 A data set is a list of subsets (`train_960` = train-clean-100 + train-clean-360 + train-other-500,
-`dev` = dev-clean + dev-other); `DEFAULT_SETS` are the standard ones. FLAC files without a
+`dev` = dev-clean + dev-other); `DEFAULT_SETS` are the standard ones. A folder of `LibriSpeech/` beside
+the standard subsets (the English demo's `test-unseen-voices`) is one more subset. FLAC files without a
 transcript line, empty transcripts and unreadable or wrongly formatted audio are counted and
 reported by id, never silently dropped.
 """
@@ -65,6 +66,7 @@ def locate(corpus_dir: Path, log=print) -> Path:
     if not present:
         raise AsrError(f"no LibriSpeech subset under {corpus_dir}: expected LibriSpeech/<subset>/ folders "
                        f"({', '.join(SUBSETS)}) or <subset>.tar.gz archives; pass the folder with --data_dir")
+    present += sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in SUBSETS)
     log(f"librispeech: {root} has {', '.join(present)}")
     return root
 
@@ -119,9 +121,11 @@ def read_splits(root: Path, sample_rate: int, sets: dict[str, list[str]] | None 
                 ) -> dict[str, tuple[list[Utterance], list[tuple[str, str]]]]:
     """Kept utterances and (id, reason) of dropped ones for each data set (subsets read once)."""
     sets = sets or DEFAULT_SETS
-    unknown = sorted({s for subsets in sets.values() for s in subsets} - set(SUBSETS))
+    folders = {p.name for p in Path(root).iterdir() if p.is_dir()}
+    unknown = sorted({s for subsets in sets.values() for s in subsets} - set(SUBSETS) - folders)
     if unknown:
-        raise AsrError(f"--sets names unknown LibriSpeech subset(s) {', '.join(unknown)}; known: {', '.join(SUBSETS)}")
+        raise AsrError(f"--sets names unknown LibriSpeech subset(s) {', '.join(unknown)}: neither one of "
+                       f"{', '.join(SUBSETS)} nor a folder of {root}")
     cache: dict[str, tuple[list[Utterance], list[tuple[str, str]]]] = {}
     out = {}
     for name, subsets in sets.items():
