@@ -177,15 +177,17 @@ def timed_alignment(words: list[tuple[str, list[str]]], confs: list[float], time
 class Aligner:
     """An exported bundle (FP32 or INT8, Paddle Inference or ONNX Runtime) that aligns texts to recordings."""
 
-    def __init__(self, model_dir: Path, options: AlignOptions = AlignOptions()) -> None:
+    def __init__(self, model_dir: Path, options: AlignOptions = AlignOptions(), backend=None) -> None:
+        """`backend`: the bundle's runtime when the caller has loaded it already (the Python API's
+        recognizer), so that the programs are not loaded twice."""
         from paddle_asr.export.bundle import read_bundle
         from paddle_asr.export.runtime import load_backend
 
         options.vad.check()
         self.options = options
         self.meta, self.features, self.tokenizer = read_bundle(Path(model_dir))
-        self.backend = load_backend(Path(model_dir), self.meta, num_threads=options.num_threads,
-                                    runtime=options.runtime)
+        self.backend = backend or load_backend(Path(model_dir), self.meta, num_threads=options.num_threads,
+                                               runtime=options.runtime)
         self.rate = self.features.sample_rate
         shift = self.features.frame_shift_ms / 1000
         self.frame_seconds = self.backend.subsampling_rate * shift

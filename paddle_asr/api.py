@@ -170,7 +170,8 @@ class SpeechRecognizer:
 
         if self._aligner is None:
             options = self.transcriber.options
-            self._aligner = Aligner(self.bundle, AlignOptions(num_threads=options.num_threads, runtime=options.runtime))
+            self._aligner = Aligner(self.bundle, AlignOptions(num_threads=options.num_threads, runtime=options.runtime),
+                                    backend=self.transcriber.recognizer.backend)
         key, path, samples = self._samples(audio, sample_rate, "align")
         a = self._aligner.align(key, path, samples, text)
         words = tuple(Word(w["word"], w["start"], w["end"], w["conf"]) for w in a.words)

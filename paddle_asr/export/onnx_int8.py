@@ -50,21 +50,24 @@ def static_convolutions(model_file: Path) -> list[str]:
     return names
 
 
-class _Feeds:
-    """ONNX Runtime's CalibrationDataReader over our feed dictionaries."""
+def _reader(feeds: Iterable[dict[str, np.ndarray]]):
+    """ONNX Runtime's CalibrationDataReader over our feed dictionaries (onnxruntime imported on use)."""
+    from onnxruntime.quantization import CalibrationDataReader
 
-    def __init__(self, feeds: Iterable[dict[str, np.ndarray]]) -> None:
-        self._feeds = iter(feeds)
+    class Feeds(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._feeds = iter(feeds)
 
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._feeds, None)
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._feeds, None)
+
+    return Feeds()
 
 
 def quantize_onnx_file(src: Path, out: Path, calibration: Callable[[], Iterable[dict]] | None = None) -> None:
     """`out`: `src` with INT8 MatMul weights, and with its convolutions (`static_convolutions`)
     quantized on the ranges `calibration`'s feeds show, when it is given."""
     from onnxruntime.quantization import (
-        CalibrationDataReader,
         QuantFormat,
         QuantType,
         quantize_dynamic,
@@ -74,7 +77,7 @@ def quantize_onnx_file(src: Path, out: Path, calibration: Callable[[], Iterable[
     convs = static_convolutions(src) if calibration is not None else []
     with tempfile.TemporaryDirectory(prefix="onnx_int8.") as tmp, quiet_output():
         if convs:
-            reader = type("Reader", (_Feeds, CalibrationDataReader), {})(calibration())
+            reader = _reader(calibration())
             staged = Path(tmp) / src.name
             quantize_static(str(src), str(staged), reader, quant_format=QuantFormat.QOperator,
                             op_types_to_quantize=["Conv"], nodes_to_quantize=convs,
