@@ -130,13 +130,14 @@ class VoicePerturbConfig:
     """Per-utterance voice perturbation, for models that must read voices training never had. Vocal
     tract length perturbation (VTLP; Jaitly and Hinton, ICML 2013 workshop) warps the mel banks'
     frequencies by a factor drawn uniformly from [min_warp, max_warp], with Kaldi's piecewise-linear
-    VTLN warp (`vtln_low` 100 Hz, `vtln_high` 500 Hz below Nyquist). A random smooth curve of peak
+    VTLN warp (`vtln_low` 100 Hz, `vtln_high` 500 Hz below the top bank). A random smooth curve of peak
     gain up to `envelope_db` dB is then added across the mel bins, as another vocal tract's or
     microphone's resonances would shape the spectrum. Off in the published recipes."""
 
     enabled: bool = False
-    min_warp: Annotated[float, Range(ge=0.5, le=2.0)] = 0.9
-    max_warp: Annotated[float, Range(ge=0.5, le=2.0)] = 1.1
+    # Within [0.7, 1.4] every one of 80 mel triangles keeps an FFT bin (tests/test_augment.py).
+    min_warp: Annotated[float, Range(ge=0.7, le=1.4)] = 0.9
+    max_warp: Annotated[float, Range(ge=0.7, le=1.4)] = 1.1
     envelope_db: Annotated[float, Range(ge=0, le=40)] = 0.0
 
 

@@ -96,15 +96,20 @@ def _inverse_mel(mel):
     return 700.0 * (np.exp(np.asarray(mel, dtype=np.float64) / 1127.0) - 1.0)
 
 
-VTLN_LOW_HZ, VTLN_HIGH_BELOW_NYQUIST_HZ = 100.0, 500.0  # Kaldi's MelBanksOptions defaults (100, -500)
+# Kaldi's MelBanksOptions defaults: vtln_low 100 Hz, vtln_high -500 ("if negative, offset from
+# high-mel-freq" in its help; its code offsets from Nyquist, the same for banks that reach Nyquist).
+# We take the help's reading: with banks to 7600 Hz the top piece then keeps 500 Hz for the banks
+# it squeezes, where an offset from Nyquist would leave 100 Hz and triangles without an FFT bin.
+VTLN_LOW_HZ, VTLN_HIGH_BELOW_TOP_HZ = 100.0, 500.0
 
 
-def vtln_warp_freq(freq: np.ndarray, warp: float, low_hz: float, high_hz: float, nyquist: float) -> np.ndarray:
-    """Kaldi's `MelBanks::VtlnWarpFreq`: frequencies between the VTLN cutoffs are divided by `warp`,
-    and the two outer pieces are stretched linearly so that `low_hz` and `high_hz` stay in place."""
+def vtln_warp_freq(freq: np.ndarray, warp: float, low_hz: float, high_hz: float) -> np.ndarray:
+    """Kaldi's `MelBanks::VtlnWarpFreq` for banks from `low_hz` to `high_hz`: frequencies between the
+    VTLN cutoffs are divided by `warp`, and the two outer pieces are stretched linearly so that
+    `low_hz` and `high_hz` stay in place."""
     freq = np.asarray(freq, dtype=np.float64)
     lo_cut = VTLN_LOW_HZ * max(1.0, warp)
-    hi_cut = (nyquist - VTLN_HIGH_BELOW_NYQUIST_HZ) * min(1.0, warp)
+    hi_cut = (high_hz - VTLN_HIGH_BELOW_TOP_HZ) * min(1.0, warp)
     scale = 1.0 / warp
     below = low_hz + (scale * lo_cut - low_hz) / (lo_cut - low_hz) * (freq - low_hz)
     above = high_hz + (scale * hi_cut - high_hz) / (hi_cut - high_hz) * (freq - high_hz)
@@ -122,7 +127,7 @@ def _mel_banks(config: FeatureConfig, high_hz: float | None = None, vtln_warp: f
     left = low + delta * np.arange(config.num_mel_bins)[:, None]
     center, right = left + delta, left + 2.0 * delta
     if vtln_warp != 1.0:
-        left, center, right = (_mel(vtln_warp_freq(_inverse_mel(m), vtln_warp, 20.0, top, config.sample_rate / 2))
+        left, center, right = (_mel(vtln_warp_freq(_inverse_mel(m), vtln_warp, 20.0, top))
                                for m in (left, center, right))
     mel = _mel(np.arange(n_fft // 2) * config.sample_rate / n_fft)[None, :]
     return np.maximum(0.0, np.minimum((mel - left) / (center - left), (right - mel) / (right - center)))
