@@ -37,10 +37,10 @@ from pathlib import Path
 import numpy as np
 
 from paddle_asr.data.corpora.demo import _EXTRA_VOICES as _MANDARIN_EXTRA_VOICES
-from paddle_asr.data.corpora.espeak_synth import ESpeak, render_utterance, utterance_voice
+from paddle_asr.data.corpora.espeak_synth import ESpeak, render_utterance
 from paddle_asr.data.corpora.generated import partial_dir, publish, reuse_complete, synthesise_speakers
 
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 2
 UNSEEN = "test-unseen-voices"
 SUBSETS = ("train-clean-100", "dev-clean", "test-clean", UNSEEN)
 _ACCENTS = ["en-US", "en", "en-GB-x-rp", "en-GB-scotland", "en-029", "en-US-nyc", "en-GB-x-gbclan", "en-GB-x-gbcwmd"]
@@ -172,8 +172,7 @@ def _synth_speaker(job: dict) -> dict[str, float]:
     es = ESpeak.get()
     durations: dict[str, float] = {}
     for utt in job["utts"]:
-        samples = es.synthesize(utt["text"].lower(), utterance_voice(es, job["voice"], utt), rate=utt["rate"],
-                                pitch=utt["pitch"],
+        samples = es.synthesize(utt["text"].lower(), job["voice"], rate=utt["rate"], pitch=utt["pitch"],
                                 pitch_range=utt["range"], seed=utt["seed"])
         audio = render_utterance(samples, np.random.default_rng(utt["seed"]))
         path = Path(job["folder"]) / utt["chapter"] / f"{utt['id']}.flac"
@@ -208,7 +207,6 @@ def _plan_speakers(subsets: tuple[str, ...], counts: dict[str, int], variants: d
             voices[str(speaker)] = voice
             utts = _speaker_utterances(speaker, utts_per_speaker, sentences, rng)
             for utt in utts:
-                utt["jitter"] = subset == "train-clean-100"  # many vocal tracts around each training voice
                 transcripts[utt["id"]] = (subset, str(speaker), utt["chapter"], utt["text"])
                 subset_ids.append(utt["id"])
             jobs.append({"voice": voice, "utts": utts, "folder": str(tmp / subset / str(speaker))})

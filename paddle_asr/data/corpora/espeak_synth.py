@@ -18,13 +18,9 @@ PRNG (``espeak_ng_SetRandSeed``) and libc's ``rand`` before every utterance.
 
 from __future__ import annotations
 
-import atexit
 import ctypes
 import ctypes.util
-import math
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -89,21 +85,6 @@ class ESpeak:
         self._callback = _CALLBACK_T(self._collect)
         lib.espeak_SetSynthCallback(self._callback)
         self._voice: str | None = None
-        self._own_variants: Path | None = None
-
-    def add_variant(self, name: str, text: str) -> None:
-        """Make the voice variant file `text` selectable as `<language>+<name>`. espeak reads variants
-        from its data folder only, so the first call moves this process to a private copy of that
-        folder (symbolic links, plus the written variants), removed when the process exits."""
-        if self._own_variants is None:
-            self._own_variants = _private_data_dir(self.data_path)
-            atexit.register(shutil.rmtree, self._own_variants.parent.parent.parent, True)
-            if self._lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0,
-                                           str(self._own_variants.parent.parent).encode(), 0) != ESPEAK_SAMPLE_RATE:
-                raise RuntimeError("espeak_Initialize failed on the private data folder")
-            self._lib.espeak_SetSynthCallback(self._callback)
-            self._voice = None
-        (self._own_variants / name).write_text(text, encoding="utf-8")
 
     def _collect(self, wav, num_samples: int, _events) -> int:
         if num_samples > 0:
@@ -173,64 +154,6 @@ def toneless(phonemes: str) -> str | None:
 def syllable_count(phonemes: str) -> int:
     """Number of tone-bearing syllables (= tone numbers) in an espeak cmn string."""
     return len(re.findall(r"\d+", _MARKS.sub("", phonemes)))
-
-
-def _private_data_dir(data: Path) -> Path:
-    """A temporary espeak data folder that links every entry of `data` except voices/!v, which is
-    a real folder linking each shipped variant; returns that folder."""
-    top = Path(tempfile.mkdtemp(prefix="espeak-data-")) / "espeak-ng-data"
-    (top / "voices" / "!v").mkdir(parents=True)
-    for entry in data.iterdir():
-        if entry.name != "voices":
-            (top / entry.name).symlink_to(entry)
-    for entry in (data / "voices").iterdir():
-        if entry.name != "!v":
-            (top / "voices" / entry.name).symlink_to(entry)
-    for entry in (data / "voices" / "!v").iterdir():
-        (top / "voices" / "!v" / entry.name).symlink_to(entry)
-    return top / "voices" / "!v"
-
-
-_FORMANT = re.compile(r"^\s*formant\s+(\d+)\s+(-?\d+)\s+(-?\d+)\s+(-?\d+)(\s+-?\d+)?")
-DISPLACED_FORMANT_PROB = 0.15  # per formant from F3 up
-
-
-def jittered_variant(base: str, rng: np.random.Generator) -> str:
-    """A voice variant file: shipped variant `base` with its nine formants redrawn around it, so that
-    one base voice yields many vocal tracts. Each formant's frequency is scaled by up to +-15 %,
-    its strength by a factor of 1/2 to 2 and its width by up to +-35 %; from F3 up, a formant is
-    instead displaced to a random 0-300 % of its frequency with probability 0.15, as several of
-    espeak's own variants move or drop their upper formants. Eight draws per formant, always."""
-    lines = (ESpeak.get().data_path / "voices" / "!v" / base).read_text(encoding="utf-8", errors="replace")
-    formants = {k: [100, 100, 100, ""] for k in range(9)}
-    kept = []
-    for line in lines.splitlines():
-        m = _FORMANT.match(line)
-        if m and int(m.group(1)) in formants:
-            formants[int(m.group(1))] = [int(m.group(2)), int(m.group(3)), int(m.group(4)), m.group(5) or ""]
-        elif not line.strip().startswith(("name", "formant")):
-            kept.append(line)
-    out = [*kept, f"name {base}-jittered"]
-    for k, (freq, height, width, add) in formants.items():
-        d = rng.uniform(size=8)
-        if k >= 3 and d[0] < DISPLACED_FORMANT_PROB:
-            freq, height = 300.0 * d[1], 150.0 * d[2]
-        else:
-            freq, height = freq * math.exp(0.15 * (2 * d[3] - 1)), height * 2.0 ** (2 * d[4] - 1)
-        width = width * math.exp(0.35 * (2 * d[5] - 1))
-        out.append(f"formant {k} {round(freq)} {round(height)} {max(1, round(width))}{add}")
-    return "\n".join(out) + "\n"
-
-
-def utterance_voice(es: ESpeak, voice: str, utt: dict) -> str:
-    """The voice that speaks `utt`: `voice` (``language+variant``) itself, or, when the utterance is
-    marked ``jitter``, that variant jittered (`jittered_variant`) by a generator of its own seed."""
-    if not utt.get("jitter"):
-        return voice
-    language, base = voice.split("+")
-    name = f"jitter{utt['seed']}"
-    es.add_variant(name, jittered_variant(base, np.random.default_rng([utt["seed"], 1])))
-    return f"{language}+{name}"
 
 
 def variant_names() -> list[str]:
