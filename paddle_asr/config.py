@@ -126,6 +126,22 @@ class SpeedPerturbConfig:
 
 
 @dataclass
+class VoicePerturbConfig:
+    """Per-utterance voice perturbation, for models that must read voices training never had. Vocal
+    tract length perturbation (VTLP; Jaitly and Hinton, ICML 2013 workshop) warps the mel banks'
+    frequencies by a factor drawn uniformly from [min_warp, max_warp], with Kaldi's piecewise-linear
+    VTLN warp (`vtln_low` 100 Hz, `vtln_high` 500 Hz below the top bank). A random smooth curve of peak
+    gain up to `envelope_db` dB is then added across the mel bins, as another vocal tract's or
+    microphone's resonances would shape the spectrum. Off in the published recipes."""
+
+    enabled: bool = False
+    # Within [0.7, 1.4] every one of 80 mel triangles keeps an FFT bin (tests/test_augment.py).
+    min_warp: Annotated[float, Range(ge=0.7, le=1.4)] = 0.9
+    max_warp: Annotated[float, Range(ge=0.7, le=1.4)] = 1.1
+    envelope_db: Annotated[float, Range(ge=0, le=40)] = 0.0
+
+
+@dataclass
 class ConcatConfig:
     """Utterance concatenation: with probability `prob` a training batch is given as pairs of its
     utterances joined end to end (fbank and transcript), paired anew every epoch. An attention
@@ -346,6 +362,7 @@ class AsrConfig:
     features: FeatureConfig = field(default_factory=FeatureConfig)
     spec_augment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
     speed_perturb: SpeedPerturbConfig = field(default_factory=SpeedPerturbConfig)
+    voice_perturb: VoicePerturbConfig = field(default_factory=VoicePerturbConfig)
     concat: ConcatConfig = field(default_factory=ConcatConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -365,6 +382,9 @@ class AsrConfig:
             yield (f"features.high_freq: {feats.high_freq} puts the top of the mel banks at {high:g} Hz; it must lie "
                    f"above their 20 Hz bottom and at most Nyquist ({feats.sample_rate / 2:g} Hz): e.g. 0 (Nyquist) "
                    "or -400 (sherpa-onnx's)")
+        if self.voice_perturb.min_warp > self.voice_perturb.max_warp:
+            yield (f"voice_perturb.min_warp: {self.voice_perturb.min_warp} is above max_warp "
+                   f"{self.voice_perturb.max_warp}; the warp factor is drawn between the two (e.g. 0.85 and 1.15)")
         if 0 < tc.keep_checkpoints < tc.average_num:
             yield (f"training.keep_checkpoints: {tc.keep_checkpoints} would delete checkpoints stage 2 averages "
                    f"(average_num {tc.average_num}); keep at least average_num, or 0 for all")

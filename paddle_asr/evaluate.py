@@ -25,6 +25,7 @@ from paddle_asr.data.manifest import read_kaldi_table, read_manifest
 from paddle_asr.data.tokenizer import CharTokenizer
 from paddle_asr.decode.context_graph import ContextGraph, context_graph_for
 from paddle_asr.decode.recognizer import Backend, Recognizer
+from paddle_asr.errors import AsrError
 from paddle_asr.export.inference import LENGTH_BUCKET
 from paddle_asr.features import num_frames
 from paddle_asr.metrics.score import score
@@ -131,6 +132,9 @@ def evaluate_stage(label: str, make_backend: Callable[[], Backend], conf: Decode
                    base_prefix: Path, *, force: bool = False, log=print) -> Path:
     """Stages 3, 5 and 6: decode with every method unless all of their result directories are complete
     for these inputs and settings; returns the prefix the directories share (mode included)."""
+    if not Path(manifest).is_file():
+        raise AsrError(f"{label}: test set {Path(manifest).parent.name} has no manifest {manifest}; stage 0 writes "
+                       "one per set it prepares: check the set's name in --test_sets, or run stage 0 for it")
     prefix = base_prefix.parent / mode_prefix(base_prefix.name, conf)
     dirs = [result_dir(prefix, m) for m in conf.methods]
     context = context_graph_for(conf, tokenizer)  # a bad list stops the stage before any work

@@ -48,14 +48,20 @@ def compute_fbank(
     *,
     dither: float = 0.0,
     rng: np.random.Generator | None = None,
+    vtln_warp: float = 1.0,
 ) -> np.ndarray:
-    """Log-mel fbank `[frames, num_mel_bins]` float32 of a mono waveform in the int16 range."""
+    """Log-mel fbank `[frames, num_mel_bins]` float32 of a mono waveform in the int16 range; with
+    `vtln_warp` != 1 the mel banks are warped as Kaldi's VTLN warps them (`vtln_warp_freq`)."""
     samples = np.asarray(waveform, dtype=np.float32)
     if samples.ndim != 1:
         raise ValueError(f"compute_fbank expects a mono 1-D waveform, got shape {samples.shape}")
     if dither > 0.0:
         rng = rng or np.random.default_rng()
         samples = samples + dither * rng.standard_normal(samples.shape[0]).astype(np.float32)
+    if vtln_warp != 1.0:
+        # kaldi-native-fbank's Python binding takes no warp factor; the NumPy fbank is the same
+        # computation (only its energy floor differs, which dithered training audio never reaches).
+        return _fbank_numpy(samples, config, vtln_warp)
     try:
         fbank = knf.OnlineFbank(_fbank_options(config))
     except ValueError as e:
@@ -86,19 +92,48 @@ def _mel(freq):
     return 1127.0 * np.log(1.0 + np.asarray(freq, dtype=np.float64) / 700.0)
 
 
-def _mel_banks(config: FeatureConfig, high_hz: float | None = None) -> np.ndarray:
+def _inverse_mel(mel):
+    return 700.0 * (np.exp(np.asarray(mel, dtype=np.float64) / 1127.0) - 1.0)
+
+
+# Kaldi's MelBanksOptions defaults: vtln_low 100 Hz, vtln_high -500 ("if negative, offset from
+# high-mel-freq" in its help; its code offsets from Nyquist, the same for banks that reach Nyquist).
+# We take the help's reading: with banks to 7600 Hz the top piece then keeps 500 Hz for the banks
+# it squeezes, where an offset from Nyquist would leave 100 Hz and triangles without an FFT bin.
+VTLN_LOW_HZ, VTLN_HIGH_BELOW_TOP_HZ = 100.0, 500.0
+
+
+def vtln_warp_freq(freq: np.ndarray, warp: float, low_hz: float, high_hz: float) -> np.ndarray:
+    """Kaldi's `MelBanks::VtlnWarpFreq` for banks from `low_hz` to `high_hz`: frequencies between the
+    VTLN cutoffs are divided by `warp`, and the two outer pieces are stretched linearly so that
+    `low_hz` and `high_hz` stay in place."""
+    freq = np.asarray(freq, dtype=np.float64)
+    lo_cut = VTLN_LOW_HZ * max(1.0, warp)
+    hi_cut = (high_hz - VTLN_HIGH_BELOW_TOP_HZ) * min(1.0, warp)
+    scale = 1.0 / warp
+    below = low_hz + (scale * lo_cut - low_hz) / (lo_cut - low_hz) * (freq - low_hz)
+    above = high_hz + (scale * hi_cut - high_hz) / (hi_cut - high_hz) * (freq - high_hz)
+    out = np.where(freq < lo_cut, below, np.where(freq < hi_cut, scale * freq, above))
+    return np.where((freq < low_hz) | (freq > high_hz), freq, out)
+
+
+def _mel_banks(config: FeatureConfig, high_hz: float | None = None, vtln_warp: float = 1.0) -> np.ndarray:
     """[num_mel_bins, fft/2] triangular weights, Kaldi's formula (20 Hz to `high_hz`, by default
-    the config's top, equal mel spacing)."""
+    the config's top, equal mel spacing; each triangle's corners VTLN-warped by `vtln_warp`)."""
     _, _, n_fft = _window_sizes(config)
-    low, high = _mel(20.0), _mel(config.mel_high_hz() if high_hz is None else high_hz)
+    top = config.mel_high_hz() if high_hz is None else high_hz
+    low, high = _mel(20.0), _mel(top)
     delta = (high - low) / (config.num_mel_bins + 1)
     left = low + delta * np.arange(config.num_mel_bins)[:, None]
     center, right = left + delta, left + 2.0 * delta
+    if vtln_warp != 1.0:
+        left, center, right = (_mel(vtln_warp_freq(_inverse_mel(m), vtln_warp, 20.0, top))
+                               for m in (left, center, right))
     mel = _mel(np.arange(n_fft // 2) * config.sample_rate / n_fft)[None, :]
     return np.maximum(0.0, np.minimum((mel - left) / (center - left), (right - mel) / (right - center)))
 
 
-def _fbank_numpy(samples: np.ndarray, config: FeatureConfig) -> np.ndarray:
+def _fbank_numpy(samples: np.ndarray, config: FeatureConfig, vtln_warp: float = 1.0) -> np.ndarray:
     """The Kaldi fbank in NumPy, for mel banks kaldi-native-fbank refuses, as PaddleSpeech computes
     them (`paddlespeech.audio.compliance.kaldi.fbank`, its `fbank_kaldi` step, so what its
     DeepSpeech2 models were trained on): same settings as `_fbank_options` (snip_edges, DC removal,
@@ -117,7 +152,7 @@ def _fbank_numpy(samples: np.ndarray, config: FeatureConfig) -> np.ndarray:
     frames = frames - 0.97 * np.concatenate([frames[:, :1], frames[:, :-1]], axis=1)
     frames *= (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(win) / (win - 1))) ** 0.85  # povey
     power = np.abs(np.fft.rfft(frames, n=n_fft, axis=1)) ** 2
-    energies = power[:, : n_fft // 2] @ _mel_banks(config).T  # the Nyquist bin has no weight
+    energies = power[:, : n_fft // 2] @ _mel_banks(config, vtln_warp=vtln_warp).T  # the Nyquist bin has no weight
     return np.log(np.maximum(energies, PADDLESPEECH_ENERGY_FLOOR)).astype(np.float32)
 
 

@@ -284,3 +284,90 @@ def test_mean_fill_puts_each_bins_own_mean_in_the_masks(fbank) -> None:
     means = np.broadcast_to(fbank.mean(axis=0), fbank.shape)
     np.testing.assert_allclose(out[masked], means[masked], rtol=1e-6)
     np.testing.assert_array_equal(out[~masked], fbank[~masked])
+
+
+# ---------------------------------------------------------------- voice perturbation (VTLP + envelope)
+
+
+@pytest.mark.parametrize("high_freq", [0.0, -400.0])
+@pytest.mark.parametrize("warp", [0.8, 0.9, 1.0, 1.1, 1.25])
+def test_vtln_warped_mel_banks_are_kaldis(high_freq: float, warp: float) -> None:
+    import kaldi_native_fbank as knf
+
+    from paddle_asr.features import _fbank_options, _mel_banks
+
+    config = FeatureConfig(high_freq=high_freq)
+    opts = _fbank_options(config)
+    opts.mel_opts.vtln_high = config.mel_high_hz() - 500.0  # Kaldi's -500, read from the top bank
+    kaldi = np.asarray(knf.MelBanks(opts.mel_opts, opts.frame_opts, warp).get_matrix())
+    ours = _mel_banks(config, vtln_warp=warp)
+    assert kaldi.shape[0] == ours.shape[0] == 80
+    # Kaldi computes the corners in float32, we in float64: weights (at most 1) agree to 1e-4.
+    np.testing.assert_allclose(ours, kaldi[:, : ours.shape[1]], rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("high_freq", [0.0, -400.0])
+def test_every_mel_triangle_keeps_an_fft_bin_over_the_allowed_warps(high_freq: float) -> None:
+    from paddle_asr.features import _mel_banks
+
+    for warp in np.linspace(0.7, 1.4, 29):  # VoicePerturbConfig's bounds
+        assert (_mel_banks(FeatureConfig(high_freq=high_freq), vtln_warp=warp).sum(axis=1) > 0).all(), warp
+
+
+def test_vtln_warp_one_is_the_plain_fbank_and_other_warps_move_a_tone(audio) -> None:
+    config = FeatureConfig()
+    plain = compute_fbank(audio[0], config)
+    np.testing.assert_array_equal(compute_fbank(audio[0], config, vtln_warp=1.0), plain)
+    warped = compute_fbank(audio[0], config, vtln_warp=1.1)
+    assert warped.shape == plain.shape and np.abs(warped - plain).mean() > 0.1
+    t = np.arange(16000) / 16000.0
+    for warp in (0.85, 1.15):
+        tone_at = 1000.0
+        # With warp a, the bank that Kaldi centres on f reads the energy at f / a, so a tone at f
+        # peaks where an unwarped fbank puts a tone at a * f.
+        peak = compute_fbank(8000 * np.sin(2 * np.pi * tone_at * t), config, vtln_warp=warp).mean(0).argmax()
+        expected = compute_fbank(8000 * np.sin(2 * np.pi * warp * tone_at * t), config).mean(0).argmax()
+        assert abs(int(peak) - int(expected)) <= 1 and abs(int(peak) - int(compute_fbank(
+            8000 * np.sin(2 * np.pi * tone_at * t), config).mean(0).argmax())) >= 3
+
+
+def test_choose_voice_draws_within_its_bounds_and_nothing_when_off() -> None:
+    from paddle_asr.config import VoicePerturbConfig
+    from paddle_asr.data.augment import choose_voice
+
+    rng = np.random.default_rng(5)
+    state = rng.bit_generator.state
+    warp, envelope = choose_voice(VoicePerturbConfig(), 80, rng)
+    assert warp == 1.0 and not envelope.any() and rng.bit_generator.state == state
+    conf = VoicePerturbConfig(enabled=True, min_warp=0.85, max_warp=1.2, envelope_db=8.0)
+    draws = [choose_voice(conf, 80, np.random.default_rng(s)) for s in range(200)]
+    warps = np.array([w for w, _ in draws])
+    peaks_db = np.array([np.abs(e).max() for _, e in draws]) * 10.0 / np.log(10.0)
+    assert 0.85 <= warps.min() < 0.87 and 1.18 < warps.max() <= 1.2
+    assert peaks_db.max() <= 8.0 + 1e-4 and peaks_db.max() > 7.0 and peaks_db.min() < 1.0
+    # Smooth: neighbouring bins differ by a small part of the peak (4 cosines over 80 bins).
+    steps = np.array([np.abs(np.diff(e)).max() / max(np.abs(e).max(), 1e-9) for _, e in draws])
+    assert steps.max() < 0.4
+    again = choose_voice(conf, 80, np.random.default_rng(7))
+    assert again[0] == draws[7][0] and np.array_equal(again[1], draws[7][1])
+
+
+def test_training_features_with_voice_perturbation(audio) -> None:
+    from paddle_asr.config import VoicePerturbConfig
+    from paddle_asr.data.loader import TrainingInputs, utterance_features, utterance_rng
+    from paddle_asr.data.tokenizer import CharTokenizer
+
+    waveform, rate = audio
+    spec = SpecAugmentConfig(enabled=False)
+    tok = CharTokenizer(["<blank>", "<unk>", "<eos>"])
+    off = TrainingInputs(tok, FeatureConfig(), spec, SpeedPerturbConfig(), seed=3)
+    # Off: exactly the features training computed before voice perturbation existed.
+    rng = utterance_rng(3, 0, "u1")
+    expected = compute_fbank(waveform, FeatureConfig(), dither=0.1, rng=rng)
+    np.testing.assert_array_equal(utterance_features(waveform, rate, "u1", 0, off), expected)
+    conf = VoicePerturbConfig(enabled=True, min_warp=0.85, max_warp=1.2, envelope_db=8.0)
+    on = TrainingInputs(tok, FeatureConfig(), spec, SpeedPerturbConfig(), seed=3, voice_perturb=conf)
+    first = utterance_features(waveform, rate, "u1", 0, on)
+    np.testing.assert_array_equal(utterance_features(waveform, rate, "u1", 0, on), first)  # seeded per utterance
+    assert first.shape == expected.shape and np.abs(first - expected).mean() > 0.1
+    assert np.abs(utterance_features(waveform, rate, "u1", 1, on) - first).mean() > 0.1  # new draw each epoch

@@ -608,3 +608,19 @@ def test_stage0_on_the_demo_corpus_with_5_percent_of_its_files_corrupted(tmp_pat
     print(f"\n{len(wavs)} wav files, {len(spoiled)} spoiled ({', '.join(sorted(FAULTS))}); stage 0 kept "
           f"{sum(s['kept'] for s in summary['splits'].values())}, left out "
           f"{sum(s['dropped'] for s in summary['splits'].values())} (with {len(untranscribed)} untranscribed)")
+
+
+def test_stage_3_names_a_test_set_stage_0_never_prepared(tmp_path, capsys):
+    from paddle_asr.cli import main as cli_main
+    from paddle_asr.import_paddlespeech import import_paddlespeech
+    from tests.conftest import REPO
+
+    exp = import_paddlespeech(REPO / "tests/fixtures/paddlespeech/conformer", tmp_path / "exp", log=lambda *_: None)
+    (tmp_path / "decode.yaml").write_text("methods: [ctc_greedy_search]\n")
+    missing = tmp_path / "data/dev_other/data.list"
+    args = ["test", "--exp_dir", str(exp), "--data", str(missing), "--decode_config", str(tmp_path / "decode.yaml")]
+    assert cli_main(args) != 0
+    err = capsys.readouterr().err
+    assert f"test set dev_other has no manifest {missing}" in err and "run stage 0 for it" in err
+    assert "Traceback" not in err
+    assert not list(exp.glob("test_*"))

@@ -240,3 +240,16 @@ def test_decode_config_unknown_key_is_an_error(tmp_path):
     (tmp_path / "d.yaml").write_text("beam: 5\n")
     with pytest.raises(AsrError, match="unknown config key.*'beam'"):
         load_decode_config(tmp_path / "d.yaml")
+
+
+def test_voice_perturbation_bounds_are_checked(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("voice_perturb: {enabled: true, min_warp: 1.2, max_warp: 0.9}\n")
+    with pytest.raises(AsrError, match=r"bad.yaml.*voice_perturb.min_warp: 1.2 is above max_warp 0.9"):
+        load_config(cfg)
+    cfg.write_text("voice_perturb: {enabled: true, envelope_db: -3}\n")
+    with pytest.raises(AsrError, match=r"bad.yaml: voice_perturb.envelope_db: -3"):
+        load_config(cfg)
+    cfg.write_text("voice_perturb: {enabled: true, warp: 1.1}\n")
+    with pytest.raises(AsrError, match=r"bad.yaml.*'voice_perturb.warp'"):
+        load_config(cfg)

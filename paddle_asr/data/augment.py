@@ -1,4 +1,5 @@
-"""Training-time augmentation: speed perturbation on the waveform, SpecAugment on the fbank.
+"""Training-time augmentation: speed perturbation on the waveform, voice perturbation (VTLP and a
+random spectral envelope) in the fbank, SpecAugment on the fbank.
 
 Speed perturbation follows WeNet (sox `speed` then `rate` back to the original rate; factor drawn
 uniformly from the configured speeds, as wenet/dataset/processor.py `speed_perturb`).
@@ -17,7 +18,7 @@ from fractions import Fraction
 import numpy as np
 from scipy.signal import resample_poly
 
-from paddle_asr.config import SpecAugmentConfig, SpeedPerturbConfig
+from paddle_asr.config import SpecAugmentConfig, SpeedPerturbConfig, VoicePerturbConfig
 
 
 def speed_perturb(waveform: np.ndarray, sample_rate: int, speed: float) -> np.ndarray:
@@ -49,6 +50,29 @@ def choose_speed(conf: SpeedPerturbConfig, rng: np.random.Generator) -> float:
     if not conf.speeds:
         raise ValueError("speed perturbation is enabled but speed_perturb.speeds is empty")
     return float(conf.speeds[int(rng.integers(0, len(conf.speeds)))])
+
+
+_ENVELOPE_COSINES = 4  # the envelope's detail: up to 4 peaks or dips across the mel range
+
+
+def choose_voice(conf: VoicePerturbConfig, num_bins: int, rng: np.random.Generator) -> tuple[float, np.ndarray]:
+    """One utterance's voice perturbation: the VTLN warp factor, uniform in [min_warp, max_warp], and
+    the log-energy envelope to add to its fbank bins (natural-log units, zeros when envelope_db is 0).
+    The envelope is a random sum of low-order cosines over the bins, scaled to a peak drawn
+    uniformly up to envelope_db: smooth, like a resonance or a microphone's response."""
+    if not conf.enabled:
+        return 1.0, np.zeros(num_bins, dtype=np.float32)
+    warp = float(rng.uniform(conf.min_warp, conf.max_warp))
+    if conf.envelope_db <= 0.0:
+        return warp, np.zeros(num_bins, dtype=np.float32)
+    k = np.arange(1, _ENVELOPE_COSINES + 1)[:, None]
+    x = np.linspace(0.0, 1.0, num_bins)[None, :]
+    amplitude = rng.standard_normal((_ENVELOPE_COSINES, 1))
+    phase = rng.uniform(0.0, 2.0 * np.pi, (_ENVELOPE_COSINES, 1))
+    curve = (amplitude * np.cos(np.pi * k * x + phase)).sum(axis=0)
+    peak_db = rng.uniform(0.0, conf.envelope_db)
+    envelope = curve / max(float(np.abs(curve).max()), 1e-9) * peak_db * math.log(10.0) / 10.0  # dB of power -> ln
+    return warp, envelope.astype(np.float32)
 
 
 def _resize_time(x: np.ndarray, length: int) -> np.ndarray:

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from paddle_asr.config import ConcatConfig, FeatureConfig, SpecAugmentConfig, SpeedPerturbConfig
+from paddle_asr.config import ConcatConfig, FeatureConfig, SpecAugmentConfig, SpeedPerturbConfig, VoicePerturbConfig
 from paddle_asr.data.audio import read_audio
-from paddle_asr.data.augment import choose_speed, join_pairs, spec_augment, speed_perturb
+from paddle_asr.data.augment import choose_speed, choose_voice, join_pairs, spec_augment, speed_perturb
 from paddle_asr.data.dataset import Batch, collate
 from paddle_asr.data.manifest import Utterance
 from paddle_asr.data.tokenizer import CharTokenizer
@@ -40,6 +40,7 @@ class TrainingInputs:
     seed: int
     concat: ConcatConfig = field(default_factory=ConcatConfig)
     max_frames: int = 0  # fbank frames of training.max_duration_s: joined pairs stay within it
+    voice_perturb: VoicePerturbConfig = field(default_factory=VoicePerturbConfig)
 
 
 def utterance_rng(seed: int, epoch: int, key: str) -> np.random.Generator:
@@ -48,12 +49,16 @@ def utterance_rng(seed: int, epoch: int, key: str) -> np.random.Generator:
 
 def utterance_features(waveform: np.ndarray, sample_rate: int, key: str, epoch: int,
                        inputs: TrainingInputs) -> np.ndarray:
-    """One training utterance's fbank: speed perturbation, dither and SpecAugment, drawn in that
-    order from the utterance's own generator (data.shards relies on the speed being the first draw)."""
+    """One training utterance's fbank: speed perturbation, voice perturbation, dither and SpecAugment,
+    drawn in that order from the utterance's own generator (data.shards relies on the speed being the
+    first draw; with voice perturbation off, nothing is drawn for it)."""
     rng = utterance_rng(inputs.seed, epoch, key)
     if inputs.speed_perturb.enabled:
         waveform = speed_perturb(waveform, sample_rate, choose_speed(inputs.speed_perturb, rng))
-    fbank = compute_fbank(waveform, inputs.features, dither=inputs.features.dither, rng=rng)
+    warp, envelope = choose_voice(inputs.voice_perturb, inputs.features.num_mel_bins, rng)
+    fbank = compute_fbank(waveform, inputs.features, dither=inputs.features.dither, rng=rng, vtln_warp=warp)
+    if inputs.voice_perturb.enabled and fbank.shape[0]:
+        fbank = fbank + envelope[None, :]
     return spec_augment(fbank, inputs.spec_augment, rng)
 
 

@@ -323,7 +323,7 @@ def _load_data(config: AsrConfig, recipe_dir: Path, tokenizer, model, world: Wor
             f"{config.data.train_shards} sequentially, {per_process} per process and batch, {tc.accum_grad} per update")
     inputs = TrainingInputs(tokenizer, config.features, config.spec_augment, config.speed_perturb, tc.seed,
                             config.concat, num_frames(int(tc.max_duration_s * config.features.sample_rate),
-                                                      config.features))
+                                                      config.features), config.voice_perturb)
     return TrainingData(tokenizer, inputs, {u.key for u in train_utts}, plan, shards,
                         make_batches(dev_utts, max(tc.batch_size, 1)))
 
