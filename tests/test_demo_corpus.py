@@ -13,7 +13,8 @@ import soundfile as sf
 from paddle_asr.data.corpora.demo import generate_demo_corpus
 from paddle_asr.data.corpora.espeak_synth import ESpeak, toneless
 
-COUNTS = dict(num_train_speakers=2, num_dev_speakers=1, num_test_speakers=1, num_unseen_speakers=1, utts_per_speaker=4)
+COUNTS = dict(num_train_speakers=2, num_dev_speakers=1, num_test_speakers=1, num_unseen_speakers=1, utts_per_speaker=4,
+              train_utts_per_speaker=4)
 SPLITS = ("train", "dev", "test", "test_unseen_voices")
 WAV_PATH = re.compile(r"(train|dev|test|test_unseen_voices)/(S\d{4})/BAC009(S\d{4})W\d{4}\.wav")
 
@@ -132,3 +133,13 @@ def test_the_unseen_voice_split_leaves_the_others_as_they_were(corpus):
     assert sorted(p.name for p in other.glob("*.tar.gz")) == sorted(p.name for p in first.glob("S0[0-7]*.tar.gz"))
     for archive in other.glob("*.tar.gz"):
         assert archive.read_bytes() == (first / archive.name).read_bytes(), archive.name
+
+
+def test_training_speakers_can_read_more_than_the_others(tmp_path):
+    summary = generate_demo_corpus(tmp_path, log=lambda *_: None, **{**COUNTS, "utts_per_speaker": 2,
+                                                                     "train_utts_per_speaker": 5})
+    root = tmp_path / "data_aishell"
+    _extract(root)
+    wavs = {s: len(list((root / "wav" / s).rglob("*.wav"))) for s in SPLITS}
+    assert wavs == {"train": 10, "dev": 2, "test": 2, "test_unseen_voices": 2}
+    assert summary["utterances"] == wavs

@@ -30,7 +30,8 @@ from paddle_asr.data.corpora.espeak_synth import ESpeak
 
 FLAC = re.compile(r"^(?P<subset>[a-z0-9-]+)/(?P<spk>\d+)/(?P<chap>\d+)/(?P=spk)-(?P=chap)-\d{4}\.flac$")
 TRANS = re.compile(r"^(?P<subset>[a-z0-9-]+)/(?P<spk>\d+)/(?P<chap>\d+)/(?P=spk)-(?P=chap)\.trans\.txt$")
-SMALL = dict(num_train_speakers=2, num_dev_speakers=1, num_test_speakers=1, num_unseen_speakers=1, utts_per_speaker=5)
+SMALL = dict(num_train_speakers=2, num_dev_speakers=1, num_test_speakers=1, num_unseen_speakers=1, utts_per_speaker=5,
+             train_utts_per_speaker=None)
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +123,8 @@ def test_no_two_words_sound_alike_and_voices_are_unseen():
 
 def test_test_voice_variants_are_not_in_training(tmp_path):
     summary = generate_english_demo(tmp_path, log=lambda *_: None, num_train_speakers=14, num_dev_speakers=2,
-                                    num_test_speakers=3, utts_per_speaker=2)
+                                    num_test_speakers=3, utts_per_speaker=2,
+                                    train_utts_per_speaker=None)
     marker = json.loads((tmp_path / "LibriSpeech" / ".done").read_text())
     voices = summary["speaker_voices"]
     variant = {spk: v.split("+")[1] for spk, v in voices.items()}
@@ -134,7 +136,8 @@ def test_test_voice_variants_are_not_in_training(tmp_path):
 
 def test_unseen_voice_variants_are_drawn_from_the_variants_no_other_subset_lists(tmp_path):
     summary = generate_english_demo(tmp_path, log=lambda *_: None, num_train_speakers=1, num_dev_speakers=1,
-                                    num_test_speakers=1, num_unseen_speakers=3, utts_per_speaker=2)
+                                    num_test_speakers=1, num_unseen_speakers=3, utts_per_speaker=2,
+                                    train_utts_per_speaker=None)
     unseen = [summary["speaker_voices"][p.name] for p in sorted((tmp_path / "LibriSpeech" / UNSEEN).iterdir())]
     variants = [v.split("+")[1] for v in unseen]
     listed = set(_TRAIN_VARIANTS + _DEV_VARIANTS + _TEST_VARIANTS)
@@ -145,7 +148,8 @@ def test_unseen_voice_variants_are_drawn_from_the_variants_no_other_subset_lists
     assert variants == _unseen_variants(3, 20261122) == ["boris", "Lee", "paul"]
     assert len({tuple(_unseen_variants(3, seed)) for seed in range(10)}) > 5
     with pytest.raises(ValueError, match="only 18 espeak voice variants are left for 19"):
-        generate_english_demo(tmp_path / "x", log=lambda *_: None, num_unseen_speakers=19, utts_per_speaker=2)
+        generate_english_demo(tmp_path / "x", log=lambda *_: None, num_unseen_speakers=19, utts_per_speaker=2,
+                              train_utts_per_speaker=None)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary folder left behind"
     # Speaker k of a subset is first + 17 k: no two subsets share an id, whatever the counts.
     ids = {s: {first + 17 * k for k in range(300)} for s, first in _FIRST_SPEAKER.items()}
@@ -204,3 +208,12 @@ def test_the_unseen_voice_pool_speaks_english_like_the_training_variants():
     # The check is real: voiceless variants the Mandarin demo excludes fail it.
     for variant in ("whisper", "croak", "klatt"):
         assert _voiced_fraction(speak(variant)) < min(trained) - 0.05, variant
+
+
+def test_training_speakers_can_read_more_than_the_others(tmp_path):
+    summary = generate_english_demo(tmp_path, log=lambda *_: None, num_train_speakers=2, num_dev_speakers=1,
+                                    num_test_speakers=1, num_unseen_speakers=1, utts_per_speaker=2,
+                                    train_utts_per_speaker=5)
+    flacs = {s: len(list((tmp_path / "LibriSpeech" / s).rglob("*.flac"))) for s in SUBSETS}
+    assert flacs == {"train-clean-100": 10, "dev-clean": 2, "test-clean": 2, UNSEEN: 2}
+    assert summary["utterances"] == flacs

@@ -49,7 +49,8 @@ def recipe(tmp_path_factory) -> tuple[Path, str]:
     from paddle_asr.data.corpora.english_demo import generate_english_demo
 
     generate_english_demo(d / "corpus", num_train_speakers=3, num_dev_speakers=1, num_test_speakers=1,
-                          num_unseen_speakers=1, utts_per_speaker=10, log=lambda *_: None)
+                          num_unseen_speakers=1, utts_per_speaker=10, train_utts_per_speaker=None,
+                          log=lambda *_: None)
     proc = run(["bash", str(REPO / "local/run_stages.sh"), "--corpus", "librispeech", "--data_dir", "corpus",
                 "--config", "conf/train.yaml", "--decode_configs", "conf/decode.yaml", "--sets", SETS,
                 "--train_set", "train_clean_100", "--test_sets", "test_clean test_unseen_voices", "--num_calib", "8",

@@ -74,6 +74,9 @@ _ARCHIVE_MTIME = 1_500_000_000  # fixed so archives are byte-identical too
 # Storm (switches language to en-us); fast (marked unstable); "Mr serious"
 # (space in name); klatt, klatt2 (weak, ~40 % voiced).  Test voices are never
 # used for training or dev: they measure generalisation to unseen speakers.
+# The demo trains 21 speakers, 147 utterances each: the 14 training variants and 7 of the extra ones
+# (1.4x the voices and 2x the text of 14 x 110, for the same updates; recipes/demo/conf/conformer.yaml
+# records what that gained).
 _TEST_VOICES = ["f4", "m6", "klatt4"]
 _DEV_VOICES = ["f3", "m4"]
 _TRAIN_VOICES = ["m1", "m2", "m3", "m5", "m7", "m8", "f1", "f2", "f5",
@@ -283,7 +286,7 @@ def _assign_voices(counts: dict[str, int], seed: int) -> dict[str, list[str]]:
     return voices
 
 
-def _plan_speakers(splits: tuple[str, ...], voices: dict[str, list[str]], utts_per_speaker: int,
+def _plan_speakers(splits: tuple[str, ...], voices: dict[str, list[str]], per_speaker: dict[str, int],
                    sentences: Iterator[list[str]], rng: np.random.Generator, wav_dir: Path
                    ) -> tuple[list[dict], dict[str, str], list[str]]:
     """The synthesis job of every speaker of `splits`, split by split; returns the jobs, the
@@ -293,7 +296,7 @@ def _plan_speakers(splits: tuple[str, ...], voices: dict[str, list[str]], utts_p
         split_ids = []
         for k, voice in enumerate(voices[split]):
             spk = f"S{_SPLIT_FIRST_SPEAKER[split] + k:04d}"
-            utts = _speaker_utterances(spk, utts_per_speaker, sentences, rng)
+            utts = _speaker_utterances(spk, per_speaker[split], sentences, rng)
             for utt, words in utts:
                 transcripts[utt["id"]] = " ".join(words)
                 split_ids.append(utt["id"])
@@ -305,7 +308,7 @@ def _plan_speakers(splits: tuple[str, ...], voices: dict[str, list[str]], utts_p
     return jobs, transcripts, untranscribed
 
 
-def _plan_corpus(counts: dict[str, int], utts_per_speaker: int, seed: int, design: TextDesign, es: ESpeak,
+def _plan_corpus(counts: dict[str, int], per_speaker: dict[str, int], seed: int, design: TextDesign, es: ESpeak,
                  wav_dir: Path) -> tuple[list[dict], dict[str, str], list[str], list[list[str]]]:
     """`_plan_speakers` of every split, and the sentences of train, dev and test in that order.
     The unseen-voice split draws from generators of its own, after the others, with sentences none
@@ -313,12 +316,12 @@ def _plan_corpus(counts: dict[str, int], utts_per_speaker: int, seed: int, desig
     voices = _assign_voices(counts, seed)
     rng = np.random.default_rng(seed)
     main = SPLITS[:3]
-    sentences = make_sentences(design, sum(counts[s] for s in main) * utts_per_speaker, rng, es)
-    planned = _plan_speakers(main, voices, utts_per_speaker, iter(sentences), rng, wav_dir)
+    sentences = make_sentences(design, sum(counts[s] * per_speaker[s] for s in main), rng, es)
+    planned = _plan_speakers(main, voices, per_speaker, iter(sentences), rng, wav_dir)
     unseen_rng = np.random.default_rng([seed, 2])
     taken = frozenset("".join(words) for words in sentences)
-    unseen = make_sentences(design, counts[UNSEEN] * utts_per_speaker, unseen_rng, es, exclude=taken)
-    extra = _plan_speakers((UNSEEN,), voices, utts_per_speaker, iter(unseen), unseen_rng, wav_dir)
+    unseen = make_sentences(design, counts[UNSEEN] * per_speaker[UNSEEN], unseen_rng, es, exclude=taken)
+    extra = _plan_speakers((UNSEEN,), voices, per_speaker, iter(unseen), unseen_rng, wav_dir)
     return planned[0] + extra[0], {**planned[1], **extra[1]}, planned[2] + extra[2], sentences
 
 
@@ -348,13 +351,15 @@ def _coverage(design: TextDesign, train_text: str) -> dict:
             "train_char_count_median": float(np.median(train_counts))}
 
 
-def generate_demo_corpus(out_dir: Path, *, seed: int = 20261122, num_train_speakers: int = 14,
+def generate_demo_corpus(out_dir: Path, *, seed: int = 20261122, num_train_speakers: int = 21,
                          num_dev_speakers: int = 2, num_test_speakers: int = 3, num_unseen_speakers: int = 3,
-                         utts_per_speaker: int = 110, force: bool = False,
+                         utts_per_speaker: int = 110, train_utts_per_speaker: int | None = 147, force: bool = False,
                          log: Callable[[str], None] = print, num_workers: int = 2) -> dict:
     """Generate (or reuse) the synthetic corpus under ``out_dir/data_aishell``.
 
-    `num_unseen_speakers` speak the test_unseen_voices split, in voices no other split uses.
+    `num_unseen_speakers` speak the test_unseen_voices split, in voices no other split uses. A
+    training speaker reads `train_utts_per_speaker` utterances (None: `utts_per_speaker`, as every
+    other speaker reads).
     Returns a summary: speakers/utterances per split, total seconds, charset
     size, character-coverage stats, ids deliberately left without a transcript,
     and ``reused`` (True when an identical complete corpus was already there).
@@ -363,10 +368,12 @@ def generate_demo_corpus(out_dir: Path, *, seed: int = 20261122, num_train_speak
     root = out_dir / "data_aishell"
     counts = {"train": num_train_speakers, "dev": num_dev_speakers, "test": num_test_speakers,
               UNSEEN: num_unseen_speakers}
-    if min(counts[s] for s in SPLITS[:3]) < 1 or num_unseen_speakers < 0 or utts_per_speaker < 1:
+    per_speaker = {s: utts_per_speaker for s in SPLITS}
+    per_speaker["train"] = utts_per_speaker if train_utts_per_speaker is None else train_utts_per_speaker
+    if min(counts[s] for s in SPLITS[:3]) < 1 or num_unseen_speakers < 0 or min(per_speaker.values()) < 1:
         raise ValueError("need >= 1 speaker in train, dev and test, and >= 1 utterance per speaker")
     params = {"generator_version": GENERATOR_VERSION, "seed": seed, "speakers": counts,
-              "utts_per_speaker": utts_per_speaker}
+              "utts_per_speaker": utts_per_speaker if train_utts_per_speaker is None else per_speaker}
     reused = reuse_complete(root, params, force, log, "demo")
     if reused is not None:
         return reused
@@ -377,7 +384,7 @@ def generate_demo_corpus(out_dir: Path, *, seed: int = 20261122, num_train_speak
     tmp = partial_dir(root)
     (tmp / "wav").mkdir(parents=True)
     (tmp / "transcript").mkdir()
-    jobs, transcripts, untranscribed, sentences = _plan_corpus(counts, utts_per_speaker, seed, design, es,
+    jobs, transcripts, untranscribed, sentences = _plan_corpus(counts, per_speaker, seed, design, es,
                                                                tmp / "wav")
     log(f"[demo] charset {len(design.chars)} chars, vocabulary {len(design.words)} words, "
         f"{len(transcripts)} sentences ({time.time() - start:.1f}s)")
@@ -387,13 +394,13 @@ def generate_demo_corpus(out_dir: Path, *, seed: int = 20261122, num_train_speak
             for uid in sorted(transcripts):
                 if uid not in untranscribed:
                     f.write(f"{uid} {transcripts[uid]}\n")
-        train_text = "".join("".join(words) for words in sentences[:counts["train"] * utts_per_speaker])
+        train_text = "".join("".join(words) for words in sentences[:counts["train"] * per_speaker["train"]])
         summary = {
             "path": str(root),
             "speakers": {s: counts[s] for s in SPLITS},
             "speaker_voices": {j["speaker"]: j["voice"] for j in jobs},
             "speakers_by_split": {s: sorted(j["speaker"] for j in jobs if j["split"] == s) for s in SPLITS},
-            "utterances": {s: counts[s] * utts_per_speaker for s in SPLITS},
+            "utterances": {s: counts[s] * per_speaker[s] for s in SPLITS},
             "total_seconds": round(sum(durations.values()), 2),
             **_coverage(design, train_text),
             "untranscribed_ids": sorted(untranscribed),
@@ -411,11 +418,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out_dir", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=20261122)
-    parser.add_argument("--num_train_speakers", type=int, default=14)
+    parser.add_argument("--num_train_speakers", type=int, default=21)
     parser.add_argument("--num_dev_speakers", type=int, default=2)
     parser.add_argument("--num_test_speakers", type=int, default=3)
     parser.add_argument("--num_unseen_speakers", type=int, default=3, help="speakers of test_unseen_voices")
     parser.add_argument("--utts_per_speaker", type=int, default=110)
+    parser.add_argument("--train_utts_per_speaker", type=int, default=147)
     parser.add_argument("--num_workers", type=int, default=2)
     parser.add_argument("--force", action="store_true", help="regenerate even if complete")
     args = parser.parse_args(argv)
@@ -423,7 +431,8 @@ def main(argv: list[str] | None = None) -> int:
         args.out_dir, seed=args.seed, num_train_speakers=args.num_train_speakers,
         num_dev_speakers=args.num_dev_speakers, num_test_speakers=args.num_test_speakers,
         num_unseen_speakers=args.num_unseen_speakers,
-        utts_per_speaker=args.utts_per_speaker, force=args.force, num_workers=args.num_workers)
+        utts_per_speaker=args.utts_per_speaker, train_utts_per_speaker=args.train_utts_per_speaker,
+        force=args.force, num_workers=args.num_workers)
     log_summary(summary)
     return 0
 
