@@ -132,13 +132,17 @@ class VoicePerturbConfig:
     frequencies by a factor drawn uniformly from [min_warp, max_warp], with Kaldi's piecewise-linear
     VTLN warp (`vtln_low` 100 Hz, `vtln_high` 500 Hz below the top bank). A random smooth curve of peak
     gain up to `envelope_db` dB is then added across the mel bins, as another vocal tract's or
-    microphone's resonances would shape the spectrum. Off in the published recipes."""
+    microphone's resonances would shape the spectrum, and `high_cut_db` attenuates the bins above a
+    random cutoff, as a voice with weak upper formants sounds. Off in the published recipes."""
 
     enabled: bool = False
     # Within [0.7, 1.4] every one of 80 mel triangles keeps an FFT bin (tests/test_augment.py).
     min_warp: Annotated[float, Range(ge=0.7, le=1.4)] = 0.9
     max_warp: Annotated[float, Range(ge=0.7, le=1.4)] = 1.1
     envelope_db: Annotated[float, Range(ge=0, le=40)] = 0.0
+    # Attenuation of every bin above a random cutoff (45-80 % of the mel range, about 1.4-4.3 kHz with
+    # banks to 7600 Hz), uniform up to high_cut_db dB: a voice whose upper formants are weak or gone.
+    high_cut_db: Annotated[float, Range(ge=0, le=60)] = 0.0
 
 
 @dataclass

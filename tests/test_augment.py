@@ -352,6 +352,29 @@ def test_choose_voice_draws_within_its_bounds_and_nothing_when_off() -> None:
     assert again[0] == draws[7][0] and np.array_equal(again[1], draws[7][1])
 
 
+def test_high_cut_attenuates_only_the_bins_above_a_random_cutoff() -> None:
+    from paddle_asr.config import VoicePerturbConfig
+    from paddle_asr.data.augment import choose_voice
+
+    conf = VoicePerturbConfig(enabled=True, min_warp=1.0, max_warp=1.0, high_cut_db=25.0)
+    cuts_db = np.array([choose_voice(conf, 80, np.random.default_rng(s))[1] for s in range(300)]) * 10.0 / np.log(10.0)
+    depth = -cuts_db[:, -1]
+    assert (cuts_db <= 1e-6).all() and (np.diff(cuts_db, axis=1) <= 1e-6).all()  # a cut, deeper upwards
+    assert depth.max() <= 25.0 + 1e-4 and depth.max() > 23.0 and depth.min() < 2.0
+    assert (np.abs(cuts_db[:, :25]) <= 0.01 * depth[:, None] + 1e-6).all()  # the low bins keep their energy
+    # Half the depth is reached between 45 and 80 % of the bins, everywhere in that range.
+    deep = depth > 5.0
+    half = (cuts_db[deep] > -0.5 * depth[deep, None]).sum(axis=1)
+    assert 0.45 * 79 - 1 <= half.min() <= 0.45 * 79 + 3 and 0.8 * 79 - 3 <= half.max() <= 0.8 * 79 + 1
+    # With the envelope too, the envelope's own draws come first and stay what they were.
+    both = VoicePerturbConfig(enabled=True, min_warp=0.9, max_warp=1.1, envelope_db=8.0, high_cut_db=25.0)
+    alone = VoicePerturbConfig(enabled=True, min_warp=0.9, max_warp=1.1, envelope_db=8.0)
+    for seed in range(20):
+        w1, e1 = choose_voice(both, 80, np.random.default_rng(seed))
+        w2, e2 = choose_voice(alone, 80, np.random.default_rng(seed))
+        assert w1 == w2 and (e1 <= e2 + 1e-6).all() and np.allclose(e1[:25], e2[:25], atol=0.25 * np.log(10.0) / 10.0)
+
+
 def test_training_features_with_voice_perturbation(audio) -> None:
     from paddle_asr.config import VoicePerturbConfig
     from paddle_asr.data.loader import TrainingInputs, utterance_features, utterance_rng

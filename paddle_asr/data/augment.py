@@ -59,20 +59,33 @@ def choose_voice(conf: VoicePerturbConfig, num_bins: int, rng: np.random.Generat
     """One utterance's voice perturbation: the VTLN warp factor, uniform in [min_warp, max_warp], and
     the log-energy envelope to add to its fbank bins (natural-log units, zeros when envelope_db is 0).
     The envelope is a random sum of low-order cosines over the bins, scaled to a peak drawn
-    uniformly up to envelope_db: smooth, like a resonance or a microphone's response."""
+    uniformly up to envelope_db: smooth, like a resonance or a microphone's response. With
+    high_cut_db, the bins above a random cutoff are then attenuated, up to high_cut_db."""
     if not conf.enabled:
         return 1.0, np.zeros(num_bins, dtype=np.float32)
     warp = float(rng.uniform(conf.min_warp, conf.max_warp))
-    if conf.envelope_db <= 0.0:
-        return warp, np.zeros(num_bins, dtype=np.float32)
-    k = np.arange(1, _ENVELOPE_COSINES + 1)[:, None]
-    x = np.linspace(0.0, 1.0, num_bins)[None, :]
-    amplitude = rng.standard_normal((_ENVELOPE_COSINES, 1))
-    phase = rng.uniform(0.0, 2.0 * np.pi, (_ENVELOPE_COSINES, 1))
-    curve = (amplitude * np.cos(np.pi * k * x + phase)).sum(axis=0)
-    peak_db = rng.uniform(0.0, conf.envelope_db)
-    envelope = curve / max(float(np.abs(curve).max()), 1e-9) * peak_db * math.log(10.0) / 10.0  # dB of power -> ln
-    return warp, envelope.astype(np.float32)
+    envelope = np.zeros(num_bins, dtype=np.float64)
+    if conf.envelope_db > 0.0:
+        k = np.arange(1, _ENVELOPE_COSINES + 1)[:, None]
+        x = np.linspace(0.0, 1.0, num_bins)[None, :]
+        amplitude = rng.standard_normal((_ENVELOPE_COSINES, 1))
+        phase = rng.uniform(0.0, 2.0 * np.pi, (_ENVELOPE_COSINES, 1))
+        curve = (amplitude * np.cos(np.pi * k * x + phase)).sum(axis=0)
+        envelope += curve / max(float(np.abs(curve).max()), 1e-9) * rng.uniform(0.0, conf.envelope_db)
+    if conf.high_cut_db > 0.0:
+        envelope -= _high_cut(num_bins, rng.uniform(*_HIGH_CUT_RANGE), rng.uniform(0.0, conf.high_cut_db))
+    return warp, (envelope * _DB_TO_LN).astype(np.float32)
+
+
+_DB_TO_LN = math.log(10.0) / 10.0  # dB of power -> natural-log energy, the fbank's unit
+_HIGH_CUT_RANGE = (0.45, 0.8)  # where the cut starts, as a fraction of the mel range
+_HIGH_CUT_EDGE = 2.0  # bins over which the cut fades in (a logistic edge, as a filter's slope)
+
+
+def _high_cut(num_bins: int, cutoff: float, depth_db: float) -> np.ndarray:
+    """`depth_db` dB in the bins above `cutoff` (a fraction of the bins), fading in over a few bins."""
+    bins = np.arange(num_bins, dtype=np.float64)
+    return depth_db / (1.0 + np.exp(-(bins - cutoff * (num_bins - 1)) / _HIGH_CUT_EDGE))
 
 
 def _resize_time(x: np.ndarray, length: int) -> np.ndarray:
