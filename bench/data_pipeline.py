@@ -30,7 +30,8 @@ def demo_data(work: Path) -> Path:
     data = work / "demo_data"
     if not (data / "train/data.list").is_file():
         generate_demo_corpus(work / "demo_corpus", num_train_speakers=4, num_dev_speakers=1, num_test_speakers=1,
-                             utts_per_speaker=60, train_utts_per_speaker=60, log=lambda *_: None)
+                             utts_per_speaker=60, train_utts_per_speaker=60, num_random_voices=0,
+                             log=lambda *_: None)
         prepare_data("aishell", work / "demo_corpus", data, FeatureConfig(), nj=2, log=lambda *_: None)
     return data
 

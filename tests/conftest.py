@@ -38,7 +38,7 @@ def tiny_recipe(tmp_path_factory) -> Path:
 
     d = tmp_path_factory.mktemp("tiny_recipe")
     generate_demo_corpus(d / "corpus", num_train_speakers=3, num_dev_speakers=1, num_test_speakers=1,
-                         num_unseen_speakers=0, utts_per_speaker=8, train_utts_per_speaker=8,
+                         num_unseen_speakers=0, utts_per_speaker=8, train_utts_per_speaker=8, num_random_voices=0,
                          log=lambda *_: None)
     prepare_data("aishell", d / "corpus", d / "data", FeatureConfig(), nj=1, log=lambda *_: None)
     prepare_cmvn(d / "data", FeatureConfig(), d / "data/train/global_cmvn", nj=1, log=lambda *_: None)

@@ -14,7 +14,7 @@ from paddle_asr.data.corpora.demo import generate_demo_corpus
 from paddle_asr.data.corpora.espeak_synth import ESpeak, toneless
 
 COUNTS = dict(num_train_speakers=2, num_dev_speakers=1, num_test_speakers=1, num_unseen_speakers=1, utts_per_speaker=4,
-              train_utts_per_speaker=4)
+              train_utts_per_speaker=4, num_random_voices=1, random_voice_utts=3)
 SPLITS = ("train", "dev", "test", "test_unseen_voices")
 WAV_PATH = re.compile(r"(train|dev|test|test_unseen_voices)/(S\d{4})/BAC009(S\d{4})W\d{4}\.wav")
 
@@ -45,13 +45,13 @@ def test_layout_audio_and_transcripts(corpus):
     assert sorted(p.name for p in root.iterdir()) == [".done", "transcript", "wav"]
     assert [p.name for p in (root / "transcript").iterdir()] == ["aishell_transcript_v0.8.txt"]
     archives = sorted(p.name for p in (root / "wav").iterdir())
-    assert len(archives) == 5 and all(re.fullmatch(r"S\d{4}\.tar\.gz", a) for a in archives)
+    assert len(archives) == 6 and all(re.fullmatch(r"S\d{4}\.tar\.gz", a) for a in archives)
     assert not list(out.glob(".data_aishell*")), "temporary build dir left behind"
 
     _extract(root)
     texts = _read_transcript(root)
     wavs = sorted((root / "wav").glob("*/*/*.wav"))
-    assert len(wavs) == 20
+    assert len(wavs) == 23
     speakers: dict[str, set[str]] = {s: set() for s in SPLITS}
     for wav in wavs:
         m = WAV_PATH.fullmatch(wav.relative_to(root / "wav").as_posix())
@@ -66,8 +66,9 @@ def test_layout_audio_and_transcripts(corpus):
             n = len(texts[wav.stem].replace(" ", ""))
             # 0.15-0.6 s per character plus 0.3-0.8 s of padding
             assert 0.15 * n + 0.3 < info.duration < 0.6 * n + 0.8, (wav.name, n, info.duration)
-    assert [len(speakers[s]) for s in SPLITS] == [2, 1, 1, 1]
+    assert [len(speakers[s]) for s in SPLITS] == [3, 1, 1, 1]
     voices = summary["speaker_voices"]
+    assert sorted(voices[s] for s in speakers["train"])[-1] == "cmn+random00"  # the random voice trains
     for i, a in enumerate(SPLITS):  # no speaker and no voice in two splits
         for b in SPLITS[i + 1:]:
             assert not speakers[a] & speakers[b]
@@ -120,7 +121,7 @@ def test_no_test_sentence_is_a_training_sentence(corpus):
         if wav.stem in texts:
             by_split[wav.parts[-3]].append(texts[wav.stem].replace(" ", ""))
     every = [t for texts_of in by_split.values() for t in texts_of]
-    assert len(every) == len(set(every)) == 16
+    assert len(every) == len(set(every)) == 19
     for split in SPLITS[1:]:
         assert by_split[split] and not set(by_split[split]) & set(by_split["train"])
 
@@ -141,5 +142,37 @@ def test_training_speakers_can_read_more_than_the_others(tmp_path):
     root = tmp_path / "data_aishell"
     _extract(root)
     wavs = {s: len(list((root / "wav" / s).rglob("*.wav"))) for s in SPLITS}
-    assert wavs == {"train": 10, "dev": 2, "test": 2, "test_unseen_voices": 2}
+    assert wavs == {"train": 10 + 3, "dev": 2, "test": 2, "test_unseen_voices": 2}
     assert summary["utterances"] == wavs
+
+
+def test_random_voices_are_drawn_in_range_and_espeak_speaks_them(tmp_path):
+    import sys
+
+    from paddle_asr.data.corpora.espeak_synth import data_with_variants, random_voices
+
+    voices = random_voices(40, seed=5)
+    assert list(voices)[:2] == ["random00", "random01"] and voices == random_voices(40, seed=5)
+    assert voices != random_voices(40, seed=6)
+    silenced = 0
+    for name, text in voices.items():
+        formants = {int(k): (int(f), int(h)) for k, f, h, _ in
+                    (line.split()[1:] for line in text.splitlines() if line.startswith("formant"))}
+        assert f"name {name}" in text and sorted(formants) == [1, 2, 3, 4, 5]
+        assert 80 <= formants[1][0] <= 120 and 75 <= formants[2][0] <= 125
+        assert all(85 <= formants[k][0] <= 115 for k in (3, 4, 5))
+        assert all(70 <= formants[k][1] <= 130 for k in (1, 2))
+        silenced += sum(formants[k][1] <= 15 for k in (3, 4, 5))
+    assert 20 <= silenced <= 65  # 35 % of the 120 upper formants, give or take
+
+    data = data_with_variants(tmp_path / "espeak-ng-data", {"random00": voices["random00"]})
+    shipped = (ESpeak.get().data_path / "voices" / "!v")
+    assert {p.name for p in (data / "voices" / "!v").iterdir()} == {p.name for p in shipped.iterdir()} | {"random00"}
+    # A fresh process (espeak is one per process) speaks the random voice, and not as the language's own.
+    code = ("import sys, numpy as np; from paddle_asr.data.corpora.espeak_synth import ESpeak; "
+            "es = ESpeak.get(sys.argv[1]); kw = dict(rate=170, pitch=50, pitch_range=50, seed=1); "
+            "a = es.synthesize('你好', 'cmn+random00', **kw); print(a.size, int(np.abs(a).max()))")
+    out = subprocess.run([sys.executable, "-c", code, str(data)], capture_output=True, text=True, check=True)
+    size, peak = map(int, out.stdout.split())
+    default = ESpeak.get().synthesize("你好", "cmn", rate=170, pitch=50, pitch_range=50, seed=1)
+    assert size > 5000 and peak > 1000 and (size, peak) != (default.size, int(np.abs(default).max()))

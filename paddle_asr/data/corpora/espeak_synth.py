@@ -46,15 +46,19 @@ class ESpeak:
     _instance: ESpeak | None = None
 
     @classmethod
-    def get(cls) -> ESpeak:
+    def get(cls, data_path: str | Path | None = None) -> ESpeak:
+        """The process's espeak, on `data_path` (an espeak-ng-data directory; None: the installed one,
+        or whichever the first call chose)."""
         if cls._instance is None:
-            cls._instance = cls()
+            cls._instance = cls(data_path)
+        elif data_path is not None and Path(data_path) != cls._instance.data_path:
+            raise RuntimeError(f"espeak already runs on {cls._instance.data_path} in this process, not {data_path}")
         return cls._instance
 
-    def __init__(self) -> None:
+    def __init__(self, data_path: str | Path | None = None) -> None:
         import espeakng_loader  # imported lazily: only needed for the demo corpus
 
-        self.data_path = Path(espeakng_loader.get_data_path())
+        self.data_path = Path(data_path or espeakng_loader.get_data_path())
         lib = ctypes.CDLL(espeakng_loader.get_library_path())
         lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
         lib.espeak_Initialize.restype = ctypes.c_int
@@ -159,6 +163,57 @@ def syllable_count(phonemes: str) -> int:
 def variant_names() -> list[str]:
     """All voice variants shipped in espeak-ng-data/voices/!v."""
     return sorted(p.name for p in (ESpeak.get().data_path / "voices" / "!v").iterdir())
+
+
+# Random voices: espeak-ng variant files whose formants are drawn anew. F1-F5 frequencies move
+# independently (percent of the language's own), so vowels land where no listed variant puts them;
+# each of F3-F5 is nearly silenced with some chance, as several listed variants silence theirs
+# (Andy, Jacky, Lee). Voices from the same draws are the same bytes: rng decides everything.
+_RANDOM_FORMANT_FREQ = ((80, 120), (75, 125), (85, 115), (85, 115), (85, 115))
+_RANDOM_FORMANT_HEIGHT = (70, 130)
+_RANDOM_FORMANT_SILENT = 0.35  # chance for each of F3-F5
+_RANDOM_SILENT_HEIGHT = (0, 15)
+_RANDOM_PITCH_BASE, _RANDOM_PITCH_SPAN = (70, 200), (25, 80)  # Hz
+
+
+def random_variant(name: str, rng: np.random.Generator) -> str:
+    """The text of an espeak-ng variant file (voices/!v) named `name`, with drawn pitch and formants."""
+    base = rng.uniform(*_RANDOM_PITCH_BASE)
+    lines = ["language variant", f"name {name}", "", f"pitch {base:.0f} {base + rng.uniform(*_RANDOM_PITCH_SPAN):.0f}"]
+    for k, freq_range in enumerate(_RANDOM_FORMANT_FREQ, start=1):
+        freq, height = rng.uniform(*freq_range), rng.uniform(*_RANDOM_FORMANT_HEIGHT)
+        if k >= 3 and rng.random() < _RANDOM_FORMANT_SILENT:
+            height = rng.uniform(*_RANDOM_SILENT_HEIGHT)
+        lines.append(f"formant {k} {freq:.0f} {height:.0f} 100")
+    return "\n".join(lines) + "\n"
+
+
+def random_voices(count: int, seed: int) -> dict[str, str]:
+    """`count` random variants {name: variant file text}, named random00, random01, ..."""
+    rng = np.random.default_rng([seed, 3])
+    names = [f"random{k:02d}" for k in range(count)]
+    return {name: random_variant(name, rng) for name in names}
+
+
+def data_with_variants(out: Path, variants: dict[str, str]) -> Path:
+    """An espeak-ng-data directory at `out`: the installed one, linked rather than copied, with
+    `variants` ({name: variant file text}) added to voices/!v. Returns `out`."""
+    import espeakng_loader
+
+    base = Path(espeakng_loader.get_data_path())
+    _link_all_but(base, out, "voices")
+    _link_all_but(base / "voices", out / "voices", "!v")
+    _link_all_but(base / "voices" / "!v", out / "voices" / "!v", None)
+    for name, text in variants.items():
+        (out / "voices" / "!v" / name).write_text(text, encoding="utf-8")
+    return out
+
+
+def _link_all_but(src: Path, dst: Path, keep_out: str | None) -> None:
+    dst.mkdir(parents=True)
+    for entry in sorted(src.iterdir()):
+        if entry.name != keep_out:
+            (dst / entry.name).symlink_to(entry)
 
 
 def resample_to_16k(samples: np.ndarray) -> np.ndarray:
