@@ -176,3 +176,11 @@ def test_random_voices_are_drawn_in_range_and_espeak_speaks_them(tmp_path):
     size, peak = map(int, out.stdout.split())
     default = ESpeak.get().synthesize("你好", "cmn", rate=170, pitch=50, pitch_range=50, seed=1)
     assert size > 5000 and peak > 1000 and (size, peak) != (default.size, int(np.abs(default).max()))
+
+
+def test_more_random_voices_than_espeak_can_list_is_a_clear_error(tmp_path):
+    from paddle_asr.data.corpora.espeak_synth import data_with_variants, random_voices
+
+    with pytest.raises(ValueError, match=r"too many: espeak-ng lists at most 349 voices .* ask for at most \d+"):
+        data_with_variants(tmp_path / "espeak-ng-data", random_voices(120, seed=1))
+    assert not (tmp_path / "espeak-ng-data").exists()

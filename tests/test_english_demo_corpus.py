@@ -31,7 +31,7 @@ from paddle_asr.data.corpora.espeak_synth import ESpeak
 FLAC = re.compile(r"^(?P<subset>[a-z0-9-]+)/(?P<spk>\d+)/(?P<chap>\d+)/(?P=spk)-(?P=chap)-\d{4}\.flac$")
 TRANS = re.compile(r"^(?P<subset>[a-z0-9-]+)/(?P<spk>\d+)/(?P<chap>\d+)/(?P=spk)-(?P=chap)\.trans\.txt$")
 SMALL = dict(num_train_speakers=2, num_dev_speakers=1, num_test_speakers=1, num_unseen_speakers=1, utts_per_speaker=5,
-             train_utts_per_speaker=None)
+             train_utts_per_speaker=None, num_random_voices=1, random_voice_utts=2)
 
 
 @pytest.fixture(scope="module")
@@ -70,13 +70,16 @@ def test_layout_is_librispeech(corpus):
                 assert re.fullmatch(r"[A-Z']+( [A-Z']+){3,11}", words), line
                 lines[key] = words
     keys = {Path(f).name.removesuffix(".flac") for f in flacs}
-    assert len(keys) == sum(summary["utterances"].values()) == 5 * 5
+    assert len(keys) == sum(summary["utterances"].values()) == 5 * 5 + 2
     # Exactly the announced files lack a transcript line; every line has its audio.
     assert keys - set(lines) == set(summary["untranscribed_ids"])
     assert set(lines) <= keys
     # Speakers never shared between subsets.
     by_subset = {s: {Path(f).parts[1] for f in flacs if f.startswith(s)} for s in SUBSETS}
     assert all(not (by_subset[a] & by_subset[b]) for a in SUBSETS for b in SUBSETS if a < b)
+    # The random voice is the third training speaker.
+    assert sorted(v.split("+")[1] for k, v in summary["speaker_voices"].items()
+                  if k in by_subset[SUBSETS[0]])[-1] == "random00"
 
 
 def test_audio_is_16k_mono_16bit_flac_with_plausible_lengths(corpus):
@@ -124,7 +127,7 @@ def test_no_two_words_sound_alike_and_voices_are_unseen():
 def test_test_voice_variants_are_not_in_training(tmp_path):
     summary = generate_english_demo(tmp_path, log=lambda *_: None, num_train_speakers=14, num_dev_speakers=2,
                                     num_test_speakers=3, utts_per_speaker=2,
-                                    train_utts_per_speaker=None)
+                                    train_utts_per_speaker=None, num_random_voices=0)
     marker = json.loads((tmp_path / "LibriSpeech" / ".done").read_text())
     voices = summary["speaker_voices"]
     variant = {spk: v.split("+")[1] for spk, v in voices.items()}
@@ -137,7 +140,7 @@ def test_test_voice_variants_are_not_in_training(tmp_path):
 def test_unseen_voice_variants_are_drawn_from_the_variants_no_other_subset_lists(tmp_path):
     summary = generate_english_demo(tmp_path, log=lambda *_: None, num_train_speakers=1, num_dev_speakers=1,
                                     num_test_speakers=1, num_unseen_speakers=3, utts_per_speaker=2,
-                                    train_utts_per_speaker=None)
+                                    train_utts_per_speaker=None, num_random_voices=0)
     unseen = [summary["speaker_voices"][p.name] for p in sorted((tmp_path / "LibriSpeech" / UNSEEN).iterdir())]
     variants = [v.split("+")[1] for v in unseen]
     listed = set(_TRAIN_VARIANTS + _DEV_VARIANTS + _TEST_VARIANTS)
@@ -161,7 +164,7 @@ def test_no_test_sentence_is_a_training_sentence(corpus):
     out, _ = corpus
     texts = _texts_by_subset(out / "LibriSpeech")
     every = [t for subset in SUBSETS for t in texts[subset]]
-    assert len(every) == len(set(every)) == 5 * 5 - len(SUBSETS)  # one line per subset left out on purpose
+    assert len(every) == len(set(every)) == 5 * 5 + 2 - len(SUBSETS)  # one line per subset left out on purpose
     for subset in SUBSETS[1:]:
         assert texts[subset] and not set(texts[subset]) & set(texts["train-clean-100"]), subset
     # The exclusion is real: the generator that would have made these sentences skips them.
@@ -213,7 +216,7 @@ def test_the_unseen_voice_pool_speaks_english_like_the_training_variants():
 def test_training_speakers_can_read_more_than_the_others(tmp_path):
     summary = generate_english_demo(tmp_path, log=lambda *_: None, num_train_speakers=2, num_dev_speakers=1,
                                     num_test_speakers=1, num_unseen_speakers=1, utts_per_speaker=2,
-                                    train_utts_per_speaker=5)
+                                    train_utts_per_speaker=5, num_random_voices=0)
     flacs = {s: len(list((tmp_path / "LibriSpeech" / s).rglob("*.flac"))) for s in SUBSETS}
     assert flacs == {"train-clean-100": 10, "dev-clean": 2, "test-clean": 2, UNSEEN: 2}
     assert summary["utterances"] == flacs

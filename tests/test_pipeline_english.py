@@ -49,7 +49,7 @@ def recipe(tmp_path_factory) -> tuple[Path, str]:
     from paddle_asr.data.corpora.english_demo import generate_english_demo
 
     generate_english_demo(d / "corpus", num_train_speakers=3, num_dev_speakers=1, num_test_speakers=1,
-                          num_unseen_speakers=1, utts_per_speaker=10, train_utts_per_speaker=None,
+                          num_unseen_speakers=1, utts_per_speaker=10, train_utts_per_speaker=None, num_random_voices=0,
                           log=lambda *_: None)
     proc = run(["bash", str(REPO / "local/run_stages.sh"), "--corpus", "librispeech", "--data_dir", "corpus",
                 "--config", "conf/train.yaml", "--decode_configs", "conf/decode.yaml", "--sets", SETS,

@@ -37,10 +37,10 @@ from pathlib import Path
 import numpy as np
 
 from paddle_asr.data.corpora.demo import _EXTRA_VOICES as _MANDARIN_EXTRA_VOICES
-from paddle_asr.data.corpora.espeak_synth import ESpeak, render_utterance
+from paddle_asr.data.corpora.espeak_synth import ESpeak, data_with_variants, random_voices, render_utterance
 from paddle_asr.data.corpora.generated import partial_dir, publish, reuse_complete, synthesise_speakers
 
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 UNSEEN = "test-unseen-voices"
 SUBSETS = ("train-clean-100", "dev-clean", "test-clean", UNSEEN)
 _ACCENTS = ["en-US", "en", "en-GB-x-rp", "en-GB-scotland", "en-029", "en-US-nyc", "en-GB-x-gbclan", "en-GB-x-gbcwmd"]
@@ -171,7 +171,7 @@ def _synth_speaker(job: dict) -> dict[str, float]:
     """Synthesise one speaker's chapters as FLAC (in a fresh process: see demo._synth_speaker)."""
     import soundfile as sf
 
-    es = ESpeak.get()
+    es = ESpeak.get(job.get("espeak_data"))
     durations: dict[str, float] = {}
     for utt in job["utts"]:
         samples = es.synthesize(utt["text"].lower(), job["voice"], rate=utt["rate"], pitch=utt["pitch"],
@@ -193,21 +193,25 @@ def _unseen_variants(count: int, seed: int) -> list[str]:
 
 
 def _plan_speakers(subsets: tuple[str, ...], counts: dict[str, int], variants: dict[str, list[str]],
-                   per_speaker: dict[str, int], sentences: Iterator[str], rng: np.random.Generator, tmp: Path
+                   per_speaker: dict[str, int], sentences: Iterator[str], rng: np.random.Generator, tmp: Path,
+                   random_utts: dict[str, int]
                    ) -> tuple[list[dict], dict[str, tuple[str, str, str, str]], list[str], dict[str, str]]:
     """The synthesis job of every speaker of `subsets`, subset by subset; returns the jobs, the
     transcripts (id -> subset, speaker, chapter, text), the ids deliberately left without a
-    transcript, and each speaker's voice."""
+    transcript, and each speaker's voice. The random voices ({name: utterances}) are training
+    speakers after the listed ones."""
     jobs, transcripts, untranscribed, voices = [], {}, [], {}
     for subset in subsets:
         subset_ids = []
-        for k in range(counts[subset]):
+        listed = [variants[subset][k % len(variants[subset])] for k in range(counts[subset])]
+        extra = list(random_utts) if subset == SUBSETS[0] else []
+        for k, variant in enumerate(listed + extra):
             speaker = _FIRST_SPEAKER[subset] + 17 * k
             # Speaker = accent x voice variant + its own base pitch, range and rate; the variant
             # pools of the subsets are disjoint, so test voices are unheard in training.
-            voice = f"{_ACCENTS[(k * 3 + len(subset)) % len(_ACCENTS)]}+{variants[subset][k % len(variants[subset])]}"
+            voice = f"{_ACCENTS[(k * 3 + len(subset)) % len(_ACCENTS)]}+{variant}"
             voices[str(speaker)] = voice
-            utts = _speaker_utterances(speaker, per_speaker[subset], sentences, rng)
+            utts = _speaker_utterances(speaker, random_utts.get(variant, per_speaker[subset]), sentences, rng)
             for utt in utts:
                 transcripts[utt["id"]] = (subset, str(speaker), utt["chapter"], utt["text"])
                 subset_ids.append(utt["id"])
@@ -218,19 +222,23 @@ def _plan_speakers(subsets: tuple[str, ...], counts: dict[str, int], variants: d
     return jobs, transcripts, untranscribed, voices
 
 
-def _plan_corpus(counts: dict[str, int], per_speaker: dict[str, int], seed: int, tmp: Path
+def _plan_corpus(counts: dict[str, int], per_speaker: dict[str, int], seed: int, tmp: Path,
+                 random_utts: dict[str, int]
                  ) -> tuple[list[dict], dict[str, tuple[str, str, str, str]], list[str], dict[str, str]]:
     """`_plan_speakers` of every subset: train, dev and test from the seed's generator, then the
-    unseen-voice subset from generators of its own, with sentences none of the others has."""
-    variants = {"train-clean-100": _TRAIN_VARIANTS, "dev-clean": _DEV_VARIANTS, "test-clean": _TEST_VARIANTS,
-                UNSEEN: _unseen_variants(counts[UNSEEN], seed)}
+    unseen-voice subset from generators of its own, with sentences none of the others has. Training
+    takes the listed variants, then the pool's that the unseen voices left, then the random voices."""
+    unseen_variants = _unseen_variants(counts[UNSEEN], seed)
+    train = _TRAIN_VARIANTS + [v for v in _UNSEEN_POOL if v not in unseen_variants]
+    variants = {"train-clean-100": train[:max(counts["train-clean-100"], 1)], "dev-clean": _DEV_VARIANTS,
+                "test-clean": _TEST_VARIANTS, UNSEEN: unseen_variants}
     rng = np.random.default_rng(seed)
     main = SUBSETS[:3]
-    sentences = make_sentences(sum(counts[s] * per_speaker[s] for s in main), rng)
-    planned = _plan_speakers(main, counts, variants, per_speaker, iter(sentences), rng, tmp)
+    sentences = make_sentences(sum(counts[s] * per_speaker[s] for s in main) + sum(random_utts.values()), rng)
+    planned = _plan_speakers(main, counts, variants, per_speaker, iter(sentences), rng, tmp, random_utts)
     unseen_rng = np.random.default_rng([seed, 2])
     unseen = make_sentences(counts[UNSEEN] * per_speaker[UNSEEN], unseen_rng, exclude=frozenset(sentences))
-    extra = _plan_speakers((UNSEEN,), counts, variants, per_speaker, iter(unseen), unseen_rng, tmp)
+    extra = _plan_speakers((UNSEEN,), counts, variants, per_speaker, iter(unseen), unseen_rng, tmp, {})
     return (planned[0] + extra[0], {**planned[1], **extra[1]}, planned[2] + extra[2], {**planned[3], **extra[3]})
 
 
@@ -265,24 +273,28 @@ def _write_transcripts(tmp: Path, transcripts: dict[str, tuple[str, str, str, st
         path.write_text("".join(lines), encoding="utf-8")
 
 
-def generate_english_demo(out_dir: Path, *, seed: int = 20261122, num_train_speakers: int = len(_TRAIN_VARIANTS),
+def generate_english_demo(out_dir: Path, *, seed: int = 20261122, num_train_speakers: int = 36,
                           num_dev_speakers: int = 2, num_test_speakers: int = 3, num_unseen_speakers: int = 3,
-                          utts_per_speaker: int = 110, train_utts_per_speaker: int | None = 147, force: bool = False,
+                          utts_per_speaker: int = 110, train_utts_per_speaker: int | None = 60,
+                          num_random_voices: int = 30, random_voice_utts: int = 31, force: bool = False,
                           log: Callable[[str], None] = print, num_workers: int = 2) -> dict:
     """Generate (or reuse) the corpus under ``out_dir/LibriSpeech``; return a summary.
 
     `num_unseen_speakers` speak test-unseen-voices (none: no such subset). A training speaker reads
-    `train_utts_per_speaker` utterances (None: `utts_per_speaker`, as every other speaker reads)."""
+    `train_utts_per_speaker` utterances (None: `utts_per_speaker`, as every other speaker reads).
+    `num_random_voices` more training speakers read `random_voice_utts` each, in espeak variants whose
+    formants are drawn at random (espeak_synth.random_variant)."""
     out_dir = Path(out_dir)
     root = out_dir / "LibriSpeech"
     counts = {"train-clean-100": num_train_speakers, "dev-clean": num_dev_speakers, "test-clean": num_test_speakers,
               UNSEEN: num_unseen_speakers}
     per_speaker = {s: utts_per_speaker for s in SUBSETS}
     per_speaker["train-clean-100"] = utts_per_speaker if train_utts_per_speaker is None else train_utts_per_speaker
-    if min(counts[s] for s in SUBSETS[:3]) < 1 or num_unseen_speakers < 0 or min(per_speaker.values()) < 2:
-        raise ValueError("need >= 1 speaker in train, dev and test, and >= 2 utterances per speaker")
+    if min(counts[s] for s in SUBSETS[:3]) < 1 or num_unseen_speakers < 0 or min(per_speaker.values()) < 2 \
+            or num_random_voices < 0 or random_voice_utts < 2:
+        raise ValueError("need >= 1 speaker in train, dev and test, >= 0 random voices and >= 2 utterances per speaker")
     params = {"generator_version": GENERATOR_VERSION, "seed": seed, "speakers": counts,
-              "utts_per_speaker": per_speaker}
+              "utts_per_speaker": per_speaker, "random_voices": [num_random_voices, random_voice_utts]}
     reused = reuse_complete(root, params, force, log, "english demo")
     if reused is not None:
         return reused
@@ -290,14 +302,21 @@ def generate_english_demo(out_dir: Path, *, seed: int = 20261122, num_train_spea
     start = time.time()
     tmp = partial_dir(root)
     try:
-        jobs, transcripts, untranscribed, voices = _plan_corpus(counts, per_speaker, seed, tmp)
+        random = random_voices(num_random_voices, seed)
+        jobs, transcripts, untranscribed, voices = _plan_corpus(counts, per_speaker, seed, tmp,
+                                                                dict.fromkeys(random, random_voice_utts))
+        if random:  # every speaker's worker reads the random variants from a data directory of its own
+            espeak_data = str(data_with_variants(tmp / "espeak-ng-data", random))
+            jobs = [{**job, "espeak_data": espeak_data} for job in jobs]
         durations = synthesise_speakers(_synth_speaker, jobs, num_workers, log, "english demo", start)
+        shutil.rmtree(tmp / "espeak-ng-data", ignore_errors=True)  # not part of the corpus
         _write_transcripts(tmp, transcripts, untranscribed)
         words = design_words()
         summary = {
             "path": str(root),
-            "speakers": dict(counts),
-            "utterances": {s: counts[s] * per_speaker[s] for s in SUBSETS},
+            "speakers": {**counts, SUBSETS[0]: counts[SUBSETS[0]] + num_random_voices},
+            "utterances": {s: counts[s] * per_speaker[s] + (s == SUBSETS[0]) * num_random_voices * random_voice_utts
+                           for s in SUBSETS},
             "speaker_voices": voices,
             "total_seconds": round(sum(durations.values()), 2),
             "vocabulary_words": sum(len(v) for v in words.values()),
@@ -318,13 +337,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=20261122)
     parser.add_argument("--num_unseen_speakers", type=int, default=3, help="speakers of test-unseen-voices")
     parser.add_argument("--utts_per_speaker", type=int, default=110, help="of each dev, test and unseen-voice speaker")
-    parser.add_argument("--train_utts_per_speaker", type=int, default=147)
+    parser.add_argument("--train_utts_per_speaker", type=int, default=60)
+    parser.add_argument("--num_random_voices", type=int, default=30, help="training speakers in random voices")
+    parser.add_argument("--random_voice_utts", type=int, default=31)
     parser.add_argument("--num_workers", type=int, default=2)
     parser.add_argument("--force", action="store_true", help="regenerate even if complete")
     args = parser.parse_args(argv)
     summary = generate_english_demo(args.out_dir, seed=args.seed, num_unseen_speakers=args.num_unseen_speakers,
                                     utts_per_speaker=args.utts_per_speaker,
-                                    train_utts_per_speaker=args.train_utts_per_speaker, force=args.force,
+                                    train_utts_per_speaker=args.train_utts_per_speaker,
+                                    num_random_voices=args.num_random_voices, random_voice_utts=args.random_voice_utts,
+                                    force=args.force,
                                     num_workers=args.num_workers)
     log_summary(summary)
     return 0

@@ -174,6 +174,9 @@ _RANDOM_FORMANT_HEIGHT = (70, 130)
 _RANDOM_FORMANT_SILENT = 0.35  # chance for each of F3-F5
 _RANDOM_SILENT_HEIGHT = (0, 15)
 _RANDOM_PITCH_BASE, _RANDOM_PITCH_SPAN = (70, 200), (25, 80)  # Hz
+# espeak-ng keeps the languages and variants it finds in a list of 349 (N_VOICES_LIST - 1 in its
+# voices.c) and drops the rest with a warning, so a variant past that cannot be selected.
+_ESPEAK_MAX_VOICES = 349
 
 
 def random_variant(name: str, rng: np.random.Generator) -> str:
@@ -201,6 +204,10 @@ def data_with_variants(out: Path, variants: dict[str, str]) -> Path:
     import espeakng_loader
 
     base = Path(espeakng_loader.get_data_path())
+    listed = sum(1 for p in (base / "lang").rglob("*") if p.is_file()) + len(list((base / "voices" / "!v").iterdir()))
+    if listed + len(variants) > _ESPEAK_MAX_VOICES:
+        raise ValueError(f"{len(variants)} random voices are too many: espeak-ng lists at most {_ESPEAK_MAX_VOICES} "
+                         f"voices and {base} has {listed}; ask for at most {_ESPEAK_MAX_VOICES - listed}")
     _link_all_but(base, out, "voices")
     _link_all_but(base / "voices", out / "voices", "!v")
     _link_all_but(base / "voices" / "!v", out / "voices" / "!v", None)
