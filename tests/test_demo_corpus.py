@@ -184,3 +184,7 @@ def test_more_random_voices_than_espeak_can_list_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match=r"too many: espeak-ng lists at most 349 voices .* ask for at most \d+"):
         data_with_variants(tmp_path / "espeak-ng-data", random_voices(120, seed=1))
     assert not (tmp_path / "espeak-ng-data").exists()
+    # The generator says so before synthesising anything and leaves no partial corpus behind.
+    with pytest.raises(ValueError, match="random voices are too many"):
+        generate_demo_corpus(tmp_path / "c", log=lambda *_: None, **{**COUNTS, "num_random_voices": 120})
+    assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())
