@@ -337,6 +337,11 @@ class TrainingConfig:
     init_from: str = ""
     # Parameter-name prefixes, by whole dotted parts (encoder.embed, decoder), kept fixed in training.
     freeze: list[str] = field(default_factory=list)
+    # Keep each training utterance's fbank in memory from its first epoch on, as Kaldi recipes dump
+    # features once: its dither is drawn once, and later epochs neither read the audio nor compute the
+    # fbank (a third of a demo epoch on 2 cores). The voice envelope and SpecAugment are still drawn
+    # anew every epoch; speed perturbation and VTLP, which change the fbank itself, exclude it.
+    cache_features: bool = False
 
 
 @dataclass
@@ -389,6 +394,7 @@ class AsrConfig:
         if self.voice_perturb.min_warp > self.voice_perturb.max_warp:
             yield (f"voice_perturb.min_warp: {self.voice_perturb.min_warp} is above max_warp "
                    f"{self.voice_perturb.max_warp}; the warp factor is drawn between the two (e.g. 0.85 and 1.15)")
+        yield from self._cache_problems()
         if 0 < tc.keep_checkpoints < tc.average_num:
             yield (f"training.keep_checkpoints: {tc.keep_checkpoints} would delete checkpoints stage 2 averages "
                    f"(average_num {tc.average_num}); keep at least average_num, or 0 for all")
@@ -414,6 +420,25 @@ class AsrConfig:
                 yield ("model.encoder.pos_enc_layer_type: the transformer encoder uses abs_pos; set "
                        "pos_enc_layer_type: abs_pos, selfattention_layer_type: selfattn")
         yield from scheduler_problems(self.optim, self.scheduler)
+
+
+    def _cache_problems(self) -> Iterator[str]:
+        """training.cache_features keeps one fbank per utterance: nothing may change it between epochs."""
+        if not self.training.cache_features:
+            return
+        vp = self.voice_perturb
+        if self.speed_perturb.enabled:
+            yield ("training.cache_features: speed perturbation computes a new fbank every epoch; set "
+                   "speed_perturb.enabled: false, or cache_features: false")
+        if vp.enabled and vp.min_warp != vp.max_warp:
+            yield (f"training.cache_features: VTLP (voice_perturb warps {vp.min_warp}-{vp.max_warp}) computes a new "
+                   "fbank every epoch; set min_warp equal to max_warp (1.0: no warp), or cache_features: false")
+        if self.training.num_workers:
+            yield (f"training.cache_features: the cache lives in the training process, but num_workers: "
+                   f"{self.training.num_workers} loads batches in other processes; set num_workers: 0")
+        if self.data.train_shards:
+            yield ("training.cache_features: data.train_shards streams the audio from tar shards; the cache "
+                   "needs the data.train manifest (set train_shards: \"\") or cache_features: false")
 
 
 def decoder_problems(dec: DecoderConfig) -> Iterator[str]:

@@ -253,3 +253,22 @@ def test_voice_perturbation_bounds_are_checked(tmp_path: Path) -> None:
     cfg.write_text("voice_perturb: {enabled: true, warp: 1.1}\n")
     with pytest.raises(AsrError, match=r"bad.yaml.*'voice_perturb.warp'"):
         load_config(cfg)
+
+
+@pytest.mark.parametrize("other,training,match", [
+    ("speed_perturb: {enabled: true}", "", "speed perturbation computes a new fbank every epoch"),
+    ("voice_perturb: {enabled: true, min_warp: 0.9, max_warp: 1.1}", "", r"VTLP \(voice_perturb warps 0.9-1.1\)"),
+    ("", "num_workers: 2, ", "set num_workers: 0"),
+    ("data: {train_shards: data/train/shards/shards.list}", "", "streams the audio from tar shards"),
+])
+def test_a_feature_cache_with_what_changes_the_fbank_every_epoch_is_an_error(tmp_path: Path, other, training,
+                                                                              match) -> None:
+    cfg = tmp_path / "cache.yaml"
+    cfg.write_text(f"{other}\ntraining: {{{training}cache_features: false}}\n")
+    load_config(cfg)  # fine without the cache
+    cfg.write_text(f"{other}\ntraining: {{{training}cache_features: true}}\n")
+    with pytest.raises(AsrError, match=rf"cache.yaml.*training.cache_features: .*{match}"):
+        load_config(cfg)
+    cfg.write_text("voice_perturb: {enabled: true, min_warp: 1.0, max_warp: 1.0, high_cut_db: 25}\n"
+                   "training: {cache_features: true}\n")
+    assert load_config(cfg).training.cache_features  # a fixed warp and the envelope draws are cached fine

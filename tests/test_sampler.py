@@ -3,15 +3,33 @@ per-utterance randomness), on the generated tiny corpus."""
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from paddle_asr.config import ConcatConfig, FeatureConfig, SpecAugmentConfig, SpeedPerturbConfig
-from paddle_asr.data.loader import BatchLoader, TrainingInputs, load_training_batch
+from paddle_asr.config import (
+    ConcatConfig,
+    FeatureConfig,
+    SpecAugmentConfig,
+    SpeedPerturbConfig,
+    VoicePerturbConfig,
+)
+from paddle_asr.data.audio import read_audio
+from paddle_asr.data.loader import (
+    BatchLoader,
+    TrainingInputs,
+    cache_size,
+    cached_fbank,
+    features_from_cached,
+    load_training_batch,
+)
 from paddle_asr.data.manifest import Utterance, read_manifest
 from paddle_asr.data.sampler import epoch_order, plan_batches, rank_part, utterance_frames
 from paddle_asr.data.tokenizer import CharTokenizer
 from paddle_asr.errors import AsrError
+from paddle_asr.features import compute_fbank
 
 FEATS = FeatureConfig()
 
@@ -143,3 +161,48 @@ def test_a_pair_longer_than_the_bound_stays_two_utterances(tiny_inputs):
     assert load_training_batch(two, 1, tight).keys == [u.key for u in two]
     fits = _plain(tokenizer, concat=ConcatConfig(prob=1.0), max_frames=sum(lengths))
     assert len(load_training_batch(two, 1, fits).keys) == 1
+
+
+def _cached_inputs(tokenizer) -> TrainingInputs:
+    # Dither, the voice envelope with the high cut and SpecAugment on: every per-epoch draw happens.
+    voice = VoicePerturbConfig(enabled=True, min_warp=1.0, max_warp=1.0, envelope_db=8.0, high_cut_db=25.0)
+    return TrainingInputs(tokenizer, FeatureConfig(dither=0.1), SpecAugmentConfig(), SpeedPerturbConfig(), seed=3,
+                          voice_perturb=voice, cache_features=True)
+
+
+def test_cached_features_do_not_depend_on_the_cache_and_later_epochs_read_no_audio(tiny_inputs):
+    """What exact resume and data-parallel training need: an epoch's features are the same whether
+    the cache held them (a long run) or not (a resumed one); from the second epoch on, no audio is read."""
+    utts, tokenizer = tiny_inputs
+    inputs = _cached_inputs(tokenizer)
+    parts = [utts[i: i + 3] for i in range(0, 9, 3)]
+    gone = [[dataclasses.replace(u, wav="/nowhere/" + u.key + ".wav") for u in p] for p in parts]
+    with BatchLoader(inputs, 0) as warm, BatchLoader(inputs, 0) as cold:
+        first = list(warm.batches(parts, epoch=1))
+        later = list(warm.batches(gone, epoch=3))  # from the cache: the audio paths lead nowhere
+        fresh = list(cold.batches(parts, epoch=3))
+        with pytest.raises(AsrError, match="training utterance .*: .*nowhere"):
+            list(BatchLoader(inputs, 0).batches(gone, epoch=3))
+    for x, y, z in zip(later, fresh, first):
+        assert np.array_equal(x.feats, y.feats) and x.keys == y.keys
+        assert not np.array_equal(x.feats, z.feats)  # envelope and masks drawn anew each epoch
+    # Under the draws lies one fbank per utterance: dithered once, from the seed and the id.
+    u = utts[0]
+    waveform, _ = read_audio(Path(u.wav))
+    base = cached_fbank(waveform, u.key, inputs)
+    np.testing.assert_array_equal(base, cached_fbank(waveform, u.key, inputs))
+    np.testing.assert_array_equal(first[0].feats[0, :len(base)], features_from_cached(base, u.key, 1, inputs))
+    undithered = compute_fbank(waveform, inputs.features)
+    assert 0 < np.abs(base - undithered).max() < 1.0
+
+
+def test_a_feature_cache_in_worker_processes_or_beyond_half_the_memory_is_refused(tiny_inputs):
+    utts, tokenizer = tiny_inputs
+    with pytest.raises(AsrError, match="keeps the features in the training process; set training.num_workers: 0"):
+        BatchLoader(_cached_inputs(tokenizer), 2)
+    frames = sum(utterance_frames(u, FEATS) for u in utts)
+    size = cache_size(utts, FEATS, processes=2, memory_bytes=4 * frames * 80 * 4)
+    assert size == frames * 80 * 4 * 2
+    with pytest.raises(AsrError, match=rf"would keep .* of {len(utts)} utterances in memory \(2 process\(es\)\), "
+                                       "more than half .*set training.cache_features: false"):
+        cache_size(utts, FEATS, processes=2, memory_bytes=4 * frames * 80 * 4 - 1)

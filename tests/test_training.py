@@ -50,11 +50,14 @@ training:
 
 
 def write_config(
-    recipe: Path, name: str, *, max_epoch: int = 1, batch_size: int = 4, checkpoint_interval: int = 0
+    recipe: Path, name: str, *, max_epoch: int = 1, batch_size: int = 4, checkpoint_interval: int = 0,
+    training: str = "",
 ) -> str:
+    """`training`: more lines of the training section, e.g. "  cache_features: true\n"."""
     path = recipe / "conf" / f"{name}.yaml"
     path.parent.mkdir(exist_ok=True)
     config = TINY_CONFIG.format(max_epoch=max_epoch, batch_size=batch_size, checkpoint_interval=checkpoint_interval)
+    config += training
     path.write_text(config)
     return str(path.relative_to(recipe))
 
@@ -138,6 +141,36 @@ def test_sigkill_at_three_points_resumes_to_the_same_parameters(tiny_recipe):
     assert not list(got_dir.glob(".*.tmp"))
     # A complete run is reused, not resumed or retrained.
     assert "reusing the complete run" in run_train(tiny_recipe, config, exp)
+
+
+def _kill_at_step(recipe: Path, config: str, exp: str, point: int) -> None:
+    proc = subprocess.Popen(train_cmd(config, exp), cwd=recipe, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    for line in proc.stdout:
+        if f" step {point} " in line:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+    proc.wait(timeout=120)
+    assert proc.returncode == -signal.SIGKILL, f"the run ended before step {point}"
+
+
+def test_cached_features_train_and_resume_to_the_same_parameters(tiny_recipe):
+    """training.cache_features: a run killed in its second epoch resumes with an empty cache and
+    ends with the parameters of the run that kept its cache (the features do not depend on it)."""
+    config = write_config(tiny_recipe, "cached", max_epoch=2, checkpoint_interval=1,
+                          training="  cache_features: true\n")
+    reference = run_train(tiny_recipe, config, "exp/cached_reference")
+    assert "keeping the fbank of the 23 training utterances in memory from their first epoch on" in reference
+    _kill_at_step(tiny_recipe, config, "exp/cached_killed", 9)
+    assert "resumed from" in run_train(tiny_recipe, config, "exp/cached_killed")
+    a = params(tiny_recipe / "exp/cached_reference/checkpoints/2.pdparams")
+    b = params(tiny_recipe / "exp/cached_killed/checkpoints/2.pdparams")
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    # The cache changes what training sees (dither drawn once), so it is another run, not a resume.
+    plain = write_config(tiny_recipe, "plain", max_epoch=2, checkpoint_interval=1)
+    run_train(tiny_recipe, plain, "exp/plain")
+    c = params(tiny_recipe / "exp/plain/checkpoints/2.pdparams")
+    assert max(float(np.abs(a[k] - c[k]).max()) for k in a) > 1e-4
 
 
 def test_too_few_checkpoints_to_average_is_a_clear_error(tiny_recipe):

@@ -29,7 +29,7 @@ from paddle_asr.artifacts import atomic_write_text, fingerprint, is_complete, ma
 from paddle_asr.config import AsrConfig, check_config, config_to_dict, load_config, save_config
 from paddle_asr.cpu_settings import configure_cpu
 from paddle_asr.data.dataset import Batch, filter_utterances, iterate_batches, make_batches
-from paddle_asr.data.loader import BatchLoader, TrainingInputs
+from paddle_asr.data.loader import BatchLoader, TrainingInputs, cache_size
 from paddle_asr.data.manifest import read_manifest
 from paddle_asr.data.sampler import BatchPlan, epoch_order, plan_batches, rank_part
 from paddle_asr.data.shards import ShardInfo, read_shard_list, shard_batches
@@ -87,7 +87,8 @@ def prepare_run(config: AsrConfig, recipe_dir: Path, exp_dir: Path, *, force: bo
     fixed = config_to_dict(config)
     for key in ("num_workers", "num_threads", "log_interval", "checkpoint_interval", "keep_checkpoints"):
         fixed["training"].pop(key, None)
-    for key in ("init_from", "freeze"):  # only when set: runs from before fine-tuning existed stay reusable
+    # Only when set: runs from before fine-tuning and the feature cache existed stay reusable.
+    for key in ("init_from", "freeze", "cache_features"):
         if not fixed["training"][key]:
             fixed["training"].pop(key)
     fp = fingerprint("train-v2", fixed, *inputs)
@@ -323,7 +324,11 @@ def _load_data(config: AsrConfig, recipe_dir: Path, tokenizer, model, world: Wor
             f"{config.data.train_shards} sequentially, {per_process} per process and batch, {tc.accum_grad} per update")
     inputs = TrainingInputs(tokenizer, config.features, config.spec_augment, config.speed_perturb, tc.seed,
                             config.concat, num_frames(int(tc.max_duration_s * config.features.sample_rate),
-                                                      config.features), config.voice_perturb)
+                                                      config.features), config.voice_perturb, tc.cache_features)
+    if tc.cache_features:
+        size = cache_size(train_utts, config.features, world.size)
+        say(f"stage 1: keeping the fbank of the {len(train_utts)} training utterances in memory from their first "
+            f"epoch on ({size / 2**20:.0f} MiB in all)")
     return TrainingData(tokenizer, inputs, {u.key for u in train_utts}, plan, shards,
                         make_batches(dev_utts, max(tc.batch_size, 1)))
 
