@@ -18,7 +18,7 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -140,7 +140,8 @@ def train(config: AsrConfig, recipe_dir: Path, exp_dir: Path, *, force: bool = F
 
 
 # ----------------------------------------------------------------------------------- evaluation
-def evaluate_dev(model, batches, tokenizer: CharTokenizer, config: AsrConfig) -> tuple[dict[str, float], str]:
+def evaluate_dev(model, batches: Iterable[Batch], tokenizer: CharTokenizer,
+                 config: AsrConfig) -> tuple[dict[str, float], str]:
     """Utterance-weighted dev losses (non-finite batches skipped) and the error rate of CTC greedy
     search (key "error_rate"), with the rate's name: CER, or WER for English."""
     from paddle_asr.decode.search import ctc_greedy_search
@@ -151,7 +152,7 @@ def evaluate_dev(model, batches, tokenizer: CharTokenizer, config: AsrConfig) ->
     count = 0
     refs, hyps = {}, {}
     with paddle.no_grad():
-        for b in iterate_batches(batches, tokenizer, config.features, train=False):
+        for b in batches:
             feats, lengths = paddle.to_tensor(b.feats), paddle.to_tensor(b.feat_lengths)
             loss, parts = model(feats, lengths, paddle.to_tensor(b.labels), paddle.to_tensor(b.label_lengths))
             _, enc_lengths, ctc_log_probs = model.forward_encoder(feats, lengths)
@@ -247,7 +248,7 @@ class TrainingData:
     train_keys: set[str]  # the training utterances that passed the filters
     plan: BatchPlan | None  # the global batches, when training reads a manifest
     shards: list[ShardInfo] | None  # the shards, when training reads shards
-    dev_batches: list
+    dev_batches: Callable[[], Iterable[Batch]]  # the dev set's batches, computed anew or kept (cache_features)
 
 
 @dataclasses.dataclass
@@ -330,7 +331,18 @@ def _load_data(config: AsrConfig, recipe_dir: Path, tokenizer, model, world: Wor
         say(f"stage 1: keeping the fbank of the {len(train_utts)} training utterances in memory from their first "
             f"epoch on ({size / 2**20:.0f} MiB in all)")
     return TrainingData(tokenizer, inputs, {u.key for u in train_utts}, plan, shards,
-                        make_batches(dev_utts, max(tc.batch_size, 1)))
+                        _dev_batches(dev_utts, tokenizer, config))
+
+
+def _dev_batches(dev_utts: list, tokenizer, config: AsrConfig) -> Callable[[], Iterable[Batch]]:
+    """What gives the dev batches each epoch: computed anew, or kept with training.cache_features (dev
+    features are never perturbed, so they are the same every epoch)."""
+    groups = make_batches(dev_utts, max(config.training.batch_size, 1))
+
+    def fresh() -> Iterable[Batch]:
+        return iterate_batches(groups, tokenizer, config.features, train=False)
+
+    return list(fresh()).copy if config.training.cache_features else fresh
 
 
 def _new_state(config: AsrConfig, world: World, model, ckpt_dir: Path, say) -> TrainingState:
@@ -586,7 +598,7 @@ def _end_epoch(state: TrainingState, data: TrainingData, writer, stop: StopReque
 def _validate_and_save(state: TrainingState, data: TrainingData, writer, index: int, started: float) -> None:
     config, epoch = state.config, state.epoch
     train_loss = state.epoch_loss / max(state.epoch_batches, 1)
-    dev, dev_metric = evaluate_dev(state.model, data.dev_batches, data.tokenizer, config)
+    dev, dev_metric = evaluate_dev(state.model, data.dev_batches(), data.tokenizer, config)
     for name, v in dev.items():
         writer.add_scalar({"loss": "dev/loss", "error_rate": "dev/error_rate"}.get(name, f"dev/loss_{name}"), v, epoch)
     writer.add_scalar("train/epoch_loss", train_loss, epoch)
