@@ -166,6 +166,9 @@ def test_cached_features_train_and_resume_to_the_same_parameters(tiny_recipe):
     a = params(tiny_recipe / "exp/cached_reference/checkpoints/2.pdparams")
     b = params(tiny_recipe / "exp/cached_killed/checkpoints/2.pdparams")
     assert all(np.array_equal(a[k], b[k]) for k in a)
+    # The kept dev batches (epoch 2 of the reference) score as those computed anew after the resume.
+    ref, got = (list_checkpoints(tiny_recipe / f"exp/cached_{run}/checkpoints") for run in ("reference", "killed"))
+    assert [(r["epoch"], r["dev_loss"]) for r in ref] == [(r["epoch"], r["dev_loss"]) for r in got]
     # The cache changes what training sees (dither drawn once), so it is another run, not a resume.
     plain = write_config(tiny_recipe, "plain", max_epoch=2, checkpoint_interval=1)
     run_train(tiny_recipe, plain, "exp/plain")

@@ -44,7 +44,6 @@ import numpy as np
 
 from paddle_asr.data.corpora.espeak_synth import (
     ESpeak,
-    data_with_variants,
     random_voices,
     render_utterance,
     syllable_count,
@@ -403,11 +402,7 @@ def generate_demo_corpus(out_dir: Path, *, seed: int = 20261122, num_train_speak
     log(f"[demo] charset {len(design.chars)} chars, vocabulary {len(design.words)} words, "
         f"{len(transcripts)} sentences ({time.time() - start:.1f}s)")
     try:
-        if random:  # every speaker's worker reads the random variants from a data directory of its own
-            espeak_data = str(data_with_variants(tmp / "espeak-ng-data", random))
-            jobs = [{**job, "espeak_data": espeak_data} for job in jobs]
-        durations = synthesise_speakers(_synth_speaker, jobs, num_workers, log, "demo", start)
-        shutil.rmtree(tmp / "espeak-ng-data", ignore_errors=True)  # not part of the corpus
+        durations = synthesise_speakers(_synth_speaker, jobs, num_workers, log, "demo", start, random, tmp)
         with open(tmp / "transcript" / "aishell_transcript_v0.8.txt", "w", encoding="utf-8") as f:
             for uid in sorted(transcripts):
                 if uid not in untranscribed:

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from paddle_asr.data.corpora.demo import _EXTRA_VOICES as _MANDARIN_EXTRA_VOICES
-from paddle_asr.data.corpora.espeak_synth import ESpeak, data_with_variants, random_voices, render_utterance
+from paddle_asr.data.corpora.espeak_synth import ESpeak, random_voices, render_utterance
 from paddle_asr.data.corpora.generated import partial_dir, publish, reuse_complete, synthesise_speakers
 
 GENERATOR_VERSION = 4
@@ -306,11 +306,7 @@ def generate_english_demo(out_dir: Path, *, seed: int = 20261122, num_train_spea
         random = random_voices(num_random_voices, seed)
         jobs, transcripts, untranscribed, voices = _plan_corpus(counts, per_speaker, seed, tmp,
                                                                 dict.fromkeys(random, random_voice_utts))
-        if random:  # every speaker's worker reads the random variants from a data directory of its own
-            espeak_data = str(data_with_variants(tmp / "espeak-ng-data", random))
-            jobs = [{**job, "espeak_data": espeak_data} for job in jobs]
-        durations = synthesise_speakers(_synth_speaker, jobs, num_workers, log, "english demo", start)
-        shutil.rmtree(tmp / "espeak-ng-data", ignore_errors=True)  # not part of the corpus
+        durations = synthesise_speakers(_synth_speaker, jobs, num_workers, log, "english demo", start, random, tmp)
         _write_transcripts(tmp, transcripts, untranscribed)
         words = design_words()
         summary = {

@@ -51,9 +51,12 @@ def publish(tmp: Path, root: Path, params: dict, summary: dict) -> None:
 
 
 def synthesise_speakers(worker: Callable[[dict], dict[str, float]], jobs: list[dict], num_workers: int,
-                        log: Callable[[str], None], tag: str, start: float) -> dict[str, float]:
+                        log: Callable[[str], None], tag: str, start: float, variants: dict[str, str] | None = None,
+                        scratch: Path | None = None) -> dict[str, float]:
     """Run `worker` (a module-level function) on each speaker's job, each in a fresh spawned process,
-    and merge the {utterance id: seconds} it returns.
+    and merge the {utterance id: seconds} it returns. With `variants` (random espeak voices: {name:
+    variant file text}), each job's "espeak_data" names an espeak-ng data folder in `scratch` that holds
+    them; the folder is not part of the corpus and is removed afterwards.
 
     libespeak-ng keeps hidden state from one utterance to the next (espeak_synth explains), so the
     audio is reproducible only when each speaker is rendered in a process that synthesised nothing
@@ -62,10 +65,19 @@ def synthesise_speakers(worker: Callable[[dict], dict[str, float]], jobs: list[d
     import multiprocessing as mp
     import time
 
+    from paddle_asr.data.corpora.espeak_synth import data_with_variants
+
+    overlay = data_with_variants(Path(scratch) / "espeak-ng-data", variants) if variants else None
+    if overlay is not None:
+        jobs = [{**job, "espeak_data": str(overlay)} for job in jobs]
     durations: dict[str, float] = {}
-    with mp.get_context("spawn").Pool(max(1, min(num_workers, len(jobs))), maxtasksperchild=1) as pool:
-        for k, d in enumerate(pool.imap_unordered(worker, jobs, chunksize=1), 1):
-            durations.update(d)
-            if k % 5 == 0 or k == len(jobs):
-                log(f"[{tag}] synthesised {k}/{len(jobs)} speakers ({time.time() - start:.0f}s)")
+    try:
+        with mp.get_context("spawn").Pool(max(1, min(num_workers, len(jobs))), maxtasksperchild=1) as pool:
+            for k, d in enumerate(pool.imap_unordered(worker, jobs, chunksize=1), 1):
+                durations.update(d)
+                if k % 5 == 0 or k == len(jobs):
+                    log(f"[{tag}] synthesised {k}/{len(jobs)} speakers ({time.time() - start:.0f}s)")
+    finally:
+        if overlay is not None:
+            shutil.rmtree(overlay, ignore_errors=True)
     return durations
