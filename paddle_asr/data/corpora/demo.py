@@ -76,8 +76,8 @@ _ARCHIVE_MTIME = 1_500_000_000  # fixed so archives are byte-identical too
 # (space in name); klatt, klatt2 (weak, ~40 % voiced).  Test voices are never
 # used for training or dev: they measure generalisation to unseen speakers.
 # The demo trains 21 speakers, 147 utterances each: the 14 training variants and 7 of the extra ones
-# (1.4x the voices and 2x the text of 14 x 110, for the same updates; recipes/demo/conf/conformer.yaml
-# records what that gained, and why it trains no random voices, which the English demo does).
+# (1.4x the voices and 2x the text of 14 x 110, for the same updates), and 30 more in random voices,
+# 31 utterances each (recipes/demo/conf/conformer.yaml records what each gained).
 _TEST_VOICES = ["f4", "m6", "klatt4"]
 _DEV_VOICES = ["f3", "m4"]
 _TRAIN_VOICES = ["m1", "m2", "m3", "m5", "m7", "m8", "f1", "f2", "f5",
@@ -361,7 +361,7 @@ def _coverage(design: TextDesign, train_text: str) -> dict:
 def generate_demo_corpus(out_dir: Path, *, seed: int = 20261122, num_train_speakers: int = 21,
                          num_dev_speakers: int = 2, num_test_speakers: int = 3, num_unseen_speakers: int = 3,
                          utts_per_speaker: int = 110, train_utts_per_speaker: int | None = 147,
-                         num_random_voices: int = 0, random_voice_utts: int = 31, force: bool = False,
+                         num_random_voices: int = 30, random_voice_utts: int = 31, force: bool = False,
                          log: Callable[[str], None] = print, num_workers: int = 2) -> dict:
     """Generate (or reuse) the synthetic corpus under ``out_dir/data_aishell``.
 
@@ -438,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num_unseen_speakers", type=int, default=3, help="speakers of test_unseen_voices")
     parser.add_argument("--utts_per_speaker", type=int, default=110)
     parser.add_argument("--train_utts_per_speaker", type=int, default=147)
-    parser.add_argument("--num_random_voices", type=int, default=0, help="training speakers in random voices")
+    parser.add_argument("--num_random_voices", type=int, default=30, help="training speakers in random voices")
     parser.add_argument("--random_voice_utts", type=int, default=31)
     parser.add_argument("--num_workers", type=int, default=2)
     parser.add_argument("--force", action="store_true", help="regenerate even if complete")
