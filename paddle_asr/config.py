@@ -421,7 +421,6 @@ class AsrConfig:
                        "pos_enc_layer_type: abs_pos, selfattention_layer_type: selfattn")
         yield from scheduler_problems(self.optim, self.scheduler)
 
-
     def _cache_problems(self) -> Iterator[str]:
         """training.cache_features keeps one fbank per utterance: nothing may change it between epochs."""
         if not self.training.cache_features:
