@@ -29,9 +29,10 @@ from paddle_asr.data.audio import read_audio
 from paddle_asr.data.augment import choose_speed, choose_voice, join_pairs, spec_augment, speed_perturb
 from paddle_asr.data.dataset import Batch, collate
 from paddle_asr.data.manifest import Utterance
+from paddle_asr.data.sampler import utterance_frames
 from paddle_asr.data.tokenizer import CharTokenizer
 from paddle_asr.errors import AsrError
-from paddle_asr.features import compute_fbank, num_frames
+from paddle_asr.features import compute_fbank
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,7 @@ def cache_size(utts: list[Utterance], features: FeatureConfig, processes: int = 
     """Bytes the feature cache of `utts` will hold in all `processes` (each may come to hold every
     utterance: batches move between processes from epoch to epoch); an error when that is more than
     half of `memory_bytes` (default: this machine's memory), which leaves room for training."""
-    frames = sum(num_frames(int(u.duration * features.sample_rate), features) for u in utts)
+    frames = sum(utterance_frames(u, features) for u in utts)
     size = frames * features.num_mel_bins * 4 * processes
     memory = memory_bytes or os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     if size > memory // 2:
