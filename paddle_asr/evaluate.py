@@ -133,7 +133,8 @@ def evaluate_stage(label: str, make_backend: Callable[[], Backend], conf: Decode
     """Stages 3, 5 and 6: decode with every method unless all of their result directories are complete
     for these inputs and settings; returns the prefix the directories share (mode included)."""
     if not Path(manifest).is_file():
-        raise AsrError(f"{label}: test set {Path(manifest).parent.name} has no manifest {manifest}; stage 0 writes "
+        name = Path(manifest).parent.name or Path(manifest).name
+        raise AsrError(f"{label}: test set {name} has no manifest {manifest}; stage 0 writes "
                        "one per set it prepares: check the set's name in --test_sets, or run stage 0 for it")
     prefix = base_prefix.parent / mode_prefix(base_prefix.name, conf)
     dirs = [result_dir(prefix, m) for m in conf.methods]

@@ -278,6 +278,17 @@ def test_stage_6_quantizes_the_chunk_program_with_the_encoder(exported, tmp_path
     assert set(hyps) == set(METHODS) and all(len(h) > 0 for m in METHODS for h in hyps[m])
 
 
+def test_stage_6_with_a_missing_calibration_manifest_names_it_and_writes_nothing(exported, tmp_path, capsys):
+    from paddle_asr.cli import main as cli_main
+
+    missing = tmp_path / "data/train/data.list"
+    assert cli_main(["quantize", "--bundle", str(exported[1]), "--out", str(tmp_path / "int8"),
+                     "--calib", str(missing)]) != 0
+    err = capsys.readouterr().err
+    assert f"calibration manifest {missing} does not exist" in err and "--calib" in err and "Traceback" not in err
+    assert not (tmp_path / "int8").exists()
+
+
 def test_stage_6_quantizes_a_u2pp_decoder_with_both_output_layers_in_fp32(exported_u2pp, tmp_path):
     """The U2++ decoder program through the INT8 path: both directions' output layers stay FP32 (the
     edge layers), the rest of their products run INT8, and rescoring weighs both INT8 directions."""

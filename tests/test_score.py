@@ -291,3 +291,10 @@ def test_main_reports_errors(tmp_path: Path, capsys):
     ref, _ = _write_pair(tmp_path)
     assert main([str(ref), str(tmp_path / "nope")]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_a_missing_file_is_named_with_what_to_give(tmp_path, capsys):
+    (tmp_path / "ref").write_text("u1 a b\n")
+    assert main([str(tmp_path / "ref"), str(tmp_path / "hyp")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'hyp'}: no such file;") and "UTTID text" in err

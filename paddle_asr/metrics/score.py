@@ -299,6 +299,8 @@ def read_transcripts(path: Path) -> dict[str, str]:
     """
     path = Path(path)
     out: dict[str, str] = {}
+    if not path.is_file():
+        raise ScoreError(f"{path}: no such file; give an 'UTTID text' file (a set's data/<set>/text, or a result's)")
     with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
             try:
