@@ -22,6 +22,7 @@ utterance, the final latency (end sent -> finished) p50/max over every utterance
     python bench/serve.py [--load steady|burst] [--streams 1,2,4,8,12,16,20,24,28,32] [--precisions fp32,int8]
                           [--seconds 10] [--utterances 3]
 Prints one JSON line per (precision, mode, K), then a table naming the CPU and the load.
+`--tick_costs` times the worker's batched tick per batch size instead (no server, no clients).
 """
 
 from __future__ import annotations
@@ -296,6 +297,48 @@ def table(rows: list[dict], cpu: str, int8_functions: list[str], args) -> str:
     return "\n".join(lines)
 
 
+TICK_BATCHES = (1, 2, 4, 8, 12, 16, 20)
+
+
+def tick_costs(bundle: Path, precision: str, args) -> list[dict]:
+    """One tick of the worker per batch size (`StreamingModel.encode`: the encoder chunk program and
+    CTC activation on B windows at once, then each stream's prefix-beam step), timed in this process
+    on full windows of the fixture recordings once the attention cache is full (`--num_left_chunks`
+    chunks): what B streams' chunks cost, without the server around them (median of 6 ticks)."""
+    from paddle_asr.features import compute_fbank
+    from paddle_asr.serve.engine import StreamingModel, StreamOptions, Window
+    from paddle_asr.transcribe import TranscribeOptions, Transcriber
+
+    options = StreamOptions(chunk_size=args.chunk_size, num_left_chunks=args.num_left_chunks)
+    model = StreamingModel(Transcriber(bundle, TranscribeOptions(num_threads=args.threads)), options)
+    fbank = compute_fbank(np.frombuffer(load_audio(args.seconds), dtype="<i2"), model.features)
+    rows = []
+    for batch in TICK_BATCHES:
+        sessions = [model.new_session() for _ in range(batch)]
+        times = []
+        for k in range(args.num_left_chunks + 6):
+            start = (k * model.stride) % max(1, len(fbank) - model.window)
+            for s in sessions:
+                s.pending.append(Window(start, fbank[start: start + model.window]))
+            t0 = time.perf_counter()
+            model.encode(sessions, batch)
+            times.append(time.perf_counter() - t0)
+        ms = statistics.median(times[args.num_left_chunks:]) * 1000
+        rows.append({"bench": "serve_tick", "precision": precision, "batch": batch, "tick_ms": round(ms, 1),
+                     "ms_per_window": round(ms / batch, 1)})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def tick_table(rows: list[dict], cpu: str, args) -> str:
+    audio_ms = args.chunk_size * 40
+    lines = [f"CPU: {cpu}; chunk {args.chunk_size} ({audio_ms} ms of audio a window), {args.num_left_chunks} left "
+             f"chunks, {args.threads} threads", "", "| precision | batch | tick (ms) | ms per window |",
+             "|---|---|---|---|"]
+    lines += [f"| {r['precision']} | {r['batch']} | {r['tick_ms']} | {r['ms_per_window']} |" for r in rows]
+    return "\n".join(lines)
+
+
 def load_description(args) -> str:
     if args.load == "steady":
         return (f"steady, each client {args.utterances} utterances back to back (a new connection each), "
@@ -315,6 +358,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--num_left_chunks", type=int, default=8, help="the server's --num_left_chunks")
     ap.add_argument("--port", type=int, default=18790)
     ap.add_argument("--work", default=str(ROOT / "exp" / "bench" / "serve"))
+    ap.add_argument("--tick_costs", action="store_true",
+                    help="time the worker's batched encoder call per batch size instead of running clients")
     ap.add_argument("--prepare_only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     work = Path(args.work)
@@ -326,6 +371,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         subprocess.run([sys.executable, __file__, "--prepare_only", "--work", args.work], check=True)
     cpu, pcm, rows = cpu_description(), load_audio(args.seconds), []
     log(f"CPU: {cpu}")
+    if args.tick_costs:
+        for precision in args.precisions.split(","):
+            rows += tick_costs(work / precision, precision, args)
+        print(tick_table(rows, cpu, args), flush=True)
+        return rows
     for precision in args.precisions.split(","):
         for mode in MODES:
             rows += sweep(work / precision, precision, mode, args, pcm)
