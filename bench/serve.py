@@ -300,7 +300,7 @@ def table(rows: list[dict], cpu: str, int8_functions: list[str], args) -> str:
 TICK_BATCHES = (1, 2, 4, 8, 12, 16, 20)
 
 
-def tick_costs(bundle: Path, precision: str, args) -> list[dict]:
+def tick_costs(bundle: Path, precision: str, args, pcm: bytes) -> list[dict]:
     """One tick of the worker per batch size (`StreamingModel.encode`: the encoder chunk program and
     CTC activation on B windows at once, then each stream's prefix-beam step), timed in this process
     on full windows of the fixture recordings once the attention cache is full (`--num_left_chunks`
@@ -311,7 +311,8 @@ def tick_costs(bundle: Path, precision: str, args) -> list[dict]:
 
     options = StreamOptions(chunk_size=args.chunk_size, num_left_chunks=args.num_left_chunks)
     model = StreamingModel(Transcriber(bundle, TranscribeOptions(num_threads=args.threads)), options)
-    fbank = compute_fbank(np.frombuffer(load_audio(args.seconds), dtype="<i2"), model.features)
+    fbank = compute_fbank(np.frombuffer(pcm, dtype="<i2"), model.features)
+    window_ms = round(model.stride * model.features.frame_shift_ms)
     rows = []
     for batch in TICK_BATCHES:
         sessions = [model.new_session() for _ in range(batch)]
@@ -324,16 +325,16 @@ def tick_costs(bundle: Path, precision: str, args) -> list[dict]:
             model.encode(sessions, batch)
             times.append(time.perf_counter() - t0)
         ms = statistics.median(times[args.num_left_chunks:]) * 1000
-        rows.append({"bench": "serve_tick", "precision": precision, "batch": batch, "tick_ms": round(ms, 1),
-                     "ms_per_window": round(ms / batch, 1)})
+        rows.append({"bench": "serve_tick", "precision": precision, "batch": batch, "window_ms": window_ms,
+                     "tick_ms": round(ms, 1), "ms_per_window": round(ms / batch, 1)})
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
 def tick_table(rows: list[dict], cpu: str, args) -> str:
-    audio_ms = args.chunk_size * 40
-    lines = [f"CPU: {cpu}; chunk {args.chunk_size} ({audio_ms} ms of audio a window), {args.num_left_chunks} left "
-             f"chunks, {args.threads} threads", "", "| precision | batch | tick (ms) | ms per window |",
+    lines = [f"CPU: {cpu}; chunk {args.chunk_size} ({rows[0]['window_ms']} ms of audio a window), "
+             f"{args.num_left_chunks} left chunks, {args.threads} threads", "",
+             "| precision | batch | tick (ms) | ms per window |",
              "|---|---|---|---|"]
     lines += [f"| {r['precision']} | {r['batch']} | {r['tick_ms']} | {r['ms_per_window']} |" for r in rows]
     return "\n".join(lines)
@@ -373,7 +374,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     log(f"CPU: {cpu}")
     if args.tick_costs:
         for precision in args.precisions.split(","):
-            rows += tick_costs(work / precision, precision, args)
+            rows += tick_costs(work / precision, precision, args, pcm)
         print(tick_table(rows, cpu, args), flush=True)
         return rows
     for precision in args.precisions.split(","):

@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from paddle_asr.errors import AsrError
+
 DONE_MARKER = ".done"
 
 
@@ -58,6 +60,9 @@ def fingerprint(*parts: Any) -> str:
     h = hashlib.sha256()
     for part in parts:
         if isinstance(part, Path):
+            if not part.exists():
+                raise AsrError(f"{part} does not exist: it is an input of this step; run the stage that writes it, "
+                               "or pass the right path")
             st = part.stat()
             part = f"{part.resolve()}:{st.st_size}:{st.st_mtime_ns}"
         h.update(json.dumps(part, sort_keys=True, default=str).encode("utf-8"))

@@ -48,3 +48,12 @@ def test_verify_checks_more_than_the_fingerprint(tmp_path):
     assert reuse_or_clear(out, "fp", "stage 0", False, print, verify=whole)
     (out / "a.tar").write_bytes(b"x" * 3)  # truncated
     assert not reuse_or_clear(out, "fp", "stage 0", False, print, verify=whole) and not out.exists()
+
+
+def test_a_missing_input_file_is_named_not_a_traceback(tmp_path):
+    import pytest
+
+    from paddle_asr.errors import AsrError
+
+    with pytest.raises(AsrError, match=f"{tmp_path / 'nope.list'} does not exist: it is an input of this step"):
+        fingerprint("step-v1", tmp_path / "nope.list")

@@ -92,11 +92,15 @@ def chunk_fp32_layers(layers: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(layer for layer in layers if layer != "output_layer")
 
 
-def calibration_utterances(manifest: Path, num: int) -> list:
-    """`num` utterances of a training manifest (never test), spread over it in key order."""
+def require_calibration_manifest(manifest: Path | str) -> None:
     if not Path(manifest).is_file():
         raise AsrError(f"stage 6 (INT8): calibration manifest {manifest} does not exist; pass --calib the "
                        "training set's data.list, which stage 0 writes (e.g. data/train/data.list)")
+
+
+def calibration_utterances(manifest: Path, num: int) -> list:
+    """`num` utterances of a training manifest (never test), spread over it in key order."""
+    require_calibration_manifest(manifest)
     utts = read_manifest(Path(manifest))
     step = max(1, len(utts) // num)
     return sorted(utts, key=lambda u: u.key)[::step][:num]
@@ -167,7 +171,7 @@ def quantize_bundle(fp32_dir: Path, out: Path, calib: Path | str, *, num_calib: 
     the same inputs. Returns {program: quantize_ptq report} ({} when reused)."""
     fp32_dir, out = Path(fp32_dir), Path(out)
     meta, _, _ = read_bundle(fp32_dir)
-    utts = calibration_utterances(calib, num_calib)  # a missing or bad manifest stops it before any work
+    require_calibration_manifest(calib)  # before the fingerprint reads it
     if not cpu_has_vnni():
         log(f"stage 6 (INT8): {NO_VNNI_WARNING}")
     fam = bundle_family(fp32_dir, meta)
@@ -176,6 +180,7 @@ def quantize_bundle(fp32_dir: Path, out: Path, calib: Path | str, *, num_calib: 
                      ",".join(layers))
     if reuse_or_clear(out, fp, "stage 6 (INT8)", force, log, noun="INT8 model"):
         return {}
+    utts = calibration_utterances(calib, num_calib)
     names = quantized_functions(functions, fp32_dir, meta)
     if chunk_follows_encoder(names, meta, fam):
         names.append("encoder_chunk")
