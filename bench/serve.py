@@ -1,10 +1,12 @@
 """Streams per CPU of `paddle-asr serve`: K real-time clients against one server, with the chunks of
-all streams batched and one stream at a time (--max_batch 1), FP32 and INT8, in the same run.
+all streams batched and one stream at a time (--max_batch 1), FP32 and INT8, on Paddle Inference
+and ONNX Runtime, in the same run.
 
 The model is the AISHELL-size streaming Conformer (`recipes/aishell/conf/chunk_conformer.yaml`,
 4233 units) with random weights (timing does not depend on them), exported once to
 exp/bench/serve/fp32 and quantized to exp/bench/serve/int8 (stage 6, calibrated on the fixture
-recordings). The server runs on 127.0.0.1 in a process of its own; each client streams a real
+recordings), with the ONNX exports of both beside them (onnx, onnx_int8: stages 4 and 6) for
+`--runtime onnx`. The server runs on 127.0.0.1 in a process of its own; each client streams a real
 recording as PaddleSpeech's client does: 85 ms frames of 16-bit PCM, each sent when its audio would
 have been spoken (real time) and answered by a partial result before the next, then the end signal,
 answered by the final result. Two loads (--load):
@@ -19,7 +21,8 @@ Per K it reports the partial-reply latency (frame sent -> reply) p50/p95 over ev
 utterance, the final latency (end sent -> finished) p50/max over every utterance, the server's CPU use
 (cores) and its peak RSS. A configuration keeps up with K streams when the p95 partial latency is
 <= 200 ms and every final <= 500 ms; K grows until it does not.
-    python bench/serve.py [--load steady|burst] [--streams 1,2,4,8,12,16,20,24,28,32] [--precisions fp32,int8]
+    python bench/serve.py [--load steady|burst] [--streams 1,2,4,8,12,16,20,24,28,32,40,48] [--precisions fp32,int8]
+                          [--runtimes paddle,onnx]
                           [--seconds 10] [--utterances 3]
 Prints one JSON line per (precision, mode, K), then a table naming the CPU and the load.
 `--tick_costs` times the worker's batched tick per batch size instead (no server, no clients).
@@ -103,6 +106,21 @@ def prepare(work: Path, log) -> None:
         manifest = work / "calib.list"
         manifest.write_text("".join(json.dumps(x) + "\n" for x in lines), encoding="utf-8")
         quantize_bundle(fp32, int8, manifest, num_calib=len(WAVS), batch_size=1, log=log)
+    prepare_onnx(work, log)
+
+
+def prepare_onnx(work: Path, log) -> None:
+    """exp/bench/serve/onnx and onnx_int8: stage 4's ONNX export and stage 6's ONNX INT8 export of
+    the bundles, for --runtime onnx."""
+    from paddle_asr.export.onnx import export_onnx
+    from paddle_asr.export.onnx_backend import is_onnx_export
+    from paddle_asr.stages import onnx_int8_stage
+
+    if not is_onnx_export(work / "onnx"):
+        log(f"converting {work / 'fp32'} to ONNX")
+        export_onnx(work / "fp32", work / "onnx")
+    onnx_int8_stage(work / "fp32", work / "int8", "encoder", work / "calib.list", num_calib=len(WAVS), batch_size=1,
+                    log=log)
 
 
 def emit_like_a_trained_model(model, config, speech_share: float = 0.1) -> None:
@@ -250,10 +268,11 @@ def keeps_up(row: dict) -> bool:
 
 
 # -------------------------------------------------------------------------------------- driver
-def sweep(bundle: Path, precision: str, mode: str, args, pcm: bytes) -> list[dict]:
+def sweep(bundle: Path, precision: str, runtime: str, mode: str, args, pcm: bytes) -> list[dict]:
     """K = each of --streams until the server no longer keeps up (that K is reported too)."""
     ks = [int(k) for k in args.streams.split(",")]
-    server = Server(bundle, args.port, ["--max_batch", str(MODES[mode] or max(ks)), "--max_streams", str(max(ks)),
+    server = Server(bundle, args.port, ["--runtime", runtime, "--max_batch", str(MODES[mode] or max(ks)),
+                                        "--max_streams", str(max(ks)),
                                         "--threads", str(args.threads), "--chunk_size", str(args.chunk_size),
                                         "--num_left_chunks", str(args.num_left_chunks)])
     rows = []
@@ -263,7 +282,8 @@ def sweep(bundle: Path, precision: str, mode: str, args, pcm: bytes) -> list[dic
         asyncio.run(run_clients(server, 1, pcm, seed=0))
         utterances = args.utterances if args.load == "steady" else 1
         for k in ks:
-            row = {"bench": "serve", "load": args.load, "precision": precision, "mode": mode, "streams": k,
+            row = {"bench": "serve", "load": args.load, "precision": precision, "runtime": runtime, "mode": mode,
+                   "streams": k,
                    "audio_s": args.seconds, "utterances": utterances,
                    **asyncio.run(run_clients(server, k, pcm, seed=k, load=args.load, utterances=utterances))}
             row["keeps_up"] = keeps_up(row)
@@ -280,27 +300,28 @@ def table(rows: list[dict], cpu: str, int8_functions: list[str], args) -> str:
     lines = [f"CPU: {cpu}; INT8 bundle quantizes {', '.join(int8_functions) or 'nothing'}; "
              f"chunk {args.chunk_size}, {args.num_left_chunks} left chunks, {args.threads} threads, "
              f"{args.seconds:.0f} s of audio per utterance; load: {load_description(args)}",
-             "", "| precision | mode | K | p50 / p95 partial (ms) | p50 / max final (ms) | CPU (cores) | "
-             "peak RSS (MB) | keeps up |", "|---|---|---|---|---|---|---|---|"]
+             "", "| precision | runtime | mode | K | p50 / p95 partial (ms) | p50 / max final (ms) | CPU (cores) | "
+             "peak RSS (MB) | keeps up |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['precision']} | {r['mode']} | {r['streams']} | {r['p50_partial_ms']:.0f} / "
-                     f"{r['p95_partial_ms']:.0f} | {r['p50_final_ms']:.0f} / {r['max_final_ms']:.0f} | "
+        lines.append(f"| {r['precision']} | {r['runtime']} | {r['mode']} | {r['streams']} | "
+                     f"{r['p50_partial_ms']:.0f} / {r['p95_partial_ms']:.0f} | "
+                     f"{r['p50_final_ms']:.0f} / {r['max_final_ms']:.0f} | "
                      f"{r['cpu_cores']:.2f} | {r['peak_rss_mb']:.0f} | {'yes' if r['keeps_up'] else 'no'} |")
     lines.append("")
-    for precision in sorted({r["precision"] for r in rows}):
-        best = {m: max([r["streams"] for r in rows if r["precision"] == precision and r["mode"] == m
+    for engine in dict.fromkeys((r["precision"], r["runtime"]) for r in rows):
+        best = {m: max([r["streams"] for r in rows if (r["precision"], r["runtime"]) == engine and r["mode"] == m
                         and r["keeps_up"]] or [0]) for m in MODES}
         ratio = f"{best['batched'] / best['one at a time']:.1f}x" if best["one at a time"] else "n/a"
-        lines.append(f"{precision}: {best['batched']} real-time streams batched, {best['one at a time']} one at a "
-                     f"time ({ratio}), p95 partial <= {PARTIAL_BOUND_S * 1000:.0f} ms, final <= "
-                     f"{FINAL_BOUND_S * 1000:.0f} ms")
+        lines.append(f"{' on '.join(engine)}: {best['batched']} real-time streams batched, "
+                     f"{best['one at a time']} one at a time ({ratio}), p95 partial <= "
+                     f"{PARTIAL_BOUND_S * 1000:.0f} ms, final <= {FINAL_BOUND_S * 1000:.0f} ms")
     return "\n".join(lines)
 
 
 TICK_BATCHES = (1, 2, 4, 8, 12, 16, 20)
 
 
-def tick_costs(bundle: Path, precision: str, args, pcm: bytes) -> list[dict]:
+def tick_costs(bundle: Path, precision: str, runtime: str, args, pcm: bytes) -> list[dict]:
     """One tick of the worker per batch size (`StreamingModel.encode`: the encoder chunk program and
     CTC activation on B windows at once, then each stream's prefix-beam step), timed in this process
     on full windows of the fixture recordings once the attention cache is full (`--num_left_chunks`
@@ -310,7 +331,7 @@ def tick_costs(bundle: Path, precision: str, args, pcm: bytes) -> list[dict]:
     from paddle_asr.transcribe import TranscribeOptions, Transcriber
 
     options = StreamOptions(chunk_size=args.chunk_size, num_left_chunks=args.num_left_chunks)
-    model = StreamingModel(Transcriber(bundle, TranscribeOptions(num_threads=args.threads)), options)
+    model = StreamingModel(Transcriber(bundle, TranscribeOptions(num_threads=args.threads, runtime=runtime)), options)
     fbank = compute_fbank(np.frombuffer(pcm, dtype="<i2"), model.features)
     window_ms = round(model.stride * model.features.frame_shift_ms)
     rows = []
@@ -325,7 +346,8 @@ def tick_costs(bundle: Path, precision: str, args, pcm: bytes) -> list[dict]:
             model.encode(sessions, batch)
             times.append(time.perf_counter() - t0)
         ms = statistics.median(times[args.num_left_chunks:]) * 1000
-        rows.append({"bench": "serve_tick", "precision": precision, "batch": batch, "window_ms": window_ms,
+        rows.append({"bench": "serve_tick", "precision": precision, "runtime": runtime, "batch": batch,
+                     "window_ms": window_ms,
                      "tick_ms": round(ms, 1), "ms_per_window": round(ms / batch, 1)})
         print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -334,9 +356,10 @@ def tick_costs(bundle: Path, precision: str, args, pcm: bytes) -> list[dict]:
 def tick_table(rows: list[dict], cpu: str, args) -> str:
     lines = [f"CPU: {cpu}; chunk {args.chunk_size} ({rows[0]['window_ms']} ms of audio a window), "
              f"{args.num_left_chunks} left chunks, {args.threads} threads", "",
-             "| precision | batch | tick (ms) | ms per window |",
-             "|---|---|---|---|"]
-    lines += [f"| {r['precision']} | {r['batch']} | {r['tick_ms']} | {r['ms_per_window']} |" for r in rows]
+             "| precision | runtime | batch | tick (ms) | ms per window |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {r['precision']} | {r['runtime']} | {r['batch']} | {r['tick_ms']} | {r['ms_per_window']} |"
+              for r in rows]
     return "\n".join(lines)
 
 
@@ -347,10 +370,17 @@ def load_description(args) -> str:
     return "burst, one utterance per client, all started within 1 s (finals within about 1 s)"
 
 
+def engines(args) -> list[tuple[str, str]]:
+    """(precision, runtime) pairs of --precisions and --runtimes."""
+    return [(p, r) for p in args.precisions.split(",") for r in args.runtimes.split(",")]
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--streams", default="1,2,4,8,12,16,20,24,28,32", help="K values, increasing")
+    ap.add_argument("--streams", default="1,2,4,8,12,16,20,24,28,32,40,48", help="K values, increasing")
     ap.add_argument("--precisions", default="fp32,int8")
+    ap.add_argument("--runtimes", default="paddle,onnx", help="the server's --runtime: paddle (Paddle Inference), "
+                    "onnx (ONNX Runtime on the bundle's ONNX export)")
     ap.add_argument("--load", choices=("steady", "burst"), default="steady", help="see the module docstring")
     ap.add_argument("--seconds", type=float, default=10.0, help="audio per utterance")
     ap.add_argument("--utterances", type=int, default=3, help="utterances per client (steady load)")
@@ -368,18 +398,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.prepare_only:
         prepare(work, log)
         return []
-    if not (work / "int8" / "meta.json").is_file():  # PaddleSlim in a process of its own
+    if not (work / "onnx_int8" / ".done").is_file():  # PaddleSlim in a process of its own
         subprocess.run([sys.executable, __file__, "--prepare_only", "--work", args.work], check=True)
     cpu, pcm, rows = cpu_description(), load_audio(args.seconds), []
     log(f"CPU: {cpu}")
     if args.tick_costs:
-        for precision in args.precisions.split(","):
-            rows += tick_costs(work / precision, precision, args, pcm)
+        for precision, runtime in engines(args):
+            rows += tick_costs(work / precision, precision, runtime, args, pcm)
         print(tick_table(rows, cpu, args), flush=True)
         return rows
-    for precision in args.precisions.split(","):
+    for precision, runtime in engines(args):
         for mode in MODES:
-            rows += sweep(work / precision, precision, mode, args, pcm)
+            rows += sweep(work / precision, precision, runtime, mode, args, pcm)
     int8_meta = json.loads((work / "int8" / "meta.json").read_text(encoding="utf-8"))
     print(table(rows, cpu, int8_meta.get("int8_functions", []), args), flush=True)
     return rows

@@ -78,6 +78,15 @@ def let_idle_threads_sleep(value: str = "0") -> str:
     return os.environ["KMP_BLOCKTIME"]
 
 
+def idle_threads_spin() -> bool:
+    """Whether this process lets idle compute threads spin: no once KMP_BLOCKTIME is 0
+    (`let_idle_threads_sleep`, or the user's own setting). ONNX Runtime's thread pool, which reads
+    no such variable, follows it (`export.onnx_backend.OrtProgram`): its threads spin between calls
+    by default, which makes one call alone 10-20 % faster but cost a server on 2 cores half of
+    its streams (bench/RESULTS.md)."""
+    return os.environ.get("KMP_BLOCKTIME", "") != "0"
+
+
 # glibc mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 _MMAP_THRESHOLD_MAX = 32 << 20  # glibc's ceiling on 64-bit systems

@@ -139,6 +139,26 @@ def test_streams_in_one_batch_equal_each_stream_alone(backends):
         check_streams_batched_equal_alone(backends[1], utterances, 4, required, atol=ATOL)
 
 
+def _spins(program) -> bool:
+    options = program.session.get_session_options()
+    try:
+        return options.get_session_config_entry("session.intra_op.allow_spinning") != "0"
+    except RuntimeError:  # not set: ONNX Runtime's default, spinning
+        return True
+
+
+def test_onnx_runtime_threads_sleep_when_the_process_asks_idle_threads_to(exported, monkeypatch):
+    """`paddle-asr serve` sets KMP_BLOCKTIME=0 (cpu_settings.let_idle_threads_sleep): ONNX Runtime's
+    threads must not spin there either; elsewhere they keep ONNX Runtime's default."""
+    _, _, onnx_dir = exported
+    monkeypatch.delenv("KMP_BLOCKTIME", raising=False)
+    backend = OnnxU2Backend(onnx_dir)
+    assert all(_spins(p) for p in (backend._encoder, backend._ctc, backend._decoder))
+    monkeypatch.setenv("KMP_BLOCKTIME", "0")
+    backend = OnnxU2Backend(onnx_dir)
+    assert not any(_spins(p) for p in (backend._encoder, backend._ctc, backend._decoder, backend._chunk.predictor))
+
+
 def test_runtime_option_finds_the_onnx_export_beside_the_bundle(exported):
     _, fp32, out = exported
     meta = json.loads((fp32 / "meta.json").read_text())

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from paddle_asr.cpu_settings import idle_threads_spin
 from paddle_asr.errors import AsrError
 from paddle_asr.export.backend import require_chunk_version, require_meta
 from paddle_asr.export.bundle import META
@@ -34,6 +35,8 @@ class OrtProgram:
         opts.intra_op_num_threads = num_threads
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3  # paddle2onnx leaves unused initializers, which ORT warns about
+        if not idle_threads_spin():
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.path = Path(path)
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
