@@ -82,8 +82,8 @@ def idle_threads_spin() -> bool:
     """Whether this process lets idle compute threads spin: no once KMP_BLOCKTIME is 0
     (`let_idle_threads_sleep`, or the user's own setting). ONNX Runtime's thread pool, which reads
     no such variable, follows it (`export.onnx_backend.OrtProgram`): its threads spin between calls
-    by default, which makes one call alone 10-20 % faster but cost a server on 2 cores half of
-    its streams (bench/RESULTS.md)."""
+    by default, which makes one call alone 10-20 % faster but cost a server on 2 cores a quarter
+    of its INT8 streams (bench/RESULTS.md)."""
     return os.environ.get("KMP_BLOCKTIME", "") != "0"
 
 
