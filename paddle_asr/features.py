@@ -62,20 +62,34 @@ def compute_fbank(
         # kaldi-native-fbank's Python binding takes no warp factor; the NumPy fbank is the same
         # computation (only its energy floor differs, which dithered training audio never reaches).
         return _fbank_numpy(samples, config, vtln_warp)
-    try:
-        fbank = knf.OnlineFbank(_fbank_options(config))
-    except ValueError as e:
-        # Kaldi refuses a mel bank with a triangle that holds no FFT bin (at 25 ms / 16 kHz, from
-        # 127 bins on); PaddleSpeech's DeepSpeech2 uses 161 bins, computed without that check.
-        if "num_mel_bins too large" not in str(e):
-            raise
+    fbank = kaldi_fbank(config)
+    if fbank is None:
         return _fbank_numpy(samples, config)
     fbank.accept_waveform(float(config.sample_rate), samples)
     fbank.input_finished()
-    n = fbank.num_frames_ready
-    if n == 0:
+    return take_frames(fbank, 0, config)
+
+
+def kaldi_fbank(config: FeatureConfig) -> knf.OnlineFbank | None:
+    """kaldi-native-fbank's fbank computer for `config`, or None for mel banks it refuses: Kaldi
+    refuses a triangle that holds no FFT bin (at 25 ms / 16 kHz, from 127 bins on), and
+    PaddleSpeech's DeepSpeech2 uses 161 bins, computed without that check (`_fbank_numpy`)."""
+    try:
+        return knf.OnlineFbank(_fbank_options(config))
+    except ValueError as e:
+        if "num_mel_bins too large" not in str(e):
+            raise
+        return None
+
+
+def take_frames(fbank: knf.OnlineFbank, first: int, config: FeatureConfig) -> np.ndarray:
+    """The frames from `first` to those ready, `[n, num_mel_bins]` float32, popped from `fbank`."""
+    n = fbank.num_frames_ready - first
+    if n <= 0:
         return np.zeros((0, config.num_mel_bins), dtype=np.float32)
-    return np.stack([fbank.get_frame(i) for i in range(n)]).astype(np.float32)
+    frames = np.stack([fbank.get_frame(i) for i in range(first, first + n)]).astype(np.float32)
+    fbank.pop(n)
+    return frames
 
 
 PADDLESPEECH_ENERGY_FLOOR = 1e-7

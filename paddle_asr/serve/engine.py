@@ -29,7 +29,7 @@ import numpy as np
 from paddle_asr.config import FeatureConfig
 from paddle_asr.decode.search import CtcPrefixBeam
 from paddle_asr.errors import AsrError
-from paddle_asr.features import compute_fbank
+from paddle_asr.features import compute_fbank, kaldi_fbank, take_frames
 from paddle_asr.transcribe import SegmentResult, Transcriber, join_texts, token_times
 
 
@@ -82,18 +82,27 @@ class StreamOptions:
 
 class IncrementalFbank:
     """`features.compute_fbank` of a stream whose samples arrive in pieces: each Kaldi frame (snip
-    edges, no dither) reads only its own window of samples, so the frames computed on the samples
-    from any frame boundary on are the whole recording's frames. Only the samples of frames not yet
-    complete are kept."""
+    edges, no dither) reads only its own window of samples, so the frames computed as the samples
+    come are the whole recording's frames. One kaldi-native-fbank computer per stream (building
+    one, with its mel banks, for each piece cost more than the piece's frames); for the mel banks
+    it refuses, the NumPy fbank of the samples from the first frame not yet computed on."""
 
     def __init__(self, config: FeatureConfig) -> None:
         self.config = config
         self.hop = int(config.sample_rate * config.frame_shift_ms / 1000)  # as features.num_frames
-        self._tail = np.zeros(0, np.float32)  # samples from the first frame not yet computed on
+        self._kaldi = kaldi_fbank(config)
+        self._frames = 0                                # frames taken from the kaldi computer
+        self._tail = np.zeros(0, np.float32)  # NumPy fbank: samples from the first frame not yet computed on
 
     def accept(self, samples: np.ndarray) -> np.ndarray:
         """The frames [n, num_mel_bins] that the new samples complete."""
-        self._tail = np.concatenate([self._tail, np.asarray(samples, np.float32)])
+        samples = np.asarray(samples, np.float32)
+        if self._kaldi is not None:
+            self._kaldi.accept_waveform(float(self.config.sample_rate), samples)
+            frames = take_frames(self._kaldi, self._frames, self.config)
+            self._frames += len(frames)
+            return frames
+        self._tail = np.concatenate([self._tail, samples])
         frames = compute_fbank(self._tail, self.config)
         self._tail = self._tail[len(frames) * self.hop:]
         return frames
