@@ -384,7 +384,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--load", choices=("steady", "burst"), default="steady", help="see the module docstring")
     ap.add_argument("--seconds", type=float, default=10.0, help="audio per utterance")
     ap.add_argument("--utterances", type=int, default=3, help="utterances per client (steady load)")
-    ap.add_argument("--threads", type=int, default=2, help="the server's --threads")
+    ap.add_argument("--threads", type=int, default=0, help="the server's --threads (0: its default, half the cores)")
     ap.add_argument("--chunk_size", type=int, default=16, help="the server's --chunk_size")
     ap.add_argument("--num_left_chunks", type=int, default=8, help="the server's --num_left_chunks")
     ap.add_argument("--port", type=int, default=18790)
@@ -393,6 +393,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     help="time the worker's batched encoder call per batch size instead of running clients")
     ap.add_argument("--prepare_only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    from paddle_asr.serve.app import predictor_threads
+
+    args.threads = predictor_threads(args.threads)  # what the server resolves it to, for the tables
     work = Path(args.work)
     log = lambda msg: print(f"[serve] {msg}", file=sys.stderr, flush=True)  # noqa: E731
     if args.prepare_only:

@@ -109,6 +109,14 @@ def keep_freed_memory_for_reuse() -> bool:
         (_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX), (_M_TRIM_THRESHOLD, 2**31 - 1), (_M_TOP_PAD, 256 << 20)))
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (which a container's cpuset narrows)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def configure_cpu(num_threads: int) -> int:
     """CPU settings of the dynamic graph; returns the thread count.
 

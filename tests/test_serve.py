@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import os
 import re
 import signal
 import socket
@@ -36,6 +37,7 @@ from paddle_asr.export.bundle import read_bundle, write_bundle_files
 from paddle_asr.export.export import export_model
 from paddle_asr.export.runtime import load_backend
 from paddle_asr.features import compute_fbank
+from paddle_asr.serve.app import ServeOptions, predictor_threads
 from paddle_asr.serve.paddlespeech_client import (
     HTTP_PATH,
     STREAMING_PATH,
@@ -433,6 +435,7 @@ def test_a_model_that_cannot_stream_is_refused_on_websocket_and_served_over_http
     with ServerProcess(offline_bundle, log_path=tmp_path / "serve.log") as srv:
         health = srv.health()
         assert health["streaming"] is False and "cannot stream" in health["streaming_refused"]
+        assert health["threads"] == max(1, len(os.sched_getaffinity(0)) // 2)  # no --threads: half the cores
         with connect(ws_url(srv)) as ws:
             reply = recv_json(ws)
             assert reply["status"] == "error" and "cannot stream" in reply["message"], reply
@@ -454,3 +457,11 @@ def test_a_server_that_cannot_start_is_reported_with_its_log(bundle, tmp_path):
         srv = ServerProcess(bundle, port=taken.getsockname()[1], log_path=tmp_path / "serve.log")
         with pytest.raises(AsrError, match=r"(?s)exited with status \d+ before it answered /health.*already in use"):
             srv.start()
+
+
+def test_each_predictor_gets_half_the_cores_unless_told():
+    # The chunk program and the decoder run at the same time, on two threads of the server.
+    assert predictor_threads(0) == max(1, len(os.sched_getaffinity(0)) // 2)
+    assert predictor_threads(3) == 3
+    with pytest.raises(AsrError, match=r"--threads \(-1\) at least 0"):
+        ServeOptions(threads=-1).check()

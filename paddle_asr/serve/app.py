@@ -34,7 +34,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from paddle_asr.api import load
 from paddle_asr.config import DecodeConfig
-from paddle_asr.cpu_settings import let_idle_threads_sleep
+from paddle_asr.cpu_settings import let_idle_threads_sleep, usable_cores
 from paddle_asr.data.audio import decode_audio
 from paddle_asr.errors import AsrError
 from paddle_asr.serve.engine import SERVE_LEFT_CHUNKS, EndpointRules, StreamOptions
@@ -60,7 +60,7 @@ class ServeOptions:
     beam_size: int = 10
     max_streams: int = 32
     max_batch: int = 32
-    threads: int = 2
+    threads: int = 0  # CPU threads of each predictor; 0: `predictor_threads` picks
     runtime: str = "auto"  # paddle, onnx, auto (export.runtime.load_backend)
     endpoint: EndpointRules = field(default_factory=EndpointRules)
     drain_seconds: float = 30.0  # after SIGTERM, how long open streams may take to finish
@@ -68,11 +68,19 @@ class ServeOptions:
     context_score: float = DecodeConfig.context_score
 
     def check(self) -> None:
-        if self.max_streams < 1 or self.max_batch < 1 or self.threads < 1:
-            raise AsrError(f"--max_streams ({self.max_streams}), --max_batch ({self.max_batch}) and --threads "
-                           f"({self.threads}) must be at least 1")
+        if self.max_streams < 1 or self.max_batch < 1 or self.threads < 0:
+            raise AsrError(f"--max_streams ({self.max_streams}) and --max_batch ({self.max_batch}) must be at least "
+                           f"1, --threads ({self.threads}) at least 0 (0: half the cores)")
         if not 0 <= self.port <= 65535:
             raise AsrError(f"--port {self.port} is not a TCP port")
+
+
+def predictor_threads(requested: int) -> int:
+    """CPU threads of each predictor: `requested`, or for 0 half the cores this process may use, at
+    least 1. The chunk program (inference thread) and the attention decoder (final-result thread) run
+    at the same time, so with every core each their threads would take turns on the same cores
+    (bench/RESULTS.md: on 2 cores, 1 thread each served more streams than 2)."""
+    return requested or max(1, usable_cores() // 2)
 
 
 def error_reply(message: str) -> dict:
@@ -101,7 +109,8 @@ class Service:
         options.check()
         self.bundle, self.options = Path(bundle), options
         # Offline requests decode whole recordings (full attention); streams use the chunk encoder.
-        self.recognizer = load(self.bundle, beam_size=options.beam_size, num_threads=options.threads,
+        self.threads = predictor_threads(options.threads)
+        self.recognizer = load(self.bundle, beam_size=options.beam_size, num_threads=self.threads,
                                runtime=options.runtime, context_list=options.context_list,
                                context_score=options.context_score)
         self.transcriber = self.recognizer.transcriber
@@ -119,7 +128,7 @@ class Service:
                 "runtime": self.transcriber.runtime,
                 "streaming": not self.model.refusal, "streaming_refused": self.model.refusal or None,
                 "open_streams": self.open_streams, "max_streams": self.options.max_streams,
-                "max_batch": self.options.max_batch, "chunk_size": self.options.chunk_size,
+                "max_batch": self.options.max_batch, "threads": self.threads, "chunk_size": self.options.chunk_size,
                 "num_left_chunks": self.options.num_left_chunks, "sample_rate": self.model.rate}
 
     def admission_refusal(self) -> str:
@@ -328,7 +337,8 @@ def startup_line(service: Service) -> str:
     o, h = service.options, service.health()
     return (f"serving {service.bundle} ({h['model']}, {h['precision']}, {h['runtime']}) on http://{o.host}:{o.port}: "
             f"WebSocket {STREAMING_PATH} ({'chunk ' + str(o.chunk_size) if h['streaming'] else 'refused'}), "
-            f"POST {OFFLINE_PATH}, GET /health; up to {o.max_streams} streams, {o.max_batch} per encoder call"
+            f"POST {OFFLINE_PATH}, GET /health; up to {o.max_streams} streams, {o.max_batch} per encoder call, "
+            f"{service.threads} thread(s) per predictor"
             + (f"; hotwords {o.context_list} (score {o.context_score})" if o.context_list else ""))
 
 

@@ -354,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wav_scp", required=True, help="Kaldi wav.scp of the test set")
     parser.add_argument("--text", required=True, help="Kaldi text of the test set (the references)")
     parser.add_argument("--num_files", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads of the server's inference")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="the server's --threads: CPU threads of each predictor (0: half the cores)")
     parser.add_argument("--log", help="the server's log file (default: a new file in the temporary folder)")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
