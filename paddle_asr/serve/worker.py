@@ -13,9 +13,10 @@ and ONE `ctc_activation` call (`StreamingModel.encode`); each stream's state is 
 scattered back to its session. Then every stream whose audio is all encoded gets its reply. A
 finished stream leaves the worker for the final-result thread, which rescores it (the attention
 decoder costs as much as several ticks) while the ticks of the other streams go on; the two
-threads share no predictor run (`export.inference.Predictor` runs take turns). The cost of a tick
-grows far less than linearly with the batch, which is what lets one CPU serve many real-time
-streams (bench/serve.py).
+threads share no predictor run (`export.inference.Predictor` runs take turns). One batched call
+per tick pays a program's per-call costs once for every stream in it; how much that saves depends
+on the runtime (on Paddle Inference a window in a batch costs half what it costs alone, on ONNX
+Runtime a fifth to a third less: bench/RESULTS.md).
 """
 
 from __future__ import annotations
