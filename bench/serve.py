@@ -393,7 +393,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     help="time the worker's batched encoder call per batch size instead of running clients")
     ap.add_argument("--prepare_only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    from paddle_asr.serve.app import predictor_threads
+    from paddle_asr.cpu_settings import predictor_threads
 
     args.threads = predictor_threads(args.threads)  # what the server resolves it to, for the tables
     work = Path(args.work)

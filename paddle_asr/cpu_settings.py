@@ -117,6 +117,16 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def predictor_threads(requested: int) -> int:
+    """CPU threads of each predictor of `paddle-asr serve`: `requested`, or for 0 half the cores this
+    process may use, at least 1. The chunk program (inference thread) and the attention decoder
+    (final-result thread) run at the same time, so with every core each their threads would take
+    turns on the same cores (bench/RESULTS.md: on 2 cores, 1 thread each served more streams than 2).
+    Here, not in the server, so that bench/serve.py's client process resolves it without importing
+    Paddle."""
+    return requested or max(1, usable_cores() // 2)
+
+
 def configure_cpu(num_threads: int) -> int:
     """CPU settings of the dynamic graph; returns the thread count.
 

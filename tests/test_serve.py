@@ -29,6 +29,7 @@ import soundfile as sf
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from paddle_asr.cpu_settings import predictor_threads
 from paddle_asr.data.audio import read_audio_resampled
 from paddle_asr.decode.recognizer import encode_streaming
 from paddle_asr.decode.search import ctc_prefix_beam_search
@@ -37,7 +38,7 @@ from paddle_asr.export.bundle import read_bundle, write_bundle_files
 from paddle_asr.export.export import export_model
 from paddle_asr.export.runtime import load_backend
 from paddle_asr.features import compute_fbank
-from paddle_asr.serve.app import ServeOptions, predictor_threads
+from paddle_asr.serve.app import ServeOptions
 from paddle_asr.serve.paddlespeech_client import (
     HTTP_PATH,
     STREAMING_PATH,

@@ -34,7 +34,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from paddle_asr.api import load
 from paddle_asr.config import DecodeConfig
-from paddle_asr.cpu_settings import let_idle_threads_sleep, usable_cores
+from paddle_asr.cpu_settings import let_idle_threads_sleep, predictor_threads
 from paddle_asr.data.audio import decode_audio
 from paddle_asr.errors import AsrError
 from paddle_asr.serve.engine import SERVE_LEFT_CHUNKS, EndpointRules, StreamOptions
@@ -73,14 +73,6 @@ class ServeOptions:
                            f"1, --threads ({self.threads}) at least 0 (0: half the cores)")
         if not 0 <= self.port <= 65535:
             raise AsrError(f"--port {self.port} is not a TCP port")
-
-
-def predictor_threads(requested: int) -> int:
-    """CPU threads of each predictor: `requested`, or for 0 half the cores this process may use, at
-    least 1. The chunk program (inference thread) and the attention decoder (final-result thread) run
-    at the same time, so with every core each their threads would take turns on the same cores
-    (bench/RESULTS.md: on 2 cores, 1 thread each served more streams than 2)."""
-    return requested or max(1, usable_cores() // 2)
 
 
 def error_reply(message: str) -> dict:
