@@ -117,7 +117,7 @@ def test_programs_and_meta(bundles, name):
     assert meta["encoder_output_size"] == (32 if online else 64)
     if online:  # the chunk program's inputs are exactly the states meta names: no dummy c for a GRU
         assert meta["state_names"] == (["h"] if "gru" in name else ["h", "c"]) and meta["state_shape"] == [2, 32]
-        assert meta["encoder_chunk_version"] == 2
+        assert meta["encoder_chunk_version"] == 3
         assert Predictor(bundle / "encoder_chunk").input_names == ["feats", "feats_lengths", *meta["state_names"]]
 
 

@@ -108,7 +108,7 @@ def test_every_runtime_function_is_exported_and_matches(request, decoder):
     meta = json.loads((out / "meta.json").read_text())
     assert meta["sos"] == meta["eos"] == 59 and meta["supports_streaming"]
     assert meta["att_cache_shape"] == [2, 4, 0, 72] and meta["cnn_cache_shape"] == [2, 144, 14]
-    assert meta["encoder_chunk_version"] == 2 and meta["max_encoder_frames"] == 5000
+    assert meta["encoder_chunk_version"] == 3 and meta["max_encoder_frames"] == 5000
     assert Predictor(out / "encoder_chunk").input_names == ["xs", "offsets", "att_cache", "cache_lengths", "cnn_cache"]
     u2pp = decoder == "bitransformer"
     assert (meta["bidirectional_decoder"], meta["reverse_weight"]) == (u2pp, 0.3 if u2pp else 0.0)

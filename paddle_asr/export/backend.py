@@ -38,9 +38,10 @@ def require_meta(model_dir: Path, meta: dict, keys: tuple[str, ...]) -> None:
 
 
 # The format of every family's `encoder_chunk` program, in meta.json: 2 takes a batch of streams
-# (U2: offsets and left-padded caches with their lengths; DeepSpeech2: states [L, B, H]). A
-# streaming bundle without it has the batch-1 program of earlier versions.
-ENCODER_CHUNK_VERSION = 2
+# (U2: offsets and left-padded caches with their lengths; DeepSpeech2: states [L, B, H]); 3: U2's
+# returns the chunk's own keys/values, not the whole next cache. A streaming bundle without it has
+# the batch-1 program of earlier versions.
+ENCODER_CHUNK_VERSION = 3
 
 
 def require_chunk_version(model_dir: Path, meta: dict) -> None:

@@ -132,8 +132,8 @@ class WenetChunk(paddle.nn.Layer):
         valid = paddle.sum(paddle.cast(attn_mask[:, 0, :cache], "int64"), axis=-1)
         y, att, cnn = self.model.forward_encoder_chunk(self.fbank(x), offset - required_cache_size,
                                                        attn_cache.unsqueeze(1), valid, conv_cache)
-        total = paddle.shape(att)[3]
-        return self.model.ctc_activation(y), att[:, 0, :, total - cache:, :], cnn
+        att = paddle.concat([attn_cache, att[:, 0]], axis=2)
+        return self.model.ctc_activation(y), att[:, :, paddle.shape(att)[2] - cache:, :], cnn
 
 
 def sherpa_functions(model, features: FeatureConfig, streaming: bool) -> list[tuple[str, RuntimeFunction]]:

@@ -5,7 +5,7 @@
     <out>/encoder_chunk/   forward_encoder_chunk (streaming models only), the next chunk of B streams:
                            xs [B, W, D], offsets [B], att_cache [L, B, H, C, 2*d_k] (each stream's
                            cache right-aligned, left-padded), cache_lengths [B], cnn_cache [L, B, d, k-1]
-                           -> chunk_out [B, t', d], att_cache [L, B, H, C + t', 2*d_k] (untrimmed), cnn_cache
+                           -> chunk_out [B, t', d], att_cache [L, B, H, t', 2*d_k] (the chunk's own), cnn_cache
     <out>/ctc_activation/  encoder_out [B, T', d] -> ctc_log_probs [B, T', V]
     <out>/decoder/         forward_attention_decoder: hyps [N, U], hyps_lengths [N], encoder_out
                            [N, T', d], encoder_lengths [N] -> decoder log-probs [N, U, V]; a U2++
@@ -45,7 +45,13 @@ from paddle_asr.export.common import (
     stream_state_diff,
 )
 from paddle_asr.export.inference import GpuInference, Predictor
-from paddle_asr.models.encoder import U2StreamState, chunk_output_frames, gather_stream_states, scatter_stream_states
+from paddle_asr.models.encoder import (
+    FeedBuffer,
+    U2StreamState,
+    chunk_output_frames,
+    gather_stream_states,
+    scatter_stream_states,
+)
 from paddle_asr.models.u2 import U2Model
 
 # Decoder inputs are padded too (hypothesis length to 8 tokens, encoder frames to 16): every new
@@ -105,17 +111,20 @@ class U2ChunkProgram:
     caches are left-padded (masked) to that size: oneDNN builds its kernels per input shape, and a
     cache that grows chunk by chunk would make every (batch, cache length) pair a shape of its own
     (each build costs several chunks' compute); transcribe's streaming runs this same program, so
-    its results stay the server's."""
+    its results stay the server's. One caller at a time, as its predictor: the caches' feed is one
+    array reused call after call (`FeedBuffer`)."""
 
     def __init__(self, predictor: Predictor, subsampling_rate: int, right_context: int, max_positions: int) -> None:
         self.predictor = predictor
         self.subsampling_rate, self.right_context = subsampling_rate, right_context
         self.max_positions = max_positions
+        self._att_cache = FeedBuffer()
 
     def encode_chunks(self, xs: np.ndarray, states: list[U2StreamState], required_cache_size: int
                       ) -> tuple[np.ndarray, list[U2StreamState]]:
         frames = chunk_output_frames(xs.shape[1], self.subsampling_rate, self.right_context)
-        feeds = gather_stream_states(states, frames, self.max_positions, max(required_cache_size, 0))
+        feeds = gather_stream_states(states, frames, self.max_positions, max(required_cache_size, 0),
+                                     self._att_cache)
         y, att, cnn = self.predictor.run({"xs": np.asarray(xs, np.float32), **feeds})
         return y, scatter_stream_states(states, y.shape[1], att, cnn, required_cache_size)
 

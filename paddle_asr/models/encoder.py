@@ -205,9 +205,9 @@ class Encoder(nn.Layer):
         encoder frames each stream already emitted; att_cache [layers, B, heads, C, 2*d_k] with
         stream b's cache_lengths[b] valid frames RIGHT-aligned (the C - cache_lengths[b] frames on
         the left are padding, masked); cnn_cache [layers, B, d_model, kernel-1] (zeros at the start
-        = the causal conv's zero padding). Returns (output [B, chunk, d_model], the untrimmed next
-        att_cache [layers, B, heads, C + chunk, 2*d_k], next cnn_cache); `U2StreamState` gathers
-        and trims the caches per stream.
+        = the causal conv's zero padding). Returns (output [B, chunk, d_model], the chunk's own
+        keys/values [layers, B, heads, chunk, 2*d_k], next cnn_cache): the next att_cache is the
+        cache followed by them, which `scatter_stream_states` builds per stream, trimmed.
         """
         x = self.global_cmvn(xs) if self.global_cmvn is not None else xs
         x = self.embed(x)
@@ -262,13 +262,30 @@ def chunk_output_frames(window: int, subsampling_rate: int, right_context: int) 
     return (window - right_context - 1) // subsampling_rate + 1
 
 
+class FeedBuffer:
+    """One float32 array reused call after call for a feed whose shape changes (B streams' caches,
+    tens of MB): a new array each call is page-faulted in again, which cost more than the copy into
+    it. What `array` returns is valid until its next call, so one caller at a time (as a predictor)."""
+
+    def __init__(self) -> None:
+        self._flat = np.empty(0, np.float32)
+
+    def array(self, shape: tuple[int, ...]) -> np.ndarray:
+        size = int(np.prod(shape))
+        if self._flat.size < size:
+            self._flat = np.empty(size, np.float32)
+        return self._flat[:size].reshape(shape)
+
+
 def gather_stream_states(states: list[U2StreamState], chunk_frames: int, max_positions: int,
-                         cache_size: int = 0) -> dict[str, np.ndarray]:
+                         cache_size: int = 0, buffer: FeedBuffer | None = None) -> dict[str, np.ndarray]:
     """The chunk program's cache inputs for B streams about to emit `chunk_frames` encoder frames
     each: offsets [B], att_cache [L, B, H, C, 2*d_k] left-padded to the longest cache or to
-    `cache_size` frames, whichever is more (C), cache_lengths [B], cnn_cache [L, B, d, k-1]. A
+    `cache_size` frames, whichever is more, and to one frame at least (C: the attention reads the
+    cache in place, and Paddle's matmul rejects an empty one), cache_lengths [B], cnn_cache [L, B, d, k-1]. A
     stream whose frames would pass the positional table (`max_positions` encoder frames) is an
-    AsrError: a longer stream must be cut into segments, each from a new state."""
+    AsrError: a longer stream must be cut into segments, each from a new state. att_cache is in
+    `buffer` when one is given."""
     if not states:
         raise AsrError("encode_chunks needs at least one stream state")
     end = max(s.offset for s in states) + chunk_frames
@@ -277,26 +294,29 @@ def gather_stream_states(states: list[U2StreamState], chunk_frames: int, max_pos
                        "encodes; end the segment and continue from a new stream state")
     lengths = np.asarray([s.att_cache.shape[2] for s in states], np.int64)
     first = states[0].att_cache
-    att = np.zeros((first.shape[0], len(states), first.shape[1], max(int(lengths.max()), cache_size), first.shape[3]),
-                   np.float32)
-    for b, s in enumerate(states):
-        if lengths[b]:
-            att[:, b, :, att.shape[3] - lengths[b]:] = s.att_cache
+    shape = (first.shape[0], len(states), first.shape[1], max(int(lengths.max()), cache_size, 1), first.shape[3])
+    att = buffer.array(shape) if buffer is not None else np.empty(shape, np.float32)
+    for b, s in enumerate(states):  # each row written once: zeroing all of it first doubled the copy's cost
+        pad = att.shape[3] - lengths[b]
+        att[:, b, :, :pad] = 0.0
+        att[:, b, :, pad:] = s.att_cache
     return {"offsets": np.asarray([s.offset for s in states], np.int64), "att_cache": att,
             "cache_lengths": lengths, "cnn_cache": np.stack([s.cnn_cache for s in states], axis=1)}
 
 
-def scatter_stream_states(states: list[U2StreamState], chunk_frames: int, att_cache: np.ndarray,
+def scatter_stream_states(states: list[U2StreamState], chunk_frames: int, att_new: np.ndarray,
                           cnn_cache: np.ndarray, required_cache_size: int) -> list[U2StreamState]:
-    """The B streams' next states from the chunk program's outputs (untrimmed att_cache [L, B, H,
-    C + t', 2*d_k], cnn_cache [L, B, d, k-1]): each keeps its last min(length + t', required) cache
-    frames (all when required < 0), so a stream's memory stays bounded."""
-    total = att_cache.shape[3]
+    """The B streams' next states from the chunk program's outputs (the chunk's keys/values
+    att_new [L, B, H, t', 2*d_k], cnn_cache [L, B, d, k-1]): each stream's cache followed by its
+    new frames, of which it keeps the last min(length + t', required) (all when required < 0), so
+    a stream's memory stays bounded."""
     out = []
     for b, s in enumerate(states):
         keep = s.att_cache.shape[2] + chunk_frames
         if required_cache_size >= 0:
             keep = min(keep, required_cache_size)
-        out.append(U2StreamState(s.offset + chunk_frames, np.ascontiguousarray(att_cache[:, b, :, total - keep:]),
-                                 np.ascontiguousarray(cnn_cache[:, b])))
+        from_new = min(keep, chunk_frames)
+        old = s.att_cache[:, :, s.att_cache.shape[2] - (keep - from_new):]
+        att = np.concatenate([old, att_new[:, b, :, chunk_frames - from_new:chunk_frames]], axis=2)
+        out.append(U2StreamState(s.offset + chunk_frames, att, np.ascontiguousarray(cnn_cache[:, b])))
     return out

@@ -34,7 +34,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from paddle_asr.api import load
 from paddle_asr.config import DecodeConfig
-from paddle_asr.cpu_settings import let_idle_threads_sleep, predictor_threads
+from paddle_asr.cpu_settings import keep_freed_memory_for_reuse, let_idle_threads_sleep, predictor_threads
 from paddle_asr.data.audio import decode_audio
 from paddle_asr.errors import AsrError
 from paddle_asr.serve.engine import SERVE_LEFT_CHUNKS, EndpointRules, StreamOptions
@@ -297,6 +297,7 @@ class StreamConnection:
 def serve(bundle: Path, options: ServeOptions = ServeOptions()) -> int:
     """Run the server until SIGTERM/SIGINT; 0 after a clean shutdown."""
     let_idle_threads_sleep()
+    keep_freed_memory_for_reuse()  # each stream's next attention cache (MBs) is a new array every chunk
     _log_to_stderr()
     service = Service(bundle, options)
     service.worker.start()
