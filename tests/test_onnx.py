@@ -39,6 +39,7 @@ from paddle_asr.export.onnx import (
 from paddle_asr.export.onnx_backend import OnnxU2Backend
 from paddle_asr.export.onnx_int8 import quantize_onnx_export, static_convolutions
 from paddle_asr.export.runtime import load_backend, onnx_is_preferred
+from paddle_asr.export.u2 import parity_inputs
 from paddle_asr.features import compute_fbank, mel_bank_map
 from tests.conftest import real_fixture
 from tests.test_export_quant import FEAT_DIM, METHODS, build_small_u2, random_batch
@@ -47,6 +48,9 @@ from tests.test_paddlespeech_parity import U2PP, check_paddlespeech_hypotheses, 
 
 WAVS = ("aishell-BAC009S0724W0121.wav", "librispeech-1995-1837-0001.wav")
 ATOL = 1e-4
+# An INT8 decoder's log-probability of a hypothesis token against FP32's (activations quantized per
+# call; on the small test model's random weights up to 0.18 apart).
+DECODER_INT8_ATOL = 0.25
 
 
 @pytest.fixture(scope="module")
@@ -502,3 +506,25 @@ def test_sherpa_check_reports_sherpa_onnx_beside_our_search(exported, tmp_path):
     assert report["utterances"] == 2
     assert set(report["results"]) == {"ours_full", "ours_streaming", "sherpa_offline", "sherpa_streaming"}
     assert all(r["n"] == 6 and r["metric"] == "CER" for r in report["results"].values())
+
+
+def test_int8_export_of_the_decoder_scores_as_fp32(exported, backends, tmp_path):
+    """`--int8_functions encoder,decoder` on ONNX: the decoder's MatMuls dynamic INT8 (its output
+    layer included), its log-probabilities of every hypothesis token near FP32's, and the same
+    hypothesis ranked first for each utterance by their sums (what rescoring picks)."""
+    model, _, out = exported
+    int8 = tmp_path / "onnx_int8"
+    assert quantize_onnx_export(out, int8, ["decoder"]) == ["decoder.onnx"]
+    assert "MatMulInteger" in [n.op_type for n in onnx.load(str(int8 / "decoder.onnx")).graph.node]
+    feeds = parity_inputs(model, FEAT_DIM)["decoder"]
+    args = [feeds[k] for k in ("hyps", "hyps_lengths", "encoder_out", "encoder_lengths")]
+    ref, got = backends[1]._run_decoder(*args)[0], OnnxU2Backend(int8)._run_decoder(*args)[0]
+    hyps, lengths = feeds["hyps"], feeds["hyps_lengths"]
+    rows = [(i, j) for i, n in enumerate(lengths) for j in range(int(n) - 1)]
+    diff = max(abs(float(ref[i, j, hyps[i, j + 1]] - got[i, j, hyps[i, j + 1]])) for i, j in rows)
+    assert diff < DECODER_INT8_ATOL, diff
+    score = [lambda lp, i=i: sum(float(lp[i, j, hyps[i, j + 1]]) for j in range(int(lengths[i]) - 1))
+             for i in range(len(hyps))]
+    for first in range(0, len(hyps), 3):  # three hypotheses per utterance
+        group = range(first, first + 3)
+        assert max(group, key=lambda i: score[i](ref)) == max(group, key=lambda i: score[i](got))

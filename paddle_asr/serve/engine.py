@@ -150,6 +150,11 @@ class StreamingModel:
         """The next window of every session (all of one length) through the encoder at once, in a
         batch of `rows` >= len(sessions) rows: the first session's window fills the extra rows, so that
         a few batch sizes, and so oneDNN kernels, serve every number of streams."""
+        self.accept(sessions, self.run_encoder(sessions, rows))
+
+    def run_encoder(self, sessions: list[StreamingSession], rows: int = 0) -> EncodedChunks:
+        """`encode`'s encoder and CTC calls alone: they read the sessions' next windows and states and
+        change nothing, so they may run on another thread while the sessions wait (serve.worker)."""
         xs = np.stack([s.next_window() for s in sessions])
         states = [s.state for s in sessions]
         if rows > len(sessions):
@@ -157,8 +162,12 @@ class StreamingModel:
             states += states[:1] * (rows - len(sessions))
         enc, states = self.backend.encode_chunks(xs, states, self.required_cache_size)
         log_probs = self.backend.ctc_activation(enc)  # all rows: the same shapes as encode_chunks
+        return EncodedChunks(enc, log_probs, states)
+
+    def accept(self, sessions: list[StreamingSession], encoded: EncodedChunks) -> None:
+        """Each session takes its row of `run_encoder`'s result: state, prefix search, partial result."""
         for i, session in enumerate(sessions):
-            session.accept_chunk(enc[i: i + 1], log_probs[i], states[i])
+            session.accept_chunk(encoded.enc[i: i + 1], encoded.log_probs[i], encoded.states[i])
 
     def warm_up(self, batch_sizes: list[int]) -> None:
         """Run a full chunk window of fresh streams at each batch size once, so that oneDNN builds its
@@ -232,6 +241,14 @@ class ChunkCutter:
         drop = min(self.cursor, self._frames) - self._feats_start
         self._feats, self._feats_start = self._feats[drop:], self._feats_start + drop
         return windows
+
+
+@dataclass(frozen=True)
+class EncodedChunks:
+    """`StreamingModel.run_encoder`'s result: rows in the order of its sessions (then padding rows)."""
+    enc: np.ndarray        # [B, t', d]
+    log_probs: np.ndarray  # [B, t', V]
+    states: list
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,12 @@ thread, so that the Paddle predictors, which are not thread-safe, are only ever 
 
 Each tick takes the jobs that arrived, then gathers one ready chunk window from every stream that
 has one (at most `max_batch`, streams served round-robin) and runs them as ONE `encode_chunks` call
-and ONE `ctc_activation` call (`StreamingModel.encode`); each stream's state is gathered from and
-scattered back to its session. Then every stream whose audio is all encoded gets its reply. A
+and ONE `ctc_activation` call (`StreamingModel.run_encoder`); each stream's state is gathered from
+and scattered back to its session. That call runs on a thread of its own (the chunk encoder's)
+while this thread lands the tick before it: each of its streams advances its prefix search and
+its endpoint (`StreamingModel.accept`, Python, as long as a third of the encoder call), so the
+two overlap on two cores. A stream is in one tick at a time, so its windows still go in order and
+each is searched before the next is encoded. Then every stream whose audio is all encoded gets its reply. A
 finished stream leaves the worker for the final-result thread, which rescores it (the attention
 decoder costs as much as several ticks) while the ticks of the other streams go on; the two
 threads share no predictor run (`export.inference.Predictor` runs take turns). One batched call
@@ -26,11 +30,11 @@ import queue
 import threading
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from paddle_asr.errors import AsrError
-from paddle_asr.serve.engine import ChunkCutter, StreamingModel, StreamingSession, Window
+from paddle_asr.serve.engine import ChunkCutter, EncodedChunks, StreamingModel, StreamingSession, Window
 
 log = logging.getLogger("paddle_asr.serve")
 
@@ -72,6 +76,13 @@ class _Job:
     future: Future = field(default_factory=Future)
 
 
+@dataclass(eq=False)
+class _Tick:
+    """A batch of streams whose windows are on the chunk encoder's thread."""
+    streams: list[Stream]
+    encoded: Future  # -> EncodedChunks
+
+
 class InferenceWorker:
     def __init__(self, model: StreamingModel, *, max_batch: int = 32, queue_size: int = 64) -> None:
         if max_batch < 1 or queue_size < 1:
@@ -85,6 +96,9 @@ class InferenceWorker:
         self._thread = threading.Thread(target=self._run, name="inference-worker", daemon=True)
         self._finals: queue.SimpleQueue[tuple[Future, StreamingSession] | None] = queue.SimpleQueue()
         self._finisher = threading.Thread(target=self._finish, name="final-results", daemon=True)
+        # The chunk program runs only here (after warm-up here too: oneDNN keeps kernels per thread).
+        self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunk-encoder")
+        self._in_flight: _Tick | None = None
         self.ticks = 0
         self.batched_windows = 0
 
@@ -150,7 +164,7 @@ class InferenceWorker:
     def _run(self) -> None:
         try:
             if self._warm_up:
-                self.model.warm_up(warm_up_sizes(self.max_batch))
+                self._encoder.submit(self.model.warm_up, warm_up_sizes(self.max_batch)).result()
         except Exception:  # streams still run; their first chunks build the kernels instead
             log.exception("warming up the chunk program failed")
         self._warm.set()
@@ -164,17 +178,22 @@ class InferenceWorker:
                 self._jobs.clear()
             for job in jobs:
                 self._handle(job)
-            self._tick()
+            started = self._start_tick()
+            self._land()  # the tick before, while `started` runs
+            self._in_flight = started
             self._reply()
+        self._encoder.shutdown()
         for stream in self._streams:  # only streams whose clients never came back
             if stream.reply is not None:
                 stream.reply.cancel()
 
     def _has_work(self) -> bool:
-        return any(s.reply is not None for s in self._streams)
+        return self._in_flight is not None or any(s.reply is not None for s in self._streams)
 
     def _handle(self, job: _Job) -> None:
         if job.kind == "call":
+            self._land()  # the call may run the programs the chunk encoder's thread is running
+            self._in_flight = None
             _settle(job.future, job.payload)
             return
         stream = job.stream
@@ -192,18 +211,31 @@ class InferenceWorker:
         stream.session.pending.extend(windows)
         stream.reply = job.future
 
-    def _tick(self) -> None:
-        """One batched encoder call over the streams with a ready window."""
-        ready = [(s, w.shape[0]) for s in self._streams if (w := s.session.next_window()) is not None]
+    def _start_tick(self) -> _Tick | None:
+        """One batched encoder call, started on the chunk encoder's thread, over the streams with a
+        ready window that are not in the tick in flight."""
+        busy = set(self._in_flight.streams) if self._in_flight else set()
+        ready = [(s, w.shape[0]) for s in self._streams
+                 if s not in busy and (w := s.session.next_window()) is not None]
         if not ready:
-            return
+            return None
         # Streams whose audio has ended go first: their client waits for the final result.
         ready.sort(key=lambda x: not x[0].session.finishing)
         width = ready[0][1]  # full windows go together; a stream's shorter last window goes alone
         batch = [s for s, n in ready if n == width][: self.max_batch if width == self.model.window else 1]
+        rows = padded_batch(len(batch), self.max_batch)
+        return _Tick(batch, self._encoder.submit(self.model.run_encoder, [s.session for s in batch], rows))
+
+    def _land(self) -> None:
+        """The tick in flight's results into its streams that are still open (a client may have gone)."""
+        if self._in_flight is None:
+            return
+        batch = self._in_flight.streams
         try:
-            self.model.encode([s.session for s in batch], padded_batch(len(batch), self.max_batch))
-            for s in batch:
+            encoded: EncodedChunks = self._in_flight.encoded.result()
+            open_streams = [s for s in batch if s in self._streams]
+            self.model.accept([s.session for s in batch], encoded)
+            for s in open_streams:
                 if s.session.endpoint_reached():
                     s.session.end_segment()
         except Exception as e:  # a failing batch ends its streams, never the server
@@ -213,7 +245,7 @@ class InferenceWorker:
             return
         self.ticks += 1
         self.batched_windows += len(batch)
-        for s in batch:  # to the back of the round-robin order
+        for s in open_streams:  # to the back of the round-robin order
             self._streams.pop(s, None)
             self._streams[s] = None
 
