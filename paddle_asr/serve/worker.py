@@ -5,7 +5,8 @@ The web front end (asyncio, `serve.app`) cuts each stream's audio into chunk win
 partial result. Everything else goes to the worker through a bounded queue, as jobs whose futures
 the front end awaits: a stream's new windows (reply: the partial result once they are encoded),
 its end (reply: the final result), its disconnection, and offline requests (a function run on this
-thread, so that the Paddle predictors, which are not thread-safe, are only ever used here).
+thread, between ticks, so that the Paddle predictors, which are not thread-safe, only ever run here
+and on this thread's chunk encoder, never both at once on one program).
 
 Each tick takes the jobs that arrived, then gathers one ready chunk window from every stream that
 has one (at most `max_batch`, streams served round-robin) and runs them as ONE `encode_chunks` call
