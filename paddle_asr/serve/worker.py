@@ -194,7 +194,6 @@ class InferenceWorker:
     def _handle(self, job: _Job) -> None:
         if job.kind == "call":
             self._land()  # the call may run the programs the chunk encoder's thread is running
-            self._in_flight = None
             _settle(job.future, job.payload)
             return
         stream = job.stream
@@ -228,12 +227,14 @@ class InferenceWorker:
         return _Tick(batch, self._encoder.submit(self.model.run_encoder, [s.session for s in batch], rows))
 
     def _land(self) -> None:
-        """The tick in flight's results into its streams that are still open (a client may have gone)."""
+        """The tick in flight's results into its streams that are still open (a client may have gone);
+        none is in flight afterwards."""
         if self._in_flight is None:
             return
-        batch = self._in_flight.streams
+        tick, self._in_flight = self._in_flight, None
+        batch = tick.streams
         try:
-            encoded: EncodedChunks = self._in_flight.encoded.result()
+            encoded: EncodedChunks = tick.encoded.result()
             open_streams = [s for s in batch if s in self._streams]
             self.model.accept([s.session for s in batch], encoded)
             for s in open_streams:
