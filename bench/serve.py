@@ -50,6 +50,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+import avx2_only  # noqa: E402
 from inputs import AISHELL_UNITS  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -60,15 +61,14 @@ MODES = {"batched": None, "one at a time": 1}  # --max_batch (None: as many as t
 
 
 def cpu_description() -> str:
-    """lscpu's model name, the core count and whether it has AVX-512 VNNI / AVX2."""
+    """lscpu's model name, the core count and whether it has AVX-512 VNNI / AVX2 (or is held to AVX2)."""
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
         model = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
     except (OSError, subprocess.CalledProcessError, StopIteration):
         model = "unknown CPU"
     flags = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").exists() else set()
-    isa = [name for name in ("avx512_vnni", "avx_vnni", "avx2") if name in flags] or ["no AVX2"]
-    return f"{model}, {os.cpu_count()} cores ({', '.join(isa)})"
+    return f"{model}, {os.cpu_count()} cores ({avx2_only.describe(flags)})"
 
 
 # ------------------------------------------------------------------------------------ bundles

@@ -9,6 +9,7 @@ per input shape, so inputs are not padded to length buckets here.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -37,6 +38,8 @@ class OrtProgram:
         opts.log_severity_level = 3  # paddle2onnx leaves unused initializers, which ORT warns about
         if not idle_threads_spin():
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if int8_products_saturate():
+            opts.add_session_config_entry("session.x64quantprecision", "1")
         self.path = Path(path)
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
@@ -46,6 +49,30 @@ class OrtProgram:
         if missing:
             raise ValueError(f"{self.path} needs inputs {missing}; got {sorted(feeds)}")
         return self.session.run(None, {n: np.ascontiguousarray(feeds[n]) for n in self.input_names})
+
+
+@functools.cache
+def int8_products_saturate() -> bool:
+    """Whether ONNX Runtime's INT8 matrix products (8-bit unsigned activations by signed weights, as
+    our dynamic INT8 export has them) saturate on this CPU. Without VNNI (AVX2 CPUs such as AMD Zen 3,
+    AVX-512 before Cascade Lake) its kernels add pairs of products in 16 bits (vpmaddubsw), which
+    clamp: the INT8 decoder's log-probabilities then moved 3.2 from FP32's on the test model instead of
+    0.18. ONNX Runtime's session option `session.x64quantprecision` makes such CPUs use exact
+    unsigned-by-unsigned products instead (17 % slower there); on a CPU with VNNI the same option
+    would cost 85 %, so the kernels themselves are asked: one product of 64 pairs of 255 x 127."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    k = 64
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "b"], ["y"])], "int8_probe",
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, [4, k])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [4, 1])],
+        [helper.make_tensor("b", TensorProto.INT8, [k, 1], [127] * k)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (y,) = session.run(None, {"a": np.full((4, k), 255, np.uint8)})
+    return bool((y != k * 255 * 127).any())
 
 
 def is_onnx_export(model_dir: Path) -> bool:
