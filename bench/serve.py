@@ -1,6 +1,6 @@
-"""Streams per CPU of `paddle-asr serve`: K real-time clients against one server, with the chunks of
-all streams batched and one stream at a time (--max_batch 1), FP32 and INT8, on Paddle Inference
-and ONNX Runtime, in the same run.
+"""Streams per CPU of `paddle-asr serve`: K real-time clients against one server, with the streams'
+chunks batched (the server's default --max_batch) and one stream at a time (--max_batch 1), FP32
+and INT8, on Paddle Inference and ONNX Runtime, in the same run.
 
 The model is the AISHELL-size streaming Conformer (`recipes/aishell/conf/chunk_conformer.yaml`,
 4233 units) with random weights (timing does not depend on them), exported once to
@@ -57,7 +57,7 @@ FIXTURES = ROOT / "tests" / "fixtures"
 WAVS = [FIXTURES / "aishell-BAC009S0724W0121.wav", FIXTURES / "librispeech-1995-1837-0001.wav"]
 FRAME_S = 0.085  # PaddleSpeech's client frame
 PARTIAL_BOUND_S, FINAL_BOUND_S = 0.200, 0.500
-MODES = {"batched": None, "one at a time": 1}  # --max_batch (None: as many as there are streams)
+MODES = {"batched": None, "one at a time": 1}  # --max_batch (None: the server's default)
 
 
 def cpu_description() -> str:
@@ -279,7 +279,8 @@ def keeps_up(row: dict) -> bool:
 def sweep(bundle: Path, precision: str, runtime: str, mode: str, args, pcm: bytes) -> list[dict]:
     """K = each of --streams until the server no longer keeps up (that K is reported too)."""
     ks = [int(k) for k in args.streams.split(",")]
-    server = Server(bundle, args.port, ["--runtime", runtime, "--max_batch", str(MODES[mode] or max(ks)),
+    max_batch = ["--max_batch", str(MODES[mode])] if MODES[mode] else []
+    server = Server(bundle, args.port, ["--runtime", runtime, *max_batch,
                                         "--max_streams", str(max(ks)),
                                         "--threads", str(args.threads), "--chunk_size", str(args.chunk_size),
                                         "--num_left_chunks", str(args.num_left_chunks)])

@@ -495,7 +495,8 @@ def _serve_command(add: AddCommand) -> None:
                          "chunk shapes stop changing, and oneDNN reuses its kernels")
     sp.add_argument("--beam_size", type=int, default=10)
     sp.add_argument("--max_streams", type=int, default=32, help="open streams; more are refused")
-    sp.add_argument("--max_batch", type=int, default=32, help="streams per batched encoder call (1: one at a time)")
+    sp.add_argument("--max_batch", type=int, default=8,  # serve.worker.DEFAULT_MAX_BATCH
+                    help="streams per batched encoder call (1: one at a time)")
     sp.add_argument("--threads", type=int, default=0,
                     help="CPU threads of each predictor (Paddle or ONNX Runtime); 0: half the cores, as the chunk "
                          "program and the attention decoder run at the same time")

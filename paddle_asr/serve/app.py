@@ -38,7 +38,7 @@ from paddle_asr.cpu_settings import keep_freed_memory_for_reuse, let_idle_thread
 from paddle_asr.data.audio import decode_audio
 from paddle_asr.errors import AsrError
 from paddle_asr.serve.engine import SERVE_LEFT_CHUNKS, EndpointRules, StreamOptions
-from paddle_asr.serve.worker import InferenceWorker, ServerBusy, Stream
+from paddle_asr.serve.worker import DEFAULT_MAX_BATCH, InferenceWorker, ServerBusy, Stream
 
 log = logging.getLogger("paddle_asr.serve")
 
@@ -59,7 +59,7 @@ class ServeOptions:
     num_left_chunks: int = SERVE_LEFT_CHUNKS
     beam_size: int = 10
     max_streams: int = 32
-    max_batch: int = 32
+    max_batch: int = DEFAULT_MAX_BATCH
     threads: int = 0  # CPU threads of each predictor; 0: `predictor_threads` picks
     runtime: str = "auto"  # paddle, onnx, auto (export.runtime.load_backend)
     endpoint: EndpointRules = field(default_factory=EndpointRules)

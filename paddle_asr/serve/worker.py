@@ -43,6 +43,11 @@ log = logging.getLogger("paddle_asr.serve")
 # oneDNN builds kernels per input shape and keeps 32 shapes per program, so every number of streams
 # from 1 to 64 must not be a shape of its own.
 BATCH_SIZES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64)
+# Streams per encoder call unless --max_batch says otherwise. A window costs about as much in a
+# batch of 8 as in one of 20 (ONNX Runtime INT8, one thread: 9.1 / 9.3 ms), but every stream in a
+# tick waits for all of it: at 44 INT8 streams ticks of up to 44 windows took 270-300 ms and the p95
+# partial latency was 632 ms, against 207 ms with 8 and 119 ms with 4 (bench/RESULTS.md).
+DEFAULT_MAX_BATCH = 8
 
 
 def warm_up_sizes(max_batch: int) -> list[int]:
@@ -85,7 +90,7 @@ class _Tick:
 
 
 class InferenceWorker:
-    def __init__(self, model: StreamingModel, *, max_batch: int = 32, queue_size: int = 64) -> None:
+    def __init__(self, model: StreamingModel, *, max_batch: int = DEFAULT_MAX_BATCH, queue_size: int = 64) -> None:
         if max_batch < 1 or queue_size < 1:
             raise AsrError(f"--max_batch ({max_batch}) and the queue size ({queue_size}) must be at least 1")
         self.model, self.max_batch, self.queue_size = model, max_batch, queue_size
