@@ -31,6 +31,12 @@ class HoldError(RuntimeError):
     pass
 
 
+def can_hold() -> bool:
+    """Whether this machine can trap CPUID (Linux's CPUID faulting), which holding to AVX2 needs."""
+    cpuinfo = Path("/proc/cpuinfo")
+    return cpuinfo.exists() and "cpuid_fault" in cpuinfo.read_text().split()
+
+
 def build(out_dir: Path = ROOT / "exp" / "bench" / "avx2_only") -> Path:
     """The shared library of avx2_only.c, compiled unless a build of the same source is there."""
     digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]

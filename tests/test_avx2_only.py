@@ -10,7 +10,10 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-CAN_TRAP_CPUID = "cpuid_fault" in Path("/proc/cpuinfo").read_text().split()
+sys.path.insert(0, str(REPO / "bench"))
+import avx2_only  # noqa: E402
+
+CAN_TRAP_CPUID = avx2_only.can_hold()
 
 # CPUID leaf 7 as the process sees it, through the instruction itself (the library's own function,
 # already loaded by LD_PRELOAD): AVX2, AVX512F, AVX512-VNNI, AVX-VNNI.

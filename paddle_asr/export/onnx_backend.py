@@ -59,7 +59,9 @@ def int8_products_saturate() -> bool:
     clamp: the INT8 decoder's log-probabilities then moved 3.2 from FP32's on the test model instead of
     0.18. ONNX Runtime's session option `session.x64quantprecision` makes such CPUs use exact
     unsigned-by-unsigned products instead (17 % slower there); on a CPU with VNNI the same option
-    would cost 85 %, so the kernels themselves are asked: one product of 64 pairs of 255 x 127."""
+    would cost 85 %, so the kernels themselves are asked, one product of 64 pairs of 255 x 127,
+    rather than /proc/cpuinfo (`cpu_settings.cpu_has_vnni`): the answer is then what ONNX Runtime's
+    own dispatch does, on any CPU and under bench/avx2_only.py."""
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
