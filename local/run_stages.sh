@@ -18,7 +18,8 @@
 #                        sherpa-onnx on export/onnx beside our greedy search -> exp/<name>/<test set>_sherpa_onnx.json
 #   stage  6  int8       PaddleSlim PTQ of the encoder on training   -> exp/<name>/export/int8/,
 #                        data, then every method                        <test set>_export_int8[_chunkN]_<method>/
-#                        and ONNX Runtime's INT8 MatMul on export/onnx -> exp/<name>/export/onnx_int8/, ..._export_int8_onnx_...
+#                        and ONNX Runtime's INT8 MatMul on export/onnx -> exp/<name>/export/onnx_int8/, ..._export_int8_onnx_...;
+#                        sherpa-onnx on its INT8 files                 -> exp/<name>/<test set>_sherpa_onnx_int8.json
 #                        (--trt fp16,int8: stages 5/6 also through TensorRT on a GPU -> ..._trt_fp16/_trt_int8_...)
 #   stage  7  transcribe paddle-asr transcribe (attention rescoring, or CTC prefix beam for CTC-only models) on a few test files with the INT8 and FP32 models, and on
 #                        a long recording of test utterances (VAD segments, JSON), and its reference aligned
@@ -200,6 +201,12 @@ if run_stage 6; then
   test_export_all "$exp/export/int8" export_int8 --threads "$threads"
   if [ -d "$exp/export/onnx_int8" ]; then
     test_export_all "$exp/export/int8" export_int8_onnx --threads "$threads" --runtime onnx
+  fi
+  if [ -f "$exp/export/onnx_int8/model.onnx" ]; then
+    for test_set in "${test_list[@]}"; do
+      paddle-asr sherpa-check --onnx "$exp/export/onnx_int8" --data "data/$test_set/data.list" \
+        --out "$exp/${test_set}_sherpa_onnx_int8.json"
+    done
   fi
   tensorrt_eval int8 "$exp/export/int8" export_int8_trt_int8
 fi

@@ -14,6 +14,7 @@ from pathlib import Path
 import kaldi_native_fbank as knf
 import numpy as np
 import onnx
+import onnxruntime as ort
 import paddle
 import pytest
 import sherpa_onnx
@@ -37,7 +38,7 @@ from paddle_asr.export.onnx import (
     snip_edges_shift,
 )
 from paddle_asr.export.onnx_backend import OnnxU2Backend
-from paddle_asr.export.onnx_int8 import quantize_onnx_export, static_convolutions
+from paddle_asr.export.onnx_int8 import energy_matmuls, quantize_onnx_export, static_convolutions
 from paddle_asr.export.runtime import load_backend, onnx_is_preferred
 from paddle_asr.export.u2 import parity_inputs
 from paddle_asr.features import compute_fbank, mel_bank_map
@@ -376,6 +377,15 @@ def test_int8_export_quantizes_the_encoder_and_decodes(exported, backends, tmp_p
     assert agree > 0.8, agree
     samples = _samples(WAVS[0])
     assert _sherpa_offline(int8, samples) and _sherpa_streaming(int8, samples)[0]
+    # sherpa-onnx's files: their bank map stays FP32, and they agree with FP32 as the encoder does.
+    for name in (OFFLINE_MODEL, STREAMING_MODEL):
+        fp32_matmuls = energy_matmuls(out / name)
+        assert len(fp32_matmuls) == 1, name
+        assert [n.op_type for n in onnx.load(str(int8 / name)).graph.node if n.name in fp32_matmuls] == ["MatMul"]
+    x = _sherpa_fbank(_samples(WAVS[1], gain=100.0)).astype(np.float32)[None]  # as sherpa-onnx feeds it
+    feeds = {"x": x, "x_lens": np.asarray([x.shape[1]], np.int64)}
+    ref, got = (ort.InferenceSession(str(d / OFFLINE_MODEL)).run(None, feeds)[0][0].argmax(-1) for d in (out, int8))
+    assert np.mean(ref == got) > 0.8, np.mean(ref == got)
 
 
 @pytest.fixture(scope="module")
