@@ -15,11 +15,11 @@
 #                        and their ONNX export (sherpa-onnx reads a U2 one) -> exp/<name>/export/onnx/
 #   stage  5  test export same hypotheses as stage 3, every method   -> exp/<name>/<test set>_export_fp32[_chunkN]_<method>/
 #                        (Paddle Inference, and ONNX Runtime on export/onnx -> ..._export_fp32_onnx_...);
-#                        sherpa-onnx on export/onnx beside our greedy search -> exp/<name>/<test set>_sherpa_onnx.json
+#                        sherpa-onnx on export/onnx beside our greedy search -> exp/<name>/<first test set>_sherpa_onnx.json
 #   stage  6  int8       PaddleSlim PTQ of the encoder on training   -> exp/<name>/export/int8/,
 #                        data, then every method                        <test set>_export_int8[_chunkN]_<method>/
 #                        and ONNX Runtime's INT8 MatMul on export/onnx -> exp/<name>/export/onnx_int8/, ..._export_int8_onnx_...;
-#                        sherpa-onnx on its INT8 files                 -> exp/<name>/<test set>_sherpa_onnx_int8.json
+#                        sherpa-onnx on its INT8 files                 -> exp/<name>/<first test set>_sherpa_onnx_int8.json
 #                        (--trt fp16,int8: stages 5/6 also through TensorRT on a GPU -> ..._trt_fp16/_trt_int8_...)
 #   stage  7  transcribe paddle-asr transcribe (attention rescoring, or CTC prefix beam for CTC-only models) on a few test files with the INT8 and FP32 models, and on
 #                        a long recording of test utterances (VAD segments, JSON), and its reference aligned
@@ -127,6 +127,15 @@ test_export_all() {
   done
 }
 
+# sherpa-onnx (offline and streaming) beside our greedy search on the ONNX files of $1 (U2 exports only),
+# on the first test set: it checks the files, and each set costs four full decodes.
+sherpa_check() {
+  local onnx_dir="$1" suffix="$2"
+  [ -f "$onnx_dir/model.onnx" ] || return 0
+  paddle-asr sherpa-check --onnx "$onnx_dir" --data "data/${test_list[0]}/data.list" \
+    --out "$exp/${test_list[0]}_$suffix.json"
+}
+
 log "recipe $(pwd), corpus $corpus at $data_dir, config $config, experiment $exp, stages $stage..$stop_stage"
 
 if run_stage -1; then
@@ -185,12 +194,7 @@ if run_stage 5; then
     test_export_all "$exp/export/fp32" export_fp32_onnx --compare_prefix "$exp/{test_set}" --threads "$threads" \
       --runtime onnx
   fi
-  if [ -f "$exp/export/onnx/model.onnx" ]; then
-    for test_set in "${test_list[@]}"; do
-      paddle-asr sherpa-check --onnx "$exp/export/onnx" --data "data/$test_set/data.list" \
-        --out "$exp/${test_set}_sherpa_onnx.json"
-    done
-  fi
+  sherpa_check "$exp/export/onnx" sherpa_onnx
   tensorrt_eval fp16 "$exp/export/fp32" export_fp32_trt_fp16
 fi
 
@@ -202,12 +206,7 @@ if run_stage 6; then
   if [ -d "$exp/export/onnx_int8" ]; then
     test_export_all "$exp/export/int8" export_int8_onnx --threads "$threads" --runtime onnx
   fi
-  if [ -f "$exp/export/onnx_int8/model.onnx" ]; then
-    for test_set in "${test_list[@]}"; do
-      paddle-asr sherpa-check --onnx "$exp/export/onnx_int8" --data "data/$test_set/data.list" \
-        --out "$exp/${test_set}_sherpa_onnx_int8.json"
-    done
-  fi
+  sherpa_check "$exp/export/onnx_int8" sherpa_onnx_int8
   tensorrt_eval int8 "$exp/export/int8" export_int8_trt_int8
 fi
 
