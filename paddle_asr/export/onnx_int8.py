@@ -77,8 +77,8 @@ def _reader(feeds: Iterable[dict[str, np.ndarray]]):
 
 
 def quantize_onnx_file(src: Path, out: Path, calibration: Callable[[], Iterable[dict]] | None = None) -> None:
-    """`out`: `src` with INT8 MatMul weights (not `energy_matmuls`'), and with its convolutions (`static_convolutions`)
-    quantized on the ranges `calibration`'s feeds show, when it is given."""
+    """`out`: `src` with INT8 MatMul weights (all but `energy_matmuls`), and with its convolutions
+    (`static_convolutions`) quantized on the ranges `calibration`'s feeds show, when it is given."""
     from onnxruntime.quantization import (
         QuantFormat,
         QuantType,
