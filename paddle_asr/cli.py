@@ -123,7 +123,7 @@ def cmd_sherpa_check(args) -> int:
     from paddle_asr.export.sherpa_check import sherpa_check
 
     sherpa_check(Path(args.onnx), Path(args.data), chunk_size=args.chunk_size, num_left_chunks=args.num_left_chunks,
-                 out=Path(args.out) if args.out else None, log=lambda msg: log(f"stage 5 (sherpa-onnx): {msg}"))
+                 out=Path(args.out) if args.out else None, log=lambda msg: log(f"sherpa-onnx on {args.onnx}: {msg}"))
     return 0
 
 

@@ -510,8 +510,8 @@ def test_sherpa_check_reports_sherpa_onnx_beside_our_search(exported, tmp_path):
                            str(manifest), "--out", str(tmp_path / "sherpa.json")], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "stage 5 (sherpa-onnx): offline: sherpa-onnx CER" in proc.stdout
-    assert "stage 5 (sherpa-onnx): streaming, chunk 16, 4 left chunks: sherpa-onnx CER" in proc.stdout
+    assert f"sherpa-onnx on {out}: offline: sherpa-onnx CER" in proc.stdout
+    assert f"sherpa-onnx on {out}: streaming, chunk 16, 4 left chunks: sherpa-onnx CER" in proc.stdout
     report = json.loads((tmp_path / "sherpa.json").read_text())
     assert report["utterances"] == 2
     assert set(report["results"]) == {"ours_full", "ours_streaming", "sherpa_offline", "sherpa_streaming"}

@@ -183,9 +183,10 @@ def test_export_reproduces_the_dynamic_graph_and_int8_decodes(recipe):
                  "tokens.txt"):
         assert (exp / f"export/onnx/{name}").is_file()
     sherpa = json.loads((exp / "test_sherpa_onnx.json").read_text())["results"]
-    assert sherpa["sherpa_offline"]["n"] == sherpa["ours_full"]["n"] > 0 and "stage 5 (sherpa-onnx): offline" in out
+    assert sherpa["sherpa_offline"]["n"] == sherpa["ours_full"]["n"] > 0 and "/export/onnx: offline: sherpa-onnx" in out
     sherpa_int8 = json.loads((exp / "test_sherpa_onnx_int8.json").read_text())["results"]
     assert sherpa_int8["sherpa_offline"]["n"] == sherpa["ours_full"]["n"]
+    assert "/export/onnx_int8: offline: sherpa-onnx" in out
     int8 = json.loads((exp / "test_export_int8_attention_rescoring/result.json").read_text())
     fp32 = json.loads((exp / "test_export_fp32_attention_rescoring/result.json").read_text())
     assert int8["model_bytes"] < fp32["model_bytes"]
