@@ -12,9 +12,11 @@ want_test="$(sha256sum < "$root/requirements-test.txt" | cut -d' ' -f1)"
 
 if [ ! -f "$test_stamp" ] || [ "$(cat "$test_stamp")" != "$want_test" ]; then
   echo "[setup] installing the test tools (shellcheck, hadolint, selenium)"
-  if ! "$python" -m pip install --disable-pip-version-check -q -r "$root/requirements-test.txt" \
-       > "$env_dir/setup-test.log" 2>&1; then
-    echo "[setup] installing the test tools failed; the pip output is in $env_dir/setup-test.log:" >&2
+  installer=("$python" -m pip install --disable-pip-version-check -q)
+  # uv where utils/setup_env.sh installed it (not in the GPU image): the same pins, in seconds.
+  [ ! -x "$env_dir/bin/uv" ] || installer=("$env_dir/bin/uv" pip install --python "$python" -q)
+  if ! "${installer[@]}" -r "$root/requirements-test.txt" > "$env_dir/setup-test.log" 2>&1; then
+    echo "[setup] installing the test tools failed; the installer's output is in $env_dir/setup-test.log:" >&2
     tail -n 20 "$env_dir/setup-test.log" >&2
     exit 1
   fi
