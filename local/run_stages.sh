@@ -112,19 +112,14 @@ tensorrt_eval() {  # precision bundle out_prefix
   test_export_all "$bundle" "$out_prefix" --device "gpu:$trt_gpu" --trt "$precision"
 }
 
-# Stages 5/6: `paddle-asr test-export` of bundle $1 on every test set with every decode config, into
-# $exp/<test set>_$2[_chunkN]_<method>/; the other arguments are options, where {test_set} stands
-# for the test set.
+# Stages 5/6: `paddle-asr test-export` of bundle $1 on every test set with every decode config, in one
+# process (the start-up once), into $exp/<test set>_$2[_chunkN]_<method>/; the other arguments are
+# options, where {test_set} stands for the test set.
 test_export_all() {
-  local bundle="$1" suffix="$2" placeholder="{test_set}" test_set decode_config
+  local bundle="$1" suffix="$2"
   shift 2
-  for test_set in "${test_list[@]}"; do
-    for decode_config in "${decode_list[@]}"; do
-      paddle-asr test-export --bundle "$bundle" --data "data/$test_set/data.list" --decode_config "$decode_config" \
-        --out_prefix "$exp/${test_set}_$suffix" --batch_size "$batch_size" "${@//"$placeholder"/$test_set}" \
-        "${force_flag[@]}"
-    done
-  done
+  paddle-asr test-export --bundle "$bundle" --data "${test_manifests[@]}" --decode_config "${decode_list[@]}" \
+    --out_prefix "$exp/{test_set}_$suffix" --batch_size "$batch_size" "$@" "${force_flag[@]}"
 }
 
 # sherpa-onnx (offline and streaming) beside our greedy search on the ONNX files of $1 (U2 exports only),
@@ -171,15 +166,13 @@ fi
 
 read -r -a decode_list <<< "$decode_configs"
 read -r -a test_list <<< "$test_sets"
+test_manifests=()
+for test_set in "${test_list[@]}"; do test_manifests+=("data/$test_set/data.list"); done
 
 if run_stage 3; then
   stage_banner 3 "test with the dynamic-graph model"
-  for test_set in "${test_list[@]}"; do
-    for decode_config in "${decode_list[@]}"; do
-      paddle-asr test --exp_dir "$exp" --data "data/$test_set/data.list" --decode_config "$decode_config" \
-        --out_prefix "$exp/$test_set" --batch_size "$batch_size" "${force_flag[@]}"
-    done
-  done
+  paddle-asr test --exp_dir "$exp" --data "${test_manifests[@]}" --decode_config "${decode_list[@]}" \
+    --out_prefix "$exp/{test_set}" --batch_size "$batch_size" "${force_flag[@]}"
 fi
 
 if run_stage 4; then

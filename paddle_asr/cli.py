@@ -94,9 +94,9 @@ def cmd_average(args) -> int:
 def cmd_test(args) -> int:
     from paddle_asr.stages import test_stage
 
-    test_stage(Path(args.exp_dir), Path(args.data), Path(args.decode_config), checkpoint=args.checkpoint,
-               out_prefix=args.out_prefix, batch_size=args.batch_size, context_list=args.context_list,
-               context_score=args.context_score, force=args.force, log=log)
+    test_stage(Path(args.exp_dir), [Path(d) for d in args.data], [Path(c) for c in args.decode_config],
+               checkpoint=args.checkpoint, out_prefix=args.out_prefix, batch_size=args.batch_size,
+               context_list=args.context_list, context_score=args.context_score, force=args.force, log=log)
     return 0
 
 
@@ -112,8 +112,8 @@ def cmd_export(args) -> int:
 def cmd_test_export(args) -> int:
     from paddle_asr.stages import test_export_stage
 
-    return test_export_stage(Path(args.bundle), Path(args.data), Path(args.decode_config),
-                             out_prefix=Path(args.out_prefix), compare_prefix=args.compare_prefix,
+    return test_export_stage(Path(args.bundle), [Path(d) for d in args.data], [Path(c) for c in args.decode_config],
+                             out_prefix=args.out_prefix, compare_prefix=args.compare_prefix,
                              batch_size=args.batch_size, threads=args.threads, gpu=_gpu_inference(args),
                              runtime=args.runtime, context_list=args.context_list,
                              context_score=args.context_score, force=args.force, log=log)
@@ -365,13 +365,15 @@ def _training_commands(add: AddCommand) -> None:
 def _test_and_export_commands(add: AddCommand) -> None:
     """Stages 3 (test), 4 (export) and 5/6 (test an exported bundle)."""
     sp = add("test", cmd_test,
-             "stage 3: decode a test set with the dynamic-graph model, every method of the decode config")
+             "stage 3: decode test sets with the dynamic-graph model, every method of each decode config")
     sp.add_argument("--exp_dir", required=True)
     sp.add_argument("--checkpoint", default="", help="default: exp_dir/checkpoints/avg_<average_num>.pdparams")
-    sp.add_argument("--data", required=True, help="manifest (data.list) of the test set")
-    sp.add_argument("--decode_config", required=True,
-                    help="conf/decode.yaml (full) or conf/chunk_decode.yaml (streaming)")
-    sp.add_argument("--out_prefix", default="", help="results go to <prefix>[_chunkN]_<method>/ (default exp_dir/test)")
+    sp.add_argument("--data", required=True, nargs="+", help="manifests (data.list) of the test sets")
+    sp.add_argument("--decode_config", required=True, nargs="+",
+                    help="conf/decode.yaml (full) and/or conf/chunk_decode.yaml (streaming)")
+    sp.add_argument("--out_prefix", default="",
+                    help="results go to <prefix>[_chunkN]_<method>/, where {test_set} stands for each set's name "
+                         "(default exp_dir/test for one set, exp_dir/{test_set} for several)")
     sp.add_argument("--batch_size", type=int, default=0, help="override the decode config's batch_size")
     _context_options(sp, None)
     sp.add_argument("--force", action="store_true")
@@ -385,12 +387,15 @@ def _test_and_export_commands(add: AddCommand) -> None:
                     help="where the ONNX export goes (default: onnx/ beside --out; none: no ONNX)")
     sp.add_argument("--force", action="store_true")
 
-    sp = add("test-export", cmd_test_export, "stages 5/6: decode a test set with an exported model (Paddle Inference)")
+    sp = add("test-export", cmd_test_export,
+             "stages 5/6: decode test sets with an exported model (Paddle Inference or ONNX Runtime)")
     sp.add_argument("--bundle", required=True, help="exported bundle directory (FP32 or INT8)")
-    sp.add_argument("--data", required=True)
-    sp.add_argument("--decode_config", required=True)
-    sp.add_argument("--out_prefix", required=True, help="results go to <prefix>[_chunkN]_<method>/")
-    sp.add_argument("--compare_prefix", default="", help="stage-3 prefix whose hypotheses must be reproduced exactly")
+    sp.add_argument("--data", required=True, nargs="+", help="manifests (data.list) of the test sets")
+    sp.add_argument("--decode_config", required=True, nargs="+", help="one or more decode configs")
+    sp.add_argument("--out_prefix", required=True,
+                    help="results go to <prefix>[_chunkN]_<method>/; {test_set} stands for each set's name")
+    sp.add_argument("--compare_prefix", default="",
+                    help="stage-3 prefix whose hypotheses must be reproduced exactly ({test_set} as in --out_prefix)")
     sp.add_argument("--batch_size", type=int, default=0)
     sp.add_argument("--threads", type=int, default=2)
     sp.add_argument("--device", default="cpu", help="cpu (oneDNN), gpu or gpu:N (Paddle Inference on CUDA)")

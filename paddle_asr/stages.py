@@ -145,10 +145,27 @@ def average_stage(exp_dir: Path, *, num: int = 0, mode: str = "", force: bool = 
     return out
 
 
-def test_stage(exp_dir: Path, data: Path, decode_config: Path, *, checkpoint: str = "", out_prefix: str = "",
-               batch_size: int = 0, context_list: str = "", context_score: float | None = None, force: bool = False,
-               log: Log = print) -> Path:
-    """Stage 3: decode a test set with the dynamic-graph model, every method of the decode config."""
+TEST_SET = "{test_set}"  # in an output prefix: each test set's name
+
+
+def test_runs(data: list[Path], decode_configs: list[Path], out_prefix: str) -> list[tuple[Path, Path, Path]]:
+    """(manifest, decode config, output prefix) of every test set x decode config, sets outermost:
+    one process decodes them all with one model, paying its start-up once. `{test_set}` in
+    `out_prefix` stands for each set's name (its manifest's folder: data/test/data.list -> test)."""
+    if len(data) > 1 and TEST_SET not in out_prefix:
+        raise AsrError(f"--out_prefix {out_prefix} would hold the results of all {len(data)} test sets: put "
+                       f"{TEST_SET} in it where each set's name goes (e.g. exp/x/{TEST_SET})")
+    return [(Path(d), Path(c), Path(out_prefix.replace(TEST_SET, Path(d).parent.name)))
+            for d in data for c in decode_configs]
+
+
+def test_stage(exp_dir: Path, data: list[Path], decode_configs: list[Path], *, checkpoint: str = "",
+               out_prefix: str = "", batch_size: int = 0, context_list: str = "", context_score: float | None = None,
+               force: bool = False, log: Log = print) -> list[Path]:
+    """Stage 3: decode test sets with the dynamic-graph model, every method of each decode config;
+    returns each run's result prefix (`test_runs`' order)."""
+    import functools
+
     from paddle_asr.data.tokenizer import load_tokenizer
     from paddle_asr.evaluate import evaluate_stage
 
@@ -156,17 +173,22 @@ def test_stage(exp_dir: Path, data: Path, decode_config: Path, *, checkpoint: st
     config = exp_config(exp_dir)
     ckpt = checkpoint_path(exp_dir, config, checkpoint)
 
-    def backend():
+    @functools.cache
+    def backend():  # built at the first run that decodes, then shared
         from paddle_asr.families import dygraph_backend
 
         return dygraph_backend(load_dygraph(exp_dir, ckpt)[1])
 
     tokenizer = load_tokenizer(Path(config.data.vocab), config.data.units)
-    extra = {"model": "dygraph", "checkpoint": str(ckpt), "decode_config": str(decode_config)}
-    conf = load_decode(decode_config, batch_size, context_list, context_score)
-    return evaluate_stage("stage 3 (dynamic graph)", backend, conf, Path(data),
-                          config.features, tokenizer, [exp_dir / "train.yaml", ckpt, Path(data)], extra,
-                          Path(out_prefix or exp_dir / "test"), force=force, log=log)
+    out_prefix = out_prefix or str(exp_dir / ("test" if len(data) == 1 else TEST_SET))
+    prefixes = []
+    for manifest, decode_config, prefix in test_runs(data, decode_configs, out_prefix):
+        extra = {"model": "dygraph", "checkpoint": str(ckpt), "decode_config": str(decode_config)}
+        conf = load_decode(decode_config, batch_size, context_list, context_score)
+        prefixes.append(evaluate_stage("stage 3 (dynamic graph)", backend, conf, manifest, config.features,
+                                       tokenizer, [exp_dir / "train.yaml", ckpt, manifest], extra, prefix,
+                                       force=force, log=log))
+    return prefixes
 
 
 def export_stage(exp_dir: Path, out: Path, *, checkpoint: str = "", onnx_out: Path | None = None,
@@ -212,48 +234,65 @@ def onnx_export_stage(exp_dir: Path, bundle: Path, out: Path, ckpt: Path, model=
     log(f"stage 4 (ONNX): {', '.join(f for f in files if f.endswith('.onnx'))} (paddle2onnx) -> {out}")
 
 
-def test_export_stage(bundle: Path, data: Path, decode_config: Path, *, out_prefix: Path, compare_prefix: str = "",
-                      batch_size: int = 0, threads: int = 2, gpu=None, runtime: str = "paddle",
-                      context_list: str = "", context_score: float | None = None, force: bool = False,
-                      log: Log = print) -> int:
-    """Stages 5/6: decode a test set with an exported bundle (Paddle Inference, or ONNX Runtime on
-    its ONNX export with `runtime="onnx"`); with `compare_prefix`, 1 unless every hypothesis equals
-    stage 3's."""
+def test_export_stage(bundle: Path, data: list[Path], decode_configs: list[Path], *, out_prefix: str,
+                      compare_prefix: str = "", batch_size: int = 0, threads: int = 2, gpu=None,
+                      runtime: str = "paddle", context_list: str = "", context_score: float | None = None,
+                      force: bool = False, log: Log = print) -> int:
+    """Stages 5/6: decode test sets with an exported bundle (Paddle Inference, or ONNX Runtime on its
+    ONNX export with `runtime="onnx"`), every decode config (`test_runs`); with `compare_prefix`
+    (`{test_set}` as in `out_prefix`), 1 unless every hypothesis equals stage 3's."""
+    import functools
+
     from paddle_asr.evaluate import compare_with, evaluate_stage, mode_prefix
     from paddle_asr.export.bundle import read_bundle
 
     bundle = Path(bundle)
     meta, features, tokenizer = read_bundle(bundle)
+    label = _export_label(bundle, meta, gpu, runtime)
+    runs = test_runs(data, decode_configs, str(out_prefix))
+
+    @functools.cache
+    def backend():  # built at the first run that decodes, then shared
+        from paddle_asr.export.runtime import load_backend
+
+        return load_backend(bundle, meta, num_threads=threads, gpu=gpu, runtime=runtime)
+
+    inputs = [done_marker(bundle)]
+    if runtime == "onnx":
+        from paddle_asr.export.onnx_backend import onnx_export_of
+
+        inputs.append(onnx_export_of(bundle, meta) / "encoder.onnx")
+    status = 0
+    for manifest, decode_config, prefix in runs:
+        conf = load_decode(decode_config, batch_size, context_list, context_score)
+        extra = {"model": _export_model_name(meta, gpu, runtime), "model_bytes": _model_bytes(bundle, meta, runtime),
+                 "threads": threads, "decode_config": str(decode_config)}
+        prefix = evaluate_stage(label, backend, conf, manifest, features, tokenizer, [*inputs, manifest], extra,
+                                prefix, force=force, log=log)
+        if compare_prefix:
+            theirs = Path(compare_prefix.replace(TEST_SET, manifest.parent.name))
+            status |= compare_with(prefix, theirs.parent / mode_prefix(theirs.name, conf), conf.methods, log)
+    return status
+
+
+def _export_label(bundle: Path, meta: dict, gpu, runtime: str) -> str:
+    """`stage 5 (exported FP32[, engine])` or `stage 6 (exported INT8[, engine])`; refuses a TensorRT
+    precision that does not fit the bundle."""
     int8 = meta.get("precision") == "int8"
     trt = gpu.tensorrt if gpu else ""
     if trt and trt != ("int8" if int8 else "fp16"):
         raise AsrError(f"--trt {trt} does not fit {bundle}: TensorRT FP16 takes the FP32 export (stage 4), "
                        "TensorRT INT8 takes the PaddleSlim INT8 bundle (stage 6), whose scales it reads")
-    decode_conf = load_decode(decode_config, batch_size, context_list, context_score)
     engine = f", TensorRT {trt.upper()} on GPU {gpu.device_id}" if trt else (", GPU" if gpu else "")
     engine += ", ONNX Runtime" if runtime == "onnx" else ""
-    label = f"stage {'6' if int8 else '5'} (exported {'INT8' if int8 else 'FP32'}{engine})"
+    return f"stage {'6' if int8 else '5'} (exported {'INT8' if int8 else 'FP32'}{engine})"
+
+
+def _export_model_name(meta: dict, gpu, runtime: str) -> str:
+    """result.json's `model` of an exported bundle's run: runtime, precision, engine."""
+    trt = gpu.tensorrt if gpu else ""
     kind = "onnxruntime" if runtime == "onnx" else "inference"
-    extra = {"model": f"{kind}-{meta.get('precision')}" + (f"-tensorrt-{trt}" if trt else "-gpu" if gpu else ""),
-             "model_bytes": _model_bytes(bundle, meta, runtime), "threads": threads,
-             "decode_config": str(decode_config)}
-
-    def backend():
-        from paddle_asr.export.runtime import load_backend
-
-        return load_backend(bundle, meta, num_threads=threads, gpu=gpu, runtime=runtime)
-
-    inputs = [done_marker(bundle), Path(data)]
-    if runtime == "onnx":
-        from paddle_asr.export.onnx_backend import onnx_export_of
-
-        inputs.append(onnx_export_of(bundle, meta) / "encoder.onnx")
-    prefix = evaluate_stage(label, backend, decode_conf, Path(data), features, tokenizer, inputs, extra,
-                            Path(out_prefix), force=force, log=log)
-    if compare_prefix:
-        theirs = Path(compare_prefix)
-        return compare_with(prefix, theirs.parent / mode_prefix(theirs.name, decode_conf), decode_conf.methods, log)
-    return 0
+    return f"{kind}-{meta.get('precision')}" + (f"-tensorrt-{trt}" if trt else "-gpu" if gpu else "")
 
 
 def onnx_int8_stage(fp32_bundle: Path, int8_bundle: Path, functions: str, calib: Path | str, *, num_calib: int = 64,

@@ -306,7 +306,7 @@ def _heldout_cer(recipe: Path, exp: str, checkpoint: str) -> float:
     """Stage 3 (dynamic graph, CTC greedy search) on the held-out utterances of the new voices."""
     from paddle_asr.stages import test_stage
 
-    prefix = test_stage(recipe / exp, recipe / "data/heldout/data.list", recipe / "conf/greedy.yaml",
+    [prefix] = test_stage(recipe / exp, [recipe / "data/heldout/data.list"], [recipe / "conf/greedy.yaml"],
                         checkpoint=str(recipe / exp / "checkpoints" / checkpoint),
                         out_prefix=str(recipe / exp / "heldout"), log=lambda *_: None)
     return json.loads((prefix.parent / f"{prefix.name}_ctc_greedy_search/result.json").read_text())["error_rate"]

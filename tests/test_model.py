@@ -10,10 +10,13 @@ import paddle
 import pytest
 
 from paddle_asr.config import load_config
+from paddle_asr.data.audio import read_audio
 from paddle_asr.decode.dygraph_backend import DygraphBackend
-from paddle_asr.decode.recognizer import chunk_windows, encode_streaming
+from paddle_asr.decode.recognizer import chunk_windows, encode_streaming, encode_streaming_batch
 from paddle_asr.errors import AsrError
+from paddle_asr.features import compute_fbank
 from paddle_asr.models.registry import build_model
+from tests.conftest import real_fixture
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -209,6 +212,26 @@ def test_streams_in_one_batch_equal_each_stream_alone(pos):
         expected = [0 + 4, 4 + 4, 12 + 4] if required < 0 else [4, 8, 8]
         assert [s.att_cache.shape[2] for s in states] == expected
     check_cache_stays_bounded(backend, utterances[0], 4)
+
+
+@pytest.mark.parametrize("chunk,left", [(4, -1), (4, 2), (3, 1)])
+def test_streaming_a_batch_of_utterances_equals_each_utterance_streamed_alone(chunk, left):
+    """`encode_streaming_batch` (stages 3/5/6 in chunk mode): real recordings cut to lengths whose
+    last windows differ, and whose window counts differ, give each utterance's own stream."""
+    model = _model("recipes/aishell/conf/chunk_conformer.yaml", num_blocks=2, output_size=64, linear_units=128,
+                   subsampling_channels=16)
+    config = load_config(Path("recipes/demo/conf/conformer.yaml")).features
+    feats = [compute_fbank(read_audio(real_fixture(name))[0], config)
+             for name in ("aishell-BAC009S0724W0121.wav", "librispeech-1995-1837-0001.wav")]
+    utterances = [feats[0], feats[1][:203], feats[0][:211], feats[1][:7], feats[1]]
+    backend = DygraphBackend(model)
+    batched = encode_streaming_batch(backend, utterances, chunk, left)
+    for u, got in zip(utterances, batched):
+        alone, _ = _stream(model, u[None], chunk, left)  # window by window, one stream
+        assert got.shape == alone.shape
+        np.testing.assert_allclose(got, alone, atol=1e-5, rtol=0)
+    with pytest.raises(AsrError, match="6 frames are fewer than the 7"):
+        encode_streaming_batch(backend, [feats[0], feats[0][:6]], chunk, left)
 
 
 def test_a_stream_past_the_positional_table_is_refused():
