@@ -61,14 +61,10 @@ MODES = {"batched": None, "one at a time": 1}  # --max_batch (None: the server's
 
 
 def cpu_description() -> str:
-    """lscpu's model name, the core count and whether it has AVX-512 VNNI / AVX2 (or is held to AVX2)."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        model = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        model = "unknown CPU"
-    flags = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").exists() else set()
-    return f"{model}, {os.cpu_count()} cores ({avx2_only.describe(flags)})"
+    """The CPU (paddle_asr.devices), the core count and whether it has AVX-512 VNNI / AVX2 (or is held to AVX2)."""
+    from paddle_asr.devices import cpu_flags, cpu_model
+
+    return f"{cpu_model()}, {os.cpu_count()} cores ({avx2_only.describe(cpu_flags())})"
 
 
 # ------------------------------------------------------------------------------------ bundles

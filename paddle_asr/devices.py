@@ -1,5 +1,6 @@
 """What this Paddle build can do on GPUs: CUDA devices, cuDNN, NCCL (multi-GPU training), mixed
-precision (AMP) and Paddle Inference with TensorRT.
+precision (AMP) and Paddle Inference with TensorRT; and the CPU that timings are quoted with
+(`cpu_description`: result.json, RESULTS.md and the benchmarks name it).
 
 The GPU paths (``training.amp``, ``--gpus``, ``--trt``) ask here first, so on a CPU-only build
 they stop with one sentence that says what is missing and where to get it, instead of failing
@@ -8,7 +9,9 @@ deep inside Paddle. ``paddle-asr devices`` prints the same report; the Docker en
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from paddle_asr.errors import AsrError
 
@@ -70,3 +73,39 @@ def require(feature: str, purpose: str) -> None:
 
 def format_report(features: list[Feature]) -> str:
     return "\n".join(f"{f.name:9s} {'available  ' if f.available else 'unavailable'}  {f.detail}" for f in features)
+
+
+def _cpuinfo_fields() -> dict[str, str]:
+    """The first processor's `key: value` lines of /proc/cpuinfo (empty where there is none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return {}
+    fields: dict[str, str] = {}
+    for line in text.split("\n\n", 1)[0].splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def cpu_flags() -> set[str]:
+    return set(_cpuinfo_fields().get("flags", "").split())
+
+
+def cpu_model() -> str:
+    """The CPU's model name with its family and model numbers: one name ("Intel(R) Xeon(R)
+    Processor") covers generations whose speeds differ by half."""
+    fields = _cpuinfo_fields()
+    name = fields.get("model name", "unknown CPU")
+    if "cpu family" in fields and "model" in fields:
+        name += f" (family {fields['cpu family']} model {fields['model']})"
+    return name
+
+
+def cpu_description() -> str:
+    """`cpu_model`, the cores this process may use and the vector instruction sets that decide
+    INT8 and FP32 speed: what a real-time factor is quoted with."""
+    flags = cpu_flags()
+    isa = [name for name in ("avx512_vnni", "avx_vnni", "avx2") if name in flags] or ["no AVX2"]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{cpu_model()}, {cores} cores ({', '.join(isa)})"

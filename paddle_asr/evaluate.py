@@ -25,6 +25,7 @@ from paddle_asr.data.manifest import read_kaldi_table, read_manifest
 from paddle_asr.data.tokenizer import CharTokenizer
 from paddle_asr.decode.context_graph import ContextGraph, context_graph_for
 from paddle_asr.decode.recognizer import Backend, Recognizer
+from paddle_asr.devices import cpu_description
 from paddle_asr.errors import AsrError
 from paddle_asr.export.inference import LENGTH_BUCKET
 from paddle_asr.features import num_frames
@@ -108,6 +109,7 @@ def evaluate(backend: Backend, conf: DecodeConfig, manifest: Path, tokenizer: Ch
             "rtf": round(decode_s / audio_s, 5) if audio_s else None,
             "encoder_rtf": round(seconds["encoder"] / audio_s, 5) if audio_s else None,
             "decoding": dataclasses.asdict(conf),
+            "cpu": cpu_description(),  # the RTFs' machine
             **(extra or {}),
         }
         out_dir = result_dir(out_prefix, method)

@@ -51,7 +51,8 @@ def _table(exp_dir: Path, rows: list[dict], date: str, this_run: bool = True) ->
     summary_path = exp_dir / "train_summary.json"
     params = json.loads(summary_path.read_text())["parameters"] if summary_path.is_file() else None
     n_params = f"{params / 1e6:.2f} M" if params else "-"
-    lines = [f"## {exp_dir.name}", "", _provenance(exp_dir, rows, this_run), "",
+    cpus = sorted({r.get("cpu", "a CPU this result did not record") for r in rows})
+    lines = [f"## {exp_dir.name}", "", _provenance(exp_dir, rows, this_run) + f" RTFs on {'; '.join(cpus)}.", "",
              HEADER.format(metric=rows[0].get("metric", "CER") if rows else "CER"),
              "|" + "---|" * (HEADER.count("|") - 1)]
     for r in rows:

@@ -155,8 +155,12 @@ def test_runs(data: list[Path], decode_configs: list[Path], out_prefix: str) -> 
     if len(data) > 1 and TEST_SET not in out_prefix:
         raise AsrError(f"--out_prefix {out_prefix} would hold the results of all {len(data)} test sets: put "
                        f"{TEST_SET} in it where each set's name goes (e.g. exp/x/{TEST_SET})")
-    return [(Path(d), Path(c), Path(out_prefix.replace(TEST_SET, Path(d).parent.name)))
-            for d in data for c in decode_configs]
+    names = [Path(d).parent.name for d in data]
+    if TEST_SET in out_prefix and len(set(names)) < len(names):
+        raise AsrError(f"test sets {', '.join(map(str, data))}: two share a name, and so their results' "
+                       "directories; give each set a folder of its own")
+    return [(Path(d), Path(c), Path(out_prefix.replace(TEST_SET, name)))
+            for d, name in zip(data, names) for c in decode_configs]
 
 
 def test_stage(exp_dir: Path, data: list[Path], decode_configs: list[Path], *, checkpoint: str = "",
@@ -257,18 +261,19 @@ def test_export_stage(bundle: Path, data: list[Path], decode_configs: list[Path]
 
         return load_backend(bundle, meta, num_threads=threads, gpu=gpu, runtime=runtime)
 
-    inputs = [done_marker(bundle)]
+    onnx = []
     if runtime == "onnx":
         from paddle_asr.export.onnx_backend import onnx_export_of
 
-        inputs.append(onnx_export_of(bundle, meta) / "encoder.onnx")
+        onnx.append(onnx_export_of(bundle, meta) / "encoder.onnx")
     status = 0
     for manifest, decode_config, prefix in runs:
         conf = load_decode(decode_config, batch_size, context_list, context_score)
         extra = {"model": _export_model_name(meta, gpu, runtime), "model_bytes": _model_bytes(bundle, meta, runtime),
                  "threads": threads, "decode_config": str(decode_config)}
-        prefix = evaluate_stage(label, backend, conf, manifest, features, tokenizer, [*inputs, manifest], extra,
-                                prefix, force=force, log=log)
+        inputs = [done_marker(bundle), manifest, *onnx]
+        prefix = evaluate_stage(label, backend, conf, manifest, features, tokenizer, inputs, extra, prefix,
+                                force=force, log=log)
         if compare_prefix:
             theirs = Path(compare_prefix.replace(TEST_SET, manifest.parent.name))
             status |= compare_with(prefix, theirs.parent / mode_prefix(theirs.name, conf), conf.methods, log)

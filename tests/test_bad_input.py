@@ -626,3 +626,32 @@ def test_stage_3_names_a_test_set_stage_0_never_prepared(tmp_path, capsys):
     assert f"test set dev_other has no manifest {missing}" in err and "run stage 0 for it" in err
     assert "Traceback" not in err
     assert not list(exp.glob("test_*"))
+
+
+def test_stage_3_decodes_several_test_sets_in_one_run_each_into_its_own_results(tmp_path, tiny_recipe, capsys):
+    """`paddle-asr test --data A B` (how run_stages.sh calls stages 3, 5 and 6): each set's results go to
+    the prefix with its own name for {test_set}; several sets with a prefix that has no {test_set},
+    or two sets of one name, are refused before any decoding, naming the way out."""
+    from paddle_asr.cli import main as cli_main
+    from paddle_asr.data.manifest import read_manifest
+    from paddle_asr.import_paddlespeech import import_paddlespeech
+    from tests.conftest import REPO
+
+    exp = import_paddlespeech(REPO / "tests/fixtures/paddlespeech/conformer", tmp_path / "exp", log=lambda *_: None)
+    (tmp_path / "decode.yaml").write_text("methods: [ctc_greedy_search]\n")
+    sets = [tiny_recipe / "data/dev/data.list", tiny_recipe / "data/test/data.list"]
+    base = ["test", "--exp_dir", str(exp), "--decode_config", str(tmp_path / "decode.yaml"), "--data"]
+    assert cli_main([*base, *map(str, sets), "--out_prefix", str(tmp_path / "out/all")]) != 0
+    assert "put {test_set} in it where each set's name goes" in capsys.readouterr().err
+    twin = tmp_path / "other/dev/data.list"
+    twin.parent.mkdir(parents=True)
+    twin.write_text(sets[0].read_text())
+    assert cli_main([*base, str(sets[0]), str(twin), "--out_prefix", str(tmp_path / "out/{test_set}")]) != 0
+    assert "two share a name" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+    assert cli_main([*base, *map(str, sets), "--out_prefix", str(tmp_path / "out/{test_set}")]) == 0
+    for manifest in sets:
+        result = json.loads((tmp_path / f"out/{manifest.parent.name}_ctc_greedy_search/result.json").read_text())
+        assert result["test_set"] == manifest.parent.name
+        assert result["utterances"] == len(read_manifest(manifest))

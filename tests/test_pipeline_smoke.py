@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from paddle_asr.devices import cpu_description
 from tests.conftest import REPO, real_fixture
 
 SMALL_CONFIG = f"""\
@@ -195,6 +196,7 @@ def test_export_reproduces_the_dynamic_graph_and_int8_decodes(recipe):
     results_md = (d / "RESULTS.md").read_text()
     assert results_md.count("| train |") == 40  # 4 methods x 5 runtimes x 2 modes
     assert "| attention_rescoring | streaming, chunk 4 | inference-int8 |" in results_md
+    assert f"RTFs on {cpu_description()}." in results_md and fp32["cpu"] == cpu_description()
 
 
 def test_results_md_rows_are_the_scorer_figures(recipe):

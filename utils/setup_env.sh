@@ -14,7 +14,7 @@ pip_install() { "$venv/bin/python" -m pip install --disable-pip-version-check -q
 uv_install() {
   local index="${PIP_INDEX_URL:-$("$venv/bin/python" -m pip config get global.index-url 2> /dev/null || true)}" mirror=()
   [ -z "$index" ] || [ -n "${UV_DEFAULT_INDEX:-}" ] || mirror=(--default-index "$index")
-  "$venv/bin/uv" pip install --python "$venv/bin/python" -q "${mirror[@]}" "$@"
+  "$venv/bin/uv" pip install --python "$venv/bin/python" -q --compile-bytecode "${mirror[@]}" "$@"
 }
 install_pins() {  # $1: pip_install or uv_install
   "$1" -r "$root/requirements.txt" && "$1" --no-deps -r "$root/requirements-no-deps.txt" && "$1" --no-deps -e "$root"
@@ -33,10 +33,10 @@ else
   # requirements-no-deps.txt: PaddleSpeech's client without PaddleSpeech's dependencies (see its comments).
   # numpy is pinned below 2: paddleslim pins an OpenCV built for numpy 1, which prints an ABI
   # warning under numpy 2. The full pinned list keeps every machine on the same versions.
-  # uv installs the pinned wheels in parallel and leaves byte-compiling to the first import: ~15 s
-  # where pip took ~2.5 min of a 2-core machine's CPU. uv does not read pip's configuration, so a
-  # pip mirror (PIP_INDEX_URL or pip's global.index-url) is passed on; where uv fails all the
-  # same, pip installs the same pins.
+  # uv installs the pinned wheels and byte-compiles them in parallel (as pip does, one by one: with
+  # PYTHONDONTWRITEBYTECODE set, every process would compile what it imports): under a minute where
+  # pip took ~2.5 on 2 cores. uv does not read pip's configuration, so a pip mirror (PIP_INDEX_URL
+  # or pip's global.index-url) is passed on; where uv fails all the same, pip installs the same pins.
   if ! { pip_install "uv==$uv_version" && install_pins uv_install; } >"$log_file" 2>&1; then
     echo "[setup] uv could not install the environment (its output: $log_file); installing with pip instead"
     if ! { pip_install --upgrade pip && install_pins pip_install; } >>"$log_file" 2>&1; then
