@@ -34,9 +34,10 @@ else
   # numpy is pinned below 2: paddleslim pins an OpenCV built for numpy 1, which prints an ABI
   # warning under numpy 2. The full pinned list keeps every machine on the same versions.
   # uv installs the pinned wheels and byte-compiles them in parallel (as pip does, one by one: with
-  # PYTHONDONTWRITEBYTECODE set, every process would compile what it imports): under a minute where
-  # pip took ~2.5 on 2 cores. uv does not read pip's configuration, so a pip mirror (PIP_INDEX_URL
-  # or pip's global.index-url) is passed on; where uv fails all the same, pip installs the same pins.
+  # PYTHONDONTWRITEBYTECODE set, every process would compile what it imports), in about half pip's
+  # time on 2 cores (bench/RESULTS.md). uv does not read pip's configuration, so a pip mirror
+  # (PIP_INDEX_URL or pip's global.index-url) is passed on; where uv fails all the same, pip
+  # installs the same pins.
   if ! { pip_install "uv==$uv_version" && install_pins uv_install; } >"$log_file" 2>&1; then
     echo "[setup] uv could not install the environment (its output: $log_file); installing with pip instead"
     if ! { pip_install --upgrade pip && install_pins pip_install; } >>"$log_file" 2>&1; then
