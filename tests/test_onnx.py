@@ -42,6 +42,7 @@ from paddle_asr.export.onnx_int8 import energy_matmuls, quantize_onnx_export, st
 from paddle_asr.export.runtime import load_backend, onnx_is_preferred
 from paddle_asr.export.u2 import parity_inputs
 from paddle_asr.features import compute_fbank, mel_bank_map
+from paddle_asr.metrics.score import score
 from tests.conftest import real_fixture
 from tests.test_export_quant import FEAT_DIM, METHODS, build_small_u2, random_batch
 from tests.test_model import check_streams_batched_equal_alone
@@ -516,6 +517,13 @@ def test_sherpa_check_reports_sherpa_onnx_beside_our_search(exported, tmp_path):
     assert report["utterances"] == 2
     assert set(report["results"]) == {"ours_full", "ours_streaming", "sherpa_offline", "sherpa_streaming"}
     assert all(r["n"] == 6 and r["metric"] == "CER" for r in report["results"].values())
+    texts = report["texts"]
+    assert set(texts) == set(report["results"]) and all(set(t) == {"u0", "u1"} for t in texts.values())
+    for mode, ours, theirs in (("offline", "ours_full", "sherpa_offline"), ("streaming", "ours_streaming",
+                                                                         "sherpa_streaming")):
+        o = score(texts[ours], texts[theirs], char=True, verbose=0).overall
+        assert report["disagreement"][mode] == round(100 * o.errors / max(o.n, 1), 2)
+        assert f"its text differs from ours by {report['disagreement'][mode]:.2f} % of our characters" in proc.stdout
 
 
 def test_int8_export_of_the_decoder_scores_as_fp32(exported, backends, tmp_path):

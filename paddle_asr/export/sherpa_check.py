@@ -16,6 +16,8 @@ from paddle_asr.artifacts import atomic_write_text
 from paddle_asr.errors import AsrError
 from paddle_asr.export.onnx import OFFLINE_MODEL, STREAMING_MODEL, TOKENS
 
+# (sherpa-onnx's decoder, ours, mode): the texts compared.
+PAIRS = (("sherpa_offline", "ours_full", "offline"), ("sherpa_streaming", "ours_streaming", "streaming"))
 # sherpa-onnx's streaming recognizer decodes whole chunks only: silence after each recording lets
 # it reach the last words (0.7 s still lost some on the demo test set, docs/onnx.md).
 TAIL_SECONDS = 1.0
@@ -62,11 +64,11 @@ def _recognizers(onnx_dir: Path, chunk_size: int, num_left_chunks: int) -> dict:
 def sherpa_check(onnx_dir: Path, manifest: Path, *, chunk_size: int = 16, num_left_chunks: int = 4,
                  out: Path | None = None, log=print) -> dict[str, dict]:
     """{decoder: {"error_rate", "metric", "n", "s", "d", "i"}} for sherpa-onnx and our greedy search
-    on the utterances of `manifest`; written as JSON to `out` when given."""
+    on the utterances of `manifest`; written as JSON to `out` when given, with each decoder's texts
+    and how far sherpa-onnx's text is from ours (an error rate with ours as the reference)."""
     from paddle_asr.export.bundle import read_bundle
     from paddle_asr.export.onnx_backend import OnnxU2Backend
     from paddle_asr.features import compute_fbank
-    from paddle_asr.metrics.score import score
 
     onnx_dir = Path(onnx_dir)
     if not (onnx_dir / OFFLINE_MODEL).is_file():
@@ -87,25 +89,35 @@ def sherpa_check(onnx_dir: Path, manifest: Path, *, chunk_size: int = 16, num_le
         for name, rec in recs.items():
             hyps[name][u["key"]] = _sherpa(rec, samples, rate)
     refs = {u["key"]: u["text"] for u in utts}
-    results = {}
-    for name, h in hyps.items():
-        if h:
-            report = score(refs, h, char=True, verbose=0)
-            o = report.overall
-            results[name] = {"error_rate": round(100 * o.errors / max(o.n, 1), 2), "metric": report.metric,
-                             "n": o.n, "s": o.s, "d": o.d, "i": o.i}
-    _log(results, len(utts), chunk_size, num_left_chunks, log)
+    hyps = {name: h for name, h in hyps.items() if h}
+    results = {name: _rate(refs, h) for name, h in hyps.items()}
+    # sherpa-onnx's text scored against ours: files that decode wrongly show here even where both
+    # error rates are high (a model that barely reads), and where the CERs differ little.
+    disagreement = {mode: _rate(hyps[ours], hyps[theirs])["error_rate"] for theirs, ours, mode in PAIRS
+                    if theirs in hyps and ours in hyps}
+    _log(results, disagreement, len(utts), chunk_size, num_left_chunks, log)
     if out is not None:
         atomic_write_text(Path(out), json.dumps({"utterances": len(utts), "chunk_size": chunk_size,
-                                                 "num_left_chunks": num_left_chunks, "results": results}, indent=1))
+                                                 "num_left_chunks": num_left_chunks, "results": results,
+                                                 "disagreement": disagreement, "texts": hyps},
+                                                ensure_ascii=False, indent=1))
     return results
 
 
-def _log(results: dict, count: int, chunk_size: int, num_left_chunks: int, log) -> None:
-    pairs = (("sherpa_offline", "ours_full", "offline"),
-             ("sherpa_streaming", "ours_streaming", f"streaming, chunk {chunk_size}, {num_left_chunks} left chunks"))
-    for theirs, ours, what in pairs:
+def _rate(refs: dict[str, str], hyps: dict[str, str]) -> dict:
+    from paddle_asr.metrics.score import score
+
+    report = score(refs, hyps, char=True, verbose=0)
+    o = report.overall
+    return {"error_rate": round(100 * o.errors / max(o.n, 1), 2), "metric": report.metric,
+            "n": o.n, "s": o.s, "d": o.d, "i": o.i}
+
+
+def _log(results: dict, disagreement: dict, count: int, chunk_size: int, num_left_chunks: int, log) -> None:
+    for theirs, ours, mode in PAIRS:
         if theirs in results and ours in results:
             a, b = results[theirs], results[ours]
+            what = "offline" if mode == "offline" else f"streaming, chunk {chunk_size}, {num_left_chunks} left chunks"
             log(f"{what}: sherpa-onnx {a['metric']} {a['error_rate']:.2f} % against our CTC greedy search's "
-                f"{b['error_rate']:.2f} % ({a['error_rate'] - b['error_rate']:+.2f} points, {count} utterances)")
+                f"{b['error_rate']:.2f} % ({a['error_rate'] - b['error_rate']:+.2f} points, {count} utterances); "
+                f"its text differs from ours by {disagreement[mode]:.2f} % of our characters")
