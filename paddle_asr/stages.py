@@ -266,11 +266,12 @@ def test_export_stage(bundle: Path, data: list[Path], decode_configs: list[Path]
         from paddle_asr.export.onnx_backend import onnx_export_of
 
         onnx.append(onnx_export_of(bundle, meta) / "encoder.onnx")
+    model = {"model": _export_model_name(meta, gpu, runtime), "model_bytes": _model_bytes(bundle, meta, runtime),
+             "threads": threads}
     status = 0
     for manifest, decode_config, prefix in runs:
         conf = load_decode(decode_config, batch_size, context_list, context_score)
-        extra = {"model": _export_model_name(meta, gpu, runtime), "model_bytes": _model_bytes(bundle, meta, runtime),
-                 "threads": threads, "decode_config": str(decode_config)}
+        extra = {**model, "decode_config": str(decode_config)}
         inputs = [done_marker(bundle), manifest, *onnx]
         prefix = evaluate_stage(label, backend, conf, manifest, features, tokenizer, inputs, extra, prefix,
                                 force=force, log=log)
