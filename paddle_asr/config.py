@@ -78,7 +78,7 @@ FRACTION = Range(ge=0, le=1)  # weights and dropout rates
 
 DecodeMethod = Literal["ctc_greedy_search", "ctc_prefix_beam_search", "ctc_beam_search_lm", "attention",
                        "attention_rescoring"]
-SchedulerName = Literal["warmuplr", "exponential", "cosine_warm_restarts"]
+SchedulerName = Literal["warmuplr", "warmup_cosine", "exponential", "cosine_warm_restarts"]
 EncoderType = Literal["conformer", "transformer"]
 ModelName = Literal["u2", "deepspeech2"]
 
@@ -286,7 +286,8 @@ class OptimConfig:
 
 @dataclass
 class SchedulerConfig:
-    # warmuplr (Noam, per update), exponential (x gamma per epoch, DeepSpeech2),
+    # warmuplr (Noam, per update), warmup_cosine (per update: linear warmup, then a cosine to eta_min at
+    # the run's last update), exponential (x gamma per epoch, DeepSpeech2),
     # cosine_warm_restarts (per update: cosine from lr to eta_min over t_0 updates, periods x t_mult).
     # Only the chosen scheduler's fields are checked (scheduler_problems): the others are unused.
     name: SchedulerName = "warmuplr"
@@ -459,7 +460,7 @@ def scheduler_problems(optim: OptimConfig, sched: SchedulerConfig) -> Iterator[s
     """The fields the chosen scheduler uses; comparisons are written so that NaN fails too."""
     if not optim.lr > 0 or math.isinf(optim.lr):
         yield f"optim.lr is {optim.lr}; set it to a positive learning rate (e.g. 0.002)"
-    if sched.name == "warmuplr":
+    if sched.name in ("warmuplr", "warmup_cosine"):
         if not sched.warmup_steps >= 1:
             yield (f"scheduler.warmup_steps is {sched.warmup_steps}; set it to a positive number of "
                    f"optimizer updates (e.g. 25000)")
@@ -474,9 +475,9 @@ def scheduler_problems(optim: OptimConfig, sched: SchedulerConfig) -> Iterator[s
         if not sched.t_mult >= 1:
             yield (f"scheduler.t_mult is {sched.t_mult}; set it to an integer >= 1 "
                    f"(1: equal periods, 2: each period twice as long)")
-        if not 0 <= sched.eta_min < optim.lr:
-            yield (f"scheduler.eta_min is {sched.eta_min}; set it to the cosine floor, >= 0 and below "
-                   f"optim.lr ({optim.lr}), e.g. 0.0")
+    if sched.name in ("warmup_cosine", "cosine_warm_restarts") and not 0 <= sched.eta_min < optim.lr:
+        yield (f"scheduler.eta_min is {sched.eta_min}; set it to the cosine floor, >= 0 and below "
+               f"optim.lr ({optim.lr}), e.g. 0.0")
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from paddle_asr.errors import AsrError
 from paddle_asr.train.scheduler import (
     CosineWarmRestartsLR,
     ExponentialDecayLR,
+    WarmupCosineLR,
     WarmupLR,
     build_scheduler,
 )
@@ -28,8 +29,8 @@ def lrs_after_steps(sched: LRScheduler, n: int) -> list[float]:
     return out
 
 
-def build(name: str, lr: float = 0.002, **kw) -> LRScheduler:
-    return build_scheduler(OptimConfig(lr=lr), SchedulerConfig(name=name, **kw))
+def build(name: str, lr: float = 0.002, total_steps: int | None = 100, **kw) -> LRScheduler:
+    return build_scheduler(OptimConfig(lr=lr), SchedulerConfig(name=name, **kw), total_steps)
 
 
 # ---------------------------------------------------------------- values
@@ -121,6 +122,28 @@ def test_cosine_eta_min_zero_and_large_step_counts():
     assert (s.t_cur, s.t_i, s()) == (0, 8000, 0.002)
 
 
+def test_warmup_cosine_hand_values():
+    # base 0.002, warmup W = 4, T = 12 updates in all, floor 2e-4; update s (from 1):
+    # s <= 4: 0.002 * s / 4 -> 5e-4, 1e-3, 1.5e-3, 2e-3
+    # s > 4: 2e-4 + 1.8e-3 * (1 + cos(pi * (s - 4) / 8)) / 2; s = 8 (half way) -> 2e-4 + 9e-4 = 1.1e-3;
+    # s = 12 -> the floor 2e-4, and it stays there after the run's last update.
+    s = build("warmup_cosine", total_steps=12, warmup_steps=4, eta_min=2e-4)
+    assert isinstance(s, WarmupCosineLR) and s.per_epoch is False
+    lrs = lrs_after_steps(s, 14)
+    assert lrs[:4] == pytest.approx([5e-4, 1e-3, 1.5e-3, 2e-3], rel=1e-12)
+    assert lrs[7] == pytest.approx(1.1e-3, rel=1e-12)
+    assert lrs[4] == pytest.approx(2e-4 + 1.8e-3 * (1 + math.cos(math.pi / 8)) / 2, rel=1e-12)
+    assert lrs[11:] == pytest.approx([2e-4] * 3, rel=1e-12)
+    assert all(a > b for a, b in zip(lrs[3:11], lrs[4:12]))  # falls every update after the peak
+
+
+def test_warmup_cosine_needs_the_runs_length():
+    with pytest.raises(AsrError, match="unknown when training reads shards"):
+        build("warmup_cosine", total_steps=None, warmup_steps=4)
+    with pytest.raises(AsrError, match=r"warmup_steps \(300\) must be .* below the run's 200 updates"):
+        build("warmup_cosine", total_steps=200, warmup_steps=300)
+
+
 def test_default_config_builds_warmuplr():
     assert isinstance(build_scheduler(OptimConfig(), SchedulerConfig()), WarmupLR)
 
@@ -130,6 +153,7 @@ def test_default_config_builds_warmuplr():
 
 RESUME_CASES = [
     ("warmuplr", dict(warmup_steps=7), 40, (1, 6, 7, 8, 25)),
+    ("warmup_cosine", dict(warmup_steps=7, eta_min=1e-4), 40, (1, 6, 7, 8, 25, 39)),
     ("exponential", dict(gamma=0.83), 15, (1, 3, 10)),
     ("cosine_warm_restarts", dict(t_0=4, t_mult=1, eta_min=1e-4), 30, (1, 3, 4, 5, 17)),
     ("cosine_warm_restarts", dict(t_0=3, t_mult=2, eta_min=0.0), 50, (2, 3, 4, 8, 9, 10, 20, 21, 22, 45)),
@@ -173,6 +197,7 @@ def _train(model, opt, sched, batches) -> list[float]:
 
 @pytest.mark.parametrize("name,kw", [
     ("warmuplr", dict(warmup_steps=5)),
+    ("warmup_cosine", dict(warmup_steps=5)),
     ("cosine_warm_restarts", dict(t_0=3, t_mult=2, eta_min=1e-4)),
 ])
 def test_resume_through_adam_state_dict(name, kw, tmp_path):
@@ -231,8 +256,11 @@ COSINE = "cosine_warm_restarts"
 
 
 @pytest.mark.parametrize("lr,name,kw,match", [
-    (0.002, "noam", {}, r"scheduler.name: 'noam' is not one of 'warmuplr', 'exponential', 'cosine_warm_restarts'"),
+    (0.002, "noam", {}, r"scheduler.name: 'noam' is not one of 'warmuplr', 'warmup_cosine', 'exponential', "
+     r"'cosine_warm_restarts'"),
     (0.002, "warmuplr", dict(warmup_steps=0), r"scheduler.warmup_steps is 0; set it to a positive"),
+    (0.002, "warmup_cosine", dict(warmup_steps=0), r"scheduler.warmup_steps is 0; set it to a positive"),
+    (0.002, "warmup_cosine", dict(eta_min=0.003), r"scheduler.eta_min is 0.003.*below optim.lr \(0.002\)"),
     (0.002, "exponential", dict(gamma=0.0), r"scheduler.gamma is 0.0; set it in \(0, 1\]"),
     (0.002, "exponential", dict(gamma=1.5), r"scheduler.gamma is 1.5"),
     (0.002, "exponential", dict(gamma=float("nan")), r"scheduler.gamma is nan"),

@@ -4,8 +4,10 @@ SIGKILL at any point resumes to the very same parameters, and checkpoints are ne
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import paddle
+import pytest
 
 from paddle_asr.train.checkpoint import STATE_SUFFIXES, list_checkpoints
 
@@ -258,3 +261,22 @@ def test_ctc_only_updates_train_the_encoder_and_leave_the_decoder_as_initialised
     assert decoder and all(np.array_equal(initial[k], epoch1[k]) for k in decoder)
     assert not np.array_equal(initial["ctc.ctc_lo.weight"], epoch1["ctc.ctc_lo.weight"])
     assert not np.array_equal(epoch1["decoder.output_layer.weight"], epoch2["decoder.output_layer.weight"])
+
+
+def test_warmup_cosine_decays_to_its_floor_at_the_runs_last_update(tiny_recipe):
+    """scheduler warmup_cosine: the trainer counts the run's updates from the batch plan (max_epoch x
+    the batches of an epoch), so the logged lr follows the cosine and the last update trains at eta_min."""
+    config = write_config(tiny_recipe, "cosine", max_epoch=2, batch_size=4)
+    path = tiny_recipe / config
+    path.write_text(path.read_text().replace("  warmup_steps: 20\n", "  name: warmup_cosine\n  warmup_steps: 2\n"
+                                             "  eta_min: 0.0001\n"))
+    out = run_train(tiny_recipe, config, "exp/cosine")
+    per_epoch = int(re.search(r"(\d+) batches per epoch", out).group(1))
+    total = 2 * per_epoch
+    logged = {int(m.group(1)): float(m.group(2)) for m in re.finditer(r" step (\d+) loss .* lr (\S+) ", out)}
+    assert sorted(logged) == list(range(1, total + 1))
+    base = 0.002  # the AISHELL config's optim.lr, which the tiny config keeps
+    for n, lr in logged.items():
+        want = base * n / 2 if n <= 2 else 1e-4 + (base - 1e-4) * (1 + math.cos(math.pi * (n - 2) / (total - 2))) / 2
+        assert lr == pytest.approx(want, rel=6e-3), f"update {n}"
+    assert logged[total] == pytest.approx(1e-4, rel=1e-6)

@@ -3,7 +3,7 @@
 Every scheduler is a `paddle.optimizer.lr.LRScheduler`, so it is passed to a Paddle optimizer as
 `learning_rate=`. Its class attribute `per_epoch` tells the trainer when to call `.step()`:
 
-* `per_epoch = False` (WarmupLR, CosineWarmRestartsLR): after every optimizer update (i.e. after
+* `per_epoch = False` (WarmupLR, WarmupCosineLR, CosineWarmRestartsLR): after every optimizer update (i.e. after
   gradient accumulation), never after a skipped batch;
 * `per_epoch = True` (ExponentialDecayLR): once after every finished epoch.
 
@@ -67,6 +67,35 @@ class ExponentialDecayLR(LRScheduler):
         return self.base_lr * self.gamma ** max(self.last_epoch, 0)
 
 
+class WarmupCosineLR(LRScheduler):
+    """A linear rise to `base` over `warmup_steps` updates, then a cosine down to `eta_min` at `total_steps`.
+
+    Stepped after every optimizer update; update n (from 1) trains at base * n / warmup_steps while
+    n <= warmup_steps, then at eta_min + (base - eta_min) * (1 + cos(pi * t)) / 2 with t = (n -
+    warmup_steps) / (total_steps - warmup_steps), and at eta_min after total_steps. Unlike the Noam
+    decay of WarmupLR, the lr reaches its floor when training ends, which is what a short run needs.
+    """
+
+    per_epoch = False
+
+    def __init__(self, learning_rate: float, warmup_steps: int, total_steps: int, eta_min: float = 0.0,
+                 last_epoch: int = -1) -> None:
+        if not 1 <= warmup_steps < total_steps:
+            raise AsrError(f"scheduler warmup_cosine: warmup_steps ({warmup_steps}) must be at least 1 and "
+                           f"below the run's {total_steps} updates; lower scheduler.warmup_steps")
+        self.warmup_steps = warmup_steps
+        self.total_steps = total_steps
+        self.eta_min = eta_min
+        super().__init__(learning_rate, last_epoch)
+
+    def get_lr(self) -> float:
+        step = self.last_epoch + 1
+        if step <= self.warmup_steps:
+            return self.base_lr * step / self.warmup_steps
+        t = min((step - self.warmup_steps) / (self.total_steps - self.warmup_steps), 1.0)
+        return self.eta_min + (self.base_lr - self.eta_min) * (1 + math.cos(math.pi * t)) / 2
+
+
 class CosineWarmRestartsLR(LRScheduler):
     """SGDR (Loshchilov & Hutter 2017), stepped after every optimizer update.
 
@@ -116,11 +145,20 @@ def _validate(optim: OptimConfig, sched: SchedulerConfig) -> None:
         raise AsrError(problem)
 
 
-def build_scheduler(optim: OptimConfig, sched: SchedulerConfig) -> LRScheduler:
-    """The scheduler named by `sched.name`; its `per_epoch` says when the trainer calls `.step()`."""
+def build_scheduler(optim: OptimConfig, sched: SchedulerConfig, total_steps: int | None = None) -> LRScheduler:
+    """The scheduler named by `sched.name`; its `per_epoch` says when the trainer calls `.step()`.
+
+    `total_steps`: the optimizer updates of the whole run, which warmup_cosine decays over (the
+    trainer counts them from the batch plan; shards have no count, so warmup_cosine is refused there).
+    """
     _validate(optim, sched)
     if sched.name == "warmuplr":
         return WarmupLR(optim.lr, sched.warmup_steps)
+    if sched.name == "warmup_cosine":
+        if total_steps is None:
+            raise AsrError("scheduler warmup_cosine decays over the run's updates, which are unknown when "
+                           "training reads shards; use scheduler.name warmuplr or train from a manifest")
+        return WarmupCosineLR(optim.lr, sched.warmup_steps, total_steps, sched.eta_min)
     if sched.name == "exponential":
         return ExponentialDecayLR(optim.lr, sched.gamma)
     return CosineWarmRestartsLR(optim.lr, sched.t_0, sched.t_mult, sched.eta_min)

@@ -345,8 +345,15 @@ def _dev_batches(dev_utts: list, tokenizer, config: AsrConfig) -> Callable[[], I
     return list(fresh()).copy if config.training.cache_features else fresh
 
 
-def _new_state(config: AsrConfig, world: World, model, ckpt_dir: Path, say) -> TrainingState:
-    scheduler = build_scheduler(config.optim, config.scheduler)
+def _total_updates(config: AsrConfig, data: TrainingData) -> int | None:
+    """The optimizer updates of the whole run (an epoch's last batch always updates); None for shards."""
+    if data.plan is None:
+        return None
+    return config.training.max_epoch * -(-len(data.plan.batches) // config.training.accum_grad)
+
+
+def _new_state(config: AsrConfig, world: World, model, data: TrainingData, ckpt_dir: Path, say) -> TrainingState:
+    scheduler = build_scheduler(config.optim, config.scheduler, _total_updates(config, data))
     clip = paddle.nn.ClipGradByGlobalNorm(config.optim.grad_clip)
     opt_cls = paddle.optimizer.Adam if config.optim.name == "adam" else paddle.optimizer.AdamW
     trainable = [p for p in model.parameters() if not p.stop_gradient]
@@ -629,7 +636,7 @@ def run_training(recipe_dir: Path, exp_dir: Path, *, world: World | None = None,
     tokenizer = load_tokenizer(recipe_dir / config.data.vocab, config.data.units)
     model, n_params = _start_process(config, recipe_dir, world, use_gpu, say)
     data = _load_data(config, recipe_dir, tokenizer, model, world, say)
-    state = _new_state(config, world, model, exp_dir / "checkpoints", say)
+    state = _new_state(config, world, model, data, exp_dir / "checkpoints", say)
     _start_weights(state, recipe_dir)
     # The unused concat_linear layers (kept for PaddleSpeech checkpoint compatibility) get no gradient.
     state.train_model = paddle.DataParallel(model, find_unused_parameters=True) if world.size > 1 else model
