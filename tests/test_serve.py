@@ -275,6 +275,17 @@ def test_a_frame_of_odd_bytes_is_refused_and_the_stream_goes_on(server, wavs, of
         assert finish(ws)["result"] == offline[wavs[1].stem]
 
 
+def test_frames_travel_uncompressed_though_the_client_offers_deflate(server, wavs, offline):
+    """websockets' client (PaddleSpeech's) offers permessage-deflate; the server declines it and streams."""
+    with connect(ws_url(server)) as ws:
+        assert ws.request.headers["Sec-WebSocket-Extensions"].startswith("permessage-deflate")
+        assert "Sec-WebSocket-Extensions" not in ws.response.headers
+        ws.send(json.dumps(START))
+        assert recv_json(ws)["signal"] == "server_ready"
+        stream_raw(ws, frames_of(wavs[0]))
+        assert finish(ws)["result"] == offline[wavs[0].stem]
+
+
 @pytest.mark.parametrize("text", ["not json", "{\"signal\": ", "[1, 2]", "{\"name\": \"x\"}"])
 def test_text_that_is_not_a_message_gets_paddlespeechs_reply(server, text, other_stream):
     with connect(ws_url(server)) as ws:

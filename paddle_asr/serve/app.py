@@ -301,8 +301,11 @@ def serve(bundle: Path, options: ServeOptions = ServeOptions()) -> int:
     _log_to_stderr()
     service = Service(bundle, options)
     service.worker.start()
+    # No permessage-deflate, which PaddleSpeech's client (websockets) offers: 16-bit PCM deflates to only
+    # 75-89 % of its size (bench/RESULTS.md), and inflating every frame costs the one event loop that
+    # every stream shares.
     config = uvicorn.Config(create_app(service), host=options.host, port=options.port, ws="websockets-sansio",
-                            lifespan="off", log_level="info", access_log=False)
+                            ws_per_message_deflate=False, lifespan="off", log_level="info", access_log=False)
     server = DrainingServer(config, service)
     log.info("%s", startup_line(service))
     if service.model.refusal:
