@@ -34,6 +34,11 @@ from paddle_asr.config import OptimConfig, SchedulerConfig, check_config, schedu
 from paddle_asr.errors import AsrError
 
 
+def cosine_between(high: float, low: float, fraction: float) -> float:
+    """Half a cosine from `high` (fraction 0) down to `low` (fraction 1): both cosine schedules' curve."""
+    return low + (high - low) * (1 + math.cos(math.pi * fraction)) / 2
+
+
 class WarmupLR(LRScheduler):
     """lr = base * warmup^0.5 * min(step^-0.5, step * warmup^-1.5), step from 1 (WeNet's and PaddleSpeech's WarmupLR).
 
@@ -94,7 +99,7 @@ class WarmupCosineLR(LRScheduler):
         if step <= self.warmup_steps:
             return self.base_lr * step / self.warmup_steps
         t = min((step - self.warmup_steps) / (self.total_steps - self.warmup_steps), 1.0)
-        return self.eta_min + (self.base_lr - self.eta_min) * (1 + math.cos(math.pi * t)) / 2
+        return cosine_between(self.base_lr, self.eta_min, t)
 
 
 class CosineWarmRestartsLR(LRScheduler):
@@ -135,7 +140,7 @@ class CosineWarmRestartsLR(LRScheduler):
 
     def get_lr(self) -> float:
         t_cur, t_i = self.period_position()
-        return self.eta_min + (self.base_lr - self.eta_min) * (1 + math.cos(math.pi * t_cur / t_i)) / 2
+        return cosine_between(self.base_lr, self.eta_min, t_cur / t_i)
 
 
 def _validate(optim: OptimConfig, sched: SchedulerConfig) -> None:
