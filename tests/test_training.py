@@ -280,3 +280,66 @@ def test_warmup_cosine_decays_to_its_floor_at_the_runs_last_update(tiny_recipe):
         want = base * n / 2 if n <= 2 else 1e-4 + (base - 1e-4) * (1 + math.cos(math.pi * (n - 2) / (total - 2))) / 2
         assert lr == pytest.approx(want, rel=6e-3), f"update {n}"
     assert logged[total] == pytest.approx(1e-4, rel=1e-6)
+
+
+@pytest.mark.parametrize("recipe_config", ["recipes/demo/conf/conformer.yaml", "recipes/demo/conf/deepspeech2.yaml"])
+def test_dev_evaluation_runs_the_encoder_once_a_batch_and_reports_the_training_losses(recipe_config):
+    """The dev pass reads its CTC hypotheses and its losses off one encoder run per batch, and the
+    losses are exactly those of the model's training forward in eval mode."""
+    import dataclasses
+
+    from paddle_asr.config import load_config
+    from paddle_asr.data.audio import read_audio
+    from paddle_asr.data.dataset import Batch
+    from paddle_asr.data.tokenizer import CharTokenizer
+    from paddle_asr.decode.search import ctc_greedy_search
+    from paddle_asr.features import compute_fbank
+    from paddle_asr.metrics.score import score
+    from paddle_asr.models.registry import build_model
+    from paddle_asr.train.trainer import evaluate_dev
+    from tests.conftest import real_fixture
+
+    config = load_config(REPO / recipe_config)
+    config = dataclasses.replace(config, vocab_size=40, input_dim=config.features.num_mel_bins)
+    paddle.seed(0)
+    model = build_model(config)
+    model.eval()
+    units = ["<blank>", "<unk>"] + [chr(0x4E00 + i) for i in range(37)] + ["<eos>"]
+    tokenizer = CharTokenizer(units)
+    fbank = compute_fbank(read_audio(real_fixture("aishell-BAC009S0724W0121.wav"))[0], config.features)
+    rng = np.random.default_rng(0)
+    batches = []
+    for b, cut in enumerate([(1.0, 0.6), (0.8, 0.5, 0.3)]):
+        lengths = np.array([int(len(fbank) * c) for c in cut])
+        feats = np.zeros((len(cut), lengths.max(), fbank.shape[1]), np.float32)
+        for i, n in enumerate(lengths):
+            feats[i, :n] = fbank[:n]
+        label_lengths = np.array([5, 3, 2][:len(cut)])
+        labels = np.full((len(cut), 5), -1, np.int32)
+        for i, n in enumerate(label_lengths):
+            labels[i, :n] = rng.integers(2, 39, n)
+        texts = ["".join(tokenizer.units[t] for t in row[:n]) for row, n in zip(labels, label_lengths)]
+        batches.append(Batch([f"u{b}_{i}" for i in range(len(cut))], feats, lengths.astype(np.int64), labels,
+                             label_lengths.astype(np.int64), texts))
+    runs = []
+    hook = model.encoder.register_forward_pre_hook(lambda layer, inputs: runs.append(1))
+    result, _ = evaluate_dev(model, batches, tokenizer, config)
+    hook.remove()
+    assert len(runs) == len(batches)
+    model.eval()  # evaluate_dev hands the model back in training mode
+
+    totals: dict[str, float] = {}
+    refs, hyps = {}, {}
+    with paddle.no_grad():
+        for b in batches:
+            feats, lengths = paddle.to_tensor(b.feats), paddle.to_tensor(b.feat_lengths)
+            loss, parts = model(feats, lengths, paddle.to_tensor(b.labels), paddle.to_tensor(b.label_lengths))
+            for k, v in {"loss": loss, **parts}.items():
+                totals[k] = totals.get(k, 0.0) + float(v) * len(b.keys)
+            _, enc_lengths, log_probs = model.forward_encoder(feats, lengths)
+            for key, text, ids in zip(b.keys, b.texts, ctc_greedy_search(log_probs.numpy(), enc_lengths.numpy())):
+                refs[key], hyps[key] = text, tokenizer.decode(ids)
+    assert set(result) == set(totals) | {"error_rate"}
+    for k, v in totals.items():
+        assert result[k] == v / 5, k
+    assert result["error_rate"] == score(refs, hyps, verbose=0).overall.rate

@@ -175,7 +175,12 @@ class DeepSpeech2Model(nn.Layer):
     def forward(self, feats, feat_lengths, labels, label_lengths) -> tuple[paddle.Tensor, dict[str, paddle.Tensor]]:
         """Training loss (CTC, batch sum / batch size) and its parts {"ctc"} for logging."""
         hs, hs_lengths, _, _ = self.encoder(feats, feat_lengths)
-        loss = self.decoder.loss(hs, hs_lengths, labels, label_lengths).sum() / feats.shape[0]
+        return self.loss_from_encoder(hs, hs_lengths, labels, label_lengths)
+
+    def loss_from_encoder(self, hs, hs_lengths, labels,
+                          label_lengths) -> tuple[paddle.Tensor, dict[str, paddle.Tensor]]:
+        """`forward`'s loss from the encoder's output [B, T', d] and lengths (as U2Model's)."""
+        loss = self.decoder.loss(hs, hs_lengths, labels, label_lengths).sum() / hs.shape[0]
         return loss, {"ctc": loss}
 
     # ---- inference functions ----

@@ -104,7 +104,13 @@ class U2Model(nn.Layer):
         if decoding_chunk_size is None:
             decoding_chunk_size = 0 if self.training else -1
         hs, hs_lengths = self.encoder(feats, feat_lengths, decoding_chunk_size=decoding_chunk_size)
-        batch = feats.shape[0]
+        return self.loss_from_encoder(hs, hs_lengths, labels, label_lengths, ctc_only=ctc_only)
+
+    def loss_from_encoder(self, hs, hs_lengths, labels, label_lengths,
+                          ctc_only: bool = False) -> tuple[paddle.Tensor, dict[str, paddle.Tensor]]:
+        """`forward`'s loss and parts from the encoder's output [B, T', d] and lengths: the dev set's
+        evaluation reads the CTC hypotheses off the same encoder run (`forward_encoder`)."""
+        batch = hs.shape[0]
         loss_ctc = self.ctc.loss(hs, hs_lengths, labels, label_lengths).sum() / batch
         if ctc_only or self.ctc_weight == 1.0:
             return loss_ctc, {"ctc": loss_ctc}

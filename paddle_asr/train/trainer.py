@@ -154,8 +154,9 @@ def evaluate_dev(model, batches: Iterable[Batch], tokenizer: CharTokenizer,
     with paddle.no_grad():
         for b in batches:
             feats, lengths = paddle.to_tensor(b.feats), paddle.to_tensor(b.feat_lengths)
-            loss, parts = model(feats, lengths, paddle.to_tensor(b.labels), paddle.to_tensor(b.label_lengths))
-            _, enc_lengths, ctc_log_probs = model.forward_encoder(feats, lengths)
+            hs, enc_lengths, ctc_log_probs = model.forward_encoder(feats, lengths)
+            loss, parts = model.loss_from_encoder(hs, enc_lengths, paddle.to_tensor(b.labels),
+                                                  paddle.to_tensor(b.label_lengths))
             for key, text, ids in zip(b.keys, b.texts, ctc_greedy_search(ctc_log_probs.numpy(), enc_lengths.numpy())):
                 refs[key], hyps[key] = text, tokenizer.decode(ids)
             values = {"loss": float(loss), **{k: float(v) for k, v in parts.items()}}
