@@ -476,3 +476,27 @@ def test_reverse_weight_needs_a_bitransformer():
     with pytest.raises(AsrError, match="reverse_weight 0.3 weighs a right-to-left decoder, which this model lacks"):
         Recognizer(DygraphBackend(_model(output_size=64, linear_units=128)), DecodeConfig(reverse_weight=0.3))
     assert Recognizer(DygraphBackend(_u2pp()), DecodeConfig()).reverse_weight == 0.3
+
+
+@pytest.mark.parametrize("batch, hyps, units, frames", [(1, 1, 1, 7), (3, 4, 6, 29), (2, 10, 13, 51)])
+def test_shared_memory_attention_equals_attention_over_memories_repeated_per_hypothesis(batch, hyps, units, frames):
+    """Beam search's source attention (each utterance's memory projected once for its R
+    hypotheses) gives what attention over the memory repeated R times gives, padding masked."""
+    from paddle_asr.models.layers import MultiHeadedAttention
+
+    paddle.seed(0)
+    att = MultiHeadedAttention(4, 64, 0.0)
+    att.eval()
+    randomise_biases(att)
+    rng = np.random.default_rng(1)
+    query = rng.normal(0, 1, (batch * hyps, units, 64)).astype("float32")
+    memory = rng.normal(0, 1, (batch, frames, 64)).astype("float32")
+    lengths = rng.integers(1, frames + 1, batch)
+    bias = np.where(np.arange(frames)[None] < lengths[:, None], 0.0, -1e10).astype("float32")[:, None, None, :]
+    with paddle.no_grad():
+        shared = att.forward_shared_memory(paddle.to_tensor(query), paddle.to_tensor(memory), paddle.to_tensor(bias))
+        repeated, _ = att(paddle.to_tensor(query), paddle.to_tensor(np.repeat(memory, hyps, axis=0)),
+                          paddle.to_tensor(np.repeat(memory, hyps, axis=0)),
+                          paddle.to_tensor(np.repeat(bias, hyps, axis=0)))
+    assert shared.shape == [batch * hyps, units, 64]
+    np.testing.assert_allclose(shared.numpy(), repeated.numpy(), rtol=0, atol=1e-5)

@@ -244,22 +244,21 @@ class MultiHeadedAttention(nn.Layer):
 
         Beam search and rescoring score R hypotheses per utterance: projecting each utterance's
         encoder output once, instead of once per hypothesis, removes most of the decoder's work.
+        The R hypotheses' U positions are one block of R*U queries per utterance and head, so the
+        two products are plain 4-D ones with no copy of the keys and values per hypothesis.
         bias: [B, 1, 1, T]. Same result as `forward` on memories repeated R times.
         """
         b = paddle.shape(memory)[0]
-        u = paddle.shape(query)[1]
-        q = self._heads(self.linear_q(query))  # [N, H, U, d_k]
-        q = q.reshape([b, -1, self.h, u, self.d_k])  # [B, R, H, U, d_k]
-        # [B, R, H, T, d_k]: projected once per utterance, then expanded (oneDNN's batched matmul
-        # does not broadcast batch dimensions, so the expansion is explicit).
+        n, u = paddle.shape(query)[0], paddle.shape(query)[1]
+        q = self.linear_q(query).reshape([b, -1, u, self.h, self.d_k])  # [B, R, U, H, d_k]
         r = paddle.shape(q)[1]
-        k = self._heads(self.linear_k(memory)).unsqueeze(1).expand([-1, r, -1, -1, -1])
-        v = self._heads(self.linear_v(memory)).unsqueeze(1).expand([-1, r, -1, -1, -1])
-        scores = paddle.matmul(q, k, transpose_y=True) / math.sqrt(self.d_k) + bias.unsqueeze(1)  # [B, R, H, U, T]
-        attn = self.dropout(F.softmax(scores, axis=-1))
-        out = paddle.matmul(attn, v)  # [B, R, H, U, d_k]
-        out = out.reshape([-1, self.h, u, self.d_k]).transpose([0, 2, 1, 3]).reshape([0, 0, self.h * self.d_k])
-        return self.linear_out(out)
+        q = q.transpose([0, 3, 1, 2, 4]).reshape([b, self.h, -1, self.d_k])  # [B, H, R*U, d_k]
+        k = self._heads(self.linear_k(memory))  # [B, H, T, d_k]
+        v = self._heads(self.linear_v(memory))
+        scores = paddle.matmul(q, k, transpose_y=True) / math.sqrt(self.d_k) + bias  # [B, H, R*U, T]
+        out = paddle.matmul(self.dropout(F.softmax(scores, axis=-1)), v)  # [B, H, R*U, d_k]
+        out = out.reshape([b, self.h, r, u, self.d_k]).transpose([0, 2, 3, 1, 4])  # [B, R, U, H, d_k]
+        return self.linear_out(out.reshape([n, u, self.h * self.d_k]))
 
 
 class RelPositionMultiHeadedAttention(MultiHeadedAttention):
