@@ -315,7 +315,7 @@ class TrainingConfig:
     num_workers: Annotated[int, AT_LEAST_0] = 0  # data-loading processes (0: load in the training process)
     log_interval: Annotated[int, AT_LEAST_1] = 50
     seed: int = 1
-    num_threads: Annotated[int, AT_LEAST_0] = 0  # 0: all cores
+    num_threads: Annotated[int, AT_LEAST_0] = 0  # 0: every core this process may use (its CPU affinity)
     average_num: Annotated[int, AT_LEAST_1] = 30
     average_mode: Literal["best", "last"] = "best"  # best (lowest dev loss) or last (latest epochs)
     # Optimizer updates between mid-epoch checkpoints of the full state (0: end of each epoch only).

@@ -132,7 +132,8 @@ def predictor_threads(requested: int) -> int:
 def configure_cpu(num_threads: int) -> int:
     """CPU settings of the dynamic graph; returns the thread count.
 
-    - Every core unless told otherwise: `import paddle` alone leaves CPU kernels on one thread.
+    - Every core this process may use unless told otherwise (`usable_cores`: a container's cpuset,
+      `taskset`): `import paddle` alone leaves CPU kernels on one thread.
     - Transposes and slices as copies, not strided views. Paddle 3.0 turns a view into the
       contiguous tensor the next kernel needs with a generic copy several times slower than the
       transpose kernel, and every attention layer does four such reshapes.
@@ -142,7 +143,7 @@ def configure_cpu(num_threads: int) -> int:
     """
     import paddle
 
-    n = num_threads or os.cpu_count() or 1
+    n = num_threads or usable_cores()
     paddle.base.core.set_num_threads(n)
     if paddle.get_device() == "cpu":
         paddle.set_flags({"FLAGS_use_stride_kernel": False})

@@ -9,10 +9,10 @@ deep inside Paddle. ``paddle-asr devices`` prints the same report; the Docker en
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from paddle_asr.cpu_settings import usable_cores
 from paddle_asr.errors import AsrError
 
 GPU_IMAGE_HINT = ("GPU features come with the Paddle 3.0 CUDA image: build this project's Dockerfile and run it "
@@ -107,5 +107,4 @@ def cpu_description() -> str:
     INT8 and FP32 speed: what a real-time factor is quoted with."""
     flags = cpu_flags()
     isa = [name for name in ("avx512_vnni", "avx_vnni", "avx2") if name in flags] or ["no AVX2"]
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{cpu_model()}, {cores} cores ({', '.join(isa)})"
+    return f"{cpu_model()}, {usable_cores()} cores ({', '.join(isa)})"

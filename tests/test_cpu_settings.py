@@ -81,3 +81,16 @@ def test_vnni_is_read_from_the_cpu_flags():
     assert cpu_has_vnni(AMD_ZEN3.replace(" avx2", " avx2 avx512f avx512_vnni"))  # Cascade Lake, Zen 4
     assert cpu_has_vnni(AMD_ZEN3.replace(" avx2", " avx2 avx_vnni"))  # Alder Lake
     assert not cpu_has_vnni("")
+
+
+def test_the_default_thread_count_is_the_cores_this_process_may_use():
+    """A container's cpuset or `taskset` narrows the cores: 0 threads means those, not the host's."""
+    assert os.cpu_count() >= 2, "this test needs a machine with two cores or more"
+    code = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+            "from paddle_asr.cpu_settings import configure_cpu, predictor_threads; "
+            "from paddle_asr.devices import cpu_description; "
+            "print(configure_cpu(0), predictor_threads(0), cpu_description())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[:2] == ["1", "1"]
+    assert "1 cores" in " ".join(out)
+    assert configure_cpu(0) == len(os.sched_getaffinity(0))

@@ -11,7 +11,6 @@ killed run leaves nothing a re-run would trust.
 from __future__ import annotations
 
 import json
-import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from types import ModuleType
@@ -20,6 +19,7 @@ import numpy as np
 
 from paddle_asr.artifacts import atomic_directory, atomic_write_text, fingerprint, mark_complete, reuse_or_clear
 from paddle_asr.config import DataConfig, FeatureConfig
+from paddle_asr.cpu_settings import usable_cores
 from paddle_asr.data.audio import read_audio
 from paddle_asr.data.corpora import aishell, librispeech
 from paddle_asr.data.manifest import Utterance, read_manifest, write_kaldi_table, write_manifest
@@ -186,7 +186,7 @@ def prepare_cmvn(data_dir: Path, feat_conf: FeatureConfig, cmvn_path: Path, *, n
     if reuse_or_clear(cmvn_path, fp, "stage 0 (data)", force, log, noun="CMVN"):
         return
     train = read_manifest(manifest)
-    acc = compute_cmvn(train, feat_conf, max(1, min(nj, os.cpu_count() or 1)))
+    acc = compute_cmvn(train, feat_conf, max(1, min(nj, usable_cores())))
     atomic_write_text(cmvn_path, acc.to_json())
     mark_complete(cmvn_path, fp)
     log(f"stage 0: CMVN of {feat_conf.num_mel_bins}-bin fbank over {acc.frames} frames of {len(train)} training "
