@@ -282,30 +282,13 @@ def test_warmup_cosine_decays_to_its_floor_at_the_runs_last_update(tiny_recipe):
     assert logged[total] == pytest.approx(1e-4, rel=1e-6)
 
 
-@pytest.mark.parametrize("recipe_config", ["recipes/demo/conf/conformer.yaml", "recipes/demo/conf/deepspeech2.yaml"])
-def test_dev_evaluation_runs_the_encoder_once_a_batch_and_reports_the_training_losses(recipe_config):
-    """The dev pass reads its CTC hypotheses and its losses off one encoder run per batch, and the
-    losses are exactly those of the model's training forward in eval mode."""
-    import dataclasses
-
-    from paddle_asr.config import load_config
+def _dev_batches(config, tokenizer) -> list:
+    """Two padded batches (2 and 3 utterances) cut from the real AISHELL fixture, random labels."""
     from paddle_asr.data.audio import read_audio
     from paddle_asr.data.dataset import Batch
-    from paddle_asr.data.tokenizer import CharTokenizer
-    from paddle_asr.decode.search import ctc_greedy_search
     from paddle_asr.features import compute_fbank
-    from paddle_asr.metrics.score import score
-    from paddle_asr.models.registry import build_model
-    from paddle_asr.train.trainer import evaluate_dev
     from tests.conftest import real_fixture
 
-    config = load_config(REPO / recipe_config)
-    config = dataclasses.replace(config, vocab_size=40, input_dim=config.features.num_mel_bins)
-    paddle.seed(0)
-    model = build_model(config)
-    model.eval()
-    units = ["<blank>", "<unk>"] + [chr(0x4E00 + i) for i in range(37)] + ["<eos>"]
-    tokenizer = CharTokenizer(units)
     fbank = compute_fbank(read_audio(real_fixture("aishell-BAC009S0724W0121.wav"))[0], config.features)
     rng = np.random.default_rng(0)
     batches = []
@@ -321,6 +304,29 @@ def test_dev_evaluation_runs_the_encoder_once_a_batch_and_reports_the_training_l
         texts = ["".join(tokenizer.units[t] for t in row[:n]) for row, n in zip(labels, label_lengths)]
         batches.append(Batch([f"u{b}_{i}" for i in range(len(cut))], feats, lengths.astype(np.int64), labels,
                              label_lengths.astype(np.int64), texts))
+    return batches
+
+
+@pytest.mark.parametrize("recipe_config", ["recipes/demo/conf/conformer.yaml", "recipes/demo/conf/deepspeech2.yaml"])
+def test_dev_evaluation_runs_the_encoder_once_a_batch_and_reports_the_training_losses(recipe_config):
+    """The dev pass reads its CTC hypotheses and its losses off one encoder run per batch, and the
+    losses are exactly those of the model's training forward in eval mode."""
+    import dataclasses
+
+    from paddle_asr.config import load_config
+    from paddle_asr.data.tokenizer import CharTokenizer
+    from paddle_asr.decode.search import ctc_greedy_search
+    from paddle_asr.metrics.score import score
+    from paddle_asr.models.registry import build_model
+    from paddle_asr.train.trainer import evaluate_dev
+
+    config = load_config(REPO / recipe_config)
+    config = dataclasses.replace(config, vocab_size=40, input_dim=config.features.num_mel_bins)
+    paddle.seed(0)
+    model = build_model(config)
+    model.eval()
+    tokenizer = CharTokenizer(["<blank>", "<unk>"] + [chr(0x4E00 + i) for i in range(37)] + ["<eos>"])
+    batches = _dev_batches(config, tokenizer)
     runs = []
     hook = model.encoder.register_forward_pre_hook(lambda layer, inputs: runs.append(1))
     result, _ = evaluate_dev(model, batches, tokenizer, config)
