@@ -23,7 +23,9 @@ def _closed_port() -> int:
 
 def _setup(venv: Path, **env: str) -> subprocess.CompletedProcess:
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("PADDLE_ASR_", "UV_", "VIRTUAL_ENV"))}
-    environ.update(PADDLE_ASR_VENV=str(venv), UV_NO_CACHE="1", **env)
+    # The kernels the setup builds for this throwaway venv go beside it, not into the user's cache.
+    environ.update(PADDLE_ASR_VENV=str(venv), PADDLE_ASR_KERNEL_CACHE=str(venv.parent / "kernels"), UV_NO_CACHE="1",
+                   **env)
     return subprocess.run(["bash", "-c", '. utils/setup_env.sh && python -c "import sys; print(sys.prefix)"'],
                           cwd=REPO, env=environ, capture_output=True, text=True, timeout=1500)
 
