@@ -20,8 +20,8 @@ import numpy as np
 
 from paddle_asr.artifacts import atomic_directory, atomic_write_text, fingerprint, mark_complete, reuse_or_clear
 from paddle_asr.config import DecodeConfig, FeatureConfig
-from paddle_asr.data.dataset import iterate_batches, make_batches
-from paddle_asr.data.manifest import read_kaldi_table, read_manifest
+from paddle_asr.data.dataset import collate, load_features, make_batches
+from paddle_asr.data.manifest import Utterance, read_kaldi_table, read_manifest
 from paddle_asr.data.tokenizer import CharTokenizer
 from paddle_asr.decode.context_graph import ContextGraph, context_graph_for
 from paddle_asr.decode.recognizer import Backend, Recognizer
@@ -60,35 +60,69 @@ def warm_up(backend: Backend, batches: list, feat_conf: FeatureConfig) -> None:
                            np.full(len(group), frames, np.int64))
 
 
+class KeptFeatures:
+    """One process's fbank of the test set it decodes, kept for the set's next decode config
+    (`stages.test_runs` puts a set's configs one after another), up to `max_bytes` of features.
+    Each utterance keeps the seconds its fbank took, so every config's real-time factor still
+    counts computing it, as decoding the set with that config alone would."""
+
+    def __init__(self, max_bytes: int = 1 << 30) -> None:
+        self.max_bytes = max_bytes
+        self.computed = 0  # utterances whose fbank was computed rather than kept
+        self._source: tuple[str, str] | None = None
+        self._kept: dict[str, tuple[np.ndarray, float]] = {}
+        self._bytes = 0
+
+    def load(self, manifest: Path, utt: Utterance, feat_conf: FeatureConfig) -> tuple[np.ndarray, float]:
+        """(fbank [T, D], seconds it took to compute) of one utterance of `manifest`."""
+        source = (str(Path(manifest).resolve()), json.dumps(dataclasses.asdict(feat_conf), sort_keys=True))
+        if source != self._source:  # another set or other features: what is kept is of no use
+            self._source, self._kept, self._bytes = source, {}, 0
+        if utt.key in self._kept:
+            return self._kept[utt.key]
+        t = time.perf_counter()
+        feats = load_features(utt, feat_conf)
+        entry = (feats, time.perf_counter() - t)
+        self.computed += 1
+        if self._bytes + feats.nbytes <= self.max_bytes:
+            self._kept[utt.key] = entry
+            self._bytes += feats.nbytes
+        return entry
+
+
 def decode_manifest(
     backend: Backend, conf: DecodeConfig, manifest: Path, tokenizer: CharTokenizer, feat_conf: FeatureConfig,
-    context: ContextGraph | None = None,
+    context: ContextGraph | None = None, kept: KeptFeatures | None = None,
 ) -> tuple[dict[str, dict[str, str]], dict[str, str], dict[str, float], float]:
     """Returns ({method: {key: text}}, references, seconds spent per part, seconds of audio);
-    `context`: the hotwords graph of conf.context_list (`context_graph_for`)."""
+    `context`: the hotwords graph of conf.context_list (`context_graph_for`); `kept`: the fbank an
+    earlier decode config of this set left (none kept without it)."""
     utts = read_manifest(manifest)
     batches = make_batches(utts, conf.batch_size)
     recognizer = Recognizer(backend, conf, tokenizer.units, context)
     if conf.decoding_chunk_size < 0:
         warm_up(backend, batches, feat_conf)
+    kept = kept if kept is not None else KeptFeatures(max_bytes=0)
     hyps: dict[str, dict[str, str]] = {m: {} for m in conf.methods}
     features = 0.0
-    t = time.perf_counter()
-    for batch in iterate_batches(batches, tokenizer, feat_conf, train=False):
-        features += time.perf_counter() - t
+    for group in batches:
+        loaded = [kept.load(manifest, u, feat_conf) for u in group]
+        t = time.perf_counter()
+        batch = collate([u.key for u in group], [f for f, _ in loaded], [[] for _ in group], [u.text for u in group])
+        features += time.perf_counter() - t + sum(seconds for _, seconds in loaded)
         for method, ids in recognizer.recognize(batch.feats, batch.feat_lengths).items():
             for key, seq in zip(batch.keys, ids):
                 hyps[method][key] = tokenizer.decode(seq)
-        t = time.perf_counter()
     seconds = {"features": features, **recognizer.seconds}
     return hyps, {u.key: u.text for u in utts}, seconds, sum(u.duration for u in utts)
 
 
 def evaluate(backend: Backend, conf: DecodeConfig, manifest: Path, tokenizer: CharTokenizer, feat_conf: FeatureConfig,
              out_prefix: Path, *, label: str, extra: dict | None = None, context: ContextGraph | None = None,
-             log=print) -> list[dict]:
+             kept: KeptFeatures | None = None, log=print) -> list[dict]:
     """Decode, then write one result directory per method; returns their result.json contents."""
-    hyps, refs, seconds, audio_s = decode_manifest(backend, conf, Path(manifest), tokenizer, feat_conf, context)
+    hyps, refs, seconds, audio_s = decode_manifest(backend, conf, Path(manifest), tokenizer, feat_conf, context,
+                                                   kept)
     results = []
     for method in conf.methods:
         report = score(refs, hyps[method], char=True, verbose=1)
@@ -131,9 +165,10 @@ def read_hypotheses(out_dir: Path) -> dict[str, str]:
 
 def evaluate_stage(label: str, make_backend: Callable[[], Backend], conf: DecodeConfig, manifest: Path,
                    feat_conf: FeatureConfig, tokenizer: CharTokenizer, inputs: list[Path], extra: dict,
-                   base_prefix: Path, *, force: bool = False, log=print) -> Path:
+                   base_prefix: Path, *, force: bool = False, kept: KeptFeatures | None = None, log=print) -> Path:
     """Stages 3, 5 and 6: decode with every method unless all of their result directories are complete
-    for these inputs and settings; returns the prefix the directories share (mode included)."""
+    for these inputs and settings; returns the prefix the directories share (mode included). `kept`:
+    one per process, shared by its runs (`KeptFeatures`)."""
     if not Path(manifest).is_file():
         name = Path(manifest).parent.name or Path(manifest).name
         raise AsrError(f"{label}: test set {name} has no manifest {manifest}; stage 0 writes "
@@ -153,7 +188,7 @@ def evaluate_stage(label: str, make_backend: Callable[[], Backend], conf: Decode
     # The data set is the manifest's folder (data/test_clean/data.list -> test_clean).
     extra = {"test_set": Path(manifest).parent.name, **extra}
     evaluate(make_backend(), conf, Path(manifest), tokenizer, feat_conf, prefix, label=label, extra=extra,
-             context=context, log=log)
+             context=context, kept=kept, log=log)
     for d in dirs:
         mark_complete(d, fp)
     return prefix

@@ -171,7 +171,7 @@ def test_stage(exp_dir: Path, data: list[Path], decode_configs: list[Path], *, c
     import functools
 
     from paddle_asr.data.tokenizer import load_tokenizer
-    from paddle_asr.evaluate import evaluate_stage
+    from paddle_asr.evaluate import KeptFeatures, evaluate_stage
 
     exp_dir = Path(exp_dir)
     config = exp_config(exp_dir)
@@ -185,13 +185,13 @@ def test_stage(exp_dir: Path, data: list[Path], decode_configs: list[Path], *, c
 
     tokenizer = load_tokenizer(Path(config.data.vocab), config.data.units)
     out_prefix = out_prefix or str(exp_dir / ("test" if len(data) == 1 else TEST_SET))
-    prefixes = []
+    prefixes, kept = [], KeptFeatures()
     for manifest, decode_config, prefix in test_runs(data, decode_configs, out_prefix):
         extra = {"model": "dygraph", "checkpoint": str(ckpt), "decode_config": str(decode_config)}
         conf = load_decode(decode_config, batch_size, context_list, context_score)
         prefixes.append(evaluate_stage("stage 3 (dynamic graph)", backend, conf, manifest, config.features,
                                        tokenizer, [exp_dir / "train.yaml", ckpt, manifest], extra, prefix,
-                                       force=force, log=log))
+                                       force=force, kept=kept, log=log))
     return prefixes
 
 
@@ -247,7 +247,7 @@ def test_export_stage(bundle: Path, data: list[Path], decode_configs: list[Path]
     (`{test_set}` as in `out_prefix`), 1 unless every hypothesis equals stage 3's."""
     import functools
 
-    from paddle_asr.evaluate import compare_with, evaluate_stage, mode_prefix
+    from paddle_asr.evaluate import KeptFeatures, compare_with, evaluate_stage, mode_prefix
     from paddle_asr.export.bundle import read_bundle
 
     bundle = Path(bundle)
@@ -268,13 +268,13 @@ def test_export_stage(bundle: Path, data: list[Path], decode_configs: list[Path]
         onnx.append(onnx_export_of(bundle, meta) / "encoder.onnx")
     model = {"model": _export_model_name(meta, gpu, runtime), "model_bytes": _model_bytes(bundle, meta, runtime),
              "threads": threads}
-    status = 0
+    status, kept = 0, KeptFeatures()
     for manifest, decode_config, prefix in runs:
         conf = load_decode(decode_config, batch_size, context_list, context_score)
         extra = {**model, "decode_config": str(decode_config)}
         inputs = [done_marker(bundle), manifest, *onnx]
         prefix = evaluate_stage(label, backend, conf, manifest, features, tokenizer, inputs, extra, prefix,
-                                force=force, log=log)
+                                force=force, kept=kept, log=log)
         if compare_prefix:
             theirs = Path(compare_prefix.replace(TEST_SET, manifest.parent.name))
             status |= compare_with(prefix, theirs.parent / mode_prefix(theirs.name, conf), conf.methods, log)
