@@ -59,7 +59,8 @@ def test_a_second_decode_config_reads_the_fbank_the_first_computed(setup, tmp_pa
     other = _manifest(tmp_path / "other.list", ["aishell-BAC009S0724W0121.wav"])
     decode_manifest(backend, full, other, tokenizer, features, kept=kept)
     assert kept.computed == 4  # another set: its own fbank
-    decode_manifest(backend, full, other, tokenizer, dataclasses.replace(features, high_freq=features.high_freq - 100), kept=kept)
+    other_features = dataclasses.replace(features, high_freq=features.high_freq - 100)
+    decode_manifest(backend, full, other, tokenizer, other_features, kept=kept)
     assert kept.computed == 5  # other features of the same set
 
 
