@@ -72,16 +72,22 @@ class KeptFeatures:
         self._source: tuple[str, str] | None = None
         self._kept: dict[str, tuple[np.ndarray, float]] = {}
         self._bytes = 0
+        self._feat_conf = FeatureConfig()
 
-    def load(self, manifest: Path, utt: Utterance, feat_conf: FeatureConfig) -> tuple[np.ndarray, float]:
-        """(fbank [T, D], seconds it took to compute) of one utterance of `manifest`."""
+    def use(self, manifest: Path, feat_conf: FeatureConfig) -> None:
+        """Set the test set and features of the next `load`s; another set, or other features,
+        drop what is kept (it is of no use to them)."""
         source = (str(Path(manifest).resolve()), json.dumps(dataclasses.asdict(feat_conf), sort_keys=True))
-        if source != self._source:  # another set or other features: what is kept is of no use
+        if source != self._source:
             self._source, self._kept, self._bytes = source, {}, 0
+        self._feat_conf = feat_conf
+
+    def load(self, utt: Utterance) -> tuple[np.ndarray, float]:
+        """(fbank [T, D], seconds it took to compute) of one utterance of the set given to `use`."""
         if utt.key in self._kept:
             return self._kept[utt.key]
         t = time.perf_counter()
-        feats = load_features(utt, feat_conf)
+        feats = load_features(utt, self._feat_conf)
         entry = (feats, time.perf_counter() - t)
         self.computed += 1
         if self._bytes + feats.nbytes <= self.max_bytes:
@@ -103,10 +109,11 @@ def decode_manifest(
     if conf.decoding_chunk_size < 0:
         warm_up(backend, batches, feat_conf)
     kept = kept if kept is not None else KeptFeatures(max_bytes=0)
+    kept.use(manifest, feat_conf)
     hyps: dict[str, dict[str, str]] = {m: {} for m in conf.methods}
     features = 0.0
     for group in batches:
-        loaded = [kept.load(manifest, u, feat_conf) for u in group]
+        loaded = [kept.load(u) for u in group]
         t = time.perf_counter()
         batch = collate([u.key for u in group], [f for f, _ in loaded], [[] for _ in group], [u.text for u in group])
         features += time.perf_counter() - t + sum(seconds for _, seconds in loaded)
