@@ -204,7 +204,7 @@ def export_stage(exp_dir: Path, out: Path, *, checkpoint: str = "", onnx_out: Pa
 
     exp_dir, out = Path(exp_dir), Path(out)
     ckpt = checkpoint_path(exp_dir, exp_config(exp_dir), checkpoint)
-    fp = fingerprint("export-v2", exp_dir / "train.yaml", ckpt)
+    fp = fingerprint("export-v3", exp_dir / "train.yaml", ckpt)
     loaded = {}
     if not reuse_or_clear(out, fp, "stage 4 (export)", force, log, noun="export"):
         config, loaded["model"] = load_dygraph(exp_dir, ckpt)

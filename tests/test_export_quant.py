@@ -31,11 +31,13 @@ from paddle_asr.export.runtime import load_backend
 from paddle_asr.export.u2 import runtime_functions
 from paddle_asr.features import compute_fbank
 from paddle_asr.models.registry import build_model
+from tests.conftest import real_fixture
 from tests.test_model import check_cache_stays_bounded, check_streams_batched_equal_alone
 
 METHODS = ("ctc_greedy_search", "ctc_prefix_beam_search", "attention", "attention_rescoring")
 REPO = Path(__file__).resolve().parents[1]
 FEAT_DIM = 80
+WAVS = ("aishell-BAC009S0724W0121.wav", "librispeech-1995-1837-0001.wav")
 
 
 def build_small_u2(seed: int = 0, decoder_clock: str = "token", decoder: str = "transformer"):
@@ -100,7 +102,7 @@ def test_every_runtime_function_is_exported_and_matches(request, decoder):
     """Each program within 1e-3 of the dynamic graph (export checks it before writing); a U2++
     decoder program returns both directions, as meta.json says."""
     model, out, diffs = request.getfixturevalue("exported" if decoder == "transformer" else "exported_u2pp")
-    assert sorted(diffs) == ["ctc_activation", "decoder", "encoder", "encoder_chunk"]
+    assert sorted(diffs) == ["ctc_activation", "decoder", "decoder_step", "encoder", "encoder_chunk"]
     assert max(diffs.values()) < 1e-3
     for name in diffs:
         assert (out / name / "model.pdmodel").is_file() and (out / name / "model.pdiparams").is_file()
@@ -109,6 +111,7 @@ def test_every_runtime_function_is_exported_and_matches(request, decoder):
     assert meta["sos"] == meta["eos"] == 59 and meta["supports_streaming"]
     assert meta["att_cache_shape"] == [2, 4, 0, 72] and meta["cnn_cache_shape"] == [2, 144, 14]
     assert meta["encoder_chunk_version"] == 3 and meta["max_encoder_frames"] == 5000
+    assert meta["decoder_cache_shape"] == [1, 4, 72]  # the left-to-right decoder's 1 block
     assert Predictor(out / "encoder_chunk").input_names == ["xs", "offsets", "att_cache", "cache_lengths", "cnn_cache"]
     u2pp = decoder == "bitransformer"
     assert (meta["bidirectional_decoder"], meta["reverse_weight"]) == (u2pp, 0.3 if u2pp else 0.0)
@@ -171,6 +174,52 @@ def test_exported_model_gives_the_dynamic_graph_hypotheses_for_every_method(expo
     for method in METHODS:
         assert ours[method] == theirs[method], method
         assert all(len(h) > 0 for h in ours[method])
+
+
+class _Counted:
+    """A backend whose decoder calls are counted (the calls themselves are the backend's)."""
+
+    def __init__(self, backend, incremental: bool) -> None:
+        self.backend, self.calls = backend, {"decode": 0, "decode_step": 0}
+        self.decoder_step_cache = backend.decoder_step_cache if incremental else None
+
+    def __getattr__(self, name):
+        return getattr(self.backend, name)
+
+    def decode(self, *args):
+        self.calls["decode"] += 1
+        return self.backend.decode(*args)
+
+    def decode_step(self, *args):
+        self.calls["decode_step"] += 1
+        return self.backend.decode_step(*args)
+
+
+@pytest.mark.parametrize("runtime", ["dygraph", "exported"])
+def test_incremental_attention_search_gives_the_whole_prefix_search_s_hypotheses(exported, runtime):
+    """Attention beam search on the step program (one token a row, the keys and values cached and
+    reordered with the beams) finds the hypotheses that running the decoder over each whole prefix
+    finds, on the real AISHELL and LibriSpeech fixtures, their beams ending at different steps
+    (finished utterances leave the calls); attention search calls only the step program."""
+    model, out, _ = exported
+    backend = DygraphBackend(model) if runtime == "dygraph" else load_backend(
+        out, json.loads((out / "meta.json").read_text()))
+    assert backend.decoder_step_cache == (1, 4, 72)
+    _, features, _ = read_bundle(out)
+    feats = [compute_fbank(soundfile.read(str(real_fixture(w)), dtype="int16")[0], features) for w in WAVS]
+    lens = np.asarray([len(f) for f in feats], np.int64)
+    batch = np.zeros((len(feats), int(lens.max()), FEAT_DIM), np.float32)
+    for i, f in enumerate(feats):
+        batch[i, :len(f)] = f
+    conf = DecodeConfig(methods=["attention"], beam_size=5)
+    found = {}
+    for incremental in (False, True):
+        counted = _Counted(backend, incremental)
+        found[incremental] = Recognizer(counted, conf).recognize(batch, lens)["attention"]
+        assert counted.calls["decode_step" if incremental else "decode"] > 3
+        assert counted.calls["decode" if incremental else "decode_step"] == 0
+    assert found[True] == found[False]
+    assert len({len(h) for h in found[True]}) > 1  # beams ended at different steps
 
 
 def test_pir_export_loads_too(exported, tmp_path):
@@ -307,6 +356,8 @@ def test_stage_6_quantizes_a_u2pp_decoder_with_both_output_layers_in_fp32(export
     meta = json.loads((tmp_path / "int8" / "meta.json").read_text())
     assert meta["int8_functions"] == ["decoder"] and meta["bidirectional_decoder"]
     fp32, int8 = (load_backend(d, json.loads((d / "meta.json").read_text())) for d in (fp32_dir, tmp_path / "int8"))
+    # PTQ calibrates the decoder alone: attention search runs that INT8 decoder, not the FP32 step program
+    assert (fp32.decoder_step_cache, int8.decoder_step_cache) == ((1, 4, 72), None)
     _, features, _ = read_bundle(fp32_dir)
     feats = compute_fbank(soundfile.read(str(wav), dtype="int16")[0], features)[None]  # the calibration audio
     lens = np.asarray([feats.shape[1]], np.int64)

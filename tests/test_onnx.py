@@ -82,8 +82,8 @@ def _io(path: Path) -> tuple[list[str], list[str], dict[str, str]]:
 def test_layout_names_and_wenet_metadata(exported):
     _, _, out = exported
     assert sorted(p.name for p in out.iterdir()) == [
-        "ctc_activation.onnx", "decoder.onnx", "encoder.onnx", "encoder_chunk.onnx", "features.yaml", "meta.json",
-        "model-streaming.onnx", "model.onnx", "tokens.txt", "vocab.txt"]
+        "ctc_activation.onnx", "decoder.onnx", "decoder_step.onnx", "encoder.onnx", "encoder_chunk.onnx",
+        "features.yaml", "meta.json", "model-streaming.onnx", "model.onnx", "tokens.txt", "vocab.txt"]
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")], "temp dirs left behind"
     inputs, outputs, meta = _io(out / OFFLINE_MODEL)
     assert (inputs, outputs) == (["x", "x_lens"], ["log_probs", "log_probs_lens"])
@@ -124,6 +124,12 @@ def test_every_program_agrees_with_paddle_inference(exported, backends):
     got = onnx_backend.decode(hyps, hyp_lens, enc, enc_lens)
     for i, n in enumerate(hyp_lens):
         np.testing.assert_allclose(got[i, :n], ref[i, :n], atol=ATOL, rtol=0)
+    assert onnx_backend.decoder_step_cache == paddle_backend.decoder_step_cache == (1, 4, 72)
+    cache = rng.standard_normal((1, 6, 4, 4, 72)).astype(np.float32)
+    cache[:, :, :, 0] = 0.0
+    for ref, got in zip(*(b.decode_step(hyps[:, 3:4], cache, enc, enc_lens) for b in backends)):
+        assert ref.shape == got.shape and ref.shape in ((6, 60), (1, 6, 4, 1, 72))
+        np.testing.assert_allclose(got, ref, atol=ATOL, rtol=0)
 
 
 @pytest.mark.parametrize("chunk", [-1, 4])
@@ -417,7 +423,7 @@ def test_a_u2pp_decoder_onnx_returns_both_directions_as_paddle_inference_and_pad
         for i, n in enumerate(lengths):
             np.testing.assert_allclose(o[i, :n], r[i, :n], atol=ATOL, rtol=0)
             np.testing.assert_allclose(o[i, :n], g[key][i, :n], atol=ATOL, rtol=0)
-    assert quantize_onnx_export(onnx_dir, tmp_path / "int8", ["decoder"]) == ["decoder.onnx"]
+    assert quantize_onnx_export(onnx_dir, tmp_path / "int8", ["decoder"]) == ["decoder.onnx", "decoder_step.onnx"]
     int8 = OnnxU2Backend(tmp_path / "int8").decode_bidirectional(*feeds)
     assert all(a.shape == b.shape and np.abs(a - b).max() > 1e-6 for a, b in zip(int8, got))
 
@@ -532,8 +538,11 @@ def test_int8_export_of_the_decoder_scores_as_fp32(exported, backends, tmp_path)
     hypothesis ranked first for each utterance by their sums (what rescoring picks)."""
     model, _, out = exported
     int8 = tmp_path / "onnx_int8"
-    assert quantize_onnx_export(out, int8, ["decoder"]) == ["decoder.onnx"]
-    assert "MatMulInteger" in [n.op_type for n in onnx.load(str(int8 / "decoder.onnx")).graph.node]
+    assert quantize_onnx_export(out, int8, ["decoder"]) == ["decoder.onnx", "decoder_step.onnx"]
+    for name in ("decoder.onnx", "decoder_step.onnx"):
+        assert "MatMulInteger" in [n.op_type for n in onnx.load(str(int8 / name)).graph.node]
+    # both INT8: attention search steps on the INT8 step program
+    assert OnnxU2Backend(int8).decoder_step_cache == (1, 4, 72)
     feeds = parity_inputs(model, FEAT_DIM)["decoder"]
     args = [feeds[k] for k in ("hyps", "hyps_lengths", "encoder_out", "encoder_lengths")]
     ref, got = backends[1]._run_decoder(*args)[0], OnnxU2Backend(int8)._run_decoder(*args)[0]

@@ -39,6 +39,7 @@ class DygraphBackend:
         self.supports_streaming = model.encoder.supports_streaming
         self.skip_finished = True  # the dynamic graph builds nothing per shape: fewer rows is faster
         self.bidirectional, self.reverse_weight = model.decoder.bidirectional, model.reverse_weight
+        self.decoder_step_cache = model.decoder_cache_shape()
 
     def encode(self, feats, lengths):
         with paddle.no_grad():
@@ -72,6 +73,13 @@ class DygraphBackend:
                                     encoder_lengths)
         return left, right
 
+    def decode_step(self, tokens, att_cache, encoder_out, encoder_lengths):
+        with paddle.no_grad():
+            logp, kv = self.model.forward_decoder_step(
+                paddle.to_tensor(tokens, dtype="int64"), paddle.to_tensor(att_cache), paddle.to_tensor(encoder_out),
+                paddle.to_tensor(encoder_lengths, dtype="int64"))
+        return logp.numpy(), kv.numpy()
+
     @staticmethod
     def _decoder(method, hyps, hyps_lengths, encoder_out, encoder_lengths):
         with paddle.no_grad():
@@ -84,7 +92,7 @@ class DeepSpeech2DygraphBackend:
     """CTC-only: the recognizer offers greedy, prefix beam and LM beam search."""
 
     has_decoder = bidirectional = False
-    sos = eos = None
+    sos = eos = decoder_step_cache = None
     reverse_weight = 0.0
     skip_finished = True
 

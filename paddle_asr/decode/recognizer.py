@@ -24,6 +24,7 @@ from typing import Protocol
 import numpy as np
 
 from paddle_asr.config import DecodeConfig, DecodeMethod, check_config
+from paddle_asr.decode.attention_steps import attention_step
 from paddle_asr.decode.context_graph import ContextGraph
 from paddle_asr.decode.search import (
     attention_beam_search,
@@ -78,6 +79,16 @@ class Backend(Protocol):
                              encoder_lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """As `decode`, with the right-to-left decoder's log-probs [N, U, V] for the same rows
         (`U2Model.forward_attention_decoder`); only when `bidirectional`."""
+
+    # (layers, heads, 2*d_k) of `decode_step`'s cache; None where there is no step program (a bundle
+    # exported before it, a CTC-only model): attention search then runs `decode` on whole prefixes.
+    decoder_step_cache: tuple[int, int, int] | None
+
+    def decode_step(self, tokens: np.ndarray, att_cache: np.ndarray, encoder_out: np.ndarray,
+                    encoder_lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Incremental decoding (`U2Model.forward_decoder_step`): tokens [N, 1], the keys and values
+        of the rows' earlier positions [L, N, H, C, 2*d_k] after one padding entry -> the next
+        token's log-probs [N, V] (left-to-right decoder) and the new keys and values [L, N, H, 1, 2*d_k]."""
 
 
 def validate_decode_config(conf: DecodeConfig, backend: Backend, source: str = "decode config") -> None:
@@ -270,26 +281,7 @@ class Recognizer:
         return best
 
     def _attention(self, enc: np.ndarray, enc_lengths: np.ndarray, max_lengths: np.ndarray) -> list[list[int]]:
-        beam, eos = self.conf.beam_size, self.backend.eos
-        filler: dict[str, np.ndarray] = {}
-
-        def step(hyps: np.ndarray) -> np.ndarray:
-            """Decoder log-probs of the next token, computed only for utterances with a live beam:
-            the search ignores the log-probs of finished rows (they keep score 0 and emit <eos>)."""
-            n, i = hyps.shape
-            live = np.arange(len(enc))
-            if i > 1 and self.backend.skip_finished:
-                live = np.flatnonzero((hyps[:, -1] != eos).reshape(-1, beam).any(axis=1))
-            rows = (live[:, None] * beam + np.arange(beam)).reshape(-1)
-            hyp_lengths = np.full(len(rows), i, np.int64)
-            log_probs = self.backend.decode(hyps[rows], hyp_lengths, enc[live], enc_lengths[live])[:, i - 1]
-            if len(rows) == n:
-                return log_probs
-            if "row" not in filler:  # distinct values: no ties for top-k to sort out in dead rows
-                filler["row"] = -np.arange(log_probs.shape[1], dtype=np.float32)
-            out = np.broadcast_to(filler["row"], (n, log_probs.shape[1])).copy()
-            out[rows] = log_probs
-            return out
-
-        found = attention_beam_search(step, len(enc), beam, self.backend.sos, eos, [int(n) for n in max_lengths])
+        step = attention_step(self.backend, enc, enc_lengths, self.conf.beam_size)
+        found = attention_beam_search(step, len(enc), self.conf.beam_size, self.backend.sos, self.backend.eos,
+                                      [int(n) for n in max_lengths], reorder=step.reorder)
         return [hyp for hyp, _ in found]

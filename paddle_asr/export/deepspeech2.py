@@ -219,6 +219,7 @@ class DeepSpeech2ExportedBackend(DeepSpeech2Streams, ExportedBackend):
     model chunk-by-chunk streaming through `encoder_chunk` with the RNN states carried over."""
 
     has_decoder = False
+    decoder_step_cache = None
     sos = eos = None
     skip_finished = True  # only read by attention search, which needs a decoder
 

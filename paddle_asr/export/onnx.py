@@ -57,6 +57,7 @@ PROGRAM_IO = {
                       ("chunk_out", "att_cache_out", "cnn_cache_out")),
     "ctc_activation": (("encoder_out",), ("ctc_log_probs",)),
     "decoder": (("hyps", "hyps_lengths", "encoder_out", "encoder_lengths"), ("decoder_log_probs",)),
+    "decoder_step": (("tokens", "att_cache", "encoder_out", "encoder_lengths"), ("step_log_probs", "step_att_cache")),
 }
 # sherpa-onnx's files: passed and read by position, in this order.
 OFFLINE_IO = (("x", "x_lens"), ("log_probs", "log_probs_lens"))

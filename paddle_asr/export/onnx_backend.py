@@ -21,7 +21,7 @@ from paddle_asr.export.backend import require_chunk_version, require_meta
 from paddle_asr.export.bundle import META
 from paddle_asr.export.deepspeech2 import DeepSpeech2ChunkProgram, DeepSpeech2Streams
 from paddle_asr.export.onnx import CHUNK, ENCODER
-from paddle_asr.export.u2 import U2DecoderProgram, U2Streams, decoder_directions
+from paddle_asr.export.u2 import U2DecoderProgram, U2Streams, decoder_directions, decoder_step_cache
 
 
 class OrtProgram:
@@ -156,6 +156,10 @@ class OnnxU2Backend(U2DecoderProgram, U2Streams, OnnxBackend):
         self.sos, self.eos = int(meta["sos"]), int(meta["eos"])
         self.bidirectional, self.reverse_weight = decoder_directions(meta)
         self._decoder = OrtProgram(self.model_dir / "decoder.onnx", num_threads)
+        self.decoder_step_cache = decoder_step_cache(self.model_dir, meta, set(meta.get("onnx_int8_files", [])),
+                                                     ".onnx")
+        if self.decoder_step_cache:
+            self._decoder_step = OrtProgram(self.model_dir / "decoder_step.onnx", num_threads)
         if self.supports_streaming:
             self._set_up_streams(meta, OrtProgram(self.model_dir / CHUNK, num_threads))
 
@@ -166,12 +170,20 @@ class OnnxU2Backend(U2DecoderProgram, U2Streams, OnnxBackend):
             "encoder_lengths": np.asarray(encoder_lengths, np.int64),
         })
 
+    def decode_step(self, tokens, att_cache, encoder_out, encoder_lengths):
+        logp, kv = self._decoder_step.run({
+            "tokens": np.asarray(tokens, np.int64), "att_cache": np.asarray(att_cache, np.float32),
+            "encoder_out": np.asarray(encoder_out, np.float32),
+            "encoder_lengths": np.asarray(encoder_lengths, np.int64)})
+        return logp, kv
+
 
 class OnnxDeepSpeech2Backend(DeepSpeech2Streams, OnnxBackend):
     """A DeepSpeech2 model's ONNX export on ONNX Runtime: CTC only, and for the online model
     chunk-by-chunk streaming with the recurrent states carried over."""
 
     has_decoder = False
+    decoder_step_cache = None
     sos = eos = None
     skip_finished = True  # only read by attention search, which needs a decoder
 

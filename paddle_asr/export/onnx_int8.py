@@ -27,7 +27,8 @@ from paddle_asr.export.onnx import CHUNK, ENCODER, OFFLINE_MODEL, STREAMING_MODE
 
 # The files stage 6 quantizes for each program name of `paddle-asr quantize --functions` (the
 # encoder brings its streaming forms along, as the Paddle INT8 bundle's encoder_chunk).
-INT8_FILES = {"encoder": (ENCODER, CHUNK, OFFLINE_MODEL, STREAMING_MODEL), "decoder": ("decoder.onnx",)}
+INT8_FILES = {"encoder": (ENCODER, CHUNK, OFFLINE_MODEL, STREAMING_MODEL),
+              "decoder": ("decoder.onnx", "decoder_step.onnx")}
 # Files whose convolutions are quantized statically when calibration inputs are given for them.
 CALIBRATED_FILES = (ENCODER, CHUNK)
 # {file name: a callable yielding that file's input feeds, one call's worth each}.

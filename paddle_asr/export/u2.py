@@ -7,6 +7,10 @@
                            cache right-aligned, left-padded), cache_lengths [B], cnn_cache [L, B, d, k-1]
                            -> chunk_out [B, t', d], att_cache [L, B, H, t', 2*d_k] (the chunk's own), cnn_cache
     <out>/ctc_activation/  encoder_out [B, T', d] -> ctc_log_probs [B, T', V]
+    <out>/decoder_step/    forward_decoder_step: tokens [N, 1], att_cache [L, N, H, C, 2*d_k] (a
+                           padding entry, then each row's earlier positions), encoder_out [B, T', d],
+                           encoder_lengths [B] -> the next token's log-probs [N, V] and the new keys
+                           and values [L, N, H, 1, 2*d_k] (incremental attention beam search)
     <out>/decoder/         forward_attention_decoder: hyps [N, U], hyps_lengths [N], encoder_out
                            [N, T', d], encoder_lengths [N] -> decoder log-probs [N, U, V]; a U2++
                            (bitransformer) decoder also the right-to-left ones [N, U, V], as WeNet's
@@ -73,6 +77,11 @@ def runtime_functions(model, feat_dim: int) -> list[RuntimeFunction]:
             InputSpec([None, None], "int64", "hyps"), InputSpec([None], "int64", "hyps_lengths"),
             InputSpec([None, None, d], "float32", "encoder_out"), InputSpec([None], "int64", "encoder_lengths"))),
     ]
+    dec_layers, dec_heads, width = model.decoder_cache_shape()
+    fns.append(RuntimeFunction("decoder_step", "forward_decoder_step", (
+        InputSpec([None, 1], "int64", "tokens"),
+        InputSpec([dec_layers, None, dec_heads, None, width], "float32", "att_cache"),
+        InputSpec([None, None, d], "float32", "encoder_out"), InputSpec([None], "int64", "encoder_lengths"))))
     if enc.supports_streaming:
         fns.append(RuntimeFunction("encoder_chunk", "forward_encoder_chunk", (
             InputSpec([None, None, feat_dim], "float32", "xs"), InputSpec([None], "int64", "offsets"),
@@ -98,10 +107,15 @@ def parity_inputs(model, feat_dim: int, seed: int = 0) -> dict[str, dict[str, np
     hyps_lengths = np.asarray([7, 4, 1, 6, 2, 7], np.int64)
     for i, n in enumerate(hyps_lengths):
         hyps[i, n:] = model.eos
+    layers, heads, width = model.decoder_cache_shape()
+    att_cache = rng.standard_normal((layers, len(hyps), heads, 5, width)).astype(np.float32)
+    att_cache[:, :, :, 0] = 0.0  # the padding entry
     return {
         "encoder": {"feats": feats, "feats_lengths": lengths},
         "ctc_activation": {"encoder_out": enc_out},
         "decoder": {"hyps": hyps, "hyps_lengths": hyps_lengths, "encoder_out": enc_out, "encoder_lengths": enc_len},
+        "decoder_step": {"tokens": hyps[:, 4:5], "att_cache": att_cache, "encoder_out": enc_out,
+                         "encoder_lengths": enc_len},
     }
 
 
@@ -169,10 +183,27 @@ def bundle_meta(config: AsrConfig, model: U2Model) -> dict:
         "supports_streaming": enc.supports_streaming,
         "encoder_chunk_version": ENCODER_CHUNK_VERSION,
         "max_encoder_frames": enc.max_output_frames,
+        # decoder_step's cache per row and position: [L, H, 2*d_k].
+        "decoder_cache_shape": list(model.decoder_cache_shape()),
         # One stream's caches: attention [L, H, 0, 2*d_k] (empty at the start), conv [L, d, k-1].
         "att_cache_shape": att_cache,
         "cnn_cache_shape": cnn_cache,
     }
+
+
+def decoder_step_cache(model_dir: Path, meta: dict, quantized: set[str], suffix: str = ""
+                       ) -> tuple[int, int, int] | None:
+    """The cache shape (layers, heads, 2*d_k) of the bundle's step program `decoder_step<suffix>`
+    where attention search should use it: None for a bundle exported without it, or one whose
+    decoder and step program differ in precision (`quantized`: the INT8 program names; Paddle's
+    post-training quantization calibrates the decoder alone), since attention decoding would then
+    not run the decoder the bundle's precision says."""
+    if not (model_dir / f"decoder_step{suffix}").exists() or "decoder_cache_shape" not in meta:
+        return None
+    if (f"decoder{suffix}" in quantized) != (f"decoder_step{suffix}" in quantized):
+        return None
+    layers, heads, width = meta["decoder_cache_shape"]
+    return int(layers), int(heads), int(width)
 
 
 def decoder_directions(meta: dict) -> tuple[bool, float]:
@@ -244,6 +275,9 @@ class U2ExportedBackend(U2DecoderProgram, U2Streams, ExportedBackend):
         # runs on Paddle's plain CPU kernels, and utterances whose beams all ended leave the batch.
         self.skip_finished = True
         self._decoder = self._load("decoder", use_mkldnn="decoder" in self._int8_functions)
+        self.decoder_step_cache = decoder_step_cache(self.model_dir, meta, self._int8_functions)
+        if self.decoder_step_cache:
+            self._decoder_step = self._load("decoder_step", use_mkldnn=False)
         self._chunk = None
         if self.supports_streaming:
             require_chunk_version(model_dir, meta)
@@ -263,3 +297,10 @@ class U2ExportedBackend(U2DecoderProgram, U2Streams, ExportedBackend):
             "encoder_lengths": np.asarray(encoder_lengths, np.int64),
         }
         return [out[:, :u] for out in self._decoder.run(feeds)]
+
+    def decode_step(self, tokens, att_cache, encoder_out, encoder_lengths):
+        logp, kv = self._decoder_step.run({
+            "tokens": np.asarray(tokens, np.int64), "att_cache": np.asarray(att_cache, np.float32),
+            "encoder_out": pad_axis(np.asarray(encoder_out, np.float32), 1, FRAME_BUCKET),
+            "encoder_lengths": np.asarray(encoder_lengths, np.int64)})
+        return logp, kv

@@ -44,6 +44,15 @@ class DecoderLayer(nn.Layer):
         x = x + self.dropout(self.src_attn.forward_shared_memory(self.norm2(x), memory, memory_bias))
         return x + self.dropout(self.feed_forward(self.norm3(x)))
 
+    def forward_step(self, x, cache, cache_bias, memory, memory_bias):
+        """The newest position x [N, 1, d] of each row, attending to its earlier positions' keys and
+        values (cache [N, H, C, 2*d_k]) and its own -> (output [N, 1, d], its keys/values [N, H, 1, 2*d_k])."""
+        y = self.norm1(x)
+        attended, kv = self.self_attn(y, y, y, cache_bias, cache=cache)
+        x = x + attended
+        x = x + self.src_attn.forward_shared_memory(self.norm2(x), memory, memory_bias)
+        return x + self.feed_forward(self.norm3(x)), kv
+
 
 class TransformerDecoder(nn.Layer):
     """num_blocks: the config's unless given (the right-to-left half of a bitransformer has r_num_blocks)."""
@@ -92,16 +101,48 @@ class TransformerDecoder(nn.Layer):
         key_valid = (pos.unsqueeze(0) < ys_in_lengths.unsqueeze(1)).astype("float32")  # [B, U]
         causal = (pos.unsqueeze(0) <= pos.unsqueeze(1)).astype("float32")  # [U, U]
         tgt_bias = (1.0 - key_valid.unsqueeze(1) * causal.unsqueeze(0)) * NEG_INF  # [B, U, U]
-        t = paddle.shape(memory)[1]
-        mem_valid = (paddle.arange(t, dtype="int64").unsqueeze(0) < memory_lengths.unsqueeze(1)).astype("float32")
-        memory_bias = ((1.0 - mem_valid) * NEG_INF).unsqueeze(1).unsqueeze(1)  # [B, 1, 1, T]
-        if self.memory_positions:
-            memory = memory + (self.memory_pe[:, :t] if memory_clock is None else sinusoid(memory_clock, self.d))
+        memory, memory_bias = self._memory(memory, memory_lengths, memory_clock)
         x, _ = self.embed(ys_in)
         tgt_bias = tgt_bias.unsqueeze(1)  # [B, 1, U, U]
         for layer in self.decoders:
             x = layer(x, tgt_bias, memory, memory_bias)
         return self.output_layer(self.after_norm(x))
+
+    def _memory(self, memory, memory_lengths, memory_clock):
+        """(memory with its positions when model.decoder.memory_positions, bias [B, 1, 1, T] masking
+        the frames past each length)."""
+        t = paddle.shape(memory)[1]
+        mem_valid = (paddle.arange(t, dtype="int64").unsqueeze(0) < memory_lengths.unsqueeze(1)).astype("float32")
+        memory_bias = ((1.0 - mem_valid) * NEG_INF).unsqueeze(1).unsqueeze(1)
+        if self.memory_positions:
+            memory = memory + (self.memory_pe[:, :t] if memory_clock is None else sinusoid(memory_clock, self.d))
+        return memory, memory_bias
+
+    def cache_shape(self) -> tuple[int, int, int]:
+        """(layers, heads, 2*d_k) of `forward_step`'s cache."""
+        attn = self.decoders[0].self_attn
+        return len(self.decoders), attn.h, 2 * attn.d_k
+
+    def forward_step(self, memory: paddle.Tensor, memory_lengths: paddle.Tensor, tokens: paddle.Tensor,
+                     att_cache: paddle.Tensor, memory_clock: paddle.Tensor | None = None
+                     ) -> tuple[paddle.Tensor, paddle.Tensor]:
+        """One step of incremental decoding: the logits [N, V] of the token after `tokens` [N, 1], and
+        that token's keys and values [L, N, H, 1, 2*d_k] in every layer (eval mode).
+
+        att_cache [L, N, H, C, 2*d_k]: entry 0 is padding (masked out, so that the first step needs no
+        empty tensor), entries 1..C-1 the keys and values of each row's positions 0..C-2; `tokens`
+        stand at position C-1. Rows are grouped by utterance over memory [B, T, d] as in `forward`,
+        and the logits equal `forward`'s at that position for the same prefix."""
+        memory, memory_bias = self._memory(memory, memory_lengths, memory_clock)
+        c = paddle.shape(att_cache)[3]
+        position = paddle.full([1, 1], c - 1, dtype="int64")
+        x = self.embed[0](tokens) * self.embed[1].xscale + self.embed[1].at(position)
+        cache_bias = (paddle.arange(c + 1, dtype="int64") == 0).astype("float32") * NEG_INF  # [C + 1]
+        new_kv = []
+        for i, layer in enumerate(self.decoders):
+            x, kv = layer.forward_step(x, att_cache[i], cache_bias, memory, memory_bias)
+            new_kv.append(kv)
+        return self.output_layer(self.after_norm(x))[:, 0], paddle.stack(new_kv)
 
 
 class BiTransformerDecoder(nn.Layer):

@@ -187,6 +187,21 @@ class U2Model(nn.Layer):
         return fast_log_softmax(self.decoder(encoder_out, encoder_lengths, hyps, hyps_lengths,
                                              self.token_clock(encoder_out)))
 
+    def forward_decoder_step(self, tokens: paddle.Tensor, att_cache: paddle.Tensor, encoder_out: paddle.Tensor,
+                             encoder_lengths: paddle.Tensor) -> tuple[paddle.Tensor, paddle.Tensor]:
+        """Incremental attention decoding, one token per row: the left-to-right decoder's log-probs
+        [N, V] of the next token and the new keys and values [L, N, H, 1, 2*d_k]
+        (`TransformerDecoder.forward_step` has the cache layout). Attention beam search grows a
+        prefix by one token a step, and this computes that token alone instead of the whole prefix."""
+        decoder = self.decoder.left_decoder if self.decoder.bidirectional else self.decoder
+        logits, kv = decoder.forward_step(encoder_out, encoder_lengths, tokens, att_cache,
+                                          self.token_clock(encoder_out))
+        return fast_log_softmax(logits), kv
+
+    def decoder_cache_shape(self) -> tuple[int, int, int]:
+        """(layers, heads, 2*d_k) of `forward_decoder_step`'s cache."""
+        return (self.decoder.left_decoder if self.decoder.bidirectional else self.decoder).cache_shape()
+
     def token_clock(self, encoder_out: paddle.Tensor) -> paddle.Tensor | None:
         """[B, T]: how many units the CTC branch has emitted by each frame, each frame counting its
         own half (the running sum of 1 - P(blank)); None unless model.decoder.memory_position_unit
