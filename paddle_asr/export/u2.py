@@ -277,7 +277,7 @@ class U2ExportedBackend(U2DecoderProgram, U2Streams, ExportedBackend):
         self._decoder = self._load("decoder", use_mkldnn="decoder" in self._int8_functions)
         self.decoder_step_cache = decoder_step_cache(self.model_dir, meta, self._int8_functions)
         if self.decoder_step_cache:
-            self._decoder_step = self._load("decoder_step", use_mkldnn=False)
+            self._decoder_step = self._load("decoder_step", use_mkldnn="decoder_step" in self._int8_functions)
         self._chunk = None
         if self.supports_streaming:
             require_chunk_version(model_dir, meta)
