@@ -222,6 +222,23 @@ def test_incremental_attention_search_gives_the_whole_prefix_search_s_hypotheses
     assert len({len(h) for h in found[True]}) > 1  # beams ended at different steps
 
 
+def test_a_bundle_exported_before_the_step_program_decodes_on_whole_prefixes(exported, tmp_path):
+    """A bundle without decoder_step (and without decoder_cache_shape in meta.json) still decodes with
+    attention search: on the whole-prefix decoder, with the step program's hypotheses."""
+    _, out, _ = exported
+    old = tmp_path / "old"
+    shutil.copytree(out, old, ignore=shutil.ignore_patterns("decoder_step"))
+    meta = json.loads((old / "meta.json").read_text())
+    del meta["decoder_cache_shape"]
+    (old / "meta.json").write_text(json.dumps(meta))
+    feats, lens = random_batch(np.random.default_rng(5), [260, 150])
+    conf = DecodeConfig(methods=["attention"], beam_size=4)
+    backends = [load_backend(d, json.loads((d / "meta.json").read_text())) for d in (old, out)]
+    assert [b.decoder_step_cache for b in backends] == [None, (1, 4, 72)]
+    found = [Recognizer(b, conf).recognize(feats, lens)["attention"] for b in backends]
+    assert found[0] == found[1] and all(found[0])
+
+
 def test_pir_export_loads_too(exported, tmp_path):
     model, _, _ = exported
     fn = next(f for f in runtime_functions(model, FEAT_DIM) if f.name == "ctc_activation")
