@@ -218,6 +218,8 @@ def test_incremental_attention_search_gives_the_whole_prefix_search_s_hypotheses
         found[incremental] = Recognizer(counted, conf).recognize(batch, lens)["attention"]
         assert counted.calls["decode_step" if incremental else "decode"] > 3
         assert counted.calls["decode" if incremental else "decode_step"] == 0
+        if runtime == "exported":  # the step program is loaded when a search first needs it
+            assert (backend._step_program is not None) == incremental
     assert found[True] == found[False]
     assert len({len(h) for h in found[True]}) > 1  # beams ended at different steps
 

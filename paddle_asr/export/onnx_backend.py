@@ -158,8 +158,7 @@ class OnnxU2Backend(U2DecoderProgram, U2Streams, OnnxBackend):
         self._decoder = OrtProgram(self.model_dir / "decoder.onnx", num_threads)
         self.decoder_step_cache = decoder_step_cache(self.model_dir, meta, set(meta.get("onnx_int8_files", [])),
                                                      ".onnx")
-        if self.decoder_step_cache:
-            self._decoder_step = OrtProgram(self.model_dir / "decoder_step.onnx", num_threads)
+        self._num_threads = num_threads
         if self.supports_streaming:
             self._set_up_streams(meta, OrtProgram(self.model_dir / CHUNK, num_threads))
 
@@ -170,12 +169,8 @@ class OnnxU2Backend(U2DecoderProgram, U2Streams, OnnxBackend):
             "encoder_lengths": np.asarray(encoder_lengths, np.int64),
         })
 
-    def decode_step(self, tokens, att_cache, encoder_out, encoder_lengths):
-        logp, kv = self._decoder_step.run({
-            "tokens": np.asarray(tokens, np.int64), "att_cache": np.asarray(att_cache, np.float32),
-            "encoder_out": np.asarray(encoder_out, np.float32),
-            "encoder_lengths": np.asarray(encoder_lengths, np.int64)})
-        return logp, kv
+    def _load_decoder_step(self) -> OrtProgram:
+        return OrtProgram(self.model_dir / "decoder_step.onnx", self._num_threads)
 
 
 class OnnxDeepSpeech2Backend(DeepSpeech2Streams, OnnxBackend):

@@ -23,6 +23,7 @@ one `encoder_chunk` call for many streams and scatters back (`models.encoder.U2S
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,8 @@ from paddle_asr.models.u2 import U2Model
 # per step. Padding is masked inside the model, so results are unchanged.
 TOKEN_BUCKET = 8
 FRAME_BUCKET = 16
+# Two threads of a server (offline requests, finals) may ask for a step program first at once.
+_STEP_LOAD_LOCK = threading.Lock()
 
 
 def runtime_functions(model, feat_dim: int) -> list[RuntimeFunction]:
@@ -213,15 +216,34 @@ def decoder_directions(meta: dict) -> tuple[bool, float]:
 
 
 class U2DecoderProgram:
-    """`decode` and `decode_bidirectional` of a backend (Paddle Inference or ONNX Runtime) whose
-    `_run_decoder` runs the exported decoder: its outputs are the left-to-right log-probs and, in a
-    U2++ bundle (`bidirectional`), the right-to-left ones."""
+    """`decode`, `decode_bidirectional` and `decode_step` of a backend (Paddle Inference or ONNX
+    Runtime) whose `_run_decoder` runs the exported decoder (its outputs are the left-to-right
+    log-probs and, in a U2++ bundle (`bidirectional`), the right-to-left ones) and whose
+    `_load_decoder_step` loads the step program when `decoder_step_cache` says to use one."""
 
     model_dir: Path
     bidirectional: bool
+    decoder_step_cache: tuple[int, int, int] | None
+    step_frame_bucket = 1  # encoder frames padded to a multiple of this for the step program
+    _step_program = None
 
     def _run_decoder(self, hyps, hyps_lengths, encoder_out, encoder_lengths) -> list[np.ndarray]:
         raise NotImplementedError
+
+    def _load_decoder_step(self):
+        raise NotImplementedError
+
+    def decode_step(self, tokens, att_cache, encoder_out, encoder_lengths):
+        # Loaded at first use: a server that only rescores, or CTC decoding, never pays its memory.
+        if self._step_program is None:
+            with _STEP_LOAD_LOCK:
+                if self._step_program is None:
+                    self._step_program = self._load_decoder_step()
+        logp, kv = self._step_program.run({
+            "tokens": np.asarray(tokens, np.int64), "att_cache": np.asarray(att_cache, np.float32),
+            "encoder_out": pad_axis(np.asarray(encoder_out, np.float32), 1, self.step_frame_bucket),
+            "encoder_lengths": np.asarray(encoder_lengths, np.int64)})
+        return logp, kv
 
     def decode(self, hyps, hyps_lengths, encoder_out, encoder_lengths):
         return self._run_decoder(hyps, hyps_lengths, encoder_out, encoder_lengths)[0]
@@ -258,6 +280,7 @@ class U2ExportedBackend(U2DecoderProgram, U2Streams, ExportedBackend):
     time through `encoder_chunk` with per-stream attention and convolution caches."""
 
     has_decoder = True
+    step_frame_bucket = FRAME_BUCKET
 
     def __init__(self, model_dir: Path, meta: dict, *, num_threads: int = 2,
                  gpu: GpuInference | None = None) -> None:
@@ -276,8 +299,6 @@ class U2ExportedBackend(U2DecoderProgram, U2Streams, ExportedBackend):
         self.skip_finished = True
         self._decoder = self._load("decoder", use_mkldnn="decoder" in self._int8_functions)
         self.decoder_step_cache = decoder_step_cache(self.model_dir, meta, self._int8_functions)
-        if self.decoder_step_cache:
-            self._decoder_step = self._load("decoder_step", use_mkldnn="decoder_step" in self._int8_functions)
         self._chunk = None
         if self.supports_streaming:
             require_chunk_version(model_dir, meta)
@@ -298,9 +319,5 @@ class U2ExportedBackend(U2DecoderProgram, U2Streams, ExportedBackend):
         }
         return [out[:, :u] for out in self._decoder.run(feeds)]
 
-    def decode_step(self, tokens, att_cache, encoder_out, encoder_lengths):
-        logp, kv = self._decoder_step.run({
-            "tokens": np.asarray(tokens, np.int64), "att_cache": np.asarray(att_cache, np.float32),
-            "encoder_out": pad_axis(np.asarray(encoder_out, np.float32), 1, FRAME_BUCKET),
-            "encoder_lengths": np.asarray(encoder_lengths, np.int64)})
-        return logp, kv
+    def _load_decoder_step(self) -> Predictor:
+        return self._load("decoder_step", use_mkldnn="decoder_step" in self._int8_functions)
