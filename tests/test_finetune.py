@@ -332,8 +332,11 @@ def test_fine_tuning_on_a_few_utterances_of_new_voices_lowers_their_cer(voices_r
     assert re.search(r"fixed; (9\d,\d{3}) of 4,2\d\d,\d{3} parameters train", frozen_line), frozen_line
     after = _heldout_cer(voices_recipe, "exp/fine_tune", "6.pdparams")
     print(f"held-out CER of the new voices: {before:.2f} % before fine-tuning, {after:.2f} % after")
-    # Measured on 2-core AMD EPYC with training seeds 1-4: 58.8 -> 33.3, 40.8 -> 16.3, 40.8 -> 10.3, 49.8 -> 16.8 %.
-    assert before < 90 and after < before - 15, (before, after)
+    # Before -> after with training seeds 1-4 on a 2-core AMD EPYC: 58.8 -> 33.3, 40.8 -> 16.3, 40.8 ->
+    # 10.3, 49.8 -> 16.8 %; seeds 1-6 on a 2-core Xeon (model 207): 51.8 -> 30.0, 24.8 -> 11.0, 62.0 ->
+    # 29.0, 50.8 -> 17.0, 41.5 -> 23.8, 39.3 -> 10.5 %. The starting CER varies with the seed and the
+    # CPU's arithmetic, so the drop is asked relative to it: after / before was 0.25-0.58.
+    assert before < 90 and after < 0.7 * before, (before, after)
 
 
 # ------------------------------------------------------------------------- the README walkthrough
