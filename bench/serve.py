@@ -21,7 +21,8 @@ answered by the final result. Two loads (--load):
                     second, so their K finals are all asked for within about one second.
 Per K it reports the partial-reply latency (frame sent -> reply) p50/p95 over every frame of every
 utterance, the final latency (end sent -> finished) p50/max over every utterance, the server's CPU use
-(cores) and its peak RSS. A configuration keeps up with K streams when the p95 partial latency is
+(cores), the share of the run its chunk encoder and final-result threads computed and the windows
+per encoder call (GET /health's `load`), and its peak RSS. A configuration keeps up with K streams when the p95 partial latency is
 <= 200 ms and every final <= 500 ms; K grows until it does not.
     python bench/serve.py [--load steady|burst] [--streams 1,2,4,8,12,16,20,24,28,32,40,48] [--precisions fp32,int8]
                           [--runtimes paddle,onnx]
@@ -176,6 +177,10 @@ class Server:
 
         self.ps = psutil.Process(self.proc.pid)
 
+    def load(self) -> dict:
+        """/health's counters of the worker's threads."""
+        return json.load(urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=10))["load"]
+
     def cpu_seconds(self) -> float:
         t = self.ps.cpu_times()
         return t.user + t.system
@@ -251,10 +256,11 @@ async def run_clients(server: Server, k: int, pcm: bytes, seed: int, load: str =
                       ) -> dict:
     peak, stop = [server.rss_mb()], asyncio.Event()
     sampler = asyncio.create_task(sample(server, peak, stop))
-    cpu0, t0 = server.cpu_seconds(), time.perf_counter()
+    load0, cpu0, t0 = server.load(), server.cpu_seconds(), time.perf_counter()
     results = await asyncio.gather(*(client(server.port, pcm, delay, utterances)
                                      for delay in start_delays(k, load, pcm, seed)), return_exceptions=True)
     wall, cpu = time.perf_counter() - t0, server.cpu_seconds() - cpu0
+    work = {key: v - load0[key] for key, v in server.load().items()}
     stop.set()
     await sampler
     failed = [r for r in results if isinstance(r, BaseException) or not r["ok"]]
@@ -263,7 +269,10 @@ async def run_clients(server: Server, k: int, pcm: bytes, seed: int, load: str =
     finals = sorted(x for r in done for x in r["finals"]) or [float("inf")]
     return {"p50_partial_ms": 1000 * statistics.median(lat), "p95_partial_ms": 1000 * lat[int(0.95 * (len(lat) - 1))],
             "p50_final_ms": 1000 * statistics.median(finals), "max_final_ms": 1000 * finals[-1],
-            "cpu_cores": cpu / wall, "peak_rss_mb": peak[0], "failed_streams": len(failed)}
+            "cpu_cores": cpu / wall, "peak_rss_mb": peak[0], "failed_streams": len(failed),
+            # The server's own counters: how busy its chunk encoder and final-result threads were.
+            "encoder_busy": work["encoder_busy_s"] / wall, "final_busy": work["final_busy_s"] / wall,
+            "windows_per_call": work["encoder_windows"] / max(1, work["encoder_calls"])}
 
 
 def keeps_up(row: dict) -> bool:
@@ -307,12 +316,14 @@ def table(rows: list[dict], cpu: str, int8_functions: list[str], args) -> str:
              f"chunk {args.chunk_size}, {args.num_left_chunks} left chunks, {args.threads} threads, "
              f"{args.seconds:.0f} s of audio per utterance; load: {load_description(args)}",
              "", "| precision | runtime | mode | K | p50 / p95 partial (ms) | p50 / max final (ms) | CPU (cores) | "
-             "peak RSS (MB) | keeps up |", "|---|---|---|---|---|---|---|---|---|"]
+             "encoder / finals busy | windows a call | peak RSS (MB) | keeps up |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['precision']} | {r['runtime']} | {r['mode']} | {r['streams']} | "
                      f"{r['p50_partial_ms']:.0f} / {r['p95_partial_ms']:.0f} | "
-                     f"{r['p50_final_ms']:.0f} / {r['max_final_ms']:.0f} | "
-                     f"{r['cpu_cores']:.2f} | {r['peak_rss_mb']:.0f} | {'yes' if r['keeps_up'] else 'no'} |")
+                     f"{r['p50_final_ms']:.0f} / {r['max_final_ms']:.0f} | {r['cpu_cores']:.2f} | "
+                     f"{r['encoder_busy']:.2f} / {r['final_busy']:.2f} | {r['windows_per_call']:.1f} | "
+                     f"{r['peak_rss_mb']:.0f} | {'yes' if r['keeps_up'] else 'no'} |")
     lines.append("")
     for engine in dict.fromkeys((r["precision"], r["runtime"]) for r in rows):
         best = {m: max([r["streams"] for r in rows if (r["precision"], r["runtime"]) == engine and r["mode"] == m

@@ -202,11 +202,21 @@ def test_paddlespeech_client_streams_to_the_transcribe_result(server, bundle, wa
 
 
 def test_eight_concurrent_streams_give_the_results_of_eight_sequential_ones(server, wavs, offline):
+    """... and /health's load counts the same work for both: every chunk window encoded once, one final
+    a stream, and the concurrent streams' windows in fewer encoder calls than windows."""
+    loads = [server.health()["load"]]
     sequential = stream_files(server.host, server.port, wavs)
+    loads.append(server.health()["load"])
     concurrent = stream_files(server.host, server.port, wavs, concurrent=True)
+    loads.append(server.health()["load"])
     assert [r.final for r in concurrent] == [r.final for r in sequential]
     assert [r.text for r in sequential] == [offline[w.stem] for w in wavs]
     assert all(len(r.partials) == len(frames_of(w)) for r, w in zip(concurrent, wavs))
+    done = [{k: after[k] - before[k] for k in after} for before, after in zip(loads, loads[1:])]
+    assert done[0]["encoder_windows"] == done[1]["encoder_windows"] > len(wavs), done
+    assert done[0]["finals"] == done[1]["finals"] == len(wavs), done
+    assert done[1]["encoder_calls"] < done[1]["encoder_windows"], done  # batched
+    assert all(d["encoder_busy_s"] > 0 and d["final_busy_s"] > 0 for d in done), done
 
 
 def test_paddlespeech_http_client_gets_the_offline_transcript(server, bundle, wavs):

@@ -121,7 +121,8 @@ class Service:
                 "streaming": not self.model.refusal, "streaming_refused": self.model.refusal or None,
                 "open_streams": self.open_streams, "max_streams": self.options.max_streams,
                 "max_batch": self.options.max_batch, "threads": self.threads, "chunk_size": self.options.chunk_size,
-                "num_left_chunks": self.options.num_left_chunks, "sample_rate": self.model.rate}
+                "num_left_chunks": self.options.num_left_chunks, "sample_rate": self.model.rate,
+                "load": self.worker.load()}
 
     def admission_refusal(self) -> str:
         """Why a new stream cannot start now, or ''."""
