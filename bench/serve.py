@@ -22,8 +22,8 @@ answered by the final result. Two loads (--load):
 Per K it reports the partial-reply latency (frame sent -> reply) p50/p95 over every frame of every
 utterance, the final latency (end sent -> finished) p50/max over every utterance, the server's CPU use
 (cores), the share of the run its chunk encoder and final-result threads computed and the windows
-per encoder call (GET /health's `load`), and its peak RSS. A configuration keeps up with K streams when the p95 partial latency is
-<= 200 ms and every final <= 500 ms; K grows until it does not.
+per encoder call (GET /health's `load`), and its peak RSS. A configuration keeps up with K streams
+when the p95 partial latency is <= 200 ms and every final <= 500 ms; K grows until it does not.
     python bench/serve.py [--load steady|burst] [--streams 1,2,4,8,12,16,20,24,28,32,40,48] [--precisions fp32,int8]
                           [--runtimes paddle,onnx]
                           [--seconds 10] [--utterances 3]
