@@ -167,7 +167,7 @@ class Server:
         deadline = time.monotonic() + 300
         while True:
             try:
-                self.health = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2))
+                self.health = self.read_health(timeout=2)
                 break
             except OSError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -177,9 +177,12 @@ class Server:
 
         self.ps = psutil.Process(self.proc.pid)
 
+    def read_health(self, timeout: float = 10) -> dict:
+        return json.load(urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=timeout))
+
     def load(self) -> dict:
         """/health's counters of the worker's threads."""
-        return json.load(urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=10))["load"]
+        return self.read_health()["load"]
 
     def cpu_seconds(self) -> float:
         t = self.ps.cpu_times()

@@ -26,6 +26,7 @@ Runtime a fifth to a third less: bench/RESULTS.md).
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -108,10 +109,9 @@ class InferenceWorker:
         self._in_flight: _Tick | None = None
         self.ticks = 0
         self.batched_windows = 0
-        # Seconds each thread spent computing (for GET /health): what bounds the server under load.
-        self.encoder_seconds = 0.0
-        self.finals = 0
-        self.final_seconds = 0.0
+        # Runs and seconds of the chunk encoder's and final-result threads' work (GET /health's load).
+        self.runs = {"encoder": 0, "final": 0}
+        self.busy_seconds = {"encoder": 0.0, "final": 0.0}
 
     # ------------------------------------------------------------------ the front end's side
     def start(self, warm_up: bool = True) -> None:
@@ -234,15 +234,18 @@ class InferenceWorker:
         width = ready[0][1]  # full windows go together; a stream's shorter last window goes alone
         batch = [s for s, n in ready if n == width][: self.max_batch if width == self.model.window else 1]
         rows = padded_batch(len(batch), self.max_batch)
-        return _Tick(batch, self._encoder.submit(self._run_encoder, [s.session for s in batch], rows))
+        return _Tick(batch, self._encoder.submit(self._timed, "encoder", self.model.run_encoder,
+                                                 [s.session for s in batch], rows))
 
-    def _run_encoder(self, sessions: list[StreamingSession], rows: int) -> EncodedChunks:
-        """On the chunk encoder's thread."""
+    def _timed(self, work: str, fn: Callable, *args):
+        """fn(*args), counted in `runs` and `busy_seconds` before its result goes anywhere, so that
+        /health never lags a reply."""
         start = time.perf_counter()
         try:
-            return self.model.run_encoder(sessions, rows)
+            return fn(*args)
         finally:
-            self.encoder_seconds += time.perf_counter() - start
+            self.runs[work] += 1
+            self.busy_seconds[work] += time.perf_counter() - start
 
     def _land(self) -> None:
         """The tick in flight's results into its streams that are still open (a client may have gone);
@@ -282,24 +285,13 @@ class InferenceWorker:
         """The final-result thread: rescore finished streams, in the order they finished."""
         while (item := self._finals.get()) is not None:
             reply, session = item
-            _settle(reply, self._timed_final(session))
-
-    def _timed_final(self, session: StreamingSession) -> Callable[[], dict]:
-        """session.final, counted before its reply is sent, so that /health never lags a client."""
-        def final() -> dict:
-            start = time.perf_counter()
-            try:
-                return session.final()
-            finally:
-                self.finals += 1
-                self.final_seconds += time.perf_counter() - start
-        return final
+            _settle(reply, functools.partial(self._timed, "final", session.final))
 
     def load(self) -> dict:
         """What the worker's threads have done since the server started (GET /health's "load")."""
         return {"encoder_calls": self.ticks, "encoder_windows": self.batched_windows,
-                "encoder_busy_s": round(self.encoder_seconds, 3), "finals": self.finals,
-                "final_busy_s": round(self.final_seconds, 3)}
+                "encoder_busy_s": round(self.busy_seconds["encoder"], 3), "finals": self.runs["final"],
+                "final_busy_s": round(self.busy_seconds["final"], 3)}
 
     def _fail(self, stream: Stream, error: Exception) -> None:
         self._streams.pop(stream, None)
