@@ -23,6 +23,10 @@ RUN pin="$(sed -n 's/^paddlepaddle==//p' requirements.txt)" \
     && rm /tmp/requirements-gpu.txt
 COPY paddle_asr ./paddle_asr
 RUN python3 -m pip install --no-cache-dir --no-deps -e .
+# The compiled CTC prefix beam search (paddle_asr/decode/ctc_prefix_beam.cc), built into the image so
+# that no container compiles it; where the image has no g++, decoding warns and runs the Python search.
+ENV PADDLE_ASR_KERNEL_CACHE=/opt/paddle-asr/kernels
+RUN python3 -W ignore -m paddle_asr.decode.compiled_search --quiet || true
 COPY run.sh .shellcheckrc ./
 COPY local ./local
 COPY utils ./utils

@@ -357,8 +357,19 @@ def _ps_ctc_prefix_beam_search(ctc_probs: np.ndarray, beam_size: int, blank_id: 
     return [(list(y[0]), _ps_log_add([y[1][0], y[1][1]])) for y in cur_hyps]
 
 
+@pytest.fixture(params=["compiled", "python"])
+def prefix_search(request, monkeypatch):
+    """Runs a test with the compiled prefix search (decode/ctc_prefix_beam.cc, the default) and with
+    the Python one (where the library cannot be built): both must be PaddleSpeech's."""
+    if request.param == "python":
+        monkeypatch.setattr(S.compiled_search, "get", lambda: None)
+    else:
+        assert S.compiled_search.get() is not None, S.compiled_search.status()  # g++ is here: it must build
+    return request.param
+
+
 @pytest.mark.parametrize("quantum", [None, 1.0, 0.5])
-def test_prefix_beam_search_matches_paddlespeech_loop_bitwise(quantum):
+def test_prefix_beam_search_matches_paddlespeech_loop_bitwise(quantum, prefix_search):
     rng = np.random.default_rng(17)
     for vocab, beam in [(6, 3), (12, 5), (50, 10), (700, 10)]:
         lp = log_softmax(rng.normal(scale=3.0, size=(25, vocab))).astype(np.float32)
@@ -368,7 +379,7 @@ def test_prefix_beam_search_matches_paddlespeech_loop_bitwise(quantum):
 
 
 @pytest.mark.parametrize("quantum", [None, 0.5])
-def test_pruned_prefix_beam_search_is_paddlespeechs_on_peaky_posteriors(quantum):
+def test_pruned_prefix_beam_search_is_paddlespeechs_on_peaky_posteriors(quantum, prefix_search):
     """Peaky posteriors (blank most frames, as a trained model's) are where `_beam_floor` skips most
     new prefixes; the n-best must stay PaddleSpeech's bit for bit, ties included."""
     rng = np.random.default_rng(29)

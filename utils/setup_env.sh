@@ -55,6 +55,10 @@ fi
 # ~/.cache/paddle_asr/kernels so that the first training step does not wait ~20 s for them. Where
 # they cannot be built, a warning says so and training runs on Paddle's kernels. Not in an image
 # (PADDLE_ASR_PYTHON): GPU training never uses them, and CPU training builds them when it starts.
+# The compiled CTC prefix beam search (paddle_asr/decode/ctc_prefix_beam.cc) of every decoder and the
+# server is built the same way (a few seconds; the image builds it in its Dockerfile); without it they
+# run the Python search, the same beam, slower.
 if [ -z "${PADDLE_ASR_PYTHON:-}" ]; then
   python -W ignore -m paddle_asr.models.cpu_kernels --quiet || true
+  python -W ignore -m paddle_asr.decode.compiled_search --quiet || true
 fi

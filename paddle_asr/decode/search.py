@@ -30,9 +30,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from paddle_asr.decode import compiled_search
 from paddle_asr.decode.context_graph import ContextGraph, ContextState
 
 _NEG_INF = -math.inf
+
+_NAN_SCORES = "NaN in scores; paddle.topk would rank it above everything"
 
 # libstdc++'s std::sort switches to insertion sort below this many elements (_S_threshold).
 _SORT_THRESHOLD = 16
@@ -247,7 +250,7 @@ def _paddle_topk(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     if not 1 <= k <= width:
         raise ValueError(f"k={k} must be in [1, {width}]")
     if np.isnan(x).any():
-        raise ValueError("NaN in scores; paddle.topk would rank it above everything")
+        raise ValueError(_NAN_SCORES)
     if k == width:
         cand = np.broadcast_to(np.arange(width), x.shape)
     else:
@@ -311,13 +314,19 @@ class CtcPrefixBeam:
     With a `context` graph each prefix carries its graph state and bonus (WeNet's contextual
     biasing): prefixes are ranked by log_add(pb, pnb) + bonus, and `nbest()` returns the scores with
     the bonus of open partial matches refunded (`ContextGraph.finish`), re-sorted on them. The
-    pruning of `_beam_floor` bounds CTC scores only, so a biased search expands every candidate."""
+    pruning of `_beam_floor` bounds CTC scores only, so a biased search expands every candidate.
+
+    Without a context graph, float32 log-probs go to the compiled search (`compiled_search`,
+    ctc_prefix_beam.cc: these operations in C++, the same beam bit for bit) where it could be built."""
 
     def __init__(self, beam_size: int, blank: int = 0, context: ContextGraph | None = None) -> None:
         if beam_size < 1:
             raise ValueError("beam_size must be >= 1")
         self.beam_size, self.blank, self.context = beam_size, blank, context
-        self.hyps: list[tuple[tuple[int, ...], tuple[float, float]]] = [((), (0.0, _NEG_INF))]
+        self._hyps: list[tuple[tuple[int, ...], tuple[float, float]]] = [((), (0.0, _NEG_INF))]
+        # The unbiased search runs compiled where it could be built (the same beam, bit for bit).
+        beams = compiled_search.get() if context is None else None
+        self._compiled = compiled_search.CompiledBeam(beams, beam_size, blank) if beams is not None else None
         # Per prefix of the beam: (context bonus, context state); a function of the prefix alone.
         self.bias: dict[tuple[int, ...], tuple[float, ContextState]] = {} if context is None else {
             (): (0.0, context.root)}
@@ -329,8 +338,16 @@ class CtcPrefixBeam:
             raise ValueError(f"log_probs must be [T, V], got shape {log_probs.shape}")
         if not log_probs.shape[0]:
             return
+        if self._compiled is not None:
+            if log_probs.dtype == np.float32:
+                if np.isnan(log_probs).any():
+                    raise ValueError(_NAN_SCORES)
+                self._compiled.advance(log_probs)
+                self.frames += log_probs.shape[0]
+                return
+            self._hyps, self._compiled = self.hyps, None  # scores of another dtype: Python from here on
         top_vals, top_idx = _paddle_topk(log_probs, min(self.beam_size, log_probs.shape[1]))
-        cur_hyps = self.hyps
+        cur_hyps = self._hyps
         for tokens, values in zip(top_idx.tolist(), top_vals.tolist()):
             if self.context is not None:
                 cur_hyps = self._biased_frame(cur_hyps, tokens, values)
@@ -338,8 +355,13 @@ class CtcPrefixBeam:
             prune = _beam_floor(cur_hyps, tokens, values, self.blank, self.beam_size)
             next_hyps = ctc_prefix_step(cur_hyps, tokens, values, self.blank, prune=prune)
             cur_hyps = sorted(next_hyps.items(), key=lambda x: _log_add2(*x[1]), reverse=True)[: self.beam_size]
-        self.hyps = cur_hyps
+        self._hyps = cur_hyps
         self.frames += log_probs.shape[0]
+
+    @property
+    def hyps(self) -> list[tuple[tuple[int, ...], tuple[float, float]]]:
+        """The beam: (prefix, (pb, pnb)) pairs, best first."""
+        return self._compiled.hyps() if self._compiled is not None else self._hyps
 
     def _biased_frame(self, cur_hyps: list[tuple[tuple[int, ...], tuple[float, float]]], tokens: list[int],
                       values: list[float]) -> list[tuple[tuple[int, ...], tuple[float, float]]]:
@@ -361,7 +383,9 @@ class CtcPrefixBeam:
 
     def best(self) -> list[int]:
         """The best prefix so far (a streaming partial result)."""
-        return list(self.hyps[0][0])
+        if self._compiled is not None:
+            return list(self._compiled.hyp(0)[0])
+        return list(self._hyps[0][0])
 
     def nbest(self) -> list[tuple[list[int], float]]:
         """Up to beam_size (tokens, log_add(pb, pnb)) pairs, best first; with a context graph the

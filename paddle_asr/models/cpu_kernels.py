@@ -1,11 +1,9 @@
 """Compiles cpu_kernels.cc once per machine and loads it: CPU kernels for dynamic-graph training.
 
 Paddle compiles the C++ with its custom-operator toolchain (`paddle.utils.cpp_extension`, the C++
-compiler on PATH, ~20 s) into a cache directory keyed by the source, the compiler flags, Paddle's and
-Python's versions and the CPU's instruction sets, so a change to any of them builds afresh and a
-cache shared between machines never hands one a binary built for another. The build goes into a
-temporary directory that is renamed into place when it is complete (a killed build leaves nothing
-a later run would trust), under a file lock (data-parallel processes start together).
+compiler on PATH, ~20 s) into the native-code cache (`native_build`: keyed by the source, the
+compiler flags, Paddle's and Python's versions and the CPU's instruction sets; built in a temporary
+directory renamed into place, under a file lock).
 
 Where nothing can be compiled (no compiler, a failed build) or PADDLE_ASR_CPU_KERNELS=0 is set,
 `get()` returns None and training uses the pure-Paddle paths of fast_cpu_ops.py, which compute the
@@ -17,18 +15,17 @@ same function more slowly; `status()` says which, and why.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
-import hashlib
 import io
 import os
 import platform
 import re
-import shutil
 import sys
-import tempfile
 import warnings
 from pathlib import Path
+
+from paddle_asr.native_build import build_key as _hash
+from paddle_asr.native_build import cache_root, cached_build, cpu_flags, failed_build_log
 
 SOURCE = Path(__file__).with_name("cpu_kernels.cc")
 MODULE_NAME = "paddle_asr_cpu_kernels"
@@ -36,25 +33,9 @@ MODULE_NAME = "paddle_asr_cpu_kernels"
 # reads floating-point exception flags).
 CXX_FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
 DISABLE_VARIABLE = "PADDLE_ASR_CPU_KERNELS"
-CACHE_VARIABLE = "PADDLE_ASR_KERNEL_CACHE"
 
 _loaded: Kernels | None = None
 _status: str | None = None
-
-
-def cache_root() -> Path:
-    """$PADDLE_ASR_KERNEL_CACHE, else $XDG_CACHE_HOME/paddle_asr/kernels (~/.cache by default)."""
-    if os.environ.get(CACHE_VARIABLE):
-        return Path(os.environ[CACHE_VARIABLE])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "paddle_asr" / "kernels"
-
-
-def _cpu_flags() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return platform.processor()
-    return next((line.partition(":")[2].strip() for line in text.splitlines() if line.startswith("flags")), "")
 
 
 def _link_flags(paddle_libs: Path) -> list[str]:
@@ -68,12 +49,8 @@ def _link_flags(paddle_libs: Path) -> list[str]:
 
 def build_key(paddle_version: str, link_flags: list[str]) -> str:
     """The cache key: what decides the binary."""
-    h = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), " ".join(CXX_FLAGS + link_flags).encode(), paddle_version.encode(),
-                 sys.version.encode(), platform.machine().encode(), _cpu_flags().encode()):
-        h.update(part)
-        h.update(b"\0")
-    return h.hexdigest()[:16]
+    return _hash([SOURCE.read_bytes(), " ".join(CXX_FLAGS + link_flags), paddle_version, sys.version,
+                  platform.machine(), cpu_flags()])
 
 
 class Kernels:
@@ -101,12 +78,10 @@ class Kernels:
         return call
 
 
-def _compile(final_dir: Path, link_flags: list[str]) -> None:
-    """Builds into a temporary directory next to `final_dir`, then renames it into place."""
+def _compile(work: Path, link_flags: list[str]) -> Path:
+    """Builds in `work`; returns the directory holding the library (`native_build.cached_build`)."""
     from paddle.utils.cpp_extension import load
 
-    final_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=final_dir.name + ".tmp-", dir=final_dir.parent))
     log = io.StringIO()
     try:
         # Paddle writes the compiler's output to fd 1/2 of a subprocess; keep it out of the user's
@@ -114,19 +89,9 @@ def _compile(final_dir: Path, link_flags: list[str]) -> None:
         with _quiet_fds(work / "build.log"), contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             load(name=MODULE_NAME, sources=[str(SOURCE)], extra_cxx_cflags=list(CXX_FLAGS),
                  extra_ldflags=link_flags, build_directory=str(work), verbose=False)
-        built = work / MODULE_NAME / f"{MODULE_NAME}.so"
-        if not built.is_file():
-            raise RuntimeError(f"the build produced no {built.name}")
-        if final_dir.exists():  # a directory without the library: not ours to trust
-            shutil.rmtree(final_dir)
-        os.replace(work / MODULE_NAME, final_dir)
-    except BaseException:
-        kept = final_dir.parent / f"{final_dir.name}.failed-build.log"
-        with contextlib.suppress(OSError):
-            kept.write_text(log.getvalue() + "\n" + (work / "build.log").read_text(errors="replace"))
-        raise
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        (work / "python.log").write_text(log.getvalue())
+    return work / MODULE_NAME
 
 
 @contextlib.contextmanager
@@ -163,20 +128,14 @@ def get() -> Kernels | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "No ccache found", printed when cpp_extension is imported
-            if not (directory / f"{MODULE_NAME}.so").is_file():
-                directory.parent.mkdir(parents=True, exist_ok=True)
-                with open(directory.parent / f"{directory.name}.lock", "w") as lock:
-                    fcntl.flock(lock, fcntl.LOCK_EX)
-                    if not (directory / f"{MODULE_NAME}.so").is_file():  # another process may have built it
-                        print(f"paddle_asr: compiling the CPU training kernels once into {directory} (~20 s)",
-                              file=sys.stderr, flush=True)
-                        _compile(directory, link_flags)
-            _loaded = Kernels(directory / f"{MODULE_NAME}.so")
+            library = cached_build(directory, f"{MODULE_NAME}.so", lambda work: _compile(work, link_flags),
+                                   f"paddle_asr: compiling the CPU training kernels once into {directory} (~20 s)")
+            _loaded = Kernels(library)
         _status = f"compiled ({directory})"
     except Exception as e:  # noqa: BLE001 - any failure leaves training on Paddle's kernels
         _loaded = None
         _status = (f"unavailable: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
-                   f"(build log: {directory.parent / (directory.name + '.failed-build.log')})")
+                   f"(build log: {failed_build_log(directory)})")
         print(f"paddle_asr: warning: could not compile the CPU training kernels ({_status}); "
               f"training on CPU uses Paddle's kernels, the same math, slower. A C++ compiler (g++) is needed.",
               file=sys.stderr, flush=True)

@@ -305,7 +305,7 @@ class StreamingSession:
         if m.max_segment_frames and self.segment_frames + m.options.chunk_size > m.max_segment_frames:
             return True
         return self.model.options.endpoint.reached(self.segment_frames * fs, self.trailing_blank * fs,
-                                                   bool(self.beam.hyps[0][0]))
+                                                   bool(self.beam.best()))
 
     def end_segment(self) -> None:
         """Finalize the current segment at an endpoint and start the next one where the audio goes on."""

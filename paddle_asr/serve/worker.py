@@ -13,8 +13,8 @@ has one (at most `max_batch`, streams served round-robin) and runs them as ONE `
 and ONE `ctc_activation` call (`StreamingModel.run_encoder`); each stream's state is gathered from
 and scattered back to its session. That call runs on a thread of its own (the chunk encoder's)
 while this thread lands the tick before it: each of its streams advances its prefix search and
-its endpoint (`StreamingModel.accept`, Python, as long as a third of the encoder call), so the
-two overlap on two cores. A stream is in one tick at a time, so its windows still go in order and
+its endpoint (`StreamingModel.accept`; the prefix search is compiled, `decode.compiled_search`), so
+the two overlap on two cores. A stream is in one tick at a time, so its windows still go in order and
 each is searched before the next is encoded. Then every stream whose audio is all encoded gets its reply. A
 finished stream leaves the worker for the final-result thread, which rescores it (the attention
 decoder costs as much as several ticks) while the ticks of the other streams go on; the two
