@@ -31,14 +31,19 @@ AISHELL_UNITS = 4233
 FRAMES_PER_SECOND = 25  # 40 ms encoder frames (4x subsampling of 10 ms fbank)
 
 
-def peaky_log_probs(frames: int, vocab: int, seed: int = 0) -> np.ndarray:
+def peaky_log_probs(frames: int, vocab: int, seed: int = 0, quantum: float | None = None) -> np.ndarray:
+    """Log-posteriors shaped like a trained model's: blank on most frames, a few strong units;
+    rounded to multiples of `quantum` when given (exact ties among candidates and prefix scores)."""
     rng = np.random.default_rng(seed)
     logits = rng.normal(scale=4.0, size=(frames, vocab))
     logits[:, 0] += rng.uniform(0, 12, size=frames)
     speech = rng.random(frames) < 0.3
     logits[speech, rng.integers(1, vocab, size=int(speech.sum()))] += 10.0
     lp = logits - logits.max(axis=1, keepdims=True)
-    return (lp - np.log(np.exp(lp).sum(axis=1, keepdims=True))).astype(np.float32)
+    lp -= np.log(np.exp(lp).sum(axis=1, keepdims=True))
+    if quantum:
+        lp = np.round(lp / quantum) * quantum
+    return lp.astype(np.float32)
 
 
 def stream(log_probs: np.ndarray, beam_size: int, chunk: int, compiled: bool) -> tuple[float, list]:

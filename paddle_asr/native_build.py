@@ -84,3 +84,50 @@ def cached_build(directory: Path, library: str, build: Callable[[Path], Path], a
         finally:
             shutil.rmtree(work, ignore_errors=True)
     return target
+
+
+class NativeLibrary:
+    """A compiled library loaded once per process, with its status line and its fallback: `get()` is
+    `load(directory())` (which builds through `cached_build`), or None where it is disabled
+    (`disable_variable`=0) or cannot be built (then a warning names the fallback, once)."""
+
+    def __init__(self, what: str, disable_variable: str, fallback: str, directory: Callable[[], Path],
+                 load: Callable[[Path], object]) -> None:
+        self.what, self.disable_variable, self.fallback = what, disable_variable, fallback
+        self._directory, self._load = directory, load
+        self._loaded: object | None = None
+        self._status: str | None = None
+
+    def get(self) -> object | None:
+        if self._status is not None:
+            return self._loaded
+        if os.environ.get(self.disable_variable, "1") == "0":
+            self._status = f"disabled ({self.disable_variable}=0)"
+            return None
+        directory = None
+        try:
+            directory = self._directory()
+            self._loaded = self._load(directory)
+            self._status = f"compiled ({directory})"
+        except Exception as e:  # noqa: BLE001 - any failure leaves the caller on its fallback
+            self._loaded = None
+            where = f" (build log: {failed_build_log(directory)})" if directory else ""
+            self._status = f"unavailable: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}{where}"
+            print(f"paddle_asr: warning: could not compile the {self.what} ({self._status}); {self.fallback}",
+                  file=sys.stderr, flush=True)
+        return self._loaded
+
+    def status(self) -> str:
+        """'compiled (dir)', 'disabled (...)' or 'unavailable: why'; loads the library if not yet tried."""
+        self.get()
+        assert self._status is not None
+        return self._status
+
+    def main(self, argv: list[str]) -> int:
+        """`python -m <module> [--quiet]`: build now and print the status (--quiet, as utils/setup_env.sh
+        runs it: nothing when the library is there; a build and a failure speak for themselves on stderr).
+        Exits 1 where the library is wanted and cannot be had."""
+        text = self.status()
+        if "--quiet" not in argv:
+            print(f"paddle_asr {self.what}: {text}")
+        return 0 if self._loaded is not None or os.environ.get(self.disable_variable) == "0" else 1

@@ -1,8 +1,6 @@
 """The compiled CPU training kernels (models/cpu_kernels.cc): each op against Paddle's own kernel or
-a float64 NumPy reference, values and gradients; the build, its cache and what happens when it fails."""
+a float64 NumPy reference, values and gradients (their build and cache: tests/test_native_build.py)."""
 
-import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -163,46 +161,3 @@ def test_dropout_mask_is_the_seeds_keeps_the_rate_and_is_kept_for_the_gradient(k
     y.backward(paddle.ones_like(y))
     np.testing.assert_array_equal(x.grad.numpy() != 0, y.numpy() != 0)
     np.testing.assert_allclose(x.grad.numpy()[y.numpy() != 0], 2.0)
-
-
-def _run_get(env: dict, source: Path | None = None) -> subprocess.CompletedProcess:
-    patch = f"cpu_kernels.SOURCE = __import__('pathlib').Path({str(source)!r})\n" if source else ""
-    script = ("import json, paddle_asr\nfrom paddle_asr.models import cpu_kernels\n" + patch +
-              "k = cpu_kernels.get()\nprint(json.dumps({'status': cpu_kernels.status(), 'loaded': k is not None}))")
-    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO,
-                          env={**os.environ, **env}, timeout=600)
-
-
-def test_a_fresh_build_is_cached_and_a_second_process_reuses_it(tmp_path):
-    env = {"PADDLE_ASR_KERNEL_CACHE": str(tmp_path)}
-    first = _run_get(env)
-    assert first.returncode == 0, first.stderr
-    result = json.loads(first.stdout.splitlines()[-1])
-    assert result["loaded"] and result["status"].startswith("compiled"), result
-    assert "compiling the CPU training kernels once" in first.stderr
-    built = [p for p in tmp_path.iterdir() if p.is_dir()]
-    assert len(built) == 1 and (built[0] / "paddle_asr_cpu_kernels.so").is_file()
-    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]  # the temporary build is gone
-    second = _run_get(env)
-    assert json.loads(second.stdout.splitlines()[-1])["loaded"]
-    assert "compiling" not in second.stderr  # reused
-
-
-def test_a_failed_build_warns_leaves_nothing_to_trust_and_training_still_runs(tmp_path):
-    broken = tmp_path / "cpu_kernels.cc"
-    broken.write_text('#include "paddle/extension.h"\nthis is not C++;\n')
-    cache = tmp_path / "cache"
-    out = _run_get({"PADDLE_ASR_KERNEL_CACHE": str(cache)}, source=broken)
-    assert out.returncode == 0, out.stderr
-    result = json.loads(out.stdout.splitlines()[-1])
-    assert not result["loaded"] and result["status"].startswith("unavailable"), result
-    assert "could not compile the CPU training kernels" in out.stderr and "Paddle's kernels" in out.stderr
-    logs = list(cache.glob("*.failed-build.log"))
-    assert logs and "this is not C++" in logs[0].read_text()  # the compiler's message is kept
-    assert not [p for p in cache.iterdir() if p.is_dir()]  # no half-built directory
-
-
-def test_disabled_by_the_environment_variable():
-    out = _run_get({"PADDLE_ASR_CPU_KERNELS": "0"})
-    result = json.loads(out.stdout.splitlines()[-1])
-    assert not result["loaded"] and result["status"].startswith("disabled")

@@ -23,16 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
-from paddle_asr.native_build import build_key, cache_root, cached_build, failed_build_log
+from paddle_asr.native_build import NativeLibrary, build_key, cache_root, cached_build
 
 SOURCE = Path(__file__).with_name("ctc_prefix_beam.cc")
 LIBRARY = "libctc_prefix_beam.so"
 # No -ffast-math and no contraction: every double operation must be the Python search's.
 CXX_FLAGS = ["-O2", "-std=c++17", "-fPIC", "-shared", "-ffp-contract=off"]
 DISABLE_VARIABLE = "PADDLE_ASR_COMPILED_SEARCH"
-
-_loaded: CompiledBeams | None = None
-_status: str | None = None
 
 
 class CompiledBeams:
@@ -97,46 +94,33 @@ def _compile(work: Path, cxx: str) -> Path:
     return work
 
 
-def library_directory(cxx: str) -> Path:
+def _directory() -> Path:
+    cxx = _compiler()
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
     return cache_root() / ("ctc_prefix_beam-" + build_key([SOURCE.read_bytes(), " ".join(CXX_FLAGS), cxx, version,
                                                            platform.machine()]))
 
 
+def _load(directory: Path) -> CompiledBeams:
+    cxx = _compiler()
+    return CompiledBeams(cached_build(directory, LIBRARY, lambda work: _compile(work, cxx),
+                                      f"paddle_asr: compiling the CTC prefix beam search once into {directory}"))
+
+
+_LIBRARY = NativeLibrary("CTC prefix beam search", DISABLE_VARIABLE,
+                         "decoding uses the Python search, the same results, slower. A C++ compiler (g++) is needed.",
+                         _directory, _load)
+
+
 def get() -> CompiledBeams | None:
     """The compiled search (built on first use), or None where it cannot be had (see `status`)."""
-    global _loaded, _status
-    if _status is not None:
-        return _loaded
-    if os.environ.get(DISABLE_VARIABLE, "1") == "0":
-        _status = f"disabled ({DISABLE_VARIABLE}=0)"
-        return None
-    directory = None
-    try:
-        cxx = _compiler()
-        directory = library_directory(cxx)
-        _loaded = CompiledBeams(cached_build(directory, LIBRARY, lambda work: _compile(work, cxx),
-                                             f"paddle_asr: compiling the CTC prefix beam search once into {directory}"))
-        _status = f"compiled ({directory})"
-    except Exception as e:  # noqa: BLE001 - any failure leaves decoding on the Python search
-        _loaded = None
-        where = f" (build log: {failed_build_log(directory)})" if directory else ""
-        _status = f"unavailable: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}{where}"
-        print(f"paddle_asr: warning: could not compile the CTC prefix beam search ({_status}); decoding uses "
-              f"the Python search, the same results, slower. A C++ compiler (g++) is needed.",
-              file=sys.stderr, flush=True)
-    return _loaded
+    return _LIBRARY.get()
 
 
 def status() -> str:
     """'compiled (dir)', 'disabled (...)' or 'unavailable: why'; loads the library if not yet tried."""
-    get()
-    assert _status is not None
-    return _status
+    return _LIBRARY.status()
 
 
 if __name__ == "__main__":
-    text = status()
-    if "--quiet" not in sys.argv[1:]:
-        print(f"paddle_asr CTC prefix beam search: {text}")
-    sys.exit(0 if _loaded is not None or os.environ.get(DISABLE_VARIABLE) == "0" else 1)
+    sys.exit(_LIBRARY.main(sys.argv[1:]))

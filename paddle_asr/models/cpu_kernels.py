@@ -24,8 +24,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from paddle_asr.native_build import NativeLibrary, cache_root, cached_build, cpu_flags
 from paddle_asr.native_build import build_key as _hash
-from paddle_asr.native_build import cache_root, cached_build, cpu_flags, failed_build_log
 
 SOURCE = Path(__file__).with_name("cpu_kernels.cc")
 MODULE_NAME = "paddle_asr_cpu_kernels"
@@ -33,9 +33,6 @@ MODULE_NAME = "paddle_asr_cpu_kernels"
 # reads floating-point exception flags).
 CXX_FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
 DISABLE_VARIABLE = "PADDLE_ASR_CPU_KERNELS"
-
-_loaded: Kernels | None = None
-_status: str | None = None
 
 
 def _link_flags(paddle_libs: Path) -> list[str]:
@@ -112,47 +109,36 @@ def _quiet_fds(path: Path):
                 os.close(fd)
 
 
-def get() -> Kernels | None:
-    """The compiled kernels (built on first use), or None where they cannot be had (see `status`)."""
-    global _loaded, _status
-    if _status is not None:
-        return _loaded
-    if os.environ.get(DISABLE_VARIABLE, "1") == "0":
-        _status = f"disabled ({DISABLE_VARIABLE}=0)"
-        return None
+def _directory() -> Path:
     import paddle
 
-    libs = Path(paddle.__file__).parent / "libs"
-    link_flags = _link_flags(libs)
-    directory = cache_root() / build_key(paddle.__version__, link_flags)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "No ccache found", printed when cpp_extension is imported
-            library = cached_build(directory, f"{MODULE_NAME}.so", lambda work: _compile(work, link_flags),
-                                   f"paddle_asr: compiling the CPU training kernels once into {directory} (~20 s)")
-            _loaded = Kernels(library)
-        _status = f"compiled ({directory})"
-    except Exception as e:  # noqa: BLE001 - any failure leaves training on Paddle's kernels
-        _loaded = None
-        _status = (f"unavailable: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
-                   f"(build log: {failed_build_log(directory)})")
-        print(f"paddle_asr: warning: could not compile the CPU training kernels ({_status}); "
-              f"training on CPU uses Paddle's kernels, the same math, slower. A C++ compiler (g++) is needed.",
-              file=sys.stderr, flush=True)
-    return _loaded
+    return cache_root() / build_key(paddle.__version__, _link_flags(Path(paddle.__file__).parent / "libs"))
+
+
+def _load(directory: Path) -> Kernels:
+    import paddle
+
+    link_flags = _link_flags(Path(paddle.__file__).parent / "libs")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "No ccache found", printed when cpp_extension is imported
+        library = cached_build(directory, f"{MODULE_NAME}.so", lambda work: _compile(work, link_flags),
+                               f"paddle_asr: compiling the CPU training kernels once into {directory} (~20 s)")
+        return Kernels(library)
+
+
+_LIBRARY = NativeLibrary("CPU training kernels", DISABLE_VARIABLE, "training on CPU uses Paddle's kernels, the "
+                         "same math, slower. A C++ compiler (g++) is needed.", _directory, _load)
+
+
+def get() -> Kernels | None:
+    """The compiled kernels (built on first use), or None where they cannot be had (see `status`)."""
+    return _LIBRARY.get()
 
 
 def status() -> str:
     """'compiled (dir)', 'disabled (...)' or 'unavailable: why'; loads the kernels if not yet tried."""
-    get()
-    assert _status is not None
-    return _status
+    return _LIBRARY.status()
 
 
 if __name__ == "__main__":
-    # --quiet (utils/setup_env.sh): say nothing when the kernels are there; a build and a failure
-    # speak for themselves on stderr.
-    text = status()
-    if "--quiet" not in sys.argv[1:]:
-        print(f"paddle_asr CPU training kernels: {text}")
-    sys.exit(0 if _loaded is not None or os.environ.get(DISABLE_VARIABLE) == "0" else 1)
+    sys.exit(_LIBRARY.main(sys.argv[1:]))
