@@ -63,12 +63,14 @@ def test_scores_of_another_dtype_continue_in_python_from_the_same_beam():
     assert mixed._compiled is None and mixed.hyps == python.hyps and mixed.nbest() == python.nbest()
 
 
-def test_nan_is_refused_as_by_the_python_search():
+def test_nan_and_an_empty_vocabulary_are_refused_as_by_the_python_search():
     lp = peaky_log_probs(8, 50, seed=1)
     lp[3, 7] = np.nan
     for beam in (CtcPrefixBeam(4), python_beam(4)):
         with pytest.raises(ValueError, match="NaN in scores"):
             beam.advance(lp)
+        with pytest.raises(ValueError, match=r"k=0 must be in \[1, 0\]"):
+            beam.advance(np.zeros((3, 0), np.float32))
 
 
 def test_impossible_tokens_keep_minus_infinity_as_in_python():
