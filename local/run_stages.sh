@@ -56,12 +56,13 @@ num_calib=64            # training utterances used to calibrate INT8
 int8_functions=encoder  # exported programs stage 6 quantizes: encoder and/or decoder (comma-separated)
 batch_size=0            # decoding batch size (stages 3, 5, 6); 0: the decode config's
 threads=2               # CPU threads of Paddle Inference
+side_by_side=true       # stages 5/6: Paddle Inference and ONNX Runtime (then sherpa-onnx) test at once, on half the threads each
 trt=""                  # stages 5/6 also on GPU through TensorRT: fp16 (FP32 export), int8 (INT8 bundle), or fp16,int8
 trt_gpu=0               # the GPU TensorRT runs on
 num_transcribe=3        # test files transcribed by stage 7 and streamed to the server by stage 8
 long_seconds=60         # length of the long recording stage 7 assembles from test utterances and transcribes
 force=false             # rebuild a stage's outputs even when they are complete
-__option_names="corpus data_dir config decode_configs exp_name model sets train_set test_sets lm_order stage stop_stage nproc gpus ips init_from nj num_calib int8_functions batch_size threads trt trt_gpu num_transcribe long_seconds force"
+__option_names="corpus data_dir config decode_configs exp_name model sets train_set test_sets lm_order stage stop_stage nproc gpus ips init_from nj num_calib int8_functions batch_size threads side_by_side trt trt_gpu num_transcribe long_seconds force"
 # shellcheck source=../utils/parse_options.sh
 . "$root/utils/parse_options.sh"
 if [ "$#" -gt 0 ]; then echo "$0: unexpected argument '$1' (options are --name value)" >&2; exit 1; fi
@@ -89,6 +90,7 @@ fi
 exp="exp/$exp_name"
 force_flag=()
 [ "$force" = true ] && force_flag=(--force)
+case "$side_by_side" in true|false) ;; *) echo "$0: --side_by_side $side_by_side: use true or false" >&2; exit 1 ;; esac
 IFS=, read -r -a trt_list <<< "$trt"
 for precision in "${trt_list[@]}"; do
   case "$precision" in fp16|int8) ;; *) echo "$0: --trt $trt: use fp16, int8 or fp16,int8" >&2; exit 1 ;; esac
@@ -122,13 +124,88 @@ test_export_all() {
     --out_prefix "$exp/{test_set}_$suffix" --batch_size "$batch_size" "$@" "${force_flag[@]}"
 }
 
+# Stages 5/6 test with Paddle Inference and ONNX Runtime at once when side_by_side is true, each on
+# half of $threads and pinned to half of this process's CPUs: a predictor gains little from its
+# second thread (the demo's stages 5 and 6 on a 2-core AMD EPYC, Zen 4: 98 and 151 s one after the
+# other on 2 threads, 58 and 106 s side by side on one each, bench/RESULTS.md), and a lane of its own
+# keeps the RTFs those of that many threads rather than of threads that share cores. `start_job LANE COMMAND...` runs a command (or a
+# function of this script) in the background on lane 0 or 1, its output kept in a file; `wait_jobs`
+# prints each job's output in the order they started and fails when one failed. Without
+# side_by_side, a job runs at once.
+job_pids=()
+job_logs=()
+lane_threads="$threads"
+lane_cpus=()
+if [ "$side_by_side" = true ]; then lane_threads=$(( threads > 1 ? threads / 2 : 1 )); fi
+if [ "$side_by_side" = true ] && command -v taskset > /dev/null; then
+  read -r -a lane_cpus < <("${PADDLE_ASR_PYTHON:-python}" -c 'import os
+cpus = sorted(os.sched_getaffinity(0)); half = max(1, len(cpus) // 2)
+print(",".join(map(str, cpus[:half])), ",".join(map(str, cpus[half:] or cpus)))')
+fi
+start_job() {
+  local lane="$1"
+  shift
+  if [ "$side_by_side" != true ]; then "$@"; return; fi
+  local out
+  out="$(mktemp "${TMPDIR:-/tmp}/paddle_asr_stage.XXXXXX")"
+  set -m  # the job in a process group of its own, which stop_jobs ends whole
+  {
+    if [ "${#lane_cpus[@]}" -eq 2 ]; then taskset -pc "${lane_cpus[$lane]}" "$BASHPID" > /dev/null; fi
+    "$@"
+  } > "$out" 2>&1 &
+  set +m
+  job_pids+=("$!")
+  job_logs+=("$out")
+}
+wait_jobs() {
+  local i status=0
+  for i in "${!job_pids[@]}"; do
+    wait "${job_pids[$i]}" || status=1
+    cat "${job_logs[$i]}"
+    rm -f "${job_logs[$i]}"
+  done
+  job_pids=()
+  job_logs=()
+  return "$status"
+}
+# A recipe stopped half-way (Ctrl-C, a failing stage) stops its jobs too, the processes they started
+# included: the terminal's interrupt reaches only the foreground process group.
+stop_jobs() {
+  local pid
+  for pid in "${job_pids[@]}"; do kill -- "-$pid" 2> /dev/null || true; done
+  if [ "${#job_logs[@]}" -gt 0 ]; then rm -f "${job_logs[@]}"; fi
+}
+trap stop_jobs EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+# Stages 5/6: bundle $1's tests (results ..._$2_...) on Paddle Inference and, where its ONNX export $3
+# is, on ONNX Runtime (..._$2_onnx_...) followed by sherpa-onnx (result suffix $4), side by side; the
+# other arguments go to both tests.
+test_runtimes() {
+  local bundle="$1" suffix="$2" onnx_dir="$3" sherpa_suffix="$4"
+  shift 4
+  if [ ! -d "$onnx_dir" ]; then
+    test_export_all "$bundle" "$suffix" --threads "$threads" "$@"
+    return
+  fi
+  start_job 0 test_export_all "$bundle" "$suffix" --threads "$lane_threads" "$@"
+  start_job 1 onnx_tests "$bundle" "${suffix}_onnx" "$onnx_dir" "$sherpa_suffix" --threads "$lane_threads" "$@"
+  wait_jobs
+}
+onnx_tests() {
+  local bundle="$1" suffix="$2" onnx_dir="$3" sherpa_suffix="$4"
+  shift 4
+  test_export_all "$bundle" "$suffix" --runtime onnx "$@"
+  sherpa_check "$onnx_dir" "$sherpa_suffix"
+}
+
 # sherpa-onnx (offline and streaming) beside our greedy search on the ONNX files of $1 (U2 exports only),
 # on the first test set: it checks the files, and each set costs four full decodes.
 sherpa_check() {
   local onnx_dir="$1" suffix="$2"
   [ -f "$onnx_dir/model.onnx" ] || return 0
   paddle-asr sherpa-check --onnx "$onnx_dir" --data "data/${test_list[0]}/data.list" \
-    --out "$exp/${test_list[0]}_$suffix.json"
+    --out "$exp/${test_list[0]}_$suffix.json" --threads "$lane_threads"
 }
 
 log "recipe $(pwd), corpus $corpus at $data_dir, config $config, experiment $exp, stages $stage..$stop_stage"
@@ -182,12 +259,7 @@ fi
 
 if run_stage 5; then
   stage_banner 5 "test the exported model"
-  test_export_all "$exp/export/fp32" export_fp32 --compare_prefix "$exp/{test_set}" --threads "$threads"
-  if [ -d "$exp/export/onnx" ]; then
-    test_export_all "$exp/export/fp32" export_fp32_onnx --compare_prefix "$exp/{test_set}" --threads "$threads" \
-      --runtime onnx
-  fi
-  sherpa_check "$exp/export/onnx" sherpa_onnx
+  test_runtimes "$exp/export/fp32" export_fp32 "$exp/export/onnx" sherpa_onnx --compare_prefix "$exp/{test_set}"
   tensorrt_eval fp16 "$exp/export/fp32" export_fp32_trt_fp16
 fi
 
@@ -195,11 +267,7 @@ if run_stage 6; then
   stage_banner 6 "INT8 post-training quantization"
   paddle-asr quantize --bundle "$exp/export/fp32" --out "$exp/export/int8" --calib "data/$train_set/data.list" \
     --num_calib "$num_calib" --functions "$int8_functions" "${force_flag[@]}"
-  test_export_all "$exp/export/int8" export_int8 --threads "$threads"
-  if [ -d "$exp/export/onnx_int8" ]; then
-    test_export_all "$exp/export/int8" export_int8_onnx --threads "$threads" --runtime onnx
-  fi
-  sherpa_check "$exp/export/onnx_int8" sherpa_onnx_int8
+  test_runtimes "$exp/export/int8" export_int8 "$exp/export/onnx_int8" sherpa_onnx_int8
   tensorrt_eval int8 "$exp/export/int8" export_int8_trt_int8
 fi
 

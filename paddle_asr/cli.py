@@ -123,7 +123,8 @@ def cmd_sherpa_check(args) -> int:
     from paddle_asr.export.sherpa_check import sherpa_check
 
     sherpa_check(Path(args.onnx), Path(args.data), chunk_size=args.chunk_size, num_left_chunks=args.num_left_chunks,
-                 out=Path(args.out) if args.out else None, log=lambda msg: log(f"sherpa-onnx on {args.onnx}: {msg}"))
+                 num_threads=args.threads, out=Path(args.out) if args.out else None,
+                 log=lambda msg: log(f"sherpa-onnx on {args.onnx}: {msg}"))
     return 0
 
 
@@ -416,6 +417,8 @@ def _sherpa_check_command(add: AddCommand) -> None:
     sp.add_argument("--chunk_size", type=int, default=16)
     sp.add_argument("--num_left_chunks", type=int, default=4)
     sp.add_argument("--out", default="", help="JSON file for the figures")
+    sp.add_argument("--threads", type=int, default=1,
+                    help="ONNX Runtime threads of our side (sherpa-onnx's recognizers run on one)")
 
 
 def _quantize_command(add: AddCommand) -> None:

@@ -107,4 +107,5 @@ def cpu_description() -> str:
     INT8 and FP32 speed: what a real-time factor is quoted with."""
     flags = cpu_flags()
     isa = [name for name in ("avx512_vnni", "avx_vnni", "avx2") if name in flags] or ["no AVX2"]
-    return f"{cpu_model()}, {usable_cores()} cores ({', '.join(isa)})"
+    cores = usable_cores()
+    return f"{cpu_model()}, {cores} core{'' if cores == 1 else 's'} ({', '.join(isa)})"

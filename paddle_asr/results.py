@@ -47,12 +47,22 @@ def _provenance(exp_dir: Path, rows: list[dict], this_run: bool) -> str:
             "Re-run that experiment's test stages to refresh it.")
 
 
+def _threads_note(rows: list[dict]) -> str:
+    """The CPU threads the exported models' RTFs were measured with (recipes run Paddle Inference and
+    ONNX Runtime side by side, on half the threads each)."""
+    threads = sorted({r["threads"] for r in rows if r.get("threads")})
+    if not threads:
+        return ""
+    return f" Exported models ran on {' or '.join(map(str, threads))} CPU thread{'' if threads == [1] else 's'} each."
+
+
 def _table(exp_dir: Path, rows: list[dict], date: str, this_run: bool = True) -> list[str]:
     summary_path = exp_dir / "train_summary.json"
     params = json.loads(summary_path.read_text())["parameters"] if summary_path.is_file() else None
     n_params = f"{params / 1e6:.2f} M" if params else "-"
     cpus = sorted({r.get("cpu", "a CPU this result did not record") for r in rows})
-    lines = [f"## {exp_dir.name}", "", _provenance(exp_dir, rows, this_run) + f" RTFs on {'; '.join(cpus)}.", "",
+    lines = [f"## {exp_dir.name}", "", _provenance(exp_dir, rows, this_run) + f" RTFs on {'; '.join(cpus)}."
+             + _threads_note(rows), "",
              HEADER.format(metric=rows[0].get("metric", "CER") if rows else "CER"),
              "|" + "---|" * (HEADER.count("|") - 1)]
     for r in rows:
@@ -108,7 +118,8 @@ def _log_figures(rows: list[dict], log) -> None:
         for new, old, label, what in pairs:
             a, b = full.get((test_set, new, method)), full.get((test_set, old, method))
             if model == old and a and b and a["encoder_seconds"]:
-                log(f"  {label} {test_set} {method} ({what}, {b.get('threads')} threads): "
+                threads = b.get("threads")
+                log(f"  {label} {test_set} {method} ({what}, {threads} thread{'' if threads == 1 else 's'}): "
                     f"{b['metric']} {a['error_rate']:.2f} vs {b['error_rate']:.2f} % "
                     f"({a['error_rate'] - b['error_rate']:+.2f} points), encoder time "
                     f"{a['encoder_seconds']:.2f} vs {b['encoder_seconds']:.2f} s "

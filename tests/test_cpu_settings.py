@@ -92,5 +92,5 @@ def test_the_default_thread_count_is_the_cores_this_process_may_use():
             "print(configure_cpu(0), predictor_threads(0), cpu_description())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out[:2] == ["1", "1"]
-    assert "1 cores" in " ".join(out)
+    assert "1 core (" in " ".join(out)
     assert configure_cpu(0) == len(os.sched_getaffinity(0))

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from paddle_asr.cpu_settings import usable_cores
 from paddle_asr.devices import cpu_description
 from tests.conftest import REPO, real_fixture
 
@@ -196,7 +197,19 @@ def test_export_reproduces_the_dynamic_graph_and_int8_decodes(recipe):
     results_md = (d / "RESULTS.md").read_text()
     assert results_md.count("| train |") == 40  # 4 methods x 5 runtimes x 2 modes
     assert "| attention_rescoring | streaming, chunk 4 | inference-int8 |" in results_md
-    assert f"RTFs on {cpu_description()}." in results_md and fp32["cpu"] == cpu_description()
+    # Stage 3 ran on every core; stages 5/6 ran Paddle Inference and ONNX Runtime side by side, each
+    # on one thread pinned to its half of the cores, and say so.
+    assert json.loads((exp / "test_attention_rescoring/result.json").read_text())["cpu"] == cpu_description()
+    one_core = cpu_description().replace(f" {usable_cores()} cores (", " 1 core (")
+    for runtime in ("fp32", "fp32_onnx", "int8", "int8_onnx"):
+        result = json.loads((exp / f"test_export_{runtime}_attention_rescoring/result.json").read_text())
+        assert (result["threads"], result["cpu"]) == (1, one_core), runtime
+    assert f"RTFs on {one_core}; {cpu_description()}. Exported models ran on 1 CPU thread each." in results_md
+    # Each lane's output comes whole, Paddle Inference's first.
+    for stage in ("5 (exported FP32", "6 (exported INT8"):
+        paddle = [m.start() for m in re.finditer(rf"^stage {re.escape(stage)}\) ", out, re.M)]
+        onnx = [m.start() for m in re.finditer(rf"^stage {re.escape(stage)}, ONNX Runtime\) ", out, re.M)]
+        assert len(paddle) == len(onnx) == 8 and max(paddle) < min(onnx), stage
 
 
 def test_results_md_rows_are_the_scorer_figures(recipe):
@@ -373,3 +386,32 @@ def test_a_paddlespeech_model_imports_and_runs_stages_3_to_7(recipe):
                     (exp / f"test_export_fp32{mode}_{method}/text").read_text())
     assert (exp / "export/int8/encoder/model.pdmodel").is_file()
     assert "Stage 7: transcribe" in proc.stdout
+
+
+def test_a_recipe_stopped_in_stage_5_stops_both_tests(recipe):
+    """SIGTERM (a Ctrl-C alike) while stage 5 tests Paddle Inference and ONNX Runtime side by side
+    ends the recipe and both tests, whose processes run in groups of their own. Last in this file:
+    --force rewrites stage 5's results, and the stop leaves them unfinished."""
+    import signal
+    import time
+
+    import psutil
+
+    d, _ = recipe
+    env = dict(os.environ, PADDLE_ASR_PYTHON=sys.executable)
+    cmd = ["bash", str(REPO / "local/run_stages.sh"), *STAGE_ARGS, "--stage", "5", "--stop_stage", "5",
+           "--force", "true"]
+    recipe_run = subprocess.Popen(cmd, cwd=d, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tests, deadline = [], time.monotonic() + 120
+    while len(tests) < 2 and time.monotonic() < deadline and recipe_run.poll() is None:
+        time.sleep(0.2)
+        tests = [p for p in psutil.Process(recipe_run.pid).children(recursive=True)
+                 if "test-export" in " ".join(p.cmdline())]
+    assert len(tests) == 2, "stage 5 never had its two tests running at once"
+    cpus = sorted(os.sched_getaffinity(0))
+    halves = [cpus[: len(cpus) // 2], cpus[len(cpus) // 2:]]
+    assert sorted(p.cpu_affinity() for p in tests) == halves  # each on its half of the cores
+    recipe_run.send_signal(signal.SIGTERM)
+    assert recipe_run.wait(timeout=30) == 143
+    _, alive = psutil.wait_procs(tests, timeout=15)
+    assert not alive, f"still running after the recipe stopped: {[p.cmdline() for p in alive]}"

@@ -62,10 +62,11 @@ def _recognizers(onnx_dir: Path, chunk_size: int, num_left_chunks: int) -> dict:
 
 
 def sherpa_check(onnx_dir: Path, manifest: Path, *, chunk_size: int = 16, num_left_chunks: int = 4,
-                 out: Path | None = None, log=print) -> dict[str, dict]:
+                 num_threads: int = 1, out: Path | None = None, log=print) -> dict[str, dict]:
     """{decoder: {"error_rate", "metric", "n", "s", "d", "i"}} for sherpa-onnx and our greedy search
-    on the utterances of `manifest`; written as JSON to `out` when given, with each decoder's texts
-    and how far sherpa-onnx's text is from ours (an error rate with ours as the reference)."""
+    (ONNX Runtime on `num_threads` threads) on the utterances of `manifest`; written as JSON to `out`
+    when given, with each decoder's texts and how far sherpa-onnx's text is from ours (an error rate
+    with ours as the reference)."""
     from paddle_asr.export.bundle import read_bundle
     from paddle_asr.export.onnx_backend import OnnxU2Backend
     from paddle_asr.features import compute_fbank
@@ -74,7 +75,8 @@ def sherpa_check(onnx_dir: Path, manifest: Path, *, chunk_size: int = 16, num_le
     if not (onnx_dir / OFFLINE_MODEL).is_file():
         raise AsrError(f"{onnx_dir} has no {OFFLINE_MODEL}: sherpa-onnx runs the ONNX export of a U2 model (stage 4)")
     meta, features, tokenizer = read_bundle(onnx_dir)
-    backend, recs = OnnxU2Backend(onnx_dir, meta), _recognizers(onnx_dir, chunk_size, num_left_chunks)
+    backend = OnnxU2Backend(onnx_dir, meta, num_threads=num_threads)
+    recs = _recognizers(onnx_dir, chunk_size, num_left_chunks)
     utts = [json.loads(line) for line in Path(manifest).read_text(encoding="utf-8").splitlines() if line.strip()]
     hyps: dict[str, dict[str, str]] = {"ours_full": {}, "ours_streaming": {}, **{k: {} for k in recs}}
     for u in utts:
