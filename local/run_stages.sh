@@ -128,9 +128,10 @@ test_export_all() {
 # half of $threads and pinned to half of this process's CPUs: a predictor gains little from its
 # second thread (the demo's stages 5 and 6 on a 2-core AMD EPYC, Zen 4: 98 and 151 s one after the
 # other on 2 threads, 58 and 106 s side by side on one each, bench/RESULTS.md), and a lane of its own
-# keeps the RTFs those of that many threads rather than of threads that share cores. `start_job LANE COMMAND...` runs a command (or a
-# function of this script) in the background on lane 0 or 1, its output kept in a file; `wait_jobs`
-# prints each job's output in the order they started and fails when one failed. Without
+# keeps the RTFs those of that many threads rather than of threads that share cores.
+# `start_job LANE COMMAND...` runs a command (or a function of this script) in the background on lane
+# 0 or 1; the first job's output goes out as it comes, the others' waits in a file. `wait_jobs` prints
+# those after the first job's, in the order the jobs started, and fails when one failed. Without
 # side_by_side, a job runs at once.
 job_pids=()
 job_logs=()
@@ -143,26 +144,33 @@ cpus = sorted(os.sched_getaffinity(0)); half = max(1, len(cpus) // 2)
 print(",".join(map(str, cpus[:half])), ",".join(map(str, cpus[half:] or cpus)))')
 fi
 start_job() {
-  local lane="$1"
+  local lane="$1" out=""
   shift
   if [ "$side_by_side" != true ]; then "$@"; return; fi
-  local out
-  out="$(mktemp "${TMPDIR:-/tmp}/paddle_asr_stage.XXXXXX")"
   set -m  # the job in a process group of its own, which stop_jobs ends whole
-  {
-    if [ "${#lane_cpus[@]}" -eq 2 ]; then taskset -pc "${lane_cpus[$lane]}" "$BASHPID" > /dev/null; fi
-    "$@"
-  } > "$out" 2>&1 &
+  if [ "${#job_pids[@]}" -eq 0 ]; then
+    on_lane "$lane" "$@" &  # the first job prints as it goes, so a long test shows its progress
+  else
+    out="$(mktemp "${TMPDIR:-/tmp}/paddle_asr_stage.XXXXXX")"
+    on_lane "$lane" "$@" > "$out" 2>&1 &
+  fi
   set +m
   job_pids+=("$!")
   job_logs+=("$out")
+}
+on_lane() {  # lane command...: in a background job, pinned to the lane's CPUs
+  if [ "${#lane_cpus[@]}" -eq 2 ]; then taskset -pc "${lane_cpus[$1]}" "$BASHPID" > /dev/null; fi
+  shift
+  "$@"
 }
 wait_jobs() {
   local i status=0
   for i in "${!job_pids[@]}"; do
     wait "${job_pids[$i]}" || status=1
-    cat "${job_logs[$i]}"
-    rm -f "${job_logs[$i]}"
+    if [ -n "${job_logs[$i]}" ]; then
+      cat "${job_logs[$i]}"
+      rm -f "${job_logs[$i]}"
+    fi
   done
   job_pids=()
   job_logs=()
@@ -171,9 +179,9 @@ wait_jobs() {
 # A recipe stopped half-way (Ctrl-C, a failing stage) stops its jobs too, the processes they started
 # included: the terminal's interrupt reaches only the foreground process group.
 stop_jobs() {
-  local pid
+  local pid log_file
   for pid in "${job_pids[@]}"; do kill -- "-$pid" 2> /dev/null || true; done
-  if [ "${#job_logs[@]}" -gt 0 ]; then rm -f "${job_logs[@]}"; fi
+  for log_file in "${job_logs[@]}"; do [ -z "$log_file" ] || rm -f "$log_file"; done
 }
 trap stop_jobs EXIT
 trap 'exit 130' INT
