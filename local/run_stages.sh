@@ -138,11 +138,12 @@ job_logs=()
 lane_threads="$threads"
 lane_cpus=()
 if [ "$side_by_side" = true ]; then lane_threads=$(( threads > 1 ? threads / 2 : 1 )); fi
-if [ "$side_by_side" = true ] && command -v taskset > /dev/null; then
+split_cpus() {  # lane_cpus <- the two halves of this process's CPUs (taskset lists), once, where taskset is
+  if [ "${#lane_cpus[@]}" -gt 0 ] || ! command -v taskset > /dev/null; then return 0; fi
   read -r -a lane_cpus < <("${PADDLE_ASR_PYTHON:-python}" -c 'import os
 cpus = sorted(os.sched_getaffinity(0)); half = max(1, len(cpus) // 2)
 print(",".join(map(str, cpus[:half])), ",".join(map(str, cpus[half:] or cpus)))')
-fi
+}
 start_job() {
   local lane="$1" out=""
   shift
@@ -196,6 +197,7 @@ test_runtimes() {
     test_export_all "$bundle" "$suffix" --threads "$threads" "$@"
     return
   fi
+  if [ "$side_by_side" = true ]; then split_cpus; fi
   start_job 0 test_export_all "$bundle" "$suffix" --threads "$lane_threads" "$@"
   start_job 1 onnx_tests "$bundle" "${suffix}_onnx" "$onnx_dir" "$sherpa_suffix" --threads "$lane_threads" "$@"
   wait_jobs
