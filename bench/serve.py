@@ -22,10 +22,12 @@ answered by the final result. Two loads (--load):
 Per K it reports the partial-reply latency (frame sent -> reply) p50/p95 over every frame of every
 utterance, the final latency (end sent -> finished) p50/max over every utterance, the server's CPU use
 (cores), the share of the run its chunk encoder and final-result threads computed and the windows
-per encoder call (GET /health's `load`), and its peak RSS. A configuration keeps up with K streams
-when the p95 partial latency is <= 200 ms and every final <= 500 ms; K grows until it does not.
+per encoder call (GET /health's `load`), its peak RSS, and the starts it refused (the server is
+started with --max_streams the largest K and --max_latency as given: a refused client retries after
+0.5-1.5 s). A configuration keeps up with K streams when the p95 partial latency is <= 200 ms, every final
+<= 500 ms and no start was refused; K grows until it does not.
     python bench/serve.py [--load steady|burst] [--streams 1,2,4,8,12,16,20,24,28,32,40,48] [--precisions fp32,int8]
-                          [--runtimes paddle,onnx]
+                          [--runtimes paddle,onnx] [--max_latency 0.5]
                           [--seconds 10] [--utterances 3]
 Prints one JSON line per (precision, mode, K), then a table naming the CPU and the load.
 `--tick_costs` times the worker's batched tick per batch size instead (no server, no clients).
@@ -207,17 +209,30 @@ def load_audio(seconds: float) -> bytes:
     return audio[: int(seconds * 16000)].astype("<i2").tobytes()
 
 
+# A refused start (1013: --max_streams, --max_latency) is tried again after 0.5-1.5 s (random, so that
+# the refused clients do not all come back, and later end, at the same moment).
+RETRY_S, MAX_TRIES = (0.5, 1.5), 10
+
+
 async def client(port: int, pcm: bytes, delay: float, utterances: int = 1) -> dict:
     """One real-time client streaming `utterances` utterances back to back, each on its own connection:
-    frame latencies, final latencies, and whether every reply was right."""
+    frame latencies, final latencies, refused starts (each retried after RETRY_S, as the server's
+    reply asks), and whether every reply was right."""
     await asyncio.sleep(delay)
-    latencies, finals, ok = [], [], True
+    latencies, finals, ok, refused = [], [], True, 0
     for _ in range(utterances):
-        one = await stream_utterance(port, pcm)
+        for _ in range(MAX_TRIES):
+            one = await stream_utterance(port, pcm)
+            if not one.get("refused"):
+                break
+            refused += 1
+            await asyncio.sleep(random.uniform(*RETRY_S))
+        else:
+            return {"latencies": latencies, "finals": finals, "ok": False, "refused": refused}
         latencies += one["latencies"]
         finals.append(one["final"])
         ok &= one["ok"]
-    return {"latencies": latencies, "finals": finals, "ok": ok}
+    return {"latencies": latencies, "finals": finals, "ok": ok, "refused": refused}
 
 
 async def stream_utterance(port: int, pcm: bytes) -> dict:
@@ -227,7 +242,8 @@ async def stream_utterance(port: int, pcm: bytes) -> dict:
     latencies, ok = [], True
     async with websockets.connect(f"ws://127.0.0.1:{port}/paddlespeech/asr/streaming", max_size=None) as ws:
         await ws.send(json.dumps({"name": "bench.wav", "signal": "start", "nbest": 1}))
-        ok &= json.loads(await ws.recv()).get("signal") == "server_ready"
+        if json.loads(await ws.recv()).get("signal") != "server_ready":
+            return {"refused": True}
         start = time.perf_counter()
         for i in range(0, len(pcm), frame):
             await asyncio.sleep(max(0.0, start + (i // frame) * FRAME_S - time.perf_counter()))
@@ -273,13 +289,15 @@ async def run_clients(server: Server, k: int, pcm: bytes, seed: int, load: str =
     return {"p50_partial_ms": 1000 * statistics.median(lat), "p95_partial_ms": 1000 * lat[int(0.95 * (len(lat) - 1))],
             "p50_final_ms": 1000 * statistics.median(finals), "max_final_ms": 1000 * finals[-1],
             "cpu_cores": cpu / wall, "peak_rss_mb": peak[0], "failed_streams": len(failed),
+            "refused_starts": sum(r["refused"] for r in done),
             # The server's own counters: how busy its chunk encoder and final-result threads were.
             "encoder_busy": work["encoder_busy_s"] / wall, "final_busy": work["final_busy_s"] / wall,
             "windows_per_call": work["encoder_windows"] / max(1, work["encoder_calls"])}
 
 
 def keeps_up(row: dict) -> bool:
-    return (not row["failed_streams"] and row["p95_partial_ms"] <= 1000 * PARTIAL_BOUND_S
+    return (not row["failed_streams"] and not row["refused_starts"]
+            and row["p95_partial_ms"] <= 1000 * PARTIAL_BOUND_S
             and row["max_final_ms"] <= 1000 * FINAL_BOUND_S)
 
 
@@ -289,7 +307,7 @@ def sweep(bundle: Path, precision: str, runtime: str, mode: str, args, pcm: byte
     ks = [int(k) for k in args.streams.split(",")]
     max_batch = ["--max_batch", str(MODES[mode])] if MODES[mode] else []
     server = Server(bundle, args.port, ["--runtime", runtime, *max_batch,
-                                        "--max_streams", str(max(ks)),
+                                        "--max_streams", str(max(ks)), "--max_latency", str(args.max_latency),
                                         "--threads", str(args.threads), "--chunk_size", str(args.chunk_size),
                                         "--num_left_chunks", str(args.num_left_chunks)])
     rows = []
@@ -317,16 +335,17 @@ def table(rows: list[dict], cpu: str, int8_functions: list[str], args) -> str:
     lines = [f"CPU: {cpu}; INT8 bundle quantizes {', '.join(int8_functions) or 'nothing'}, its ONNX export "
              f"{ONNX_INT8_FUNCTIONS.replace(',', ', ')}; "
              f"chunk {args.chunk_size}, {args.num_left_chunks} left chunks, {args.threads} threads, "
+             f"--max_latency {args.max_latency:g}, "
              f"{args.seconds:.0f} s of audio per utterance; load: {load_description(args)}",
              "", "| precision | runtime | mode | K | p50 / p95 partial (ms) | p50 / max final (ms) | CPU (cores) | "
-             "encoder / finals busy | windows a call | peak RSS (MB) | keeps up |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "encoder / finals busy | windows a call | peak RSS (MB) | refused starts | keeps up |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['precision']} | {r['runtime']} | {r['mode']} | {r['streams']} | "
                      f"{r['p50_partial_ms']:.0f} / {r['p95_partial_ms']:.0f} | "
                      f"{r['p50_final_ms']:.0f} / {r['max_final_ms']:.0f} | {r['cpu_cores']:.2f} | "
                      f"{r['encoder_busy']:.2f} / {r['final_busy']:.2f} | {r['windows_per_call']:.1f} | "
-                     f"{r['peak_rss_mb']:.0f} | {'yes' if r['keeps_up'] else 'no'} |")
+                     f"{r['peak_rss_mb']:.0f} | {r['refused_starts']} | {'yes' if r['keeps_up'] else 'no'} |")
     lines.append("")
     for engine in dict.fromkeys((r["precision"], r["runtime"]) for r in rows):
         best = {m: max([r["streams"] for r in rows if (r["precision"], r["runtime"]) == engine and r["mode"] == m
@@ -405,6 +424,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--seconds", type=float, default=10.0, help="audio per utterance")
     ap.add_argument("--utterances", type=int, default=3, help="utterances per client (steady load)")
     ap.add_argument("--threads", type=int, default=0, help="the server's --threads (0: its default, half the cores)")
+    ap.add_argument("--max_latency", type=float, default=0.5, help="the server's --max_latency (0: no limit)")
     ap.add_argument("--chunk_size", type=int, default=16, help="the server's --chunk_size")
     ap.add_argument("--num_left_chunks", type=int, default=8, help="the server's --num_left_chunks")
     ap.add_argument("--port", type=int, default=18790)

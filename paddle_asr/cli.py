@@ -503,6 +503,9 @@ def _serve_command(add: AddCommand) -> None:
                          "chunk shapes stop changing, and oneDNN reuses its kernels")
     sp.add_argument("--beam_size", type=int, default=10)
     sp.add_argument("--max_streams", type=int, default=32, help="open streams; more are refused")
+    sp.add_argument("--max_latency", type=float, default=0.5,  # serve.admission.DEFAULT_MAX_LATENCY
+                    help="seconds: new streams are refused while half of the recent partial results that waited "
+                         "for the encoder took longer (the server is behind real time); 0: no limit")
     sp.add_argument("--max_batch", type=int, default=8,  # serve.worker.DEFAULT_MAX_BATCH
                     help="streams per batched encoder call (1: one at a time)")
     sp.add_argument("--threads", type=int, default=0,

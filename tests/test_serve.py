@@ -38,6 +38,7 @@ from paddle_asr.export.bundle import read_bundle, write_bundle_files
 from paddle_asr.export.export import export_model
 from paddle_asr.export.runtime import load_backend
 from paddle_asr.features import compute_fbank
+from paddle_asr.serve.admission import LATENCY_WINDOW
 from paddle_asr.serve.app import ServeOptions
 from paddle_asr.serve.paddlespeech_client import (
     HTTP_PATH,
@@ -325,6 +326,40 @@ def test_streams_over_max_streams_are_refused_and_the_others_go_on(server, wavs,
         for ws in conns:
             ws.close()
     wait_open_streams(server, 0)
+
+
+def test_streams_are_refused_while_partial_results_are_late_and_the_open_one_goes_on(bundle, wavs, offline,
+                                                                                      tmp_path):
+    """--max_latency: with a bound no reply can meet, the open stream's first timed partial results
+    close the server to new streams (1013, with the reason) and hold its stream cap at the one open
+    stream; that stream is served to its normal final result, and once its late replies are older than
+    the gauge's window the cap grows by one and new streams start."""
+    wav = max(wavs, key=lambda w: len(frames_of(w)))
+    frames = frames_of(wav)
+    with ServerProcess(bundle, log_path=tmp_path / "serve.log",
+                       args=[*STREAMING, *NO_ENDPOINT, "--max_latency", "0.000001"]) as srv:
+        assert srv.health()["admitting"] is True and srv.health()["partial_latency_median"] is None
+        with connect(ws_url(srv)) as ws:
+            ws.send(json.dumps(START))
+            assert recv_json(ws)["signal"] == "server_ready"
+            stream_raw(ws, frames)
+            health = srv.health()
+            assert health["admitting"] is False and health["partial_latency_median"] > 0, health
+            with connect(ws_url(srv)) as late:
+                late.send(json.dumps(START))
+                reply = recv_json(late)
+                assert reply["status"] == "error" and "behind real time" in reply["message"], reply
+                assert "(--max_latency 1e-06 s); retry later" in reply["message"], reply
+                with pytest.raises(ConnectionClosed) as closed:
+                    late.recv(timeout=30)
+                assert closed.value.rcvd.code == 1013
+            assert finish(ws)["result"] == offline[wav.stem]
+        time.sleep(LATENCY_WINDOW + 0.2)
+        health = srv.health()
+        assert health["admitting"] is True and health["stream_cap"] == 2, health  # 1 open when late, then one more
+        with connect(ws_url(srv)) as again:
+            again.send(json.dumps(START))
+            assert recv_json(again)["signal"] == "server_ready"
 
 
 def disconnect_mid_stream(server: ServerProcess, frames: list[bytes], abrupt: bool) -> None:

@@ -37,6 +37,7 @@ from paddle_asr.config import DecodeConfig
 from paddle_asr.cpu_settings import keep_freed_memory_for_reuse, let_idle_threads_sleep, predictor_threads
 from paddle_asr.data.audio import decode_audio
 from paddle_asr.errors import AsrError
+from paddle_asr.serve.admission import DEFAULT_MAX_LATENCY, LatencyGauge, StreamCap
 from paddle_asr.serve.engine import SERVE_LEFT_CHUNKS, EndpointRules, StreamOptions
 from paddle_asr.serve.worker import DEFAULT_MAX_BATCH, InferenceWorker, ServerBusy, Stream
 
@@ -59,6 +60,7 @@ class ServeOptions:
     num_left_chunks: int = SERVE_LEFT_CHUNKS
     beam_size: int = 10
     max_streams: int = 32
+    max_latency: float = DEFAULT_MAX_LATENCY  # s; new streams wait while partial results are later (0: off)
     max_batch: int = DEFAULT_MAX_BATCH
     threads: int = 0  # CPU threads of each predictor; 0: `predictor_threads` picks
     runtime: str = "auto"  # paddle, onnx, auto (export.runtime.load_backend)
@@ -99,6 +101,8 @@ class Service:
 
     def __init__(self, bundle: Path, options: ServeOptions) -> None:
         options.check()
+        self.latency = LatencyGauge(options.max_latency)
+        self.stream_cap = StreamCap(options.max_streams, self.latency)
         self.bundle, self.options = Path(bundle), options
         # Offline requests decode whole recordings (full attention); streams use the chunk encoder.
         self.threads = predictor_threads(options.threads)
@@ -120,6 +124,8 @@ class Service:
                 "runtime": self.transcriber.runtime,
                 "streaming": not self.model.refusal, "streaming_refused": self.model.refusal or None,
                 "open_streams": self.open_streams, "max_streams": self.options.max_streams,
+                "max_latency": self.options.max_latency, "partial_latency_median": _rounded(self.latency.median()),
+                "admitting": not self.admission_refusal(), "stream_cap": self.stream_cap.cap,
                 "max_batch": self.options.max_batch, "threads": self.threads, "chunk_size": self.options.chunk_size,
                 "num_left_chunks": self.options.num_left_chunks, "sample_rate": self.model.rate,
                 "load": self.worker.load()}
@@ -128,10 +134,11 @@ class Service:
         """Why a new stream cannot start now, or ''."""
         if self.draining:
             return "the server is shutting down and takes no new streams; connect to another instance"
-        if self.open_streams >= self.options.max_streams:
-            return (f"the server is serving its maximum of {self.options.max_streams} streams (--max_streams); "
-                    "retry later")
-        return ""
+        return self.stream_cap.refusal(self.open_streams)
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 3)
 
 
 def create_app(service: Service) -> FastAPI:
@@ -286,11 +293,18 @@ class StreamConnection:
             await self.ws.send_json(error_reply(f"a frame of {len(pcm)} bytes is not whole 16-bit samples "
                                                 "(16-bit little-endian mono PCM); this frame was ignored"))
             return
+        received = time.monotonic()
         try:
-            partial = await asyncio.wrap_future(self.service.worker.audio(self.stream, pcm))
+            reply = self.service.worker.audio(self.stream, pcm)
+            # Timed: a frame that completed a chunk window, and no more than one chunk's worth of
+            # audio (a frame of many seconds is many windows' work, slow however idle the server is).
+            timed = not reply.done() and len(pcm) // 2 <= self.service.model.stride * self.service.model.hop
+            partial = await asyncio.wrap_future(reply)
         except AsrError as e:
             await self.ws.send_json(error_reply(str(e)))
             return
+        if timed:
+            self.service.latency.record(time.monotonic() - received)
         await self.ws.send_json({"result": partial})
 
 
@@ -334,7 +348,9 @@ def startup_line(service: Service) -> str:
     o, h = service.options, service.health()
     return (f"serving {service.bundle} ({h['model']}, {h['precision']}, {h['runtime']}) on http://{o.host}:{o.port}: "
             f"WebSocket {STREAMING_PATH} ({'chunk ' + str(o.chunk_size) if h['streaming'] else 'refused'}), "
-            f"POST {OFFLINE_PATH}, GET /health; up to {o.max_streams} streams, {o.max_batch} per encoder call, "
+            f"POST {OFFLINE_PATH}, GET /health; up to {o.max_streams} streams"
+            + (f" while partial results take <= {o.max_latency:g} s" if o.max_latency else "")
+            + f", {o.max_batch} per encoder call, "
             f"{service.threads} thread(s) per predictor"
             + (f"; hotwords {o.context_list} (score {o.context_score})" if o.context_list else ""))
 
@@ -371,6 +387,7 @@ def serve_from_args(args) -> int:
                           max_segment=args.max_segment)
     return serve(Path(args.model), ServeOptions(
         host=args.host, port=args.port, chunk_size=args.chunk_size, num_left_chunks=args.num_left_chunks,
-        beam_size=args.beam_size, max_streams=args.max_streams, max_batch=args.max_batch, threads=args.threads,
+        beam_size=args.beam_size, max_streams=args.max_streams, max_latency=args.max_latency,
+        max_batch=args.max_batch, threads=args.threads,
         runtime=args.runtime, endpoint=rules, drain_seconds=args.drain_seconds, context_list=args.context_list,
         context_score=args.context_score))
