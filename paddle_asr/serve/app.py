@@ -60,7 +60,7 @@ class ServeOptions:
     num_left_chunks: int = SERVE_LEFT_CHUNKS
     beam_size: int = 10
     max_streams: int = 32
-    max_latency: float = DEFAULT_MAX_LATENCY  # s; new streams wait while partial results are later (0: off)
+    max_latency: float = DEFAULT_MAX_LATENCY  # s; new streams are refused while results are later (0: off)
     max_batch: int = DEFAULT_MAX_BATCH
     threads: int = 0  # CPU threads of each predictor; 0: `predictor_threads` picks
     runtime: str = "auto"  # paddle, onnx, auto (export.runtime.load_backend)
@@ -349,7 +349,7 @@ def startup_line(service: Service) -> str:
     return (f"serving {service.bundle} ({h['model']}, {h['precision']}, {h['runtime']}) on http://{o.host}:{o.port}: "
             f"WebSocket {STREAMING_PATH} ({'chunk ' + str(o.chunk_size) if h['streaming'] else 'refused'}), "
             f"POST {OFFLINE_PATH}, GET /health; up to {o.max_streams} streams"
-            + (f" while partial results take <= {o.max_latency:g} s" if o.max_latency else "")
+            + (f" while their partial results keep within {o.max_latency:g} s" if o.max_latency else "")
             + f", {o.max_batch} per encoder call, "
             f"{service.threads} thread(s) per predictor"
             + (f"; hotwords {o.context_list} (score {o.context_score})" if o.context_list else ""))
