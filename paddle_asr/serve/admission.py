@@ -63,8 +63,10 @@ class LatencyGauge:
     def refusal(self, now: float | None = None) -> str:
         """Why a new stream must wait, or ''."""
         median = self.late(now)
-        if median is None:
-            return ""
+        return "" if median is None else self.late_message(median)
+
+    def late_message(self, median: float) -> str:
+        """The refusal for a recent median of `median` seconds, over the bound."""
         return (f"the server is behind real time: half of its streams' partial results of the last "
                 f"{LATENCY_WINDOW:g} s took {median:.2f} s or more (--max_latency {self.max_latency:g} s); "
                 "retry later or connect to another instance")
@@ -99,7 +101,7 @@ class StreamCap:
         if open_streams < self.cap:
             return ""
         if median is not None:
-            return self.gauge.refusal(now)
+            return self.gauge.late_message(median)
         if self.cap < self.max_streams:
             return (f"the server is serving the {self.cap} streams it keeps up with (its partial results were "
                     f"late with more, --max_latency {self.gauge.max_latency:g} s); retry later or connect to "

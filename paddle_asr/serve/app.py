@@ -112,6 +112,7 @@ class Service:
         self.transcriber = self.recognizer.transcriber
         self.model = self.recognizer.streaming_model(StreamOptions(options.chunk_size, options.num_left_chunks,
                                                                    options.endpoint))
+        self.chunk_samples = self.model.stride * self.model.hop  # audio samples a chunk window advances by
         self.worker = InferenceWorker(self.model, max_batch=options.max_batch,
                                       queue_size=options.max_streams + OFFLINE_QUEUE)
         self.open_streams = 0
@@ -298,7 +299,7 @@ class StreamConnection:
             reply = self.service.worker.audio(self.stream, pcm)
             # Timed: a frame that completed a chunk window, and no more than one chunk's worth of
             # audio (a frame of many seconds is many windows' work, slow however idle the server is).
-            timed = not reply.done() and len(pcm) // 2 <= self.service.model.stride * self.service.model.hop
+            timed = not reply.done() and len(pcm) // 2 <= self.service.chunk_samples
             partial = await asyncio.wrap_future(reply)
         except AsrError as e:
             await self.ws.send_json(error_reply(str(e)))
